@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every check and test of bootgate on a fresh Debian 12 machine, as root.
+# Installs what it needs (apt), then: cargo fmt --check, clippy -D warnings, one release
+# build of all targets, and the whole test suite against that build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+[ "$(id -u)" = 0 ] || die "run as root: the tests create network namespaces"
+
+step "installing test dependencies"
+apt_install iproute2 curl systemd ca-certificates gcc
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --release -- -D warnings
+
+step "cargo build --release --all-targets"
+cargo build --release --all-targets
+
+step "cargo test --release (reuses the build above)"
+cargo test --release -- --test-threads "${TEST_THREADS:-2}"

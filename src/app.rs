@@ -1,0 +1,287 @@
+//! The running daemon: opens the store once, loads the inventory, starts every listener
+//! under one cancellation token, and reloads the inventory on SIGHUP or `bootgate reload`.
+//! A bad inventory edit never takes the daemon down: the last good one stays in force.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use jiff::Timestamp;
+use serde::Serialize;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::inventory::sync::{SyncReport, reconcile};
+use crate::inventory::{Inventory, Invalid, Problem, load};
+use crate::store::{self, EventKind, NewEvent, Store};
+
+/// How long shutdown waits for listeners to finish in-flight work (systemd's stop budget is
+/// ours to keep small: SIGTERM must end the process within 2 s).
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+
+/// The inventory in force and how it got there.
+#[derive(Debug)]
+pub struct Loaded {
+    pub inventory: Inventory,
+    /// Bumped on every successful (re)load; shown by /healthz and `bootgate reload`.
+    pub generation: u64,
+    pub loaded_at: Timestamp,
+}
+
+/// The last reload that failed, kept until a reload succeeds (shown by /healthz).
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadFailure {
+    pub at: Timestamp,
+    pub problems: Vec<Problem>,
+}
+
+/// What `bootgate reload` gets back.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ReloadOutcome {
+    pub ok: bool,
+    /// The generation in force after the attempt (unchanged on failure).
+    pub generation: u64,
+    pub hosts: usize,
+    #[serde(default)]
+    pub added: Vec<String>,
+    #[serde(default)]
+    pub changed: Vec<String>,
+    #[serde(default)]
+    pub removed: Vec<String>,
+    /// `file: entry: field: reason` lines when the new inventory was refused.
+    #[serde(default)]
+    pub problems: Vec<String>,
+}
+
+/// Shared state of the running daemon, handed to every listener by `Arc`.
+pub struct App {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    inventory: ArcSwap<Loaded>,
+    last_failure: ArcSwap<Option<ReloadFailure>>,
+    /// Serialises reloads so two SIGHUPs can't interleave their store transactions.
+    reload_lock: tokio::sync::Mutex<()>,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    pub started_at: Timestamp,
+}
+
+/// Loads the inventory named by the config and checks it against the config.
+pub fn load_inventory(config: &Config) -> Result<Inventory, Invalid> {
+    let inv = load::load_dir(&config.inventory_dir)?;
+    let problems = load::check_against_config(&inv, config);
+    if problems.is_empty() {
+        Ok(inv)
+    } else {
+        Err(Invalid(problems))
+    }
+}
+
+impl App {
+    /// Opens the store, loads and reconciles the inventory. Fails (the daemon does not start)
+    /// when the inventory is invalid at start: there is no last good one to fall back to.
+    pub async fn start(config: Config) -> anyhow::Result<Arc<App>> {
+        let inventory = load_inventory(&config)
+            .with_context(|| format!("inventory {}", config.inventory_dir.display()))?;
+        let store = store::open(&config.store)
+            .await
+            .with_context(|| format!("opening store {}", config.store))?;
+        let report = reconcile(store.as_ref(), &inventory, "inventory")
+            .await
+            .context("reconciling the inventory into the store")?;
+        let hosts = inventory.hosts.len();
+        store
+            .append(&NewEvent::new(EventKind::DaemonStarted, "daemon").detail(
+                serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "hosts": hosts}),
+            ))
+            .await?;
+        log_loaded(&store, 1, hosts, &report).await?;
+        let app = App {
+            config,
+            store,
+            inventory: ArcSwap::from_pointee(Loaded {
+                inventory,
+                generation: 1,
+                loaded_at: Timestamp::now(),
+            }),
+            last_failure: ArcSwap::from_pointee(None),
+            reload_lock: tokio::sync::Mutex::new(()),
+            metrics: crate::http::metrics_handle(),
+            started_at: Timestamp::now(),
+        };
+        app.update_inventory_metrics();
+        Ok(Arc::new(app))
+    }
+
+    /// The inventory in force (a cheap snapshot; never blocks a reload).
+    pub fn inventory(&self) -> Arc<Loaded> {
+        self.inventory.load_full()
+    }
+
+    pub fn last_failure(&self) -> Option<ReloadFailure> {
+        self.last_failure.load().as_ref().clone()
+    }
+
+    /// Re-reads the inventory. On success it is reconciled into the store and swapped in; on
+    /// failure the last good inventory stays, the problems are logged, kept for /healthz,
+    /// recorded as an `inventory-rejected` event and returned.
+    pub async fn reload(&self, actor: &str) -> ReloadOutcome {
+        let _guard = self.reload_lock.lock().await;
+        let current = self.inventory();
+        let refused = |problems: Vec<String>| ReloadOutcome {
+            ok: false,
+            generation: current.generation,
+            hosts: current.inventory.hosts.len(),
+            added: vec![],
+            changed: vec![],
+            removed: vec![],
+            problems,
+        };
+        let inventory = match load_inventory(&self.config) {
+            Ok(inv) => inv,
+            Err(Invalid(problems)) => {
+                for p in &problems {
+                    tracing::error!(problem = %p, "inventory reload refused; keeping generation {}", current.generation);
+                }
+                let lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+                let ev = NewEvent::new(EventKind::InventoryRejected, actor)
+                    .detail(serde_json::json!({"problems": lines, "kept_generation": current.generation}));
+                if let Err(e) = self.store.append(&ev).await {
+                    tracing::error!(error = %e, "could not record inventory-rejected event");
+                }
+                self.last_failure.store(Arc::new(Some(ReloadFailure {
+                    at: Timestamp::now(),
+                    problems,
+                })));
+                metrics::counter!("bootgate_inventory_reloads_total", "result" => "rejected")
+                    .increment(1);
+                return refused(lines);
+            }
+        };
+        let report = match reconcile(self.store.as_ref(), &inventory, actor).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "inventory reload: store refused the changes");
+                metrics::counter!("bootgate_inventory_reloads_total", "result" => "store-error")
+                    .increment(1);
+                return refused(vec![format!("store: {e}")]);
+            }
+        };
+        let generation = current.generation + 1;
+        let hosts = inventory.hosts.len();
+        if let Err(e) = log_loaded(&self.store, generation, hosts, &report).await {
+            tracing::error!(error = %e, "could not record inventory-loaded event");
+        }
+        self.inventory.store(Arc::new(Loaded {
+            inventory,
+            generation,
+            loaded_at: Timestamp::now(),
+        }));
+        self.last_failure.store(Arc::new(None));
+        metrics::counter!("bootgate_inventory_reloads_total", "result" => "ok").increment(1);
+        self.update_inventory_metrics();
+        ReloadOutcome {
+            ok: true,
+            generation,
+            hosts,
+            added: report.added,
+            changed: report.changed,
+            removed: report.removed,
+            problems: vec![],
+        }
+    }
+
+    fn update_inventory_metrics(&self) {
+        let loaded = self.inventory();
+        metrics::gauge!("bootgate_inventory_generation").set(loaded.generation as f64);
+        metrics::gauge!("bootgate_inventory_hosts").set(loaded.inventory.hosts.len() as f64);
+        metrics::gauge!("bootgate_inventory_subnets").set(loaded.inventory.subnets.len() as f64);
+    }
+}
+
+async fn log_loaded(
+    store: &Arc<dyn Store>,
+    generation: u64,
+    hosts: usize,
+    report: &SyncReport,
+) -> Result<i64, store::StoreError> {
+    tracing::info!(
+        generation,
+        hosts,
+        added = report.added.len(),
+        changed = report.changed.len(),
+        removed = report.removed.len(),
+        "inventory loaded"
+    );
+    store
+        .append(
+            &NewEvent::new(EventKind::InventoryLoaded, "inventory").detail(serde_json::json!({
+                "generation": generation,
+                "hosts": hosts,
+                "added": report.added,
+                "changed": report.changed,
+                "removed": report.removed,
+            })),
+        )
+        .await
+}
+
+/// Runs the daemon until SIGTERM/SIGINT: every listener starts together and stops together.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let app = App::start(config).await?;
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    let listener = tokio::net::TcpListener::bind(app.config.http_listen)
+        .await
+        .with_context(|| format!("binding HTTP listener on {}", app.config.http_listen))?;
+    tracker.spawn(crate::http::run(app.clone(), listener, cancel.clone()));
+    let control = crate::control::bind(&app.config.control_socket)
+        .with_context(|| format!("binding control socket {}", app.config.control_socket.display()))?;
+    tracker.spawn(crate::control::run(app.clone(), control, cancel.clone()));
+    tracker.close();
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tracing::info!(
+        http = %app.config.http_listen,
+        control = %app.config.control_socket.display(),
+        store = %app.config.store,
+        "bootgate ready"
+    );
+    notify(&[sd_notify::NotifyState::Ready]);
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = hup.recv() => {
+                let out = app.reload("signal:SIGHUP").await;
+                tracing::info!(ok = out.ok, generation = out.generation, "SIGHUP reload done");
+            }
+        }
+    }
+    notify(&[sd_notify::NotifyState::Stopping]);
+    cancel.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("listeners did not stop within {SHUTDOWN_GRACE:?}; exiting anyway");
+    }
+    let _ = app
+        .store
+        .append(&NewEvent::new(EventKind::DaemonStopped, "daemon"))
+        .await;
+    let _ = std::fs::remove_file(&app.config.control_socket);
+    Ok(())
+}
+
+/// Tells systemd (Type=notify) where we are; a no-op when not run by systemd.
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
+}

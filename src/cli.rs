@@ -1,0 +1,449 @@
+//! The command line (clap derive). Every read command can ask a running daemon over HTTP
+//! (`--api URL`) or read the store named by the config directly; both print the same JSON
+//! (`--output json`, stable field names) or a table.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use jiff::Timestamp;
+
+use crate::config::{self, Config};
+use crate::http::query;
+use crate::inventory::Invalid;
+use crate::store::{self, EventKind, EventQuery, LeaseFilter, LeaseState, Store, StoreUrl};
+use crate::types::MacAddr;
+use crate::views::{self, EventView, HostDetail, HostView, LeaseView};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bootgate",
+    version,
+    about = "Network boot, IP address management and power control for a GPU datacenter",
+    long_about = None
+)]
+pub struct Cli {
+    /// Daemon config file.
+    #[arg(long, global = true, default_value = config::DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// Output format.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Ask a running daemon at this URL (e.g. http://10.250.0.1:8080) instead of reading
+    /// the store directly.
+    #[arg(long, global = true)]
+    pub api: Option<String>,
+    /// Log format (logs go to stderr).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `info`, `bootgate=debug`.
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon (DHCP, TFTP, HTTP, API) until SIGTERM.
+    Serve,
+    /// Validate the config and the inventory it names; exit 1 listing every problem as
+    /// `file: entry: field: reason`.
+    CheckConfig,
+    /// Ask the running daemon to reload its inventory (like SIGHUP, but reports the result).
+    Reload,
+    /// Hosts: the inventory plus discovered machines, with their live state.
+    Hosts {
+        #[command(subcommand)]
+        command: HostsCommand,
+    },
+    /// DHCP leases.
+    Leases {
+        #[command(subcommand)]
+        command: LeasesCommand,
+    },
+    /// The event log: every change to hosts, leases and the inventory.
+    Events(EventArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HostsCommand {
+    /// List all hosts.
+    List,
+    /// One host: declaration, state and recent events.
+    Show { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LeasesCommand {
+    /// List leases.
+    List {
+        /// Only this subnet (inventory name).
+        #[arg(long)]
+        subnet: Option<String>,
+        #[arg(long)]
+        mac: Option<MacAddr>,
+        /// offered, active, released, expired or declined.
+        #[arg(long)]
+        state: Option<LeaseState>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EventArgs {
+    #[arg(long)]
+    pub ip: Option<Ipv4Addr>,
+    #[arg(long)]
+    pub mac: Option<MacAddr>,
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Event kind, e.g. host-added, lease-committed.
+    #[arg(long)]
+    pub kind: Option<EventKind>,
+    /// RFC 3339 time or an age like 90m, 2h, 7d.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// RFC 3339 time or an age like 90m, 2h, 7d.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only the newest N events.
+    #[arg(long)]
+    pub limit: Option<u32>,
+}
+
+/// Entry point used by `main.rs`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::CheckConfig = cli.command {
+        return Ok(check_config(&cli.config, cli.output));
+    }
+    let rt = if matches!(cli.command, Command::Serve) {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    };
+    rt.block_on(async move {
+        match &cli.command {
+            Command::Serve => {
+                let config = load_config(&cli.config)?;
+                crate::app::serve(config).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Reload => reload(&cli).await,
+            Command::CheckConfig => unreachable!("handled above"),
+            Command::Hosts { command } => hosts(&cli, command).await,
+            Command::Leases { command } => leases(&cli, command).await,
+            Command::Events(args) => events(&cli, args).await,
+        }
+    })
+}
+
+fn load_config(path: &Path) -> anyhow::Result<Config> {
+    Config::load(path).map_err(|Invalid(problems)| {
+        let lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        anyhow::anyhow!("invalid config:\n{}", lines.join("\n"))
+    })
+}
+
+fn check_config(path: &Path, output: Output) -> ExitCode {
+    let result = Config::load(path).and_then(|cfg| {
+        let inv = crate::app::load_inventory(&cfg)?;
+        Ok((cfg, inv))
+    });
+    match (result, output) {
+        (Ok((cfg, inv)), Output::Json) => {
+            let v = serde_json::json!({
+                "valid": true,
+                "config": cfg.path,
+                "inventory": cfg.inventory_dir,
+                "site": inv.site.name,
+                "files": inv.files,
+                "subnets": inv.subnets.len(),
+                "racks": inv.racks.len(),
+                "profiles": inv.profiles.len(),
+                "hosts": inv.hosts.len(),
+                "problems": [],
+            });
+            println!("{v:#}");
+            ExitCode::SUCCESS
+        }
+        (Ok((cfg, inv)), Output::Table) => {
+            println!(
+                "{}: ok (site {}: {} files, {} subnets, {} racks, {} profiles, {} hosts)",
+                cfg.path.display(),
+                inv.site.name,
+                inv.files.len(),
+                inv.subnets.len(),
+                inv.racks.len(),
+                inv.profiles.len(),
+                inv.hosts.len()
+            );
+            ExitCode::SUCCESS
+        }
+        (Err(Invalid(problems)), Output::Json) => {
+            println!(
+                "{:#}",
+                serde_json::json!({"valid": false, "problems": problems})
+            );
+            ExitCode::from(1)
+        }
+        (Err(Invalid(problems)), Output::Table) => {
+            for p in &problems {
+                println!("{p}");
+            }
+            eprintln!("{} problem(s) found", problems.len());
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn reload(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let config = load_config(&cli.config)?;
+    let out = crate::control::request_reload(&config.control_socket).await?;
+    match cli.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&out)?),
+        Output::Table if out.ok => println!(
+            "reloaded: generation {}, {} hosts (added {}, changed {}, removed {})",
+            out.generation,
+            out.hosts,
+            out.added.len(),
+            out.changed.len(),
+            out.removed.len()
+        ),
+        Output::Table => {
+            for p in &out.problems {
+                println!("{p}");
+            }
+            eprintln!(
+                "reload refused: {} problem(s); generation {} ({} hosts) stays in force",
+                out.problems.len(),
+                out.generation,
+                out.hosts
+            );
+        }
+    }
+    Ok(if out.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Where a read command gets its data.
+enum Source {
+    Api(ApiClient),
+    Store(std::sync::Arc<dyn Store>),
+}
+
+async fn source(cli: &Cli) -> anyhow::Result<Source> {
+    if let Some(url) = &cli.api {
+        return Ok(Source::Api(ApiClient::new(url)?));
+    }
+    let config = load_config(&cli.config)?;
+    let store: std::sync::Arc<dyn Store> = match &config.store {
+        StoreUrl::Sqlite(path) => {
+            std::sync::Arc::new(store::sqlite::SqliteStore::open_read_only(path).await?)
+        }
+        other => store::open(other).await?,
+    };
+    Ok(Source::Store(store))
+}
+
+fn print<T: serde::Serialize>(output: Output, value: &T, table: impl FnOnce() -> String) {
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        ),
+        Output::Table => println!("{}", table()),
+    }
+}
+
+async fn hosts(cli: &Cli, cmd: &HostsCommand) -> anyhow::Result<ExitCode> {
+    let src = source(cli).await?;
+    match cmd {
+        HostsCommand::List => {
+            let hosts: Vec<HostView> = match &src {
+                Source::Api(c) => c.get("/api/v1/hosts", &[]).await?,
+                Source::Store(s) => s.list_hosts().await?.iter().map(HostView::from).collect(),
+            };
+            print(cli.output, &hosts, || views::hosts_table(&hosts));
+        }
+        HostsCommand::Show { name } => {
+            let detail: HostDetail = match &src {
+                Source::Api(c) => c.get(&format!("/api/v1/hosts/{name}"), &[]).await?,
+                Source::Store(s) => {
+                    let Some(h) = s.get_host(name).await? else {
+                        bail!("no host named {name:?}");
+                    };
+                    let events = s
+                        .query(&EventQuery {
+                            host: Some(name.clone()),
+                            limit: Some(20),
+                            ..Default::default()
+                        })
+                        .await?;
+                    HostDetail::new(&h, &events)
+                }
+            };
+            print(cli.output, &detail, || views::host_detail_text(&detail));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn leases(cli: &Cli, cmd: &LeasesCommand) -> anyhow::Result<ExitCode> {
+    let LeasesCommand::List { subnet, mac, state } = cmd;
+    let leases: Vec<LeaseView> = match source(cli).await? {
+        Source::Api(c) => {
+            let mut q = Vec::new();
+            push(&mut q, "subnet", subnet);
+            push(&mut q, "mac", mac);
+            push(&mut q, "state", state);
+            c.get("/api/v1/leases", &q).await?
+        }
+        Source::Store(s) => {
+            let filter = LeaseFilter {
+                subnet: subnet.clone(),
+                mac: *mac,
+                state: *state,
+            };
+            s.list_leases(&filter)
+                .await?
+                .iter()
+                .map(LeaseView::from)
+                .collect()
+        }
+    };
+    print(cli.output, &leases, || views::leases_table(&leases));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn push<T: ToString>(q: &mut Vec<(&'static str, String)>, k: &'static str, v: &Option<T>) {
+    if let Some(v) = v {
+        q.push((k, v.to_string()));
+    }
+}
+
+async fn events(cli: &Cli, a: &EventArgs) -> anyhow::Result<ExitCode> {
+    let now = Timestamp::now();
+    // Validate times here so a typo fails the same way with or without --api.
+    let since = a
+        .since
+        .as_deref()
+        .map(|s| query::parse_time("--since", s, now))
+        .transpose()?;
+    let until = a
+        .until
+        .as_deref()
+        .map(|s| query::parse_time("--until", s, now))
+        .transpose()?;
+    let events: Vec<EventView> = match source(cli).await? {
+        Source::Api(c) => {
+            let mut q = Vec::new();
+            push(&mut q, "ip", &a.ip);
+            push(&mut q, "mac", &a.mac);
+            push(&mut q, "host", &a.host);
+            push(&mut q, "kind", &a.kind);
+            push(&mut q, "since", &since);
+            push(&mut q, "until", &until);
+            push(&mut q, "limit", &a.limit);
+            c.get("/api/v1/events", &q).await?
+        }
+        Source::Store(s) => {
+            let q = EventQuery {
+                ip: a.ip,
+                mac: a.mac,
+                host: a.host.clone(),
+                kind: a.kind,
+                since,
+                until,
+                limit: a.limit,
+            };
+            s.query(&q).await?.iter().map(EventView::from).collect()
+        }
+    };
+    print(cli.output, &events, || views::events_table(&events));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A small client for the daemon's read API.
+struct ApiClient {
+    base: reqwest::Url,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    fn new(url: &str) -> anyhow::Result<Self> {
+        let base = reqwest::Url::parse(url)
+            .with_context(|| format!("--api {url:?}: expected a URL like http://10.250.0.1:8080"))?;
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()?;
+        Ok(ApiClient { base, http })
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<T> {
+        let url = self.base.join(path)?;
+        let resp = self
+            .http
+            .get(url.clone())
+            .query(query)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        let status = resp.status();
+        let body = resp.text().await.with_context(|| format!("GET {url}"))?;
+        if !status.is_success() {
+            let msg = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
+                .unwrap_or(body);
+            bail!("GET {url}: {status}: {msg}");
+        }
+        serde_json::from_str(&body).with_context(|| format!("GET {url}: unexpected response"))
+    }
+}

@@ -1,0 +1,51 @@
+//! The daemon's own config (`/etc/bootgate/bootgate.toml`): which interfaces to serve, where
+//! the HTTP listener, state, store, inventory, boot images and secrets are. Parsed into wire
+//! structs (`deny_unknown_fields`), then validated into [`Config`]. Relative paths are taken
+//! relative to the config file's directory, so a config in git works from any checkout.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+
+use crate::inventory::Invalid;
+use crate::store::StoreUrl;
+
+mod wire;
+
+pub const DEFAULT_PATH: &str = "/etc/bootgate/bootgate.toml";
+
+/// A gateway interface bootgate serves (DHCP/TFTP/HTTP answer only on these).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Interface {
+    pub name: String,
+    /// The gateway's own address and prefix on that interface (server identifier, next-server).
+    pub address: Ipv4Net,
+}
+
+/// The validated daemon config.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Config {
+    /// The file this came from.
+    pub path: PathBuf,
+    pub interfaces: Vec<Interface>,
+    /// Where the HTTP listener (iPXE, images, API, metrics) binds.
+    pub http_listen: SocketAddr,
+    /// Daemon state (SQLite database, control socket, run logs).
+    pub state_dir: PathBuf,
+    pub store: StoreUrl,
+    pub inventory_dir: PathBuf,
+    pub boot_images_dir: PathBuf,
+    /// Root-only file with BMC credentials and API tokens; optional until power control.
+    pub secrets_file: Option<PathBuf>,
+    /// Unix socket for local admin commands (`bootgate reload`), mode 0600.
+    pub control_socket: PathBuf,
+}
+
+impl Config {
+    /// Reads and validates a config file. Every problem is reported, each naming the file
+    /// and field.
+    pub fn load(path: &Path) -> Result<Config, Invalid> {
+        wire::load(path)
+    }
+}

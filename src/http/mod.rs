@@ -1,0 +1,257 @@
+//! The HTTP listener: health, Prometheus metrics and the read-only REST API over hosts,
+//! leases and events. (Boot scripts, images and phone-home join it in the boot-chain work.)
+//! Handlers read the store and the inventory snapshot; they never hold a lock across I/O.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::store::{EventKind, EventQuery, LeaseFilter, LeaseState, StoreError};
+use crate::types::{HostState, MacAddr};
+use crate::views::{EventView, HostDetail, HostView, LeaseView};
+
+pub mod query;
+
+/// Errors a handler answers with; each maps to one status and a JSON `{"error": …}` body.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("store unavailable: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %self, "API request failed");
+        }
+        (
+            status,
+            axum::Json(serde_json::json!({"error": self.to_string()})),
+        )
+            .into_response()
+    }
+}
+
+/// Builds (once per process) the Prometheus recorder and returns its render handle.
+pub fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Only fails when another recorder is installed (tests): metrics then go there.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .route("/api/v1/hosts", get(list_hosts))
+        .route("/api/v1/hosts/{name}", get(show_host))
+        .route("/api/v1/leases", get(list_leases))
+        .route("/api/v1/events", get(list_events))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .with_state(app)
+}
+
+/// Serves until `cancel` fires; in-flight requests get the shutdown grace to finish.
+pub async fn run(app: Arc<App>, listener: tokio::net::TcpListener, cancel: CancellationToken) {
+    let router = router(app);
+    if let Err(e) = axum::serve(listener, router)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "HTTP listener failed");
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Health {
+    /// `ok`, or `degraded` when the store does not answer or the last reload was refused.
+    pub status: String,
+    pub version: String,
+    pub started_at: Timestamp,
+    pub store: String,
+    pub inventory: InventoryHealth,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct InventoryHealth {
+    pub site: String,
+    pub generation: u64,
+    pub loaded_at: Timestamp,
+    pub hosts: usize,
+    pub subnets: usize,
+    /// Problems of the last refused reload (the previous inventory stays in force).
+    pub last_reload_error: Option<Vec<String>>,
+}
+
+async fn healthz(State(app): State<Arc<App>>) -> Response {
+    let loaded = app.inventory();
+    let store_ok = app
+        .store
+        .query(&EventQuery {
+            limit: Some(1),
+            ..Default::default()
+        })
+        .await;
+    let failure = app.last_failure();
+    let health = Health {
+        status: if store_ok.is_ok() && failure.is_none() {
+            "ok"
+        } else {
+            "degraded"
+        }
+        .into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        started_at: app.started_at,
+        store: match &store_ok {
+            Ok(_) => "ok".into(),
+            Err(e) => format!("error: {e}"),
+        },
+        inventory: InventoryHealth {
+            site: loaded.inventory.site.name.clone(),
+            generation: loaded.generation,
+            loaded_at: loaded.loaded_at,
+            hosts: loaded.inventory.hosts.len(),
+            subnets: loaded.inventory.subnets.len(),
+            last_reload_error: failure
+                .map(|f| f.problems.iter().map(|p| p.to_string()).collect()),
+        },
+    };
+    // A refused reload is worth a look but the daemon still serves: only the store decides 503.
+    let code = if store_ok.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(health)).into_response()
+}
+
+async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+    // Host and lease gauges are computed at scrape time from the store, so they can't drift.
+    if let Ok(hosts) = app.store.list_hosts().await {
+        for s in HostState::ALL {
+            let n = hosts.iter().filter(|h| h.state == *s).count();
+            metrics::gauge!("bootgate_hosts", "state" => s.as_str()).set(n as f64);
+        }
+    }
+    if let Ok(leases) = app.store.list_leases(&LeaseFilter::default()).await {
+        for s in LeaseState::ALL {
+            let n = leases.iter().filter(|l| l.state == *s).count();
+            metrics::gauge!("bootgate_leases", "state" => s.as_str()).set(n as f64);
+        }
+    }
+    metrics::gauge!("bootgate_up").set(1.0);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn list_hosts(State(app): State<Arc<App>>) -> Result<axum::Json<Vec<HostView>>, ApiError> {
+    let hosts = app.store.list_hosts().await?;
+    Ok(axum::Json(hosts.iter().map(HostView::from).collect()))
+}
+
+async fn show_host(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<HostDetail>, ApiError> {
+    let host = app
+        .store
+        .get_host(&name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no host named {name:?}")))?;
+    let events = app
+        .store
+        .query(&EventQuery {
+            host: Some(name),
+            limit: Some(20),
+            ..Default::default()
+        })
+        .await?;
+    Ok(axum::Json(HostDetail::new(&host, &events)))
+}
+
+/// Query parameters are parsed by hand so a bad one gets a 400 that names it.
+#[derive(Deserialize, Default)]
+struct LeaseParams {
+    subnet: Option<String>,
+    mac: Option<String>,
+    state: Option<String>,
+}
+
+async fn list_leases(
+    State(app): State<Arc<App>>,
+    Query(p): Query<LeaseParams>,
+) -> Result<axum::Json<Vec<LeaseView>>, ApiError> {
+    let filter = LeaseFilter {
+        subnet: p.subnet,
+        mac: query::parse_opt::<MacAddr>("mac", p.mac.as_deref())?,
+        state: query::parse_opt::<LeaseState>("state", p.state.as_deref())?,
+    };
+    let leases = app.store.list_leases(&filter).await?;
+    Ok(axum::Json(leases.iter().map(LeaseView::from).collect()))
+}
+
+#[derive(Deserialize, Default)]
+struct EventParams {
+    ip: Option<String>,
+    mac: Option<String>,
+    host: Option<String>,
+    kind: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<String>,
+}
+
+async fn list_events(
+    State(app): State<Arc<App>>,
+    Query(p): Query<EventParams>,
+) -> Result<axum::Json<Vec<EventView>>, ApiError> {
+    let now = Timestamp::now();
+    let q = EventQuery {
+        ip: query::parse_opt::<Ipv4Addr>("ip", p.ip.as_deref())?,
+        mac: query::parse_opt::<MacAddr>("mac", p.mac.as_deref())?,
+        host: p.host,
+        kind: query::parse_opt::<EventKind>("kind", p.kind.as_deref())?,
+        since: p
+            .since
+            .as_deref()
+            .map(|s| query::parse_time("since", s, now))
+            .transpose()?,
+        until: p
+            .until
+            .as_deref()
+            .map(|s| query::parse_time("until", s, now))
+            .transpose()?,
+        limit: query::parse_opt::<u32>("limit", p.limit.as_deref())?,
+    };
+    let events = app.store.query(&q).await?;
+    Ok(axum::Json(events.iter().map(EventView::from).collect()))
+}

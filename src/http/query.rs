@@ -1,0 +1,75 @@
+//! Parsing of API query parameters and CLI filters, shared so both accept the same forms
+//! and give the same precise errors.
+
+use std::fmt::Display;
+use std::str::FromStr;
+
+use jiff::{Span, SpanRelativeTo, Timestamp};
+
+use super::ApiError;
+
+/// Parses an optional parameter, naming it in the error.
+pub fn parse_opt<T>(name: &str, value: Option<&str>) -> Result<Option<T>, ApiError>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    value
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            v.parse::<T>()
+                .map_err(|e| ApiError::BadRequest(format!("parameter {name}={v:?}: {e}")))
+        })
+        .transpose()
+}
+
+/// A point in time: RFC 3339 (`2026-11-25T08:00:00Z`) or an age before `now` (`90m`, `2h`,
+/// `7d`, `1h30m`), which is what operators type when they ask "since when".
+pub fn parse_time(name: &str, value: &str, now: Timestamp) -> Result<Timestamp, ApiError> {
+    if let Ok(t) = value.parse::<Timestamp>() {
+        return Ok(t);
+    }
+    let bad = |why: String| {
+        ApiError::BadRequest(format!(
+            "parameter {name}={value:?}: {why}; expected RFC 3339 (2026-11-25T08:00:00Z) or an age like 90m, 2h, 7d"
+        ))
+    };
+    let span: Span = value.parse().map_err(|e| bad(format!("{e}")))?;
+    let age = span
+        .to_duration(SpanRelativeTo::days_are_24_hours())
+        .map_err(|e| bad(format!("{e}")))?;
+    now.checked_sub(age.abs()).map_err(|e| bad(format!("{e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_absolute_and_relative() {
+        let now: Timestamp = "2026-11-25T10:00:00Z".parse().unwrap();
+        assert_eq!(
+            parse_time("since", "2026-11-25T08:00:00Z", now).unwrap(),
+            "2026-11-25T08:00:00Z".parse::<Timestamp>().unwrap()
+        );
+        assert_eq!(
+            parse_time("since", "2h", now).unwrap(),
+            "2026-11-25T08:00:00Z".parse::<Timestamp>().unwrap()
+        );
+        assert_eq!(
+            parse_time("since", "1d", now).unwrap(),
+            "2026-11-24T10:00:00Z".parse::<Timestamp>().unwrap()
+        );
+        let e = parse_time("since", "yesterday-ish", now).unwrap_err().to_string();
+        assert!(e.contains("since") && e.contains("RFC 3339"), "{e}");
+    }
+
+    #[test]
+    fn bad_parameters_are_named() {
+        let e = parse_opt::<crate::types::MacAddr>("mac", Some("zz"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("parameter mac=\"zz\""), "{e}");
+        assert_eq!(parse_opt::<u32>("limit", Some("")).unwrap(), None);
+    }
+}

@@ -1,0 +1,233 @@
+//! The validated inventory: what the operators declared in `inventory/*.toml`, as typed
+//! values. Built only by `load.rs` after every check passed, so code holding an
+//! [`Inventory`] may rely on names being unique and references resolving.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use crate::types::{MacAddr, Role, text_enum};
+
+/// One site: a datacenter (or the test lab) served by one pair of gateways.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Inventory {
+    pub site: Site,
+    pub subnets: Vec<Subnet>,
+    pub racks: Vec<Rack>,
+    pub profiles: Vec<Profile>,
+    pub hosts: Vec<Host>,
+    /// The files it was loaded from, sorted (for messages and `check-config`).
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Site {
+    pub name: String,
+    pub description: Option<String>,
+    pub location: Option<String>,
+    /// The gateway boxes that serve this site (names of hosts with role `gateway`, or free
+    /// names when the gateways are not inventoried as hosts).
+    pub gateways: Vec<String>,
+}
+
+text_enum!(
+    /// What a subnet carries; decides which hosts' addresses live there.
+    Purpose {
+        /// PXE boot and the hosts' primary address.
+        Provisioning => "provisioning",
+        /// BMC (out-of-band management) network.
+        Bmc => "bmc",
+        /// IP over InfiniBand: addresses are configured by Ansible, not served by DHCP.
+        Ipoib => "ipoib",
+    }
+);
+
+/// How DHCP reaches a subnet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Served {
+    /// Directly attached to one of the gateway's interfaces (by name, e.g. `gw0`).
+    Interface(String),
+    /// Behind DHCP relays with these `giaddr` addresses (each inside the subnet).
+    Relays(Vec<Ipv4Addr>),
+    /// Not served by DHCP (e.g. IPoIB, addressed by Ansible).
+    NotServed,
+}
+
+/// An inclusive range of addresses handed out to clients without a reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct IpRange {
+    pub start: Ipv4Addr,
+    pub end: Ipv4Addr,
+}
+
+impl IpRange {
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        self.start <= ip && ip <= self.end
+    }
+    /// Number of addresses in the range.
+    pub fn len(&self) -> u64 {
+        u64::from(u32::from(self.end)) - u64::from(u32::from(self.start)) + 1
+    }
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Subnet {
+    pub name: String,
+    pub cidr: Ipv4Net,
+    pub purpose: Purpose,
+    /// Option 3 router.
+    pub gateway: Option<Ipv4Addr>,
+    /// Option 6 DNS servers.
+    pub dns: Vec<Ipv4Addr>,
+    /// Option 15 domain name.
+    pub domain: Option<String>,
+    /// Option 51 lease time.
+    #[serde(with = "duration_secs")]
+    pub lease_time: Duration,
+    pub dynamic_ranges: Vec<IpRange>,
+    /// When true, only inventory hosts get addresses here (no dynamic pool for strangers).
+    pub known_hosts_only: bool,
+    pub served: Served,
+    pub mtu: Option<u16>,
+}
+
+impl Subnet {
+    pub fn in_dynamic_range(&self, ip: Ipv4Addr) -> bool {
+        self.dynamic_ranges.iter().any(|r| r.contains(ip))
+    }
+}
+
+/// A switch port a rack's hosts hang off, as DHCP option 82 names it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Switch {
+    pub name: String,
+    /// Option 82 remote-id (sub-option 2) the switch sends, if it sends one.
+    pub remote_id: Option<String>,
+    /// Option 82 circuit-id (sub-option 1) → rack position (U) of the host on that port.
+    pub ports: BTreeMap<String, u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rack {
+    pub name: String,
+    pub location: Option<String>,
+    pub switch: Option<Switch>,
+}
+
+/// How a host boots: which image, which iPXE template.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Profile {
+    pub name: String,
+    pub description: Option<String>,
+    /// Image name in `boot-images/images.toml`.
+    pub image: Option<String>,
+    /// iPXE template in `boot-images/ipxe/` (`discovery`, `install`, `local`, `rescue`).
+    pub template: String,
+    /// Extra kernel command line.
+    pub cmdline: Option<String>,
+}
+
+text_enum!(
+    /// BMC manufacturer; selects the Redfish quirks.
+    BmcVendor {
+        Dell => "dell",
+        Hpe => "hpe",
+        Lenovo => "lenovo",
+        Supermicro => "supermicro",
+        Nvidia => "nvidia",
+        Ami => "ami",
+        Generic => "generic",
+    }
+);
+
+text_enum!(
+    /// How bootgate talks to a BMC.
+    BmcProtocol {
+        Redfish => "redfish",
+        Ipmi => "ipmi",
+    }
+);
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Bmc {
+    pub address: Ipv4Addr,
+    /// The BMC's own NIC, for its DHCP reservation on the BMC subnet.
+    pub mac: Option<MacAddr>,
+    pub vendor: BmcVendor,
+    pub protocol: BmcProtocol,
+    /// Name of the credential in the secrets file (never the secret itself).
+    pub credential: String,
+    /// TCP port (Redfish HTTPS 443, IPMI 623 by default).
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Gpus {
+    pub model: String,
+    pub count: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InfiniBand {
+    pub hca_count: u32,
+    /// Link rate in Gb/s per port (e.g. 400 for NDR).
+    pub rate_gbps: u32,
+    /// Runs `opensm` for its fabric.
+    pub subnet_manager: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Hardware {
+    pub gpus: Option<Gpus>,
+    pub infiniband: Option<InfiniBand>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Host {
+    pub name: String,
+    pub role: Role,
+    pub rack: Option<String>,
+    /// Rack unit.
+    pub position: Option<u32>,
+    /// Boot NIC MACs (the ones that PXE).
+    pub macs: Vec<MacAddr>,
+    /// Reserved address per subnet name.
+    pub addresses: BTreeMap<String, Ipv4Addr>,
+    pub bmc: Option<Bmc>,
+    pub hardware: Hardware,
+    /// Boot profile name.
+    pub profile: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Inventory {
+    pub fn subnet(&self, name: &str) -> Option<&Subnet> {
+        self.subnets.iter().find(|s| s.name == name)
+    }
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+    /// The host's reserved address on the (first) provisioning subnet.
+    pub fn provisioning_ip(&self, host: &Host) -> Option<Ipv4Addr> {
+        self.subnets
+            .iter()
+            .filter(|s| s.purpose == Purpose::Provisioning)
+            .find_map(|s| host.addresses.get(&s.name).copied())
+    }
+}
+
+mod duration_secs {
+    use serde::Serializer;
+    use std::time::Duration;
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+}

@@ -1,0 +1,13 @@
+//! bootgate: network boot, IP address management, BMC power control and Ansible hand-off for
+//! the gateway boxes of a GPU datacenter. `main.rs` only parses the command line and calls
+//! [`cli::run`]; everything else lives here.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod http;
+pub mod inventory;
+pub mod store;
+pub mod types;
+pub mod views;

@@ -1,0 +1,378 @@
+//! Persistent state behind three small traits: hosts, leases and the append-only event log.
+//! SQLite (`sqlite.rs`) is the embedded default; a PostgreSQL backend implements the same
+//! traits for two gateways sharing state. `tests/store_contract.rs` runs one battery against
+//! every backend, so callers may rely on what these docs promise, whatever the backend.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::types::{HostState, MacAddr, Role, text_enum};
+
+pub mod sqlite;
+
+/// Everything a store backend can fail with. Messages name the IP, MAC or host involved.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot open store {url}: {reason}")]
+    Open { url: String, reason: String },
+    #[error("address {ip} is held by {holder} until {until}; refused for {requester}")]
+    Conflict {
+        ip: Ipv4Addr,
+        holder: MacAddr,
+        until: Timestamp,
+        requester: MacAddr,
+    },
+    #[error("MAC {mac} already belongs to host {owner}; refused for host {host}")]
+    MacTaken {
+        mac: MacAddr,
+        owner: String,
+        host: String,
+    },
+    #[error("host {0} does not exist")]
+    NoSuchHost(String),
+    #[error("host {host} is {actual}, not {expected}; state change refused")]
+    StateMismatch {
+        host: String,
+        expected: HostState,
+        actual: HostState,
+    },
+    #[error("no lease on {ip} for {mac}")]
+    NoSuchLease { ip: Ipv4Addr, mac: MacAddr },
+    #[error("corrupt value in column {column}: {value:?}")]
+    Corrupt { column: &'static str, value: String },
+}
+
+/// Where the state lives, parsed from the config's `store` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// `sqlite:/var/lib/bootgate/bootgate.db` (embedded, the default).
+    Sqlite(PathBuf),
+    /// `postgres://user@host/db`: accepted now, served by the HA backend.
+    Postgres(String),
+}
+
+impl Serialize for StoreUrl {
+    /// As displayed: a PostgreSQL password never reaches JSON output.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The URL is neither `sqlite:PATH` nor `postgres://…`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unsupported store URL {0:?}: expected sqlite:PATH or postgres://USER@HOST/DB")]
+pub struct BadStoreUrl(pub String);
+
+impl FromStr for StoreUrl {
+    type Err = BadStoreUrl;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(rest) = s.strip_prefix("sqlite:") {
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            if path.is_empty() {
+                return Err(BadStoreUrl(s.to_string()));
+            }
+            Ok(StoreUrl::Sqlite(PathBuf::from(path)))
+        } else if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Ok(StoreUrl::Postgres(s.to_string()))
+        } else {
+            Err(BadStoreUrl(s.to_string()))
+        }
+    }
+}
+
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreUrl::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
+            // never print a password that may sit in the URL
+            StoreUrl::Postgres(u) => match (u.find("://"), u.rfind('@')) {
+                (Some(s), Some(at)) if at > s => write!(f, "{}://***{}", &u[..s], &u[at..]),
+                _ => f.write_str(u),
+            },
+        }
+    }
+}
+
+text_enum!(
+    /// Where a host record came from.
+    HostSource {
+        /// Declared in `inventory/`; reconciled on every (re)load.
+        Inventory => "inventory",
+        /// An unknown MAC seen on the wire.
+        Discovered => "discovered",
+    }
+);
+
+/// A host as the store knows it: the inventory's declaration plus its live state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub name: String,
+    pub state: HostState,
+    pub source: HostSource,
+    /// Boot MACs; unique across all hosts (the store refuses a MAC owned by another host).
+    pub macs: Vec<MacAddr>,
+    /// Reserved address on the provisioning subnet, if any.
+    pub ip: Option<Ipv4Addr>,
+    pub rack: Option<String>,
+    pub role: Option<Role>,
+    /// The full inventory entry as JSON (for `hosts show`); `null` for discovered hosts.
+    pub spec: serde_json::Value,
+    pub created: Timestamp,
+    pub updated: Timestamp,
+}
+
+/// One change the inventory sync applies; the store writes it and its event atomically.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HostChange {
+    /// A host new to the store (state taken from the record).
+    Add(HostRecord),
+    /// The declaration changed; `fields` names what changed (for the event). The live
+    /// `state` and `created` of the stored host are kept.
+    Update {
+        host: HostRecord,
+        fields: Vec<String>,
+    },
+    /// The host left the inventory: its row goes, its history stays in the event log.
+    Remove { name: String },
+}
+
+text_enum!(
+    /// A lease's life. `offered` is a short hold (DHCPOFFER), `active` a committed lease.
+    LeaseState {
+        Offered => "offered",
+        Active => "active",
+        Released => "released",
+        Expired => "expired",
+        /// The client declined the address (RFC 2131 §4.3.3): it is quarantined until `ends`.
+        Declined => "declined",
+    }
+);
+
+impl LeaseState {
+    /// Whether a lease in this state still holds its address until `ends`.
+    pub fn holds_address(self) -> bool {
+        matches!(
+            self,
+            LeaseState::Offered | LeaseState::Active | LeaseState::Declined
+        )
+    }
+}
+
+/// Where a relayed request came from (giaddr and RFC 3046 option 82).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayInfo {
+    pub giaddr: Option<Ipv4Addr>,
+    /// Option 82 sub-option 1, printable or hex.
+    pub circuit_id: Option<String>,
+    /// Option 82 sub-option 2, printable or hex.
+    pub remote_id: Option<String>,
+}
+
+/// One address binding. At most one row per IP: the IP is the key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+    /// Option 61 client identifier, hex, when the client sent one.
+    pub client_id: Option<String>,
+    pub state: LeaseState,
+    pub starts: Timestamp,
+    pub ends: Timestamp,
+    /// The inventory host this MAC belongs to, if any.
+    pub host: Option<String>,
+    /// Name of the inventory subnet the address belongs to.
+    pub subnet: String,
+    pub relay: RelayInfo,
+}
+
+/// Which leases to list.
+#[derive(Debug, Clone, Default)]
+pub struct LeaseFilter {
+    pub subnet: Option<String>,
+    pub mac: Option<MacAddr>,
+    pub state: Option<LeaseState>,
+}
+
+text_enum!(
+    /// What an event records. Stored as text; the log is append-only.
+    EventKind {
+        InventoryLoaded => "inventory-loaded",
+        InventoryRejected => "inventory-rejected",
+        HostAdded => "host-added",
+        HostChanged => "host-changed",
+        HostRemoved => "host-removed",
+        HostStateChanged => "host-state-changed",
+        HostDiscovered => "host-discovered",
+        LeaseOffered => "lease-offered",
+        LeaseCommitted => "lease-committed",
+        LeaseReleased => "lease-released",
+        LeaseDeclined => "lease-declined",
+        LeaseExpired => "lease-expired",
+        DaemonStarted => "daemon-started",
+        DaemonStopped => "daemon-stopped",
+    }
+);
+
+/// An event to append. `time` is set by the store when `None`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewEvent {
+    pub time: Option<Timestamp>,
+    pub kind: EventKind,
+    pub ip: Option<Ipv4Addr>,
+    pub mac: Option<MacAddr>,
+    pub host: Option<String>,
+    /// Who caused it: `inventory`, `dhcp`, `api:<token name>`, `cli`, …
+    pub actor: String,
+    pub detail: serde_json::Value,
+}
+
+impl NewEvent {
+    pub fn new(kind: EventKind, actor: impl Into<String>) -> Self {
+        NewEvent {
+            time: None,
+            kind,
+            ip: None,
+            mac: None,
+            host: None,
+            actor: actor.into(),
+            detail: serde_json::Value::Null,
+        }
+    }
+    pub fn ip(mut self, ip: Ipv4Addr) -> Self {
+        self.ip = Some(ip);
+        self
+    }
+    pub fn mac(mut self, mac: MacAddr) -> Self {
+        self.mac = Some(mac);
+        self
+    }
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = Some(host.into());
+        self
+    }
+    pub fn detail(mut self, detail: serde_json::Value) -> Self {
+        self.detail = detail;
+        self
+    }
+}
+
+/// A stored event; `id` grows with every append.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    pub time: Timestamp,
+    pub kind: EventKind,
+    pub ip: Option<Ipv4Addr>,
+    pub mac: Option<MacAddr>,
+    pub host: Option<String>,
+    pub actor: String,
+    pub detail: serde_json::Value,
+}
+
+/// Which events to read. All set fields must match; results are in append order.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub ip: Option<Ipv4Addr>,
+    pub mac: Option<MacAddr>,
+    pub host: Option<String>,
+    pub kind: Option<EventKind>,
+    /// Inclusive lower bound on `time`.
+    pub since: Option<Timestamp>,
+    /// Exclusive upper bound on `time`.
+    pub until: Option<Timestamp>,
+    /// Newest N matching events (still returned oldest first). `None` = all.
+    pub limit: Option<u32>,
+}
+
+/// Hosts: the inventory's declarations reconciled into the store, plus discovered MACs.
+#[async_trait]
+pub trait HostStore: Send + Sync {
+    async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
+    async fn get_host(&self, name: &str) -> Result<Option<HostRecord>, StoreError>;
+    async fn host_by_mac(&self, mac: MacAddr) -> Result<Option<HostRecord>, StoreError>;
+    /// Applies all changes and one event per change in a single transaction: either all
+    /// land or none do.
+    async fn apply_host_changes(
+        &self,
+        changes: &[HostChange],
+        actor: &str,
+    ) -> Result<(), StoreError>;
+    /// Moves a host from `from` (when given: compare-and-set) to `to`, with an event.
+    async fn set_host_state(
+        &self,
+        name: &str,
+        from: Option<HostState>,
+        to: HostState,
+        actor: &str,
+        detail: serde_json::Value,
+    ) -> Result<HostRecord, StoreError>;
+}
+
+/// Leases. Never two clients on one address: a write that would take an address still held
+/// by another MAC fails with [`StoreError::Conflict`].
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
+    /// Inserts or replaces the lease on `lease.ip` and appends `event`, atomically and
+    /// durably (the call returns only after the commit is on disk). Refused with
+    /// `Conflict` when another MAC holds the address (`holds_address()` and `ends > now`).
+    async fn commit_lease(&self, lease: &Lease, event: &NewEvent) -> Result<(), StoreError>;
+    async fn get_lease(&self, ip: Ipv4Addr) -> Result<Option<Lease>, StoreError>;
+    async fn list_leases(&self, filter: &LeaseFilter) -> Result<Vec<Lease>, StoreError>;
+    /// Marks every `offered`/`active` lease whose `ends <= now` as `expired` (with an event
+    /// each) and returns them.
+    async fn expire_leases(&self, now: Timestamp) -> Result<Vec<Lease>, StoreError>;
+}
+
+/// The append-only event log.
+#[async_trait]
+pub trait EventLog: Send + Sync {
+    async fn append(&self, event: &NewEvent) -> Result<i64, StoreError>;
+    async fn query(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
+}
+
+/// A whole backend.
+pub trait Store: HostStore + LeaseStore + EventLog {}
+impl<T: HostStore + LeaseStore + EventLog> Store for T {}
+
+/// Opens (creating and migrating when needed) the store a URL names.
+pub async fn open(url: &StoreUrl) -> Result<Arc<dyn Store>, StoreError> {
+    match url {
+        StoreUrl::Sqlite(path) => Ok(Arc::new(sqlite::SqliteStore::open(path).await?)),
+        StoreUrl::Postgres(_) => Err(StoreError::Open {
+            url: url.to_string(),
+            reason: "the PostgreSQL backend is not built yet (see the HA issue); use sqlite:PATH"
+                .into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls_parse() {
+        assert_eq!(
+            "sqlite:/var/lib/bootgate/b.db".parse::<StoreUrl>().unwrap(),
+            StoreUrl::Sqlite("/var/lib/bootgate/b.db".into())
+        );
+        assert_eq!(
+            "sqlite://rel/b.db".parse::<StoreUrl>().unwrap(),
+            StoreUrl::Sqlite("rel/b.db".into())
+        );
+        let pg: StoreUrl = "postgres://bg:secret@db1/bootgate".parse().unwrap();
+        assert_eq!(pg.to_string(), "postgres://***@db1/bootgate");
+        assert!("mysql://x".parse::<StoreUrl>().is_err());
+        assert!("sqlite:".parse::<StoreUrl>().is_err());
+    }
+}
