@@ -1,8 +1,1315 @@
-//! Loads and validates `inventory/<site>/*.toml` (stub).
-use std::path::Path;
+//! Loads `inventory/<site>/*.toml` into a validated [`Inventory`]: every file is parsed to a
+//! TOML table first and each `[[host]]`, `[[subnet]]`, … deserialized on its own, so a
+//! problem names its file, entry and field, and one bad entry does not hide the others.
+//! Cross-entry checks (unique names, MACs and addresses; references; address plans) follow.
 
-use super::{Invalid, Inventory};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-pub fn load_dir(_dir: &Path) -> Result<Inventory, Invalid> {
-    Err(Invalid(vec![]))
+use ipnet::Ipv4Net;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+
+use super::{
+    Bmc, BmcProtocol, BmcVendor, Gpus, Hardware, Host, InfiniBand, Invalid, Inventory, IpRange,
+    Problem, Profile, Purpose, Rack, Served, Site, Subnet, Switch,
+};
+use crate::config::Config;
+use crate::types::{MacAddr, Role};
+
+/// The daemon's own config may sit in the inventory directory; it is not inventory.
+const CONFIG_FILE_NAME: &str = "bootgate.toml";
+
+/// Top-level keys an inventory file may hold: `[site]` and arrays of tables for the rest.
+const TOP_LEVEL_KEYS: &[&str] = &["site", "subnet", "rack", "profile", "host"];
+
+// ---------------------------------------------------------------------------------------
+// Wire format. Field names are what operators type; everything unknown is refused.
+// ---------------------------------------------------------------------------------------
+
+/// `[site]`: exactly one across the directory.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SiteWire {
+    name: String,
+    description: Option<String>,
+    location: Option<String>,
+    #[serde(default)]
+    gateways: Vec<String>,
+}
+
+/// `[[subnet]]`. Served on `interface` (directly attached) or behind `relay_addresses`
+/// (giaddr of each relay); neither means not served by DHCP (required for `ipoib`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubnetWire {
+    name: String,
+    cidr: Ipv4Net,
+    purpose: Purpose,
+    gateway: Option<Ipv4Addr>,
+    #[serde(default)]
+    dns: Vec<Ipv4Addr>,
+    domain: Option<String>,
+    #[serde(default = "default_lease_time", deserialize_with = "lease_time")]
+    lease_time: Duration,
+    #[serde(default)]
+    dynamic_ranges: Vec<RangeWire>,
+    #[serde(default)]
+    known_hosts_only: bool,
+    interface: Option<String>,
+    relay_addresses: Option<Vec<Ipv4Addr>>,
+    mtu: Option<u16>,
+}
+
+/// `{ start = "10.250.0.100", end = "10.250.0.250" }`, both inclusive.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RangeWire {
+    start: Ipv4Addr,
+    end: Ipv4Addr,
+}
+
+/// `[[rack]]`, with its leaf switch when DHCP relays tag requests with option 82.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RackWire {
+    name: String,
+    location: Option<String>,
+    switch: Option<SwitchWire>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwitchWire {
+    name: String,
+    remote_id: Option<String>,
+    /// Option 82 circuit-id → rack position.
+    #[serde(default)]
+    ports: BTreeMap<String, u32>,
+}
+
+/// `[[profile]]`; `template` defaults to `install`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileWire {
+    name: String,
+    description: Option<String>,
+    image: Option<String>,
+    #[serde(default = "default_template")]
+    template: String,
+    cmdline: Option<String>,
+}
+
+/// `[[host]]`. `addresses` maps a subnet name to the address reserved there.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostWire {
+    name: String,
+    role: Role,
+    rack: Option<String>,
+    position: Option<u32>,
+    #[serde(default)]
+    macs: Vec<MacAddr>,
+    profile: Option<String>,
+    #[serde(default)]
+    addresses: BTreeMap<String, Ipv4Addr>,
+    bmc: Option<BmcWire>,
+    #[serde(default)]
+    hardware: HardwareWire,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+/// `bmc = { … }`; `protocol` defaults to `redfish`, the only one most BMCs still need.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BmcWire {
+    address: Ipv4Addr,
+    mac: Option<MacAddr>,
+    vendor: BmcVendor,
+    #[serde(default = "default_bmc_protocol")]
+    protocol: BmcProtocol,
+    credential: String,
+    port: Option<u16>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HardwareWire {
+    gpus: Option<GpusWire>,
+    infiniband: Option<InfiniBandWire>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GpusWire {
+    model: String,
+    count: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InfiniBandWire {
+    hca_count: u32,
+    rate_gbps: u32,
+    #[serde(default)]
+    subnet_manager: bool,
+}
+
+fn default_lease_time() -> Duration {
+    Duration::from_secs(12 * 3600)
+}
+
+fn default_template() -> String {
+    "install".to_string()
+}
+
+fn default_bmc_protocol() -> BmcProtocol {
+    BmcProtocol::Redfish
+}
+
+/// `lease_time`: either integer seconds, or a string in jiff's "friendly" (`30m`, `12h`,
+/// `1d`, `1h 30m`, `2 days`) or ISO 8601 (`PT12H`) duration format, with days and weeks
+/// taken as 24 h and 7 d. Must be a whole, positive number of seconds that fits DHCP
+/// option 51 (u32).
+fn lease_time<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = Duration;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration like \"30m\", \"12h\" or \"1d\", or integer seconds")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
+            lease_secs(i128::from(v)).map_err(E::custom)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Duration, E> {
+            lease_secs(i128::from(v)).map_err(E::custom)
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+            let bad = |why: String| {
+                E::custom(format!(
+                    "invalid duration {v:?} ({why}); expected e.g. \"30m\", \"12h\", \"1d\" or integer seconds"
+                ))
+            };
+            let span: jiff::Span = v.parse().map_err(|e: jiff::Error| bad(e.to_string()))?;
+            let d = span
+                .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+                .map_err(|_| bad("months and years have no fixed length".to_string()))?;
+            if d.subsec_nanos() != 0 {
+                return Err(bad("not a whole number of seconds".to_string()));
+            }
+            lease_secs(i128::from(d.as_secs())).map_err(E::custom)
+        }
+    }
+    d.deserialize_any(Visitor)
+}
+
+fn lease_secs(secs: i128) -> Result<Duration, String> {
+    match u32::try_from(secs) {
+        Ok(0) => Err("lease time must be positive".to_string()),
+        Ok(s) => Ok(Duration::from_secs(u64::from(s))),
+        Err(_) => Err(format!(
+            "lease time {secs}s is out of range (1s ..= {}s, DHCP option 51 is 32 bits)",
+            u32::MAX
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Deserializing one entry while collecting every field error (shared with config::wire).
+// ---------------------------------------------------------------------------------------
+
+/// One field of an entry that failed to deserialize.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FieldError {
+    /// Path inside the entry (`bmc.vendor`, `macs[1]`), or `-` for the entry as a whole.
+    pub field: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+fn path_string(path: &[Seg]) -> String {
+    let mut out = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Seg::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    if out.is_empty() { "-".to_string() } else { out }
+}
+
+/// serde stops at the first error, so to report them all we drop the offending key and
+/// try again (bounded). A required key we dropped then comes back as "missing field": that
+/// one is not reported twice. A bad array element drops the whole array, so later
+/// elements keep their indices in the messages that were already recorded.
+pub(crate) fn deserialize_collecting<T: DeserializeOwned>(
+    value: &toml::Value,
+) -> Result<T, Vec<FieldError>> {
+    const MAX_ATTEMPTS: usize = 32;
+    let mut value = value.clone();
+    let mut errors = Vec::new();
+    let mut removed: Vec<Vec<Seg>> = Vec::new();
+    for _ in 0..MAX_ATTEMPTS {
+        let err = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(t) if errors.is_empty() => return Ok(t),
+            Ok(_) => return Err(errors),
+            Err(e) => e,
+        };
+        let mut path: Vec<Seg> = err
+            .path()
+            .iter()
+            .filter_map(|s| match s {
+                serde_path_to_error::Segment::Map { key } => Some(Seg::Key(key.clone())),
+                serde_path_to_error::Segment::Seq { index } => Some(Seg::Index(*index)),
+                _ => None,
+            })
+            .collect();
+        let message = err.inner().message();
+        if let Some(missing) = missing_field(message) {
+            let mut full = path.clone();
+            full.push(Seg::Key(missing.to_string()));
+            if !removed.contains(&full) {
+                errors.push(FieldError {
+                    field: path_string(&full),
+                    reason: "missing (required)".to_string(),
+                });
+            }
+        } else {
+            let raw = value_at(&value, &path);
+            errors.push(FieldError {
+                field: path_string(&path),
+                reason: humane_reason(message, raw),
+            });
+        }
+        // Drop the smallest thing that removes this error: the key itself, or the whole
+        // array for an array element, or the incomplete table for a missing field.
+        while matches!(path.last(), Some(Seg::Index(_))) {
+            path.pop();
+        }
+        if path.is_empty() || !remove_at(&mut value, &path) {
+            return Err(errors);
+        }
+        removed.push(path);
+    }
+    Err(errors)
+}
+
+fn missing_field(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+}
+
+fn value_at<'a>(value: &'a toml::Value, path: &[Seg]) -> Option<&'a toml::Value> {
+    let mut v = value;
+    for seg in path {
+        v = match seg {
+            Seg::Key(k) => v.as_table()?.get(k)?,
+            Seg::Index(i) => v.as_array()?.get(*i)?,
+        };
+    }
+    Some(v)
+}
+
+fn remove_at(value: &mut toml::Value, path: &[Seg]) -> bool {
+    let Some((Seg::Key(last), parents)) = path.split_last() else {
+        return false;
+    };
+    let mut v = value;
+    for seg in parents {
+        let next = match seg {
+            Seg::Key(k) => v.as_table_mut().and_then(|t| t.get_mut(k)),
+            Seg::Index(i) => v.as_array_mut().and_then(|a| a.get_mut(*i)),
+        };
+        match next {
+            Some(n) => v = n,
+            None => return false,
+        }
+    }
+    v.as_table_mut().and_then(|t| t.remove(last)).is_some()
+}
+
+/// Turns serde's messages into the house form: `unknown field, expected one of: a, b`, and
+/// echoes the offending string (std's IP parser does not say what it was given).
+fn humane_reason(message: &str, raw: Option<&toml::Value>) -> String {
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let expected: Vec<&str> = rest
+            .split_once('`')
+            .map(|(_, tail)| tail)
+            .unwrap_or_default()
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .collect();
+        return if expected.is_empty() {
+            "unknown field, this table takes no fields".to_string()
+        } else {
+            format!("unknown field, expected one of: {}", expected.join(", "))
+        };
+    }
+    match raw {
+        Some(toml::Value::String(s)) if !message.contains(s.as_str()) => {
+            format!("{message}: {s:?}")
+        }
+        _ => message.to_string(),
+    }
+}
+
+/// A TOML syntax error as a problem, with the line and column the parser stopped at.
+pub(crate) fn syntax_problem(file: &Path, source: &str, err: &toml::de::Error) -> Problem {
+    let reason = match err.span() {
+        Some(span) => {
+            let (line, col) = line_col(source, span.start);
+            format!(
+                "TOML syntax error at line {line}, column {col}: {}",
+                err.message()
+            )
+        }
+        None => format!("TOML syntax error: {}", err.message()),
+    };
+    Problem {
+        file: file.to_path_buf(),
+        entry: "-".to_string(),
+        field: "-".to_string(),
+        reason,
+    }
+}
+
+fn line_col(source: &str, offset: usize) -> (usize, usize) {
+    let before = source.get(..offset).unwrap_or(source);
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map_or(0, |l| l.chars().count())
+        + 1;
+    (line, col)
+}
+
+// ---------------------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------------------
+
+/// Where an entry was declared, for messages: `hosts.toml` + `host "vm0"`.
+#[derive(Debug, Clone)]
+struct Loc {
+    file: PathBuf,
+    entry: String,
+}
+
+impl fmt::Display for Loc {
+    /// `host "vm0" in hosts.toml` (all files share one directory, so the name suffices).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.file.file_name().unwrap_or(self.file.as_os_str());
+        write!(f, "{} in {}", self.entry, Path::new(name).display())
+    }
+}
+
+/// Raw entries of one kind, in file order, with where each came from.
+struct Raw<'a> {
+    kind: &'static str,
+    entries: Vec<(Loc, &'a toml::Value)>,
+}
+
+/// Every problem found so far.
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn at(&mut self, loc: &Loc, field: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(Problem {
+            file: loc.file.clone(),
+            entry: loc.entry.clone(),
+            field: field.into(),
+            reason: reason.into(),
+        });
+    }
+    fn file(&mut self, file: &Path, entry: &str, field: &str, reason: impl Into<String>) {
+        self.0.push(Problem {
+            file: file.to_path_buf(),
+            entry: entry.to_string(),
+            field: field.to_string(),
+            reason: reason.into(),
+        });
+    }
+}
+
+/// Reads every `*.toml` in `dir` (sorted, not recursive, skipping `bootgate.toml`) and
+/// validates the whole inventory. All problems are returned, each naming file, entry and
+/// field.
+pub fn load_dir(dir: &Path) -> Result<Inventory, Invalid> {
+    let mut problems = Problems::default();
+    let files = match inventory_files(dir) {
+        Ok(files) => files,
+        Err(reason) => {
+            problems.file(dir, "-", "-", reason);
+            return Err(Invalid(problems.0));
+        }
+    };
+    if files.is_empty() {
+        problems.file(dir, "-", "-", "no *.toml inventory files in this directory");
+        return Err(Invalid(problems.0));
+    }
+
+    let mut tables = Vec::with_capacity(files.len());
+    for file in &files {
+        match std::fs::read_to_string(file) {
+            Err(e) => problems.file(file, "-", "-", format!("cannot read: {e}")),
+            Ok(text) => match text.parse::<toml::Table>() {
+                Ok(table) => tables.push((file.clone(), table)),
+                Err(e) => problems.0.push(syntax_problem(file, &text, &e)),
+            },
+        }
+    }
+
+    let mut site: Option<(Loc, &toml::Value)> = None;
+    let mut subnets = Raw::new("subnet");
+    let mut racks = Raw::new("rack");
+    let mut profiles = Raw::new("profile");
+    let mut hosts = Raw::new("host");
+    for (file, table) in &tables {
+        for (key, value) in table {
+            let raw = match key.as_str() {
+                "site" => {
+                    let loc = Loc {
+                        file: file.clone(),
+                        entry: "site".to_string(),
+                    };
+                    if !value.is_table() {
+                        problems.at(&loc, "-", "expected a single [site] table");
+                    } else if let Some((first, _)) = &site {
+                        problems.at(
+                            &loc,
+                            "-",
+                            format!("second [site] table; the site is already defined in {}", first_file(first)),
+                        );
+                    } else {
+                        site = Some((loc, value));
+                    }
+                    continue;
+                }
+                "subnet" => &mut subnets,
+                "rack" => &mut racks,
+                "profile" => &mut profiles,
+                "host" => &mut hosts,
+                _ => {
+                    problems.file(
+                        file,
+                        "-",
+                        key,
+                        format!(
+                            "unknown top-level key, expected one of: {}",
+                            TOP_LEVEL_KEYS.join(", ")
+                        ),
+                    );
+                    continue;
+                }
+            };
+            raw.collect(file, key, value, &mut problems);
+        }
+    }
+
+    let site = match site {
+        Some((loc, value)) => deserialize_entry::<SiteWire>(&loc, value, &mut problems).map(|w| {
+            Site {
+                name: w.name,
+                description: w.description,
+                location: w.location,
+                gateways: w.gateways,
+            }
+        }),
+        None => {
+            // Only worth saying when the files themselves were readable.
+            if problems.0.is_empty() {
+                problems.file(dir, "site", "-", "no [site] table in any *.toml file");
+            }
+            None
+        }
+    };
+
+    let mut v = Validator::new(problems);
+    let subnets = v.subnets(&subnets);
+    let racks = v.racks(&racks);
+    let profiles = v.profiles(&profiles);
+    let hosts = v.hosts(&hosts, &subnets, &racks, &profiles);
+
+    match site {
+        Some(site) if v.problems.0.is_empty() => Ok(Inventory {
+            site,
+            subnets: subnets.into_iter().map(|(_, s)| s).collect(),
+            racks: racks.into_iter().map(|(_, r)| r).collect(),
+            profiles: profiles.into_iter().map(|(_, p)| p).collect(),
+            hosts: hosts.into_iter().map(|(_, h)| h).collect(),
+            files,
+        }),
+        _ => Err(Invalid(v.problems.0)),
+    }
+}
+
+fn first_file(loc: &Loc) -> String {
+    loc.file
+        .file_name()
+        .map_or_else(|| loc.file.display().to_string(), |n| Path::new(n).display().to_string())
+}
+
+fn inventory_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot read directory: {e}"))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("cannot read directory: {e}"))?;
+        let path = entry.path();
+        let is_toml = path.extension().is_some_and(|e| e == "toml");
+        let is_config = path.file_name().is_some_and(|n| n == CONFIG_FILE_NAME);
+        if is_toml && !is_config && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+impl<'a> Raw<'a> {
+    fn new(kind: &'static str) -> Self {
+        Raw {
+            kind,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Takes the elements of a `[[kind]]` array, each labelled by its name (or its 1-based
+    /// position in the file when it has none).
+    fn collect(
+        &mut self,
+        file: &Path,
+        key: &str,
+        value: &'a toml::Value,
+        problems: &mut Problems,
+    ) {
+        let Some(array) = value.as_array() else {
+            problems.file(
+                file,
+                "-",
+                key,
+                format!("expected an array of tables ([[{key}]])"),
+            );
+            return;
+        };
+        for (i, element) in array.iter().enumerate() {
+            let entry = match element.get("name").and_then(toml::Value::as_str) {
+                Some(name) => format!("{} {name:?}", self.kind),
+                None => format!("{} #{}", self.kind, i + 1),
+            };
+            let loc = Loc {
+                file: file.to_path_buf(),
+                entry,
+            };
+            if element.is_table() {
+                self.entries.push((loc, element));
+            } else {
+                problems.at(&loc, "-", format!("expected a table ([[{key}]])"));
+            }
+        }
+    }
+}
+
+fn deserialize_entry<T: DeserializeOwned>(
+    loc: &Loc,
+    value: &toml::Value,
+    problems: &mut Problems,
+) -> Option<T> {
+    match deserialize_collecting::<T>(value) {
+        Ok(t) => Some(t),
+        Err(errors) => {
+            for e in errors {
+                problems.at(loc, e.field, e.reason);
+            }
+            None
+        }
+    }
+}
+
+/// Why `ip` cannot be a host's address on `net`, if it cannot.
+fn unusable(net: &Ipv4Net, ip: Ipv4Addr) -> Option<String> {
+    if !net.contains(&ip) {
+        Some(format!("{ip} is outside {net}"))
+    } else if net.prefix_len() < 31 && ip == net.network() {
+        Some(format!("{ip} is the network address of {net}"))
+    } else if net.prefix_len() < 31 && ip == net.broadcast() {
+        Some(format!("{ip} is the broadcast address of {net}"))
+    } else {
+        None
+    }
+}
+
+/// A DNS label (RFC 1123 host name part): what the hosts' names become in DHCP option 12,
+/// Ansible and Kubernetes.
+fn is_dns_label(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// Linux IFNAMSIZ is 16 including the terminating NUL.
+pub(crate) const MAX_IFNAME_LEN: usize = 15;
+
+/// Cross-entry checks over entries that deserialized. Names of entries that did not are
+/// remembered, so a broken subnet does not also make every host "reference an unknown
+/// subnet".
+struct Validator {
+    problems: Problems,
+    broken_subnets: HashSet<String>,
+    broken_racks: HashSet<String>,
+    broken_profiles: HashSet<String>,
+}
+
+/// Names of the entries that failed to deserialize (to silence follow-on reference errors).
+fn broken_names(raw: &Raw<'_>, ok: &[Loc]) -> HashSet<String> {
+    raw.entries
+        .iter()
+        .filter(|(loc, _)| !ok.iter().any(|o| o.file == loc.file && o.entry == loc.entry))
+        .filter_map(|(_, v)| v.get("name").and_then(toml::Value::as_str))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Reports a name seen before. Returns true when it is new.
+fn unique_name(
+    seen: &mut HashMap<String, Loc>,
+    name: &str,
+    loc: &Loc,
+    kind: &str,
+    problems: &mut Problems,
+) -> bool {
+    if let Some(first) = seen.get(name) {
+        problems.at(
+            loc,
+            "name",
+            format!("duplicate {kind} name {name:?}; also defined as {first}"),
+        );
+        false
+    } else {
+        seen.insert(name.to_string(), loc.clone());
+        true
+    }
+}
+
+impl Validator {
+    fn new(problems: Problems) -> Self {
+        Validator {
+            problems,
+            broken_subnets: HashSet::new(),
+            broken_racks: HashSet::new(),
+            broken_profiles: HashSet::new(),
+        }
+    }
+
+    fn subnets(&mut self, raw: &Raw<'_>) -> Vec<(Loc, Subnet)> {
+        let mut out: Vec<(Loc, Subnet)> = Vec::new();
+        let mut seen = HashMap::new();
+        for (loc, value) in &raw.entries {
+            let Some(w) = deserialize_entry::<SubnetWire>(loc, value, &mut self.problems) else {
+                continue;
+            };
+            if !unique_name(&mut seen, &w.name, loc, "subnet", &mut self.problems) {
+                continue;
+            }
+            out.push((loc.clone(), self.subnet(loc, w)));
+        }
+        let ok: Vec<Loc> = out.iter().map(|(l, _)| l.clone()).collect();
+        self.broken_subnets = broken_names(raw, &ok);
+
+        // Overlapping CIDRs: an address would belong to two subnets. Few subnets: pairwise.
+        for (i, (loc, s)) in out.iter().enumerate() {
+            if let Some((other_loc, other)) = out[..i]
+                .iter()
+                .find(|(_, o)| o.cidr.contains(&s.cidr.network()) || s.cidr.contains(&o.cidr.network()))
+            {
+                self.problems.at(
+                    loc,
+                    "cidr",
+                    format!(
+                        "{} overlaps {} (subnet {:?} {})",
+                        s.cidr, other.cidr, other.name, other_loc
+                    ),
+                );
+            }
+        }
+        out
+    }
+
+    fn subnet(&mut self, loc: &Loc, w: SubnetWire) -> Subnet {
+        let p = &mut self.problems;
+        let net = w.cidr;
+        if net.addr() != net.network() {
+            p.at(
+                loc,
+                "cidr",
+                format!(
+                    "{net} has host bits set; the subnet is {}",
+                    net.trunc()
+                ),
+            );
+        }
+        let net = net.trunc();
+        if let Some(gw) = w.gateway
+            && let Some(why) = unusable(&net, gw)
+        {
+            p.at(loc, "gateway", format!("gateway {why}"));
+        }
+
+        let mut ranges: Vec<IpRange> = Vec::with_capacity(w.dynamic_ranges.len());
+        for (i, r) in w.dynamic_ranges.iter().enumerate() {
+            let field = format!("dynamic_ranges[{i}]");
+            let mut ok = true;
+            for (end, ip) in [("start", r.start), ("end", r.end)] {
+                if let Some(why) = unusable(&net, ip) {
+                    p.at(loc, format!("{field}.{end}"), format!("range {end} {why}"));
+                    ok = false;
+                }
+            }
+            if r.start > r.end {
+                p.at(
+                    loc,
+                    &field,
+                    format!("range start {} is after its end {}", r.start, r.end),
+                );
+                ok = false;
+            }
+            let range = IpRange {
+                start: r.start,
+                end: r.end,
+            };
+            if ok
+                && let Some((j, other)) = ranges
+                    .iter()
+                    .enumerate()
+                    .find(|(_, o)| o.start <= range.end && range.start <= o.end)
+            {
+                p.at(
+                    loc,
+                    &field,
+                    format!(
+                        "range {}-{} overlaps dynamic_ranges[{j}] ({}-{})",
+                        range.start, range.end, other.start, other.end
+                    ),
+                );
+            }
+            ranges.push(range);
+        }
+        let in_range = |ip: Ipv4Addr| ranges.iter().find(|r| r.contains(ip));
+        if let Some(gw) = w.gateway
+            && let Some(r) = in_range(gw)
+        {
+            p.at(
+                loc,
+                "gateway",
+                format!("gateway {gw} is inside dynamic range {}-{}", r.start, r.end),
+            );
+        }
+
+        let served = match (w.purpose, w.interface, w.relay_addresses) {
+            (Purpose::Ipoib, interface, relays) if interface.is_some() || relays.is_some() => {
+                let field = if interface.is_some() { "interface" } else { "relay_addresses" };
+                p.at(
+                    loc,
+                    field,
+                    "ipoib subnets are not served by DHCP (Ansible configures the addresses); remove it",
+                );
+                Served::NotServed
+            }
+            (_, Some(_), Some(_)) => {
+                p.at(
+                    loc,
+                    "relay_addresses",
+                    "interface and relay_addresses are both set; a subnet is served either on an interface or behind relays",
+                );
+                Served::NotServed
+            }
+            (_, Some(name), None) => {
+                if name.is_empty() || name.len() > MAX_IFNAME_LEN {
+                    p.at(
+                        loc,
+                        "interface",
+                        format!("interface name {name:?} must be 1 to {MAX_IFNAME_LEN} bytes (IFNAMSIZ)"),
+                    );
+                }
+                Served::Interface(name)
+            }
+            (_, None, Some(relays)) => {
+                if relays.is_empty() {
+                    p.at(
+                        loc,
+                        "relay_addresses",
+                        "empty: list the relays' giaddr addresses, or drop the key if the subnet is not served",
+                    );
+                }
+                for (i, relay) in relays.iter().enumerate() {
+                    if let Some(why) = unusable(&net, *relay) {
+                        p.at(loc, format!("relay_addresses[{i}]"), format!("relay address {why}"));
+                    } else if let Some(r) = in_range(*relay) {
+                        p.at(
+                            loc,
+                            format!("relay_addresses[{i}]"),
+                            format!("relay address {relay} is inside dynamic range {}-{}", r.start, r.end),
+                        );
+                    }
+                }
+                Served::Relays(relays)
+            }
+            (_, None, None) => Served::NotServed,
+        };
+        if let Some(mtu) = w.mtu
+            && mtu < 68
+        {
+            // RFC 2132 §5.1: option 26's minimum legal value is 68.
+            p.at(loc, "mtu", format!("mtu {mtu} is below 68, the minimum of DHCP option 26"));
+        }
+        Subnet {
+            name: w.name,
+            cidr: net,
+            purpose: w.purpose,
+            gateway: w.gateway,
+            dns: w.dns,
+            domain: w.domain,
+            lease_time: w.lease_time,
+            dynamic_ranges: ranges,
+            known_hosts_only: w.known_hosts_only,
+            served,
+            mtu: w.mtu,
+        }
+    }
+
+    fn racks(&mut self, raw: &Raw<'_>) -> Vec<(Loc, Rack)> {
+        let mut out: Vec<(Loc, Rack)> = Vec::new();
+        let mut seen = HashMap::new();
+        let mut remote_ids: HashMap<String, Loc> = HashMap::new();
+        for (loc, value) in &raw.entries {
+            let Some(w) = deserialize_entry::<RackWire>(loc, value, &mut self.problems) else {
+                continue;
+            };
+            if !unique_name(&mut seen, &w.name, loc, "rack", &mut self.problems) {
+                continue;
+            }
+            let switch = w.switch.map(|s| {
+                if let Some(id) = &s.remote_id {
+                    // Option 82 remote-id picks the rack; two racks with one id are ambiguous.
+                    if let Some(first) = remote_ids.get(id) {
+                        self.problems.at(
+                            loc,
+                            "switch.remote_id",
+                            format!("remote_id {id:?} is also the switch of {first}"),
+                        );
+                    } else {
+                        remote_ids.insert(id.clone(), loc.clone());
+                    }
+                }
+                Switch {
+                    name: s.name,
+                    remote_id: s.remote_id,
+                    ports: s.ports,
+                }
+            });
+            out.push((
+                loc.clone(),
+                Rack {
+                    name: w.name,
+                    location: w.location,
+                    switch,
+                },
+            ));
+        }
+        let ok: Vec<Loc> = out.iter().map(|(l, _)| l.clone()).collect();
+        self.broken_racks = broken_names(raw, &ok);
+        out
+    }
+
+    fn profiles(&mut self, raw: &Raw<'_>) -> Vec<(Loc, Profile)> {
+        let mut out: Vec<(Loc, Profile)> = Vec::new();
+        let mut seen = HashMap::new();
+        for (loc, value) in &raw.entries {
+            let Some(w) = deserialize_entry::<ProfileWire>(loc, value, &mut self.problems) else {
+                continue;
+            };
+            if !unique_name(&mut seen, &w.name, loc, "profile", &mut self.problems) {
+                continue;
+            }
+            if w.template.is_empty() {
+                self.problems.at(loc, "template", "empty template name");
+            }
+            out.push((
+                loc.clone(),
+                Profile {
+                    name: w.name,
+                    description: w.description,
+                    image: w.image,
+                    template: w.template,
+                    cmdline: w.cmdline,
+                },
+            ));
+        }
+        let ok: Vec<Loc> = out.iter().map(|(l, _)| l.clone()).collect();
+        self.broken_profiles = broken_names(raw, &ok);
+        out
+    }
+
+    fn hosts(
+        &mut self,
+        raw: &Raw<'_>,
+        subnets: &[(Loc, Subnet)],
+        racks: &[(Loc, Rack)],
+        profiles: &[(Loc, Profile)],
+    ) -> Vec<(Loc, Host)> {
+        let subnet_by_name: HashMap<&str, &Subnet> =
+            subnets.iter().map(|(_, s)| (s.name.as_str(), s)).collect();
+        let rack_names: HashSet<&str> = racks.iter().map(|(_, r)| r.name.as_str()).collect();
+        let profile_names: HashSet<&str> =
+            profiles.iter().map(|(_, p)| p.name.as_str()).collect();
+        let bmc_subnets: Vec<&Subnet> = subnets
+            .iter()
+            .map(|(_, s)| s)
+            .filter(|s| s.purpose == Purpose::Bmc)
+            .collect();
+
+        let mut out: Vec<(Loc, Host)> = Vec::with_capacity(raw.entries.len());
+        let mut seen = HashMap::new();
+        // Who holds each MAC / reserved IP / rack slot, described for the message.
+        let mut macs: HashMap<MacAddr, String> = HashMap::new();
+        let mut ips: HashMap<Ipv4Addr, String> = HashMap::new();
+        let mut slots: HashMap<(String, u32), String> = HashMap::new();
+
+        for (loc, value) in &raw.entries {
+            let Some(w) = deserialize_entry::<HostWire>(loc, value, &mut self.problems) else {
+                continue;
+            };
+            let p = &mut self.problems;
+            if !is_dns_label(&w.name) {
+                p.at(
+                    loc,
+                    "name",
+                    format!(
+                        "host name {:?} is not a DNS label (1-63 of a-z, 0-9 and '-', not starting or ending with '-')",
+                        w.name
+                    ),
+                );
+            }
+            if !unique_name(&mut seen, &w.name, loc, "host", p) {
+                continue;
+            }
+
+            match (&w.rack, w.position) {
+                (Some(rack), _) if !rack_names.contains(rack.as_str()) => {
+                    if !self.broken_racks.contains(rack) {
+                        p.at(loc, "rack", format!("no rack named {rack:?}"));
+                    }
+                }
+                (Some(rack), Some(pos)) => {
+                    let here = format!("{loc}");
+                    if let Some(first) = slots.get(&(rack.clone(), pos)) {
+                        p.at(
+                            loc,
+                            "position",
+                            format!("position {pos} in rack {rack:?} is already taken by {first}"),
+                        );
+                    } else {
+                        slots.insert((rack.clone(), pos), here);
+                    }
+                }
+                (None, Some(_)) => {
+                    p.at(loc, "position", "position given without a rack");
+                }
+                _ => {}
+            }
+            if let Some(profile) = &w.profile
+                && !profile_names.contains(profile.as_str())
+                && !self.broken_profiles.contains(profile)
+            {
+                p.at(loc, "profile", format!("no profile named {profile:?}"));
+            }
+
+            for (i, mac) in w.macs.iter().enumerate() {
+                let field = format!("macs[{i}]");
+                claim_mac(&mut macs, *mac, loc, &field, p);
+            }
+            if let Some(mac) = w.bmc.as_ref().and_then(|b| b.mac) {
+                claim_mac(&mut macs, mac, loc, "bmc.mac", p);
+            }
+
+            for (subnet_name, ip) in &w.addresses {
+                let field = format!("addresses.{subnet_name}");
+                let Some(subnet) = subnet_by_name.get(subnet_name.as_str()) else {
+                    if !self.broken_subnets.contains(subnet_name) {
+                        p.at(loc, &field, format!("no subnet named {subnet_name:?}"));
+                    }
+                    continue;
+                };
+                check_reserved(subnet, *ip, loc, &field, p);
+                claim_ip(&mut ips, *ip, loc, &field, p);
+                if w.macs.is_empty() && subnet.served != Served::NotServed {
+                    p.at(
+                        loc,
+                        &field,
+                        format!(
+                            "the host has no MAC in macs, but needs one to be served by DHCP on subnet {subnet_name:?}"
+                        ),
+                    );
+                }
+            }
+
+            if let Some(bmc) = &w.bmc {
+                let ip = bmc.address;
+                if !bmc_subnets.is_empty() && !bmc_subnets.iter().any(|s| s.cidr.contains(&ip)) {
+                    let names: Vec<String> = bmc_subnets
+                        .iter()
+                        .map(|s| format!("{:?} ({})", s.name, s.cidr))
+                        .collect();
+                    p.at(
+                        loc,
+                        "bmc.address",
+                        format!("{ip} is not inside any bmc subnet: {}", names.join(", ")),
+                    );
+                } else if let Some(subnet) = subnets
+                    .iter()
+                    .map(|(_, s)| s)
+                    .find(|s| s.cidr.contains(&ip))
+                {
+                    check_reserved(subnet, ip, loc, "bmc.address", p);
+                }
+                claim_ip(&mut ips, ip, loc, "bmc.address", p);
+            }
+
+            out.push((loc.clone(), host(w)));
+        }
+        out
+    }
+}
+
+/// A reserved address must be a usable host address of its subnet and outside the pool
+/// handed to strangers (or a stranger could get a reserved host's address).
+fn check_reserved(subnet: &Subnet, ip: Ipv4Addr, loc: &Loc, field: &str, p: &mut Problems) {
+    if let Some(why) = unusable(&subnet.cidr, ip) {
+        p.at(loc, field, format!("{why} (subnet {:?})", subnet.name));
+    } else if let Some(r) = subnet.dynamic_ranges.iter().find(|r| r.contains(ip)) {
+        p.at(
+            loc,
+            field,
+            format!(
+                "{ip} is inside dynamic range {}-{} of subnet {:?}; reserved addresses must lie outside the pool",
+                r.start, r.end, subnet.name
+            ),
+        );
+    }
+}
+
+fn claim_mac(
+    seen: &mut HashMap<MacAddr, String>,
+    mac: MacAddr,
+    loc: &Loc,
+    field: &str,
+    p: &mut Problems,
+) {
+    if let Some(first) = seen.get(&mac) {
+        p.at(loc, field, format!("duplicate MAC {mac}; also {first}"));
+    } else {
+        seen.insert(mac, format!("{field} of {loc}"));
+    }
+}
+
+fn claim_ip(
+    seen: &mut HashMap<Ipv4Addr, String>,
+    ip: Ipv4Addr,
+    loc: &Loc,
+    field: &str,
+    p: &mut Problems,
+) {
+    if let Some(first) = seen.get(&ip) {
+        p.at(loc, field, format!("duplicate reserved address {ip}; also {first}"));
+    } else {
+        seen.insert(ip, format!("{field} of {loc}"));
+    }
+}
+
+fn host(w: HostWire) -> Host {
+    Host {
+        name: w.name,
+        role: w.role,
+        rack: w.rack,
+        position: w.position,
+        macs: w.macs,
+        addresses: w.addresses,
+        bmc: w.bmc.map(|b| Bmc {
+            address: b.address,
+            mac: b.mac,
+            vendor: b.vendor,
+            protocol: b.protocol,
+            credential: b.credential,
+            port: b.port,
+        }),
+        hardware: Hardware {
+            gpus: w.hardware.gpus.map(|g| Gpus {
+                model: g.model,
+                count: g.count,
+            }),
+            infiniband: w.hardware.infiniband.map(|ib| InfiniBand {
+                hca_count: ib.hca_count,
+                rate_gbps: ib.rate_gbps,
+                subnet_manager: ib.subnet_manager,
+            }),
+        },
+        profile: w.profile,
+        labels: w.labels,
+    }
+}
+
+/// Checks the inventory against the daemon config: every subnet served on an interface
+/// needs that interface in the config, with an address inside the subnet (it becomes the
+/// DHCP server identifier there). Problems name the config file.
+pub fn check_against_config(inv: &Inventory, cfg: &Config) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut problem = |entry: String, field: &str, reason: String| {
+        problems.push(Problem {
+            file: cfg.path.clone(),
+            entry,
+            field: field.to_string(),
+            reason,
+        });
+    };
+    for subnet in &inv.subnets {
+        let Served::Interface(name) = &subnet.served else {
+            continue;
+        };
+        let Some(iface) = cfg.interfaces.iter().find(|i| &i.name == name) else {
+            problem(
+                "-".to_string(),
+                "interface",
+                format!(
+                    "no [[interface]] named {name:?}, but inventory subnet {:?} ({}) is served on it",
+                    subnet.name, subnet.cidr
+                ),
+            );
+            continue;
+        };
+        let entry = format!("interface {name:?}");
+        if !subnet.cidr.contains(&iface.address.addr()) {
+            problem(
+                entry,
+                "address",
+                format!(
+                    "{} is not inside subnet {:?} ({}), which the inventory serves on this interface",
+                    iface.address.addr(),
+                    subnet.name,
+                    subnet.cidr
+                ),
+            );
+        } else if iface.address.prefix_len() != subnet.cidr.prefix_len() {
+            problem(
+                entry,
+                "address",
+                format!(
+                    "prefix /{} differs from subnet {:?} ({}), which the inventory serves on this interface",
+                    iface.address.prefix_len(),
+                    subnet.name,
+                    subnet.cidr
+                ),
+            );
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn de<T: DeserializeOwned>(src: &str) -> Result<T, Vec<FieldError>> {
+        let table: toml::Table = src.parse().unwrap();
+        deserialize_collecting::<T>(&toml::Value::Table(table))
+    }
+
+    #[test]
+    fn collects_every_field_error_in_an_entry() {
+        let errs = de::<HostWire>(
+            r#"
+            name = "a"
+            role = "gpux"
+            macs = ["52:54:00:00:00:01", "nope", "also-bad"]
+            colour = "red"
+            bmc = { address = "10.0.0.300", vendor = "dell", credential = "c", shade = 1 }
+            "#,
+        )
+        .unwrap_err();
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["role", "macs[1]", "colour", "bmc.address", "bmc.shade"]);
+        assert!(errs[2].reason.starts_with("unknown field, expected one of: name, role"), "{errs:?}");
+        assert!(errs[3].reason.contains("\"10.0.0.300\""), "{errs:?}");
+    }
+
+    #[test]
+    fn missing_fields_reported_once() {
+        let errs = de::<HostWire>(r#"role = 5"#).unwrap_err();
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["role", "name"]);
+        assert_eq!(errs[1].reason, "missing (required)");
+        let errs = de::<HostWire>(
+            r#"
+            name = "a"
+            role = "gpu"
+            bmc = { address = "10.0.0.1", vendor = "dell" }
+            "#,
+        )
+        .unwrap_err();
+        assert_eq!(errs, [FieldError { field: "bmc.credential".into(), reason: "missing (required)".into() }]);
+    }
+
+    #[test]
+    fn lease_times() {
+        for (src, secs) in [("\"12h\"", 43200), ("\"30m\"", 1800), ("\"1d\"", 86400), ("3600", 3600), ("\"PT1H\"", 3600)] {
+            let w: SubnetWire = de(&format!(
+                "name = \"s\"\ncidr = \"10.0.0.0/24\"\npurpose = \"bmc\"\nlease_time = {src}"
+            ))
+            .unwrap();
+            assert_eq!(w.lease_time, Duration::from_secs(secs), "{src}");
+        }
+        for src in ["\"1y\"", "0", "-5", "\"soon\"", "\"1.5s\""] {
+            let e = de::<SubnetWire>(&format!(
+                "name = \"s\"\ncidr = \"10.0.0.0/24\"\npurpose = \"bmc\"\nlease_time = {src}"
+            ))
+            .unwrap_err();
+            assert_eq!(e[0].field, "lease_time", "{src}");
+        }
+    }
+
+    #[test]
+    fn dns_labels() {
+        for ok in ["vm0", "gpu-r01-01", "a", &"a".repeat(63)] {
+            assert!(is_dns_label(ok), "{ok}");
+        }
+        for bad in ["", "VM0", "vm_0", "-vm", "vm-", "vm.0", &"a".repeat(64)] {
+            assert!(!is_dns_label(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_have_line_and_column() {
+        let src = "a = 1\nb = [1,\nc = 2\n";
+        let e = src.parse::<toml::Table>().unwrap_err();
+        let p = syntax_problem(Path::new("x.toml"), src, &e);
+        assert!(p.reason.starts_with("TOML syntax error at line 3, column 3"), "{p}");
+    }
 }
