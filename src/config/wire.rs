@@ -1,9 +1,235 @@
-//! Wire structs for bootgate.toml (owned by the config/inventory work; stub).
-use std::path::Path;
+//! bootgate.toml as written (serde wire structs, unknown keys refused) and its validation
+//! into [`Config`]. Relative paths, including a relative `sqlite:` store path, are taken
+//! relative to the config file's directory.
 
-use super::Config;
-use crate::inventory::Invalid;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
-pub(super) fn load(_path: &Path) -> Result<Config, Invalid> {
-    Err(Invalid(vec![]))
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+
+use super::{Config, Interface};
+use crate::inventory::load::{MAX_IFNAME_LEN, deserialize_collecting, syntax_problem};
+use crate::inventory::{Invalid, Problem};
+use crate::store::StoreUrl;
+
+/// The whole file except `[[interface]]`: those are taken out of the table first and
+/// deserialized one by one as [`InterfaceWire`], so a problem names the interface.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigWire {
+    state_dir: PathBuf,
+    /// `sqlite:PATH` or `postgres://…`; default `sqlite:{state_dir}/bootgate.db`.
+    store: Option<String>,
+    /// Directory of the site's inventory `*.toml`.
+    inventory: PathBuf,
+    boot_images: PathBuf,
+    secrets: Option<PathBuf>,
+    /// Default `{state_dir}/control.sock`.
+    control_socket: Option<PathBuf>,
+    http: HttpWire,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpWire {
+    listen: SocketAddr,
+}
+
+/// `[[interface]]`: `address` is the gateway's own address with the subnet's prefix.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InterfaceWire {
+    name: String,
+    address: Ipv4Net,
+}
+
+struct Problems<'a> {
+    file: &'a Path,
+    list: Vec<Problem>,
+}
+
+impl Problems<'_> {
+    fn push(&mut self, entry: &str, field: &str, reason: impl Into<String>) {
+        self.list.push(Problem {
+            file: self.file.to_path_buf(),
+            entry: entry.to_string(),
+            field: field.to_string(),
+            reason: reason.into(),
+        });
+    }
+}
+
+pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
+    let mut p = Problems {
+        file: path,
+        list: Vec::new(),
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Invalid(vec![Problem {
+            file: path.to_path_buf(),
+            entry: "-".to_string(),
+            field: "-".to_string(),
+            reason: format!("cannot read: {e}"),
+        }])
+    })?;
+    let mut table = text
+        .parse::<toml::Table>()
+        .map_err(|e| Invalid(vec![syntax_problem(path, &text, &e)]))?;
+
+    let raw_interfaces = table.remove("interface");
+    let top = deserialize_collecting::<ConfigWire>(&toml::Value::Table(table));
+    let top = match top {
+        Ok(w) => Some(w),
+        Err(errors) => {
+            for e in errors {
+                match e.field.strip_prefix("http.") {
+                    Some(field) => p.push("http", field, e.reason),
+                    // `interface` was taken out before, so serde's list lacks it.
+                    None if e.reason.starts_with("unknown field, expected one of:") => {
+                        p.push("-", &e.field, format!("{}, interface", e.reason))
+                    }
+                    None => p.push("-", &e.field, e.reason),
+                }
+            }
+            None
+        }
+    };
+    let interfaces = interfaces(raw_interfaces.as_ref(), &mut p);
+
+    let base = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let resolve = |p: &Path| -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+
+    let Some(w) = top else {
+        return Err(Invalid(p.list));
+    };
+    let state_dir = resolve(&w.state_dir);
+    let store = match &w.store {
+        None => Some(StoreUrl::Sqlite(state_dir.join("bootgate.db"))),
+        Some(s) => match s.parse::<StoreUrl>() {
+            Ok(StoreUrl::Sqlite(db)) => Some(StoreUrl::Sqlite(resolve(&db))),
+            Ok(url) => Some(url),
+            Err(e) => {
+                p.push("-", "store", e.to_string());
+                None
+            }
+        },
+    };
+    let inventory_dir = resolve(&w.inventory);
+    let boot_images_dir = resolve(&w.boot_images);
+    for (field, dir) in [
+        ("inventory", &inventory_dir),
+        ("boot_images", &boot_images_dir),
+    ] {
+        if !dir.is_dir() {
+            let why = if dir.exists() {
+                "is not a directory"
+            } else {
+                "does not exist"
+            };
+            p.push("-", field, format!("{} {why}", dir.display()));
+        }
+    }
+
+    match (store, p.list.is_empty()) {
+        (Some(store), true) => Ok(Config {
+            path: path.to_path_buf(),
+            interfaces,
+            http_listen: w.http.listen,
+            control_socket: w
+                .control_socket
+                .as_deref()
+                .map_or_else(|| state_dir.join("control.sock"), &resolve),
+            secrets_file: w.secrets.as_deref().map(&resolve),
+            state_dir,
+            store,
+            inventory_dir,
+            boot_images_dir,
+        }),
+        _ => Err(Invalid(p.list)),
+    }
+}
+
+/// Deserializes each `[[interface]]`, labelled `interface "NAME"` (or `interface #N`),
+/// and checks names are unique and fit IFNAMSIZ, and addresses are host addresses.
+fn interfaces(raw: Option<&toml::Value>, p: &mut Problems<'_>) -> Vec<Interface> {
+    let Some(raw) = raw else {
+        return Vec::new();
+    };
+    let Some(array) = raw.as_array() else {
+        p.push(
+            "-",
+            "interface",
+            "expected an array of tables ([[interface]])",
+        );
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(array.len());
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for (i, value) in array.iter().enumerate() {
+        let entry = match value.get("name").and_then(toml::Value::as_str) {
+            Some(name) => format!("interface {name:?}"),
+            None => format!("interface #{}", i + 1),
+        };
+        if !value.is_table() {
+            p.push(&entry, "-", "expected a table ([[interface]])");
+            continue;
+        }
+        let w = match deserialize_collecting::<InterfaceWire>(value) {
+            Ok(w) => w,
+            Err(errors) => {
+                for e in errors {
+                    p.push(&entry, &e.field, e.reason);
+                }
+                continue;
+            }
+        };
+        if w.name.is_empty() || w.name.len() > MAX_IFNAME_LEN {
+            p.push(
+                &entry,
+                "name",
+                format!(
+                    "interface name {:?} must be 1 to {MAX_IFNAME_LEN} bytes (Linux IFNAMSIZ)",
+                    w.name
+                ),
+            );
+        }
+        let here = format!("[[interface]] #{}", i + 1);
+        if let Some(first) = seen.get(&w.name) {
+            p.push(
+                &entry,
+                "name",
+                format!("duplicate interface name {:?}; also {first}", w.name),
+            );
+        } else {
+            seen.insert(w.name.clone(), here);
+        }
+        let a = w.address;
+        if a.prefix_len() < 31 && (a.addr() == a.network() || a.addr() == a.broadcast()) {
+            p.push(
+                &entry,
+                "address",
+                format!(
+                    "{a}: give the gateway's own address on the subnet (e.g. {}/{}), not the network or broadcast address",
+                    a.hosts().next().unwrap_or(a.addr()),
+                    a.prefix_len()
+                ),
+            );
+        }
+        out.push(Interface {
+            name: w.name,
+            address: a,
+        });
+    }
+    out
 }

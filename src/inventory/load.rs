@@ -392,11 +392,7 @@ pub(crate) fn syntax_problem(file: &Path, source: &str, err: &toml::de::Error) -
 fn line_col(source: &str, offset: usize) -> (usize, usize) {
     let before = source.get(..offset).unwrap_or(source);
     let line = before.matches('\n').count() + 1;
-    let col = before
-        .rsplit('\n')
-        .next()
-        .map_or(0, |l| l.chars().count())
-        + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, col)
 }
 
@@ -495,7 +491,10 @@ pub fn load_dir(dir: &Path) -> Result<Inventory, Invalid> {
                         problems.at(
                             &loc,
                             "-",
-                            format!("second [site] table; the site is already defined in {}", first_file(first)),
+                            format!(
+                                "second [site] table; the site is already defined in {}",
+                                first_file(first)
+                            ),
                         );
                     } else {
                         site = Some((loc, value));
@@ -524,14 +523,14 @@ pub fn load_dir(dir: &Path) -> Result<Inventory, Invalid> {
     }
 
     let site = match site {
-        Some((loc, value)) => deserialize_entry::<SiteWire>(&loc, value, &mut problems).map(|w| {
-            Site {
+        Some((loc, value)) => {
+            deserialize_entry::<SiteWire>(&loc, value, &mut problems).map(|w| Site {
                 name: w.name,
                 description: w.description,
                 location: w.location,
                 gateways: w.gateways,
-            }
-        }),
+            })
+        }
         None => {
             // Only worth saying when the files themselves were readable.
             if problems.0.is_empty() {
@@ -561,9 +560,10 @@ pub fn load_dir(dir: &Path) -> Result<Inventory, Invalid> {
 }
 
 fn first_file(loc: &Loc) -> String {
-    loc.file
-        .file_name()
-        .map_or_else(|| loc.file.display().to_string(), |n| Path::new(n).display().to_string())
+    loc.file.file_name().map_or_else(
+        || loc.file.display().to_string(),
+        |n| Path::new(n).display().to_string(),
+    )
 }
 
 fn inventory_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
@@ -592,13 +592,7 @@ impl<'a> Raw<'a> {
 
     /// Takes the elements of a `[[kind]]` array, each labelled by its name (or its 1-based
     /// position in the file when it has none).
-    fn collect(
-        &mut self,
-        file: &Path,
-        key: &str,
-        value: &'a toml::Value,
-        problems: &mut Problems,
-    ) {
+    fn collect(&mut self, file: &Path, key: &str, value: &'a toml::Value, problems: &mut Problems) {
         let Some(array) = value.as_array() else {
             problems.file(
                 file,
@@ -683,7 +677,10 @@ struct Validator {
 fn broken_names(raw: &Raw<'_>, ok: &[Loc]) -> HashSet<String> {
     raw.entries
         .iter()
-        .filter(|(loc, _)| !ok.iter().any(|o| o.file == loc.file && o.entry == loc.entry))
+        .filter(|(loc, _)| {
+            !ok.iter()
+                .any(|o| o.file == loc.file && o.entry == loc.entry)
+        })
         .filter_map(|(_, v)| v.get("name").and_then(toml::Value::as_str))
         .map(str::to_string)
         .collect()
@@ -737,10 +734,9 @@ impl Validator {
 
         // Overlapping CIDRs: an address would belong to two subnets. Few subnets: pairwise.
         for (i, (loc, s)) in out.iter().enumerate() {
-            if let Some((other_loc, other)) = out[..i]
-                .iter()
-                .find(|(_, o)| o.cidr.contains(&s.cidr.network()) || s.cidr.contains(&o.cidr.network()))
-            {
+            if let Some((other_loc, other)) = out[..i].iter().find(|(_, o)| {
+                o.cidr.contains(&s.cidr.network()) || s.cidr.contains(&o.cidr.network())
+            }) {
                 self.problems.at(
                     loc,
                     "cidr",
@@ -761,10 +757,7 @@ impl Validator {
             p.at(
                 loc,
                 "cidr",
-                format!(
-                    "{net} has host bits set; the subnet is {}",
-                    net.trunc()
-                ),
+                format!("{net} has host bits set; the subnet is {}", net.trunc()),
             );
         }
         let net = net.trunc();
@@ -826,7 +819,11 @@ impl Validator {
 
         let served = match (w.purpose, w.interface, w.relay_addresses) {
             (Purpose::Ipoib, interface, relays) if interface.is_some() || relays.is_some() => {
-                let field = if interface.is_some() { "interface" } else { "relay_addresses" };
+                let field = if interface.is_some() {
+                    "interface"
+                } else {
+                    "relay_addresses"
+                };
                 p.at(
                     loc,
                     field,
@@ -847,7 +844,9 @@ impl Validator {
                     p.at(
                         loc,
                         "interface",
-                        format!("interface name {name:?} must be 1 to {MAX_IFNAME_LEN} bytes (IFNAMSIZ)"),
+                        format!(
+                            "interface name {name:?} must be 1 to {MAX_IFNAME_LEN} bytes (IFNAMSIZ)"
+                        ),
                     );
                 }
                 Served::Interface(name)
@@ -862,12 +861,19 @@ impl Validator {
                 }
                 for (i, relay) in relays.iter().enumerate() {
                     if let Some(why) = unusable(&net, *relay) {
-                        p.at(loc, format!("relay_addresses[{i}]"), format!("relay address {why}"));
+                        p.at(
+                            loc,
+                            format!("relay_addresses[{i}]"),
+                            format!("relay address {why}"),
+                        );
                     } else if let Some(r) = in_range(*relay) {
                         p.at(
                             loc,
                             format!("relay_addresses[{i}]"),
-                            format!("relay address {relay} is inside dynamic range {}-{}", r.start, r.end),
+                            format!(
+                                "relay address {relay} is inside dynamic range {}-{}",
+                                r.start, r.end
+                            ),
                         );
                     }
                 }
@@ -879,7 +885,11 @@ impl Validator {
             && mtu < 68
         {
             // RFC 2132 §5.1: option 26's minimum legal value is 68.
-            p.at(loc, "mtu", format!("mtu {mtu} is below 68, the minimum of DHCP option 26"));
+            p.at(
+                loc,
+                "mtu",
+                format!("mtu {mtu} is below 68, the minimum of DHCP option 26"),
+            );
         }
         Subnet {
             name: w.name,
@@ -979,8 +989,7 @@ impl Validator {
         let subnet_by_name: HashMap<&str, &Subnet> =
             subnets.iter().map(|(_, s)| (s.name.as_str(), s)).collect();
         let rack_names: HashSet<&str> = racks.iter().map(|(_, r)| r.name.as_str()).collect();
-        let profile_names: HashSet<&str> =
-            profiles.iter().map(|(_, p)| p.name.as_str()).collect();
+        let profile_names: HashSet<&str> = profiles.iter().map(|(_, p)| p.name.as_str()).collect();
         let bmc_subnets: Vec<&Subnet> = subnets
             .iter()
             .map(|(_, s)| s)
@@ -1139,7 +1148,11 @@ fn claim_ip(
     p: &mut Problems,
 ) {
     if let Some(first) = seen.get(&ip) {
-        p.at(loc, field, format!("duplicate reserved address {ip}; also {first}"));
+        p.at(
+            loc,
+            field,
+            format!("duplicate reserved address {ip}; also {first}"),
+        );
     } else {
         seen.insert(ip, format!("{field} of {loc}"));
     }
@@ -1255,8 +1268,16 @@ mod tests {
         )
         .unwrap_err();
         let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, ["role", "macs[1]", "colour", "bmc.address", "bmc.shade"]);
-        assert!(errs[2].reason.starts_with("unknown field, expected one of: name, role"), "{errs:?}");
+        assert_eq!(
+            fields,
+            ["role", "macs[1]", "colour", "bmc.address", "bmc.shade"]
+        );
+        assert!(
+            errs[2]
+                .reason
+                .starts_with("unknown field, expected one of: name, role"),
+            "{errs:?}"
+        );
         assert!(errs[3].reason.contains("\"10.0.0.300\""), "{errs:?}");
     }
 
@@ -1274,12 +1295,24 @@ mod tests {
             "#,
         )
         .unwrap_err();
-        assert_eq!(errs, [FieldError { field: "bmc.credential".into(), reason: "missing (required)".into() }]);
+        assert_eq!(
+            errs,
+            [FieldError {
+                field: "bmc.credential".into(),
+                reason: "missing (required)".into()
+            }]
+        );
     }
 
     #[test]
     fn lease_times() {
-        for (src, secs) in [("\"12h\"", 43200), ("\"30m\"", 1800), ("\"1d\"", 86400), ("3600", 3600), ("\"PT1H\"", 3600)] {
+        for (src, secs) in [
+            ("\"12h\"", 43200),
+            ("\"30m\"", 1800),
+            ("\"1d\"", 86400),
+            ("3600", 3600),
+            ("\"PT1H\"", 3600),
+        ] {
             let w: SubnetWire = de(&format!(
                 "name = \"s\"\ncidr = \"10.0.0.0/24\"\npurpose = \"bmc\"\nlease_time = {src}"
             ))
@@ -1310,6 +1343,10 @@ mod tests {
         let src = "a = 1\nb = [1,\nc = 2\n";
         let e = src.parse::<toml::Table>().unwrap_err();
         let p = syntax_problem(Path::new("x.toml"), src, &e);
-        assert!(p.reason.starts_with("TOML syntax error at line 3, column 3"), "{p}");
+        assert!(
+            p.reason
+                .starts_with("TOML syntax error at line 3, column 3"),
+            "{p}"
+        );
     }
 }

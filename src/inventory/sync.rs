@@ -136,3 +136,93 @@ pub async fn reconcile(
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::inventory::{Hardware, Site};
+    use crate::types::Role;
+
+    fn host(name: &str, mac: &str) -> Host {
+        Host {
+            name: name.into(),
+            role: Role::Gpu,
+            rack: None,
+            position: None,
+            macs: vec![mac.parse().unwrap()],
+            addresses: BTreeMap::new(),
+            bmc: None,
+            hardware: Hardware::default(),
+            profile: None,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    fn inv(hosts: Vec<Host>) -> Inventory {
+        Inventory {
+            site: Site {
+                name: "t".into(),
+                description: None,
+                location: None,
+                gateways: vec![],
+            },
+            subnets: vec![],
+            racks: vec![],
+            profiles: vec![],
+            hosts,
+            files: vec![],
+        }
+    }
+
+    fn names(changes: &[HostChange]) -> Vec<String> {
+        changes
+            .iter()
+            .map(|c| match c {
+                HostChange::Add(h) => format!("add {}", h.name),
+                HostChange::Update { host, fields } => {
+                    format!("update {} {}", host.name, fields.join(","))
+                }
+                HostChange::Remove { name } => format!("remove {name}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn plan_adds_updates_and_removes_in_a_mac_safe_order() {
+        let now = Timestamp::now();
+        let old = inv(vec![host("a", "02:00:00:00:00:01"), host("b", "02:00:00:00:00:02")]);
+        let mut current: Vec<HostRecord> =
+            old.hosts.iter().map(|h| host_record(&old, h, now)).collect();
+        current[0].state = HostState::Ready;
+        // A discovered stranger whose MAC the operator now declares as host c.
+        let mut stranger = host_record(&old, &host("x", "02:00:00:00:00:03"), now);
+        stranger.source = HostSource::Discovered;
+        current.push(stranger);
+
+        let mut a = host("a", "02:00:00:00:00:01");
+        a.labels.insert("k".into(), "v".into());
+        let new = inv(vec![a, host("c", "02:00:00:00:00:03")]);
+        let changes = plan(&current, &new, now);
+        assert_eq!(
+            names(&changes),
+            ["remove b", "remove x", "update a labels", "add c"]
+        );
+        // Nothing to do when the inventory is unchanged.
+        assert!(plan(&current[..2], &old, now).is_empty());
+    }
+
+    #[test]
+    fn plan_names_every_changed_field() {
+        let now = Timestamp::now();
+        let old = inv(vec![host("a", "02:00:00:00:00:01")]);
+        let current: Vec<HostRecord> =
+            old.hosts.iter().map(|h| host_record(&old, h, now)).collect();
+        let mut a = host("a", "02:00:00:00:00:09");
+        a.role = Role::Storage;
+        a.rack = Some("r1".into());
+        let changes = plan(&current, &inv(vec![a]), now);
+        assert_eq!(names(&changes), ["update a macs,rack,role"]);
+    }
+}

@@ -85,7 +85,10 @@ impl SqliteStore {
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             tokio::fs::create_dir_all(dir).await.map_err(|e| {
-                open_error(path, format!("cannot create directory {}: {e}", dir.display()))
+                open_error(
+                    path,
+                    format!("cannot create directory {}: {e}", dir.display()),
+                )
             })?;
         }
         let writer = SqlitePoolOptions::new()
@@ -334,8 +337,7 @@ async fn update_host(
         .execute(&mut *conn)
         .await?;
     insert_macs(conn, &host.name, &macs).await?;
-    let event =
-        host_event(EventKind::HostChanged, host, actor).detail(json!({ "fields": fields }));
+    let event = host_event(EventKind::HostChanged, host, actor).detail(json!({ "fields": fields }));
     insert_event(conn, &event).await?;
     Ok(())
 }
@@ -555,9 +557,8 @@ impl LeaseStore for SqliteStore {
     }
 
     async fn list_leases(&self, filter: &LeaseFilter) -> Result<Vec<Lease>, StoreError> {
-        let mut q = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {LEASE_COLUMNS} FROM leases WHERE 1 = 1"
-        ));
+        let mut q =
+            QueryBuilder::<Sqlite>::new(format!("SELECT {LEASE_COLUMNS} FROM leases WHERE 1 = 1"));
         if let Some(subnet) = &filter.subnet {
             q.push(" AND subnet = ").push_bind(subnet.clone());
         }
@@ -692,5 +693,169 @@ impl EventLog for SqliteStore {
             .iter()
             .map(event_from_row)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::HostSource;
+    use crate::types::Role;
+
+    async fn store() -> (SqliteStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
+        (store, dir)
+    }
+
+    async fn pragma(pool: &SqlitePool, name: &'static str) -> String {
+        let sql = match name {
+            "journal_mode" => "PRAGMA journal_mode",
+            "synchronous" => "PRAGMA synchronous",
+            "foreign_keys" => "PRAGMA foreign_keys",
+            "busy_timeout" => "PRAGMA busy_timeout",
+            _ => unreachable!(),
+        };
+        let row = sqlx::query(sql).fetch_one(pool).await.unwrap();
+        match row.try_get::<String, _>(0) {
+            Ok(s) => s,
+            Err(_) => row.try_get::<i64, _>(0).unwrap().to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_are_wal_full_sync_with_foreign_keys() {
+        let (store, _dir) = store().await;
+        for pool in [&store.writer, &store.reader] {
+            assert_eq!(pragma(pool, "journal_mode").await, "wal");
+            assert_eq!(pragma(pool, "synchronous").await, "2", "FULL");
+            assert_eq!(pragma(pool, "foreign_keys").await, "1");
+            assert_eq!(pragma(pool, "busy_timeout").await, "5000");
+        }
+        assert_eq!(store.writer.options().get_max_connections(), 1);
+        // The read pool really is read-only.
+        assert!(
+            sqlx::query("DELETE FROM hosts")
+                .execute(&store.reader)
+                .await
+                .is_err()
+        );
+    }
+
+    /// The CHECK lists in the migration must name exactly the Rust enums' values.
+    #[tokio::test]
+    async fn check_constraints_match_the_enums() {
+        let (store, _dir) = store().await;
+        let w = &store.writer;
+        let host = |name: String, state: &str, source: &str, role: Option<&str>| {
+            sqlx::query(
+                "INSERT INTO hosts (name, state, source, role, spec, created, updated) \
+                 VALUES (?, ?, ?, ?, 'null', 0, 0)",
+            )
+            .bind(name)
+            .bind(state.to_string())
+            .bind(source.to_string())
+            .bind(role.map(str::to_string))
+            .execute(w)
+        };
+        for s in HostState::ALL {
+            host(format!("s-{s}"), s.as_str(), "inventory", None)
+                .await
+                .unwrap();
+        }
+        for s in HostSource::ALL {
+            host(format!("src-{s}"), "registered", s.as_str(), None)
+                .await
+                .unwrap();
+        }
+        for r in Role::ALL {
+            host(
+                format!("r-{r}"),
+                "registered",
+                "inventory",
+                Some(r.as_str()),
+            )
+            .await
+            .unwrap();
+        }
+        assert!(host("x1".into(), "bogus", "inventory", None).await.is_err());
+        assert!(host("x2".into(), "ready", "bogus", None).await.is_err());
+        assert!(
+            host("x3".into(), "ready", "inventory", Some("bogus"))
+                .await
+                .is_err()
+        );
+
+        let lease = |ip: String, state: &str| {
+            sqlx::query(
+                "INSERT INTO leases (ip, mac, state, starts, ends, subnet) \
+                 VALUES (?, '52:54:00:00:00:01', ?, 0, 0, 'prov')",
+            )
+            .bind(ip)
+            .bind(state.to_string())
+            .execute(w)
+        };
+        for (n, s) in LeaseState::ALL.iter().enumerate() {
+            lease(format!("10.0.0.{n}"), s.as_str()).await.unwrap();
+        }
+        assert!(lease("10.0.1.1".into(), "bogus").await.is_err());
+
+        let event = |kind: &str| {
+            sqlx::query(
+                "INSERT INTO events (time, kind, actor, detail) VALUES (0, ?, 'test', 'null')",
+            )
+            .bind(kind.to_string())
+            .execute(w)
+        };
+        for k in EventKind::ALL {
+            event(k.as_str()).await.unwrap();
+        }
+        assert!(event("bogus").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn rows_with_bad_text_are_corrupt_not_panics() {
+        let (store, _dir) = store().await;
+        sqlx::query(
+            "INSERT INTO events (time, kind, ip, actor, detail) \
+             VALUES (0, 'daemon-started', '10.0.0.300', 'test', 'null')",
+        )
+        .execute(&store.writer)
+        .await
+        .unwrap();
+        let err = store.query(&EventQuery::default()).await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Corrupt { column: "ip", value } if value == "10.0.0.300"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn state_change_detail_merges_the_callers_detail() {
+        let d = state_change_detail(
+            HostState::Registered,
+            HostState::Ready,
+            json!({ "reason": "phone-home", "to": "forged" }),
+        );
+        assert_eq!(
+            d,
+            json!({ "reason": "phone-home", "from": "registered", "to": "ready" })
+        );
+        let d = state_change_detail(HostState::Ready, HostState::Failed, serde_json::Value::Null);
+        assert_eq!(d, json!({ "from": "ready", "to": "failed" }));
+        let d = state_change_detail(HostState::Ready, HostState::Failed, json!("bmc timeout"));
+        assert_eq!(
+            d,
+            json!({ "detail": "bmc timeout", "from": "ready", "to": "failed" })
+        );
+    }
+
+    #[test]
+    fn unique_macs_keeps_first_occurrence_order() {
+        let m = |n: u8| MacAddr([0, 0, 0, 0, 0, n]);
+        assert_eq!(
+            unique_macs(&[m(2), m(1), m(2), m(3)]),
+            vec![m(2), m(1), m(3)]
+        );
     }
 }

@@ -1,0 +1,1085 @@
+//! The store contract: what `src/store/mod.rs` promises, checked the same way against every
+//! backend. Each item is a generic `async fn` here; `store_contract_tests!` turns the whole
+//! list into one `#[tokio::test]` per item for a backend:
+//!
+//! ```ignore
+//! #[path = "support/store_contract.rs"]
+//! #[macro_use]
+//! mod contract;
+//! store_contract_tests!(sqlite, async { /* -> (impl Store + 'static, guard) */ });
+//! ```
+//!
+//! The module must be mounted as `contract` at the test crate's root (the expansion calls
+//! `crate::contract::<item>`). The factory runs once per test and must give a fresh, empty
+//! store; the guard (a temp dir, a throwaway database) is dropped when the test ends.
+//! Timestamps used here are whole milliseconds, the precision every backend keeps.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use bootgate::store::{
+    Event, EventKind, EventQuery, HostChange, HostRecord, HostSource, Lease, LeaseFilter,
+    LeaseState, NewEvent, RelayInfo, Store, StoreError,
+};
+use bootgate::types::{HostState, MacAddr, Role};
+use jiff::{SignedDuration, Timestamp};
+use serde_json::json;
+
+/// Expands to one `#[tokio::test]` per contract item, in a module named after the backend.
+/// `$make` is an async expression giving `(store, guard)`.
+macro_rules! store_contract_tests {
+    ($backend:ident, $make:expr) => {
+        store_contract_tests!(@items $backend, $make,
+            hosts_add_get_list_by_mac,
+            host_update_keeps_state_and_created,
+            host_remove_deletes_host_and_macs_keeps_events,
+            host_mac_taken_rolls_back_whole_batch,
+            host_missing_is_no_such_host_and_rolls_back,
+            set_host_state_compare_and_set,
+            lease_commit_get_list_filters,
+            lease_conflict_refused_holder_intact,
+            lease_same_mac_renews,
+            lease_freed_address_can_be_taken,
+            lease_concurrent_commits_never_share_an_address,
+            expire_leases_marks_and_logs,
+            events_append_and_query_filters,
+            events_since_until_limit,
+            every_write_produces_an_event,
+        );
+    };
+    (@items $backend:ident, $make:expr, $($item:ident),+ $(,)?) => {
+        mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $item() {
+                    let (store, _guard) = $make.await;
+                    crate::contract::$item(::std::sync::Arc::new(store)).await;
+                }
+            )+
+        }
+    };
+}
+
+// ---- fixtures ----------------------------------------------------------------------------
+
+pub fn mac(n: u16) -> MacAddr {
+    let [hi, lo] = n.to_be_bytes();
+    MacAddr([0x52, 0x54, 0x00, 0x00, hi, lo])
+}
+
+pub fn ip(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 0, n)
+}
+
+pub fn at(ms: i64) -> Timestamp {
+    Timestamp::from_millisecond(ms).expect("timestamp in range")
+}
+
+/// The wall clock, truncated to what the store keeps.
+pub fn now() -> Timestamp {
+    at(Timestamp::now().as_millisecond())
+}
+
+pub fn secs(n: i64) -> SignedDuration {
+    SignedDuration::from_secs(n)
+}
+
+/// An inventory host in `registered`, created at a fixed instant in the past.
+pub fn host(name: &str, macs: &[MacAddr], ip: Option<Ipv4Addr>) -> HostRecord {
+    HostRecord {
+        name: name.to_string(),
+        state: HostState::Registered,
+        source: HostSource::Inventory,
+        macs: macs.to_vec(),
+        ip,
+        rack: Some("r01".into()),
+        role: Some(Role::Gpu),
+        spec: json!({ "name": name, "gpus": 8 }),
+        created: at(1_700_000_000_000),
+        updated: at(1_700_000_000_000),
+    }
+}
+
+pub fn discovered(name: &str, mac: MacAddr) -> HostRecord {
+    HostRecord {
+        name: name.to_string(),
+        state: HostState::Discovered,
+        source: HostSource::Discovered,
+        macs: vec![mac],
+        ip: None,
+        rack: None,
+        role: None,
+        spec: serde_json::Value::Null,
+        created: at(1_700_000_100_000),
+        updated: at(1_700_000_100_000),
+    }
+}
+
+pub fn lease(ip: Ipv4Addr, mac: MacAddr, state: LeaseState, ends: Timestamp) -> Lease {
+    Lease {
+        ip,
+        mac,
+        client_id: None,
+        state,
+        starts: ends - secs(3600),
+        ends,
+        host: None,
+        subnet: "prov".into(),
+        relay: RelayInfo::default(),
+    }
+}
+
+pub fn committed(lease: &Lease) -> NewEvent {
+    NewEvent::new(EventKind::LeaseCommitted, "dhcp")
+        .ip(lease.ip)
+        .mac(lease.mac)
+        .detail(json!({ "state": lease.state }))
+}
+
+pub async fn add<S: Store + ?Sized>(store: &S, hosts: &[HostRecord]) {
+    let changes: Vec<HostChange> = hosts.iter().cloned().map(HostChange::Add).collect();
+    store
+        .apply_host_changes(&changes, "inventory")
+        .await
+        .expect("add hosts");
+}
+
+pub async fn events<S: Store + ?Sized>(store: &S, query: EventQuery) -> Vec<Event> {
+    store.query(&query).await.expect("query events")
+}
+
+pub async fn all_events<S: Store + ?Sized>(store: &S) -> Vec<Event> {
+    events(store, EventQuery::default()).await
+}
+
+pub fn kinds(events: &[Event]) -> Vec<EventKind> {
+    events.iter().map(|e| e.kind).collect()
+}
+
+fn ips(leases: &[Lease]) -> BTreeSet<Ipv4Addr> {
+    leases.iter().map(|l| l.ip).collect()
+}
+
+// ---- hosts -------------------------------------------------------------------------------
+
+pub async fn hosts_add_get_list_by_mac<S: Store>(store: Arc<S>) {
+    let a = host("gpu-a01", &[mac(1), mac(2)], Some(ip(11)));
+    let b = discovered("unknown-525400000003", mac(3));
+    add(&*store, &[a.clone(), b.clone()]).await;
+
+    assert_eq!(store.get_host("gpu-a01").await.unwrap(), Some(a.clone()));
+    assert_eq!(store.get_host(&b.name).await.unwrap(), Some(b.clone()));
+    assert_eq!(store.get_host("nope").await.unwrap(), None);
+
+    let mut listed = store.list_hosts().await.unwrap();
+    listed.sort_by(|x, y| x.name.cmp(&y.name));
+    assert_eq!(listed, vec![a.clone(), b.clone()]);
+
+    // Either MAC finds the host; MAC order is kept.
+    assert_eq!(store.host_by_mac(mac(2)).await.unwrap(), Some(a.clone()));
+    assert_eq!(store.host_by_mac(mac(1)).await.unwrap(), Some(a.clone()));
+    assert_eq!(store.host_by_mac(mac(3)).await.unwrap(), Some(b.clone()));
+    assert_eq!(store.host_by_mac(mac(99)).await.unwrap(), None);
+
+    let evs = all_events(&*store).await;
+    assert_eq!(
+        kinds(&evs),
+        vec![EventKind::HostAdded, EventKind::HostAdded]
+    );
+    assert_eq!(evs[0].host.as_deref(), Some("gpu-a01"));
+    assert_eq!(evs[0].mac, Some(mac(1)));
+    assert_eq!(evs[0].ip, Some(ip(11)));
+    assert_eq!(evs[0].actor, "inventory");
+    assert_eq!(evs[1].host.as_deref(), Some(b.name.as_str()));
+    assert_eq!(evs[1].mac, Some(mac(3)));
+    assert_eq!(evs[1].ip, None);
+}
+
+pub async fn host_update_keeps_state_and_created<S: Store>(store: Arc<S>) {
+    let a = host("gpu-a01", &[mac(1), mac(2)], Some(ip(11)));
+    add(&*store, std::slice::from_ref(&a)).await;
+    store
+        .set_host_state(
+            "gpu-a01",
+            None,
+            HostState::Provisioning,
+            "lifecycle",
+            serde_json::Value::Null,
+        )
+        .await
+        .unwrap();
+
+    let mut declared = a.clone();
+    declared.state = HostState::Ready; // ignored: the live state is the store's
+    declared.created = at(1_800_000_000_000); // ignored: created stays
+    declared.macs = vec![mac(1), mac(9)];
+    declared.ip = Some(ip(12));
+    declared.rack = Some("r02".into());
+    declared.role = Some(Role::Storage);
+    declared.spec = json!({ "name": "gpu-a01", "gpus": 4 });
+    let fields = vec![
+        "macs".to_string(),
+        "ip".into(),
+        "rack".into(),
+        "role".into(),
+    ];
+    let before = now();
+    store
+        .apply_host_changes(
+            &[HostChange::Update {
+                host: declared.clone(),
+                fields: fields.clone(),
+            }],
+            "inventory",
+        )
+        .await
+        .unwrap();
+
+    let got = store.get_host("gpu-a01").await.unwrap().expect("host kept");
+    assert_eq!(got.state, HostState::Provisioning);
+    assert_eq!(got.created, a.created);
+    assert!(got.updated >= before, "updated {} < {before}", got.updated);
+    assert_eq!(got.macs, vec![mac(1), mac(9)]);
+    assert_eq!(got.ip, Some(ip(12)));
+    assert_eq!(got.rack.as_deref(), Some("r02"));
+    assert_eq!(got.role, Some(Role::Storage));
+    assert_eq!(got.spec, declared.spec);
+    assert_eq!(got.source, HostSource::Inventory);
+    // The dropped MAC is free again, the new one points here.
+    assert_eq!(store.host_by_mac(mac(2)).await.unwrap(), None);
+    assert_eq!(
+        store.host_by_mac(mac(9)).await.unwrap().map(|h| h.name),
+        Some("gpu-a01".into())
+    );
+
+    let changed = events(
+        &*store,
+        EventQuery {
+            kind: Some(EventKind::HostChanged),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(changed.len(), 1);
+    let ev = &changed[0];
+    assert_eq!(ev.host.as_deref(), Some("gpu-a01"));
+    assert_eq!(ev.mac, Some(mac(1)));
+    assert_eq!(ev.ip, Some(ip(12)));
+    assert_eq!(ev.actor, "inventory");
+    assert_eq!(ev.detail["fields"], json!(fields));
+}
+
+pub async fn host_remove_deletes_host_and_macs_keeps_events<S: Store>(store: Arc<S>) {
+    let a = host("gpu-a01", &[mac(1), mac(2)], Some(ip(11)));
+    add(&*store, std::slice::from_ref(&a)).await;
+    store
+        .set_host_state(
+            "gpu-a01",
+            Some(HostState::Registered),
+            HostState::Provisioning,
+            "lifecycle",
+            serde_json::Value::Null,
+        )
+        .await
+        .unwrap();
+    store
+        .apply_host_changes(
+            &[HostChange::Remove {
+                name: "gpu-a01".into(),
+            }],
+            "inventory",
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(store.get_host("gpu-a01").await.unwrap(), None);
+    assert_eq!(store.host_by_mac(mac(1)).await.unwrap(), None);
+    assert_eq!(store.host_by_mac(mac(2)).await.unwrap(), None);
+    assert!(store.list_hosts().await.unwrap().is_empty());
+
+    let history = events(
+        &*store,
+        EventQuery {
+            host: Some("gpu-a01".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        kinds(&history),
+        vec![
+            EventKind::HostAdded,
+            EventKind::HostStateChanged,
+            EventKind::HostRemoved
+        ]
+    );
+    assert_eq!(history[2].mac, Some(mac(1)));
+    assert_eq!(history[2].ip, Some(ip(11)));
+
+    // Its MACs are free for another host.
+    add(&*store, &[host("gpu-a02", &[mac(2)], None)]).await;
+    assert_eq!(
+        store.host_by_mac(mac(2)).await.unwrap().map(|h| h.name),
+        Some("gpu-a02".into())
+    );
+}
+
+pub async fn host_mac_taken_rolls_back_whole_batch<S: Store>(store: Arc<S>) {
+    let a = host("gpu-a01", &[mac(1)], Some(ip(11)));
+    add(&*store, std::slice::from_ref(&a)).await;
+    let events_before = all_events(&*store).await;
+
+    let mut a_changed = a.clone();
+    a_changed.rack = Some("r09".into());
+    let err = store
+        .apply_host_changes(
+            &[
+                HostChange::Add(host("gpu-b01", &[mac(2)], None)),
+                HostChange::Update {
+                    host: a_changed,
+                    fields: vec!["rack".into()],
+                },
+                HostChange::Add(host("gpu-c01", &[mac(3), mac(1)], None)),
+            ],
+            "inventory",
+        )
+        .await
+        .expect_err("mac(1) belongs to gpu-a01");
+    match err {
+        StoreError::MacTaken {
+            mac: m,
+            owner,
+            host,
+        } => {
+            assert_eq!(m, mac(1));
+            assert_eq!(owner, "gpu-a01");
+            assert_eq!(host, "gpu-c01");
+        }
+        other => panic!("expected MacTaken, got {other:?}"),
+    }
+    // Nothing from the batch landed: no new host, no update, no MAC, no event.
+    assert_eq!(store.get_host("gpu-b01").await.unwrap(), None);
+    assert_eq!(store.get_host("gpu-c01").await.unwrap(), None);
+    assert_eq!(store.get_host("gpu-a01").await.unwrap(), Some(a.clone()));
+    assert_eq!(store.host_by_mac(mac(2)).await.unwrap(), None);
+    assert_eq!(store.host_by_mac(mac(3)).await.unwrap(), None);
+    assert_eq!(all_events(&*store).await, events_before);
+
+    // Two hosts of one batch claiming the same MAC: the second is refused, the first too.
+    let err = store
+        .apply_host_changes(
+            &[
+                HostChange::Add(host("gpu-d01", &[mac(5)], None)),
+                HostChange::Add(host("gpu-e01", &[mac(5)], None)),
+            ],
+            "inventory",
+        )
+        .await
+        .expect_err("mac(5) claimed twice");
+    assert!(
+        matches!(&err, StoreError::MacTaken { owner, host, .. } if owner == "gpu-d01" && host == "gpu-e01"),
+        "{err:?}"
+    );
+    assert_eq!(store.get_host("gpu-d01").await.unwrap(), None);
+    assert_eq!(all_events(&*store).await, events_before);
+}
+
+pub async fn host_missing_is_no_such_host_and_rolls_back<S: Store>(store: Arc<S>) {
+    let err = store
+        .apply_host_changes(
+            &[
+                HostChange::Add(host("gpu-x01", &[mac(1)], None)),
+                HostChange::Remove {
+                    name: "ghost".into(),
+                },
+            ],
+            "inventory",
+        )
+        .await
+        .expect_err("ghost does not exist");
+    assert!(
+        matches!(&err, StoreError::NoSuchHost(n) if n == "ghost"),
+        "{err:?}"
+    );
+    assert_eq!(store.get_host("gpu-x01").await.unwrap(), None);
+
+    let err = store
+        .apply_host_changes(
+            &[HostChange::Update {
+                host: host("ghost", &[mac(2)], None),
+                fields: vec!["ip".into()],
+            }],
+            "inventory",
+        )
+        .await
+        .expect_err("ghost does not exist");
+    assert!(
+        matches!(&err, StoreError::NoSuchHost(n) if n == "ghost"),
+        "{err:?}"
+    );
+    assert_eq!(store.host_by_mac(mac(2)).await.unwrap(), None);
+    assert!(all_events(&*store).await.is_empty());
+}
+
+pub async fn set_host_state_compare_and_set<S: Store>(store: Arc<S>) {
+    add(&*store, &[host("gpu-a01", &[mac(1)], Some(ip(11)))]).await;
+
+    let moved = store
+        .set_host_state(
+            "gpu-a01",
+            Some(HostState::Registered),
+            HostState::Provisioning,
+            "lifecycle",
+            json!({ "reason": "pxe boot seen" }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(moved.state, HostState::Provisioning);
+    assert_eq!(
+        store.get_host("gpu-a01").await.unwrap(),
+        Some(moved.clone())
+    );
+
+    let err = store
+        .set_host_state(
+            "gpu-a01",
+            Some(HostState::Registered),
+            HostState::Ready,
+            "lifecycle",
+            serde_json::Value::Null,
+        )
+        .await
+        .expect_err("state is provisioning now");
+    match err {
+        StoreError::StateMismatch {
+            host,
+            expected,
+            actual,
+        } => {
+            assert_eq!(host, "gpu-a01");
+            assert_eq!(expected, HostState::Registered);
+            assert_eq!(actual, HostState::Provisioning);
+        }
+        other => panic!("expected StateMismatch, got {other:?}"),
+    }
+    assert_eq!(store.get_host("gpu-a01").await.unwrap(), Some(moved));
+
+    // Without `from` the move is unconditional.
+    let failed = store
+        .set_host_state(
+            "gpu-a01",
+            None,
+            HostState::Failed,
+            "cli",
+            serde_json::Value::Null,
+        )
+        .await
+        .unwrap();
+    assert_eq!(failed.state, HostState::Failed);
+
+    let err = store
+        .set_host_state(
+            "ghost",
+            None,
+            HostState::Ready,
+            "cli",
+            serde_json::Value::Null,
+        )
+        .await
+        .expect_err("no such host");
+    assert!(
+        matches!(&err, StoreError::NoSuchHost(n) if n == "ghost"),
+        "{err:?}"
+    );
+
+    let changes = events(
+        &*store,
+        EventQuery {
+            kind: Some(EventKind::HostStateChanged),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(changes.len(), 2, "a refused move writes no event");
+    assert_eq!(changes[0].host.as_deref(), Some("gpu-a01"));
+    assert_eq!(changes[0].mac, Some(mac(1)));
+    assert_eq!(changes[0].ip, Some(ip(11)));
+    assert_eq!(changes[0].actor, "lifecycle");
+    assert_eq!(changes[0].detail["from"], json!("registered"));
+    assert_eq!(changes[0].detail["to"], json!("provisioning"));
+    assert_eq!(changes[0].detail["reason"], json!("pxe boot seen"));
+    assert_eq!(changes[1].detail["from"], json!("provisioning"));
+    assert_eq!(changes[1].detail["to"], json!("failed"));
+    assert_eq!(changes[1].actor, "cli");
+}
+
+// ---- leases ------------------------------------------------------------------------------
+
+pub async fn lease_commit_get_list_filters<S: Store>(store: Arc<S>) {
+    let ends = now() + secs(3600);
+    let mut l1 = lease(ip(21), mac(1), LeaseState::Active, ends);
+    l1.client_id = Some("01525400000001".into());
+    l1.host = Some("gpu-a01".into());
+    l1.relay = RelayInfo {
+        giaddr: Some(Ipv4Addr::new(10, 0, 1, 1)),
+        circuit_id: Some("Ethernet1/7".into()),
+        remote_id: Some("leaf-07".into()),
+    };
+    let l2 = lease(ip(3), mac(2), LeaseState::Offered, ends);
+    let mut l3 = lease(ip(200), mac(1), LeaseState::Active, ends);
+    l3.subnet = "bmc".into();
+    for l in [&l1, &l2, &l3] {
+        store.commit_lease(l, &committed(l)).await.unwrap();
+    }
+
+    assert_eq!(store.get_lease(ip(21)).await.unwrap(), Some(l1.clone()));
+    assert_eq!(store.get_lease(ip(3)).await.unwrap(), Some(l2.clone()));
+    assert_eq!(store.get_lease(ip(99)).await.unwrap(), None);
+
+    let list = |filter: LeaseFilter| {
+        let store = store.clone();
+        async move { store.list_leases(&filter).await.unwrap() }
+    };
+    let mut everything = list(LeaseFilter::default()).await;
+    everything.sort_by_key(|l| l.ip);
+    assert_eq!(everything, vec![l2.clone(), l1.clone(), l3.clone()]);
+    let by_subnet = list(LeaseFilter {
+        subnet: Some("prov".into()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ips(&by_subnet), BTreeSet::from([ip(3), ip(21)]));
+    let by_mac = list(LeaseFilter {
+        mac: Some(mac(1)),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ips(&by_mac), BTreeSet::from([ip(21), ip(200)]));
+    let by_state = list(LeaseFilter {
+        state: Some(LeaseState::Offered),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(by_state, vec![l2.clone()]);
+    let combined = list(LeaseFilter {
+        subnet: Some("prov".into()),
+        mac: Some(mac(1)),
+        state: Some(LeaseState::Active),
+    })
+    .await;
+    assert_eq!(combined, vec![l1.clone()]);
+    let none = list(LeaseFilter {
+        subnet: Some("bmc".into()),
+        state: Some(LeaseState::Offered),
+        ..Default::default()
+    })
+    .await;
+    assert!(none.is_empty());
+
+    let evs = events(
+        &*store,
+        EventQuery {
+            ip: Some(ip(21)),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(kinds(&evs), vec![EventKind::LeaseCommitted]);
+    assert_eq!(evs[0].mac, Some(mac(1)));
+    assert_eq!(evs[0].actor, "dhcp");
+}
+
+pub async fn lease_conflict_refused_holder_intact<S: Store>(store: Arc<S>) {
+    let ends = now() + secs(3600);
+    // Every state that holds its address refuses another MAC until `ends`.
+    for (n, state) in [
+        (1, LeaseState::Active),
+        (2, LeaseState::Offered),
+        (3, LeaseState::Declined),
+    ] {
+        let held = lease(ip(n), mac(1), state, ends);
+        store.commit_lease(&held, &committed(&held)).await.unwrap();
+
+        let intruder = lease(ip(n), mac(2), LeaseState::Active, ends + secs(60));
+        let err = store
+            .commit_lease(&intruder, &committed(&intruder))
+            .await
+            .expect_err("address is held");
+        match err {
+            StoreError::Conflict {
+                ip: i,
+                holder,
+                until,
+                requester,
+            } => {
+                assert_eq!(i, ip(n));
+                assert_eq!(holder, mac(1));
+                assert_eq!(until, ends);
+                assert_eq!(requester, mac(2));
+            }
+            other => panic!("expected Conflict for {state}, got {other:?}"),
+        }
+        assert_eq!(store.get_lease(ip(n)).await.unwrap(), Some(held));
+    }
+    let intruder_events = events(
+        &*store,
+        EventQuery {
+            mac: Some(mac(2)),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(
+        intruder_events.is_empty(),
+        "a refused commit writes no event"
+    );
+}
+
+pub async fn lease_same_mac_renews<S: Store>(store: Arc<S>) {
+    let first = lease(ip(1), mac(1), LeaseState::Offered, now() + secs(60));
+    store
+        .commit_lease(&first, &committed(&first))
+        .await
+        .unwrap();
+    let mut renewed = lease(ip(1), mac(1), LeaseState::Active, now() + secs(7200));
+    renewed.host = Some("gpu-a01".into());
+    store
+        .commit_lease(&renewed, &committed(&renewed))
+        .await
+        .unwrap();
+    assert_eq!(store.get_lease(ip(1)).await.unwrap(), Some(renewed));
+    let evs = events(
+        &*store,
+        EventQuery {
+            ip: Some(ip(1)),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(evs.len(), 2);
+}
+
+pub async fn lease_freed_address_can_be_taken<S: Store>(store: Arc<S>) {
+    let past = now() - secs(60);
+    let future = now() + secs(3600);
+    for (n, state, ends) in [
+        (1, LeaseState::Active, past),  // ran out, not yet swept
+        (2, LeaseState::Offered, past), // offer never taken up
+        (3, LeaseState::Released, future),
+        (4, LeaseState::Expired, future),
+        (5, LeaseState::Declined, past), // quarantine over
+    ] {
+        let old = lease(ip(n), mac(1), state, ends);
+        store.commit_lease(&old, &committed(&old)).await.unwrap();
+        let new = lease(ip(n), mac(2), LeaseState::Active, future);
+        store
+            .commit_lease(&new, &committed(&new))
+            .await
+            .unwrap_or_else(|e| panic!("{state} lease ending {ends} should free {}: {e}", ip(n)));
+        assert_eq!(store.get_lease(ip(n)).await.unwrap(), Some(new));
+    }
+}
+
+/// 50 tasks race for 10 addresses; each address is wanted by two MACs (and each MAC tries
+/// its address several times). Exactly one MAC wins each address, all its attempts succeed,
+/// every attempt of the other MAC is a `Conflict`, and the store shows the winner.
+pub async fn lease_concurrent_commits_never_share_an_address<S: Store + 'static>(store: Arc<S>) {
+    let ends = now() + secs(3600);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..50_u16 {
+        let store = store.clone();
+        let want = lease(
+            ip((i % 10) as u8 + 1),
+            mac(i % 20),
+            LeaseState::Active,
+            ends,
+        );
+        tasks.spawn(async move {
+            let result = store.commit_lease(&want, &committed(&want)).await;
+            (want, result)
+        });
+    }
+    // ip -> mac -> (successes, conflicts)
+    let mut tally: BTreeMap<Ipv4Addr, BTreeMap<MacAddr, (u32, u32)>> = BTreeMap::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (want, result) = joined.expect("task panicked");
+        let entry = tally
+            .entry(want.ip)
+            .or_default()
+            .entry(want.mac)
+            .or_default();
+        match result {
+            Ok(()) => entry.0 += 1,
+            Err(StoreError::Conflict { holder, .. }) => {
+                assert_ne!(holder, want.mac, "refused for its own lease");
+                entry.1 += 1;
+            }
+            Err(other) => panic!("unexpected error for {}: {other}", want.ip),
+        }
+    }
+    assert_eq!(tally.len(), 10);
+    for (addr, by_mac) in &tally {
+        let winners: Vec<MacAddr> = by_mac
+            .iter()
+            .filter(|(_, (ok, _))| *ok > 0)
+            .map(|(m, _)| *m)
+            .collect();
+        assert_eq!(winners.len(), 1, "{addr} given to {winners:?}");
+        let winner = winners[0];
+        for (m, (ok, refused)) in by_mac {
+            if *m == winner {
+                assert_eq!(*refused, 0, "{addr}: the holder's renewal was refused");
+            } else {
+                assert_eq!(*ok, 0);
+            }
+        }
+        let stored = store
+            .get_lease(*addr)
+            .await
+            .unwrap()
+            .expect("winner stored");
+        assert_eq!(stored.mac, winner);
+        let logged = events(
+            &*store,
+            EventQuery {
+                ip: Some(*addr),
+                kind: Some(EventKind::LeaseCommitted),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(
+            logged.len() as u32,
+            by_mac[&winner].0,
+            "every success is logged"
+        );
+        assert!(logged.iter().all(|e| e.mac == Some(winner)));
+    }
+}
+
+pub async fn expire_leases_marks_and_logs<S: Store>(store: Arc<S>) {
+    let t = now();
+    let mut gone = lease(ip(1), mac(1), LeaseState::Active, t - secs(1));
+    gone.host = Some("gpu-a01".into());
+    let offer_lapsed = lease(ip(2), mac(2), LeaseState::Offered, t); // ends <= now
+    let live = lease(ip(3), mac(3), LeaseState::Active, t + secs(3600));
+    let released = lease(ip(4), mac(4), LeaseState::Released, t - secs(3600));
+    let declined = lease(ip(5), mac(5), LeaseState::Declined, t - secs(3600));
+    for l in [&gone, &offer_lapsed, &live, &released, &declined] {
+        store.commit_lease(l, &committed(l)).await.unwrap();
+    }
+
+    let expired = store.expire_leases(t).await.unwrap();
+    assert_eq!(ips(&expired), BTreeSet::from([ip(1), ip(2)]));
+    assert!(expired.iter().all(|l| l.state == LeaseState::Expired));
+    let state_of = |n: u8| {
+        let store = store.clone();
+        async move { store.get_lease(ip(n)).await.unwrap().expect("lease").state }
+    };
+    assert_eq!(state_of(1).await, LeaseState::Expired);
+    assert_eq!(state_of(2).await, LeaseState::Expired);
+    assert_eq!(state_of(3).await, LeaseState::Active);
+    assert_eq!(state_of(4).await, LeaseState::Released);
+    assert_eq!(state_of(5).await, LeaseState::Declined);
+    let mut kept = store.get_lease(ip(1)).await.unwrap().expect("lease");
+    kept.state = LeaseState::Active;
+    assert_eq!(kept, gone, "only the state changes");
+
+    let logged = events(
+        &*store,
+        EventQuery {
+            kind: Some(EventKind::LeaseExpired),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(logged.len(), 2);
+    let gone_event = logged
+        .iter()
+        .find(|e| e.ip == Some(ip(1)))
+        .expect("event for ip 1");
+    assert_eq!(gone_event.mac, Some(mac(1)));
+    assert_eq!(gone_event.host.as_deref(), Some("gpu-a01"));
+
+    // Idempotent: nothing left to expire, nothing logged.
+    assert!(store.expire_leases(t).await.unwrap().is_empty());
+    let again = events(
+        &*store,
+        EventQuery {
+            kind: Some(EventKind::LeaseExpired),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(again.len(), 2);
+}
+
+// ---- events ------------------------------------------------------------------------------
+
+pub async fn events_append_and_query_filters<S: Store>(store: Arc<S>) {
+    let before = now();
+    let id1 = store
+        .append(
+            &NewEvent::new(EventKind::HostDiscovered, "dhcp")
+                .mac(mac(1))
+                .detail(json!({ "vendor_class": "PXEClient:Arch:00007" })),
+        )
+        .await
+        .unwrap();
+    let after = now();
+    let id2 = store
+        .append(
+            &NewEvent::new(EventKind::LeaseOffered, "dhcp")
+                .ip(ip(1))
+                .mac(mac(1))
+                .host("gpu-a01"),
+        )
+        .await
+        .unwrap();
+    let id3 = store
+        .append(
+            &NewEvent::new(EventKind::LeaseOffered, "dhcp")
+                .ip(ip(2))
+                .mac(mac(2))
+                .host("gpu-a02"),
+        )
+        .await
+        .unwrap();
+    let mut explicit = NewEvent::new(EventKind::InventoryLoaded, "inventory")
+        .host("gpu-a01")
+        .detail(json!({ "hosts": 2 }));
+    explicit.time = Some(at(1_700_000_000_123));
+    let id4 = store.append(&explicit).await.unwrap();
+    assert!(id1 < id2 && id2 < id3 && id3 < id4, "ids grow with appends");
+
+    let all = all_events(&*store).await;
+    assert_eq!(
+        all.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![id1, id2, id3, id4]
+    );
+    let first = &all[0];
+    assert_eq!(first.kind, EventKind::HostDiscovered);
+    assert!(
+        before <= first.time && first.time <= after,
+        "time set by the store"
+    );
+    assert_eq!(first.mac, Some(mac(1)));
+    assert_eq!(first.ip, None);
+    assert_eq!(first.host, None);
+    assert_eq!(first.actor, "dhcp");
+    assert_eq!(
+        first.detail,
+        json!({ "vendor_class": "PXEClient:Arch:00007" })
+    );
+    assert_eq!(all[1].detail, serde_json::Value::Null);
+    assert_eq!(all[3].time, at(1_700_000_000_123));
+    assert_eq!(all[3].detail, json!({ "hosts": 2 }));
+
+    let ids = |q: EventQuery| {
+        let store = store.clone();
+        async move {
+            events(&*store, q)
+                .await
+                .iter()
+                .map(|e| e.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        ids(EventQuery {
+            ip: Some(ip(1)),
+            ..Default::default()
+        })
+        .await,
+        vec![id2]
+    );
+    assert_eq!(
+        ids(EventQuery {
+            mac: Some(mac(1)),
+            ..Default::default()
+        })
+        .await,
+        vec![id1, id2]
+    );
+    assert_eq!(
+        ids(EventQuery {
+            host: Some("gpu-a01".into()),
+            ..Default::default()
+        })
+        .await,
+        vec![id2, id4]
+    );
+    assert_eq!(
+        ids(EventQuery {
+            kind: Some(EventKind::LeaseOffered),
+            ..Default::default()
+        })
+        .await,
+        vec![id2, id3]
+    );
+    assert_eq!(
+        ids(EventQuery {
+            kind: Some(EventKind::LeaseOffered),
+            mac: Some(mac(2)),
+            ..Default::default()
+        })
+        .await,
+        vec![id3]
+    );
+    assert_eq!(
+        ids(EventQuery {
+            kind: Some(EventKind::LeaseOffered),
+            host: Some("gpu-a01".into()),
+            ip: Some(ip(2)),
+            ..Default::default()
+        })
+        .await,
+        Vec::<i64>::new()
+    );
+}
+
+pub async fn events_since_until_limit<S: Store>(store: Arc<S>) {
+    let mut ids = Vec::new();
+    for (n, ms) in [1_000_i64, 2_000, 2_000, 3_000, 4_000]
+        .into_iter()
+        .enumerate()
+    {
+        let mut ev = NewEvent::new(EventKind::DaemonStarted, "daemon").detail(json!({ "n": n }));
+        ev.time = Some(at(ms));
+        ids.push(store.append(&ev).await.unwrap());
+    }
+    let got = |q: EventQuery| {
+        let store = store.clone();
+        async move {
+            events(&*store, q)
+                .await
+                .iter()
+                .map(|e| e.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let q = |since: Option<i64>, until: Option<i64>, limit: Option<u32>| EventQuery {
+        since: since.map(at),
+        until: until.map(at),
+        limit,
+        ..Default::default()
+    };
+    assert_eq!(
+        got(q(Some(2_000), None, None)).await,
+        ids[1..].to_vec(),
+        "since is inclusive"
+    );
+    assert_eq!(
+        got(q(None, Some(3_000), None)).await,
+        ids[..3].to_vec(),
+        "until is exclusive"
+    );
+    assert_eq!(
+        got(q(Some(2_000), Some(4_000), None)).await,
+        ids[1..4].to_vec()
+    );
+    assert_eq!(
+        got(q(Some(2_001), Some(2_999), None)).await,
+        Vec::<i64>::new()
+    );
+    // limit: the newest N, still oldest first
+    assert_eq!(got(q(None, None, Some(2))).await, ids[3..].to_vec());
+    assert_eq!(got(q(None, Some(4_000), Some(2))).await, ids[2..4].to_vec());
+    assert_eq!(got(q(None, None, Some(10))).await, ids.clone());
+    assert_eq!(got(q(None, None, Some(0))).await, Vec::<i64>::new());
+}
+
+/// Every successful write leaves exactly one event per change, in order; refused writes
+/// leave none.
+pub async fn every_write_produces_an_event<S: Store>(store: Arc<S>) {
+    let t = now();
+    add(
+        &*store,
+        &[
+            host("gpu-a01", &[mac(1)], Some(ip(11))),
+            host("gpu-b01", &[mac(2)], None),
+        ],
+    )
+    .await;
+    let mut a = host("gpu-a01", &[mac(1)], Some(ip(11)));
+    a.rack = Some("r02".into());
+    store
+        .apply_host_changes(
+            &[
+                HostChange::Update {
+                    host: a,
+                    fields: vec!["rack".into()],
+                },
+                HostChange::Remove {
+                    name: "gpu-b01".into(),
+                },
+            ],
+            "inventory",
+        )
+        .await
+        .unwrap();
+    store
+        .set_host_state(
+            "gpu-a01",
+            None,
+            HostState::Provisioning,
+            "lifecycle",
+            serde_json::Value::Null,
+        )
+        .await
+        .unwrap();
+    let offer = lease(ip(11), mac(1), LeaseState::Offered, t - secs(1));
+    store
+        .commit_lease(
+            &offer,
+            &NewEvent::new(EventKind::LeaseOffered, "dhcp")
+                .ip(offer.ip)
+                .mac(offer.mac),
+        )
+        .await
+        .unwrap();
+    let ack = lease(ip(12), mac(1), LeaseState::Active, t + secs(60));
+    store.commit_lease(&ack, &committed(&ack)).await.unwrap();
+    // refused: nothing logged
+    let steal = lease(ip(12), mac(2), LeaseState::Active, t + secs(60));
+    assert!(
+        store
+            .commit_lease(&steal, &committed(&steal))
+            .await
+            .is_err()
+    );
+    assert!(
+        store
+            .set_host_state(
+                "gpu-a01",
+                Some(HostState::Ready),
+                HostState::Failed,
+                "cli",
+                serde_json::Value::Null
+            )
+            .await
+            .is_err()
+    );
+    assert_eq!(store.expire_leases(t).await.unwrap().len(), 1);
+
+    let all = all_events(&*store).await;
+    assert_eq!(
+        kinds(&all),
+        vec![
+            EventKind::HostAdded,
+            EventKind::HostAdded,
+            EventKind::HostChanged,
+            EventKind::HostRemoved,
+            EventKind::HostStateChanged,
+            EventKind::LeaseOffered,
+            EventKind::LeaseCommitted,
+            EventKind::LeaseExpired,
+        ]
+    );
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+}
