@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::inventory::sync::{SyncReport, reconcile};
-use crate::inventory::{Inventory, Invalid, Problem, load};
+use crate::inventory::{Invalid, Inventory, Problem, load};
 use crate::store::{self, EventKind, NewEvent, Store};
 
 /// How long shutdown waits for listeners to finish in-flight work (systemd's stop budget is
@@ -93,9 +93,11 @@ impl App {
             .context("reconciling the inventory into the store")?;
         let hosts = inventory.hosts.len();
         store
-            .append(&NewEvent::new(EventKind::DaemonStarted, "daemon").detail(
-                serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "hosts": hosts}),
-            ))
+            .append(
+                &NewEvent::new(EventKind::DaemonStarted, "daemon").detail(
+                    serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "hosts": hosts}),
+                ),
+            )
             .await?;
         log_loaded(&store, 1, hosts, &report).await?;
         let app = App {
@@ -146,8 +148,9 @@ impl App {
                     tracing::error!(problem = %p, "inventory reload refused; keeping generation {}", current.generation);
                 }
                 let lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-                let ev = NewEvent::new(EventKind::InventoryRejected, actor)
-                    .detail(serde_json::json!({"problems": lines, "kept_generation": current.generation}));
+                let ev = NewEvent::new(EventKind::InventoryRejected, actor).detail(
+                    serde_json::json!({"problems": lines, "kept_generation": current.generation}),
+                );
                 if let Err(e) = self.store.append(&ev).await {
                     tracing::error!(error = %e, "could not record inventory-rejected event");
                 }
@@ -238,8 +241,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding HTTP listener on {}", app.config.http_listen))?;
     tracker.spawn(crate::http::run(app.clone(), listener, cancel.clone()));
-    let control = crate::control::bind(&app.config.control_socket)
-        .with_context(|| format!("binding control socket {}", app.config.control_socket.display()))?;
+    let control = crate::control::bind(&app.config.control_socket).with_context(|| {
+        format!(
+            "binding control socket {}",
+            app.config.control_socket.display()
+        )
+    })?;
     tracker.spawn(crate::control::run(app.clone(), control, cancel.clone()));
     tracker.close();
 

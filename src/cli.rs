@@ -156,7 +156,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(check_config(&cli.config, cli.output));
     }
     let rt = if matches!(cli.command, Command::Serve) {
-        tokio::runtime::Builder::new_multi_thread().enable_all().build()?
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
     } else {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -415,8 +417,9 @@ struct ApiClient {
 
 impl ApiClient {
     fn new(url: &str) -> anyhow::Result<Self> {
-        let base = reqwest::Url::parse(url)
-            .with_context(|| format!("--api {url:?}: expected a URL like http://10.250.0.1:8080"))?;
+        let base = reqwest::Url::parse(url).with_context(|| {
+            format!("--api {url:?}: expected a URL like http://10.250.0.1:8080")
+        })?;
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(10))
             .build()?;

@@ -27,7 +27,9 @@ pub enum Request {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("cannot reach the bootgate daemon at {path}: {source} (is `bootgate serve` running with this config?)")]
+    #[error(
+        "cannot reach the bootgate daemon at {path}: {source} (is `bootgate serve` running with this config?)"
+    )]
     Connect {
         path: String,
         source: std::io::Error,
@@ -106,12 +108,13 @@ async fn handle(app: Arc<App>, stream: UnixStream) {
 pub async fn request_reload(path: &Path) -> Result<ReloadOutcome, ControlError> {
     let p = path.display().to_string();
     let work = async {
-        let mut stream = UnixStream::connect(path)
-            .await
-            .map_err(|source| ControlError::Connect {
-                path: p.clone(),
-                source,
-            })?;
+        let mut stream =
+            UnixStream::connect(path)
+                .await
+                .map_err(|source| ControlError::Connect {
+                    path: p.clone(),
+                    source,
+                })?;
         let io = |source| ControlError::Io {
             path: p.clone(),
             source,
@@ -120,7 +123,10 @@ pub async fn request_reload(path: &Path) -> Result<ReloadOutcome, ControlError> 
         req.push('\n');
         stream.write_all(req.as_bytes()).await.map_err(io)?;
         let mut line = String::new();
-        BufReader::new(stream).read_line(&mut line).await.map_err(io)?;
+        BufReader::new(stream)
+            .read_line(&mut line)
+            .await
+            .map_err(io)?;
         serde_json::from_str(line.trim()).map_err(|source| ControlError::BadResponse {
             path: p.clone(),
             line,

@@ -32,7 +32,9 @@ impl FromStr for MacAddr {
     /// Accepts `aa:bb:cc:dd:ee:ff` and `aa-bb-cc-dd-ee-ff` (any case), the two forms switch
     /// and BMC vendors print.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || MacParseError { input: s.to_string() };
+        let err = || MacParseError {
+            input: s.to_string(),
+        };
         let sep = if s.contains('-') { '-' } else { ':' };
         let mut out = [0u8; 6];
         let mut n = 0;
@@ -173,7 +175,14 @@ mod tests {
 
     #[test]
     fn mac_rejects_malformed() {
-        for bad in ["", "52:54:00:ab:cd", "52:54:00:ab:cd:ef:01", "5:54:00:ab:cd:ef", "zz:54:00:ab:cd:ef", "52:54:00-ab:cd:ef"] {
+        for bad in [
+            "",
+            "52:54:00:ab:cd",
+            "52:54:00:ab:cd:ef:01",
+            "5:54:00:ab:cd:ef",
+            "zz:54:00:ab:cd:ef",
+            "52:54:00-ab:cd:ef",
+        ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad} should not parse");
         }
     }

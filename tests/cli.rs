@@ -57,7 +57,13 @@ fn check_config_lists_every_problem_as_file_entry_field_reason() {
             .any(|l| l.starts_with(&format!("{file}: host \"vm3\": addresses."))),
         "{lines:?}"
     );
-    let out = bootgate(&["check-config", "--config", path_str(&site.config()), "-o", "json"]);
+    let out = bootgate(&[
+        "check-config",
+        "--config",
+        path_str(&site.config()),
+        "-o",
+        "json",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(v["valid"], false);
@@ -71,7 +77,11 @@ fn check_config_lists_every_problem_as_file_entry_field_reason() {
 fn check_config_names_a_missing_config_file() {
     let out = bootgate(&["check-config", "--config", "/nonexistent/bootgate.toml"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stdout(&out).contains("/nonexistent/bootgate.toml"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("/nonexistent/bootgate.toml"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
@@ -81,10 +91,22 @@ fn read_commands_explain_a_missing_store_and_bad_arguments() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("bootgate.db"), "{}", stderr(&out));
 
-    let out = bootgate(&["--config", path_str(&site.config()), "events", "--mac", "xx"]);
+    let out = bootgate(&[
+        "--config",
+        path_str(&site.config()),
+        "events",
+        "--mac",
+        "xx",
+    ]);
     assert_eq!(out.status.code(), Some(2), "clap usage error");
     assert!(stderr(&out).contains("--mac"), "{}", stderr(&out));
-    let out = bootgate(&["--config", path_str(&site.config()), "events", "--since", "soon"]);
+    let out = bootgate(&[
+        "--config",
+        path_str(&site.config()),
+        "events",
+        "--since",
+        "soon",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("--since"), "{}", stderr(&out));
 

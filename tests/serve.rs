@@ -123,7 +123,10 @@ fn serve_in_namespace_answers_api_reloads_and_stops_on_sigterm() {
         "json",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(host_names(&json(&stdout(&out))), ["vm0", "vm1", "vm2", "vm3"]);
+    assert_eq!(
+        host_names(&json(&stdout(&out))),
+        ["vm0", "vm1", "vm2", "vm3"]
+    );
 
     // Events were written for every inventory host.
     let (_, body) = api(&lab, "/api/v1/events?kind=host-added");
@@ -157,7 +160,10 @@ fn serve_in_namespace_answers_api_reloads_and_stops_on_sigterm() {
     let health = json(&body);
     assert_eq!(health["inventory"]["generation"], 1);
     assert_eq!(health["inventory"]["hosts"], 4);
-    assert!(health["inventory"]["last_reload_error"].is_array(), "{health}");
+    assert!(
+        health["inventory"]["last_reload_error"].is_array(),
+        "{health}"
+    );
     let (_, body) = api(&lab, "/api/v1/hosts/vm3");
     assert_eq!(json(&body)["macs"][0], "52:54:00:12:72:62");
     let (_, body) = api(&lab, "/api/v1/events?kind=inventory-rejected");

@@ -99,9 +99,10 @@ async fn sqlite_data_survives_close_and_reopen() {
 }
 
 #[tokio::test]
-async fn sqlite_committed_lease_is_on_disk_without_close() {
-    // No close, no checkpoint: what a `kill -9` leaves behind. A separate connection must
-    // read the committed row from the file (and its WAL).
+async fn sqlite_commit_is_in_the_file_before_close() {
+    // No close, no checkpoint: the state a `kill -9` leaves. Another connection finds the
+    // committed row in the file and its WAL, not in some in-process buffer. (Power-loss
+    // durability is `synchronous=FULL`, checked by a unit test in src/store/sqlite.rs.)
     let (store, dir) = fresh_sqlite().await;
     let held = lease(ip(9), mac(9), LeaseState::Active, now() + secs(3600));
     store.commit_lease(&held, &committed(&held)).await.unwrap();

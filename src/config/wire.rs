@@ -102,12 +102,9 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let resolve = |p: &Path| -> PathBuf {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            base.join(p)
-        }
+    let resolve = |rel: &Path| -> PathBuf {
+        // `components()` drops `.` segments: `inventory = "."` reads as the config's dir.
+        base.join(rel).components().collect()
     };
 
     let Some(w) = top else {

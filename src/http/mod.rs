@@ -138,8 +138,7 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
             loaded_at: loaded.loaded_at,
             hosts: loaded.inventory.hosts.len(),
             subnets: loaded.inventory.subnets.len(),
-            last_reload_error: failure
-                .map(|f| f.problems.iter().map(|p| p.to_string()).collect()),
+            last_reload_error: failure.map(|f| f.problems.iter().map(|p| p.to_string()).collect()),
         },
     };
     // A refused reload is worth a look but the daemon still serves: only the store decides 503.

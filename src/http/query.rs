@@ -60,7 +60,9 @@ mod tests {
             parse_time("since", "1d", now).unwrap(),
             "2026-11-24T10:00:00Z".parse::<Timestamp>().unwrap()
         );
-        let e = parse_time("since", "yesterday-ish", now).unwrap_err().to_string();
+        let e = parse_time("since", "yesterday-ish", now)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("since") && e.contains("RFC 3339"), "{e}");
     }
 

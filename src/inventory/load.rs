@@ -3,6 +3,7 @@
 //! problem names its file, entry and field, and one bad entry does not hide the others.
 //! Cross-entry checks (unique names, MACs and addresses; references; address plans) follow.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -1022,27 +1023,30 @@ impl Validator {
                 continue;
             }
 
+            let rack_known = w
+                .rack
+                .as_ref()
+                .is_none_or(|r| rack_names.contains(r.as_str()));
             match (&w.rack, w.position) {
-                (Some(rack), _) if !rack_names.contains(rack.as_str()) => {
-                    if !self.broken_racks.contains(rack) {
-                        p.at(loc, "rack", format!("no rack named {rack:?}"));
+                // A rack that failed to parse was reported already.
+                (Some(rack), _) if !rack_known && !self.broken_racks.contains(rack) => {
+                    p.at(loc, "rack", format!("no rack named {rack:?}"));
+                }
+                (Some(_), _) if !rack_known => {}
+                (Some(rack), Some(pos)) => match slots.entry((rack.clone(), pos)) {
+                    Entry::Occupied(first) => p.at(
+                        loc,
+                        "position",
+                        format!(
+                            "position {pos} in rack {rack:?} is already taken by {}",
+                            first.get()
+                        ),
+                    ),
+                    Entry::Vacant(slot) => {
+                        slot.insert(loc.to_string());
                     }
-                }
-                (Some(rack), Some(pos)) => {
-                    let here = format!("{loc}");
-                    if let Some(first) = slots.get(&(rack.clone(), pos)) {
-                        p.at(
-                            loc,
-                            "position",
-                            format!("position {pos} in rack {rack:?} is already taken by {first}"),
-                        );
-                    } else {
-                        slots.insert((rack.clone(), pos), here);
-                    }
-                }
-                (None, Some(_)) => {
-                    p.at(loc, "position", "position given without a rack");
-                }
+                },
+                (None, Some(_)) => p.at(loc, "position", "position given without a rack"),
                 _ => {}
             }
             if let Some(profile) = &w.profile
@@ -1268,9 +1272,10 @@ mod tests {
         )
         .unwrap_err();
         let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        // toml tables are sorted maps, so errors come in key order, not file order.
         assert_eq!(
             fields,
-            ["role", "macs[1]", "colour", "bmc.address", "bmc.shade"]
+            ["bmc.address", "bmc.shade", "colour", "macs[1]", "role"]
         );
         assert!(
             errs[2]
@@ -1278,7 +1283,7 @@ mod tests {
                 .starts_with("unknown field, expected one of: name, role"),
             "{errs:?}"
         );
-        assert!(errs[3].reason.contains("\"10.0.0.300\""), "{errs:?}");
+        assert!(errs[0].reason.contains("\"10.0.0.300\""), "{errs:?}");
     }
 
     #[test]

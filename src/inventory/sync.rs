@@ -192,9 +192,15 @@ mod tests {
     #[test]
     fn plan_adds_updates_and_removes_in_a_mac_safe_order() {
         let now = Timestamp::now();
-        let old = inv(vec![host("a", "02:00:00:00:00:01"), host("b", "02:00:00:00:00:02")]);
-        let mut current: Vec<HostRecord> =
-            old.hosts.iter().map(|h| host_record(&old, h, now)).collect();
+        let old = inv(vec![
+            host("a", "02:00:00:00:00:01"),
+            host("b", "02:00:00:00:00:02"),
+        ]);
+        let mut current: Vec<HostRecord> = old
+            .hosts
+            .iter()
+            .map(|h| host_record(&old, h, now))
+            .collect();
         current[0].state = HostState::Ready;
         // A discovered stranger whose MAC the operator now declares as host c.
         let mut stranger = host_record(&old, &host("x", "02:00:00:00:00:03"), now);
@@ -217,8 +223,11 @@ mod tests {
     fn plan_names_every_changed_field() {
         let now = Timestamp::now();
         let old = inv(vec![host("a", "02:00:00:00:00:01")]);
-        let current: Vec<HostRecord> =
-            old.hosts.iter().map(|h| host_record(&old, h, now)).collect();
+        let current: Vec<HostRecord> = old
+            .hosts
+            .iter()
+            .map(|h| host_record(&old, h, now))
+            .collect();
         let mut a = host("a", "02:00:00:00:00:09");
         a.role = Role::Storage;
         a.rack = Some("r1".into());

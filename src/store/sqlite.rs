@@ -810,7 +810,7 @@ mod tests {
         for k in EventKind::ALL {
             event(k.as_str()).await.unwrap();
         }
-        assert!(event("bogus").await.is_err());
+        assert!(event("Not A Kind").await.is_err());
     }
 
     #[tokio::test]

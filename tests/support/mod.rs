@@ -128,7 +128,15 @@ impl Lab {
         let gw = Netns::new("gw");
         let rack = Netns::new("rack");
         rack.ip(&[
-            "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0",
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
         ]);
         rack.ip(&["link", "set", "br0", "up"]);
         rack.ip(&[
@@ -137,7 +145,9 @@ impl Lab {
         rack.ip(&["link", "set", "rk0", "master", "br0", "up"]);
         gw.ip(&["addr", "add", &format!("{GW_IP}/24"), "dev", "gw0"]);
         gw.ip(&["link", "set", "gw0", "up"]);
-        rack.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0-br"]);
+        rack.ip(&[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "eth0-br",
+        ]);
         rack.ip(&["link", "set", "eth0-br", "master", "br0", "up"]);
         rack.ip(&["link", "set", "eth0", "up"]);
         Lab { gw, rack }
