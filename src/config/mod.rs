@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ipnet::Ipv4Net;
 
@@ -40,6 +41,19 @@ pub struct Config {
     pub secrets_file: Option<PathBuf>,
     /// Unix socket for local admin commands (`bootgate reload`), mode 0600.
     pub control_socket: PathBuf,
+    pub dhcp: DhcpSettings,
+}
+
+/// Server-wide DHCP settings (`[dhcp]`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DhcpSettings {
+    /// How long an OFFERed address stays reserved for the client (RFC 2131 §4.3.1 lets
+    /// the server reserve it; 30 s covers slow PXE ROMs).
+    pub offer_hold: Duration,
+    /// How long a DECLINEd address stays out of the pool (RFC 2131 §4.3.3).
+    pub decline_quarantine: Duration,
+    /// Requests processed concurrently.
+    pub max_in_flight: usize,
 }
 
 impl Config {

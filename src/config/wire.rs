@@ -5,12 +5,13 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
-use super::{Config, Interface};
-use crate::inventory::load::{MAX_IFNAME_LEN, deserialize_collecting, syntax_problem};
+use super::{Config, DhcpSettings, Interface};
+use crate::inventory::load::{MAX_IFNAME_LEN, deserialize_collecting, lease_time, syntax_problem};
 use crate::inventory::{Invalid, Problem};
 use crate::store::StoreUrl;
 
@@ -29,6 +30,43 @@ struct ConfigWire {
     /// Default `{state_dir}/control.sock`.
     control_socket: Option<PathBuf>,
     http: HttpWire,
+    #[serde(default)]
+    dhcp: DhcpWire,
+}
+
+/// `[dhcp]`: server-wide DHCP behaviour (per-subnet settings live in the inventory).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DhcpWire {
+    /// How long an OFFERed address stays reserved for the client.
+    #[serde(default = "default_offer_hold", deserialize_with = "lease_time")]
+    offer_hold: Duration,
+    /// How long a DECLINEd address is kept out of the pool.
+    #[serde(default = "default_quarantine", deserialize_with = "lease_time")]
+    decline_quarantine: Duration,
+    /// Requests processed at once; more wait (and are dropped by clients' retries).
+    #[serde(default = "default_in_flight")]
+    max_in_flight: usize,
+}
+
+impl Default for DhcpWire {
+    fn default() -> Self {
+        DhcpWire {
+            offer_hold: default_offer_hold(),
+            decline_quarantine: default_quarantine(),
+            max_in_flight: default_in_flight(),
+        }
+    }
+}
+
+fn default_offer_hold() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_quarantine() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_in_flight() -> usize {
+    256
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,6 +124,9 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
             for e in errors {
                 match e.field.strip_prefix("http.") {
                     Some(field) => p.push("http", field, e.reason),
+                    None if e.field.starts_with("dhcp.") => {
+                        p.push("dhcp", &e.field["dhcp.".len()..], e.reason)
+                    }
                     // `interface` was taken out before, so serde's list lacks it.
                     None if e.reason.starts_with("unknown field, expected one of:") => {
                         p.push("-", &e.field, format!("{}, interface", e.reason))
@@ -152,6 +193,11 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
             store,
             inventory_dir,
             boot_images_dir,
+            dhcp: DhcpSettings {
+                offer_hold: w.dhcp.offer_hold,
+                decline_quarantine: w.dhcp.decline_quarantine,
+                max_in_flight: w.dhcp.max_in_flight.max(1),
+            },
         }),
         _ => Err(Invalid(p.list)),
     }

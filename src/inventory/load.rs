@@ -176,7 +176,7 @@ fn default_bmc_protocol() -> BmcProtocol {
 /// `1d`, `1h 30m`, `2 days`) or ISO 8601 (`PT12H`) duration format, with days and weeks
 /// taken as 24 h and 7 d. Must be a whole, positive number of seconds that fits DHCP
 /// option 51 (u32).
-fn lease_time<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn lease_time<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     struct Visitor;
     impl serde::de::Visitor<'_> for Visitor {
         type Value = Duration;

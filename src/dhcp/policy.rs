@@ -1,0 +1,714 @@
+//! The DHCP server's decisions, as a pure function of the request and a read-only view of
+//! the world (subnet, inventory host, address book). No I/O here: the server loop fetches
+//! the view, calls [`decide`], commits what it says and sends the reply. Branches that an RFC
+//! dictates quote it; the unit tests are named after those sections.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::Serialize;
+
+use super::{ClientMessage, Request};
+use crate::inventory::Subnet;
+use crate::types::MacAddr;
+
+/// Who a client is for lease purposes: option 61 when sent, else chaddr (RFC 2131 §4.2).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum ClientKey {
+    Id(Vec<u8>),
+    Mac(MacAddr),
+}
+
+impl ClientKey {
+    pub fn of(req: &Request) -> ClientKey {
+        match &req.client_id {
+            Some(id) if !id.is_empty() => ClientKey::Id(id.clone()),
+            _ => ClientKey::Mac(req.mac),
+        }
+    }
+}
+
+/// Who stands in the way of giving an address to a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// Another client holds a lease or an offer on it.
+    Client { mac: MacAddr },
+    /// It is an inventory reservation of another host.
+    Reserved { host: String },
+    /// A client declined it (RFC 2131 §4.3.3): quarantined until it expires.
+    Quarantined,
+}
+
+/// The address a client holds now (an unexpired lease or an offer hold).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Binding {
+    pub ip: Ipv4Addr,
+    /// An offer hold, not yet a lease.
+    pub offered: bool,
+}
+
+/// Read-only access to the address state (implemented by the IPAM service's in-memory book
+/// and by test fixtures).
+pub trait AddressBook {
+    /// The binding `client` holds in `subnet`, if any.
+    fn binding_of(&self, subnet: &Subnet, client: &ClientKey) -> Option<Binding>;
+    /// Who holds `ip` against `client` (None when it is free for them or theirs).
+    fn holder(&self, ip: Ipv4Addr, client: &ClientKey) -> Option<Holder>;
+    /// A free address of `subnet`'s dynamic ranges for `client`.
+    fn next_free(&self, subnet: &Subnet, client: &ClientKey) -> Option<Ipv4Addr>;
+}
+
+/// Everything `decide` may look at besides the request.
+pub struct View<'a> {
+    pub now: Timestamp,
+    /// Our server identifier on the interface (or towards the relay) the request came in.
+    pub server_id: Ipv4Addr,
+    /// The subnet the client is on (by giaddr, link selection or interface); None when we
+    /// serve no subnet there.
+    pub subnet: Option<&'a Subnet>,
+    /// The inventory host this MAC belongs to.
+    pub host: Option<&'a str>,
+    /// That host's reserved address on `subnet`.
+    pub reservation: Option<Ipv4Addr>,
+    pub book: &'a dyn AddressBook,
+}
+
+/// Why a request gets no answer (each is a metric label and a log reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Silence {
+    /// No subnet of ours on that interface / behind that relay.
+    NoSubnet,
+    /// The subnet is not served by DHCP (or only by proxyDHCP and this is no PXE client).
+    NotServed,
+    /// `known_hosts_only` and the MAC is not in the inventory.
+    UnknownClient,
+    /// Every dynamic address is taken.
+    PoolExhausted,
+    /// The client chose another server's offer (RFC 2131 §4.3.2, SELECTING).
+    OtherServer,
+    /// INIT-REBOOT or REBINDING of a client we have no record of (RFC 2131 §4.3.2).
+    NoRecord,
+    /// A malformed message for its type (e.g. REQUEST without address).
+    Malformed,
+    /// RELEASE / DECLINE of an address the client does not hold.
+    NotHeld,
+}
+
+impl Silence {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Silence::NoSubnet => "no-subnet",
+            Silence::NotServed => "not-served",
+            Silence::UnknownClient => "unknown-client",
+            Silence::PoolExhausted => "pool-exhausted",
+            Silence::OtherServer => "other-server",
+            Silence::NoRecord => "no-record",
+            Silence::Malformed => "malformed",
+            Silence::NotHeld => "not-held",
+        }
+    }
+}
+
+/// Why a REQUEST is refused with a DHCPNAK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NakReason {
+    /// The requested address is not on the client's subnet (it moved networks).
+    WrongSubnet,
+    /// Another client holds it, or it is another host's reservation.
+    Taken,
+    /// The client has a reservation and asks for another address (the reservation moved).
+    ReservationMoved,
+    /// The address is neither reserved for the client nor in a dynamic range it may use.
+    NotAllocatable,
+}
+
+impl NakReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NakReason::WrongSubnet => "wrong-subnet",
+            NakReason::Taken => "taken",
+            NakReason::ReservationMoved => "reservation-moved",
+            NakReason::NotAllocatable => "not-allocatable",
+        }
+    }
+}
+
+/// Which REQUEST state led to an ACK (RFC 2131 §4.3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RequestState {
+    Selecting,
+    InitReboot,
+    Renewing,
+    Rebinding,
+}
+
+/// What to do with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// DHCPOFFER `ip`, held briefly for the client (no lease yet).
+    Offer { ip: Ipv4Addr, lease_time: Duration },
+    /// Commit a lease of `ip` durably, then DHCPACK.
+    Ack {
+        ip: Ipv4Addr,
+        lease_time: Duration,
+        state: RequestState,
+    },
+    /// DHCPACK to a DHCPINFORM: configuration only, no address, no lease (RFC 2131 §4.3.5).
+    InformAck,
+    /// DHCPNAK.
+    Nak { reason: NakReason },
+    /// The client gives `ip` back (RFC 2131 §4.3.4). No reply.
+    Release { ip: Ipv4Addr },
+    /// The client found `ip` in use (RFC 2131 §4.3.3): quarantine it. No reply.
+    Decline { ip: Ipv4Addr },
+    /// No reply.
+    Ignore(Silence),
+    /// The client chose another server: drop our offer hold. No reply.
+    Withdraw,
+}
+
+/// The decision for `req` given `view`. Pure: same inputs, same answer.
+pub fn decide(req: &Request, view: &View) -> Decision {
+    let Some(subnet) = view.subnet else {
+        return Decision::Ignore(Silence::NoSubnet);
+    };
+    let client = ClientKey::of(req);
+    let known = view.host.is_some();
+    // RFC 2131 §4.3.5: INFORM only asks for configuration; anyone on a served subnet may.
+    if req.kind == ClientMessage::Inform {
+        return Decision::InformAck;
+    }
+    if subnet.known_hosts_only && !known {
+        return Decision::Ignore(Silence::UnknownClient);
+    }
+    match req.kind {
+        ClientMessage::Discover => discover(req, view, subnet, &client),
+        ClientMessage::Request => request(req, view, subnet, &client),
+        ClientMessage::Decline => decline(req, view, subnet, &client),
+        ClientMessage::Release => release(req, view, subnet, &client),
+        ClientMessage::Inform => Decision::InformAck,
+    }
+}
+
+/// Whether `client` may be given `ip` on `subnet`: its own reservation, or a free dynamic
+/// address when it has no reservation.
+fn allocatable(
+    view: &View,
+    subnet: &Subnet,
+    client: &ClientKey,
+    ip: Ipv4Addr,
+) -> Result<(), NakReason> {
+    if !subnet.cidr.contains(&ip) {
+        return Err(NakReason::WrongSubnet);
+    }
+    match view.reservation {
+        Some(r) if r == ip => {}
+        Some(_) => return Err(NakReason::ReservationMoved),
+        None if subnet.in_dynamic_range(ip) => {}
+        None => return Err(NakReason::NotAllocatable),
+    }
+    match view.book.holder(ip, client) {
+        None => Ok(()),
+        Some(_) => Err(NakReason::Taken),
+    }
+}
+
+/// RFC 2131 §4.3.1: choose the address to offer, in this order: the client's reservation;
+/// its current binding; the address it asks for (option 50) if valid and free; a free one.
+fn discover(req: &Request, view: &View, subnet: &Subnet, client: &ClientKey) -> Decision {
+    let lease_time = subnet.lease_time;
+    if let Some(r) = view.reservation {
+        return match view.book.holder(r, client) {
+            None => Decision::Offer { ip: r, lease_time },
+            // Someone squats our host's reserved address (it was dynamic before the
+            // reservation was added): do not hand out a duplicate; the audit reports it.
+            Some(_) => Decision::Ignore(Silence::PoolExhausted),
+        };
+    }
+    if let Some(b) = view.book.binding_of(subnet, client)
+        && allocatable(view, subnet, client, b.ip).is_ok()
+    {
+        return Decision::Offer {
+            ip: b.ip,
+            lease_time,
+        };
+    }
+    if let Some(ip) = req.requested_ip
+        && allocatable(view, subnet, client, ip).is_ok()
+    {
+        return Decision::Offer { ip, lease_time };
+    }
+    match view.book.next_free(subnet, client) {
+        Some(ip) => Decision::Offer { ip, lease_time },
+        None => Decision::Ignore(Silence::PoolExhausted),
+    }
+}
+
+/// RFC 2131 §4.3.2: the four REQUEST states, told apart by server identifier, requested
+/// address and ciaddr.
+fn request(req: &Request, view: &View, subnet: &Subnet, client: &ClientKey) -> Decision {
+    let lease_time = subnet.lease_time;
+    let ack = |ip, state| Decision::Ack {
+        ip,
+        lease_time,
+        state,
+    };
+    // SELECTING: "Client inserts the address of the selected server in 'server
+    // identifier', 'ciaddr' MUST be zero, 'requested IP address' MUST be filled in".
+    if let Some(sid) = req.server_id {
+        if sid != view.server_id {
+            // "If the server identifier does not match, the server ... may release the
+            // address it offered": the client chose another server.
+            return Decision::Withdraw;
+        }
+        let Some(ip) = req.requested_ip.or(nonzero(req.ciaddr)) else {
+            return Decision::Ignore(Silence::Malformed);
+        };
+        return match allocatable(view, subnet, client, ip) {
+            Ok(()) => ack(ip, RequestState::Selecting),
+            Err(reason) => Decision::Nak { reason },
+        };
+    }
+    // INIT-REBOOT: "'server identifier' MUST NOT be filled in, 'requested IP address'
+    // option MUST be filled in with client's notion of its previously assigned address.
+    // 'ciaddr' MUST be zero."
+    if let Some(ip) = req.requested_ip.filter(|_| req.ciaddr.is_unspecified()) {
+        // "Server SHOULD send a DHCPNAK message to the client if the 'requested IP
+        // address' is incorrect, or is on the wrong network."
+        if !subnet.cidr.contains(&ip) {
+            return Decision::Nak {
+                reason: NakReason::WrongSubnet,
+            };
+        }
+        let theirs = view.book.binding_of(subnet, client).map(|b| b.ip) == Some(ip);
+        return match allocatable(view, subnet, client, ip) {
+            Ok(()) if theirs || view.reservation == Some(ip) => ack(ip, RequestState::InitReboot),
+            Err(reason) => Decision::Nak { reason },
+            // "If the DHCP server has no record of this client, then it MUST remain silent"
+            Ok(()) => Decision::Ignore(Silence::NoRecord),
+        };
+    }
+    // RENEWING (unicast) / REBINDING (broadcast): "'server identifier' MUST NOT be filled
+    // in, 'requested IP address' option MUST NOT be filled in, 'ciaddr' MUST be filled in".
+    let Some(ip) = nonzero(req.ciaddr) else {
+        return Decision::Ignore(Silence::Malformed);
+    };
+    let state = if req.arrival.peer.ip().is_unspecified() || req.broadcast {
+        RequestState::Rebinding
+    } else {
+        RequestState::Renewing
+    };
+    // When our record is gone (expired and reclaimed, a new store) but the address is free
+    // and fits the client, extend it rather than break a running host, as Kea does.
+    match allocatable(view, subnet, client, ip) {
+        Ok(()) => ack(ip, state),
+        Err(reason) => Decision::Nak { reason },
+    }
+}
+
+/// RFC 2131 §4.3.3: "If the server receives a DHCPDECLINE message, the client has
+/// discovered through some other means that the suggested network address is already in
+/// use. The server MUST mark the network address as not available".
+fn decline(req: &Request, view: &View, subnet: &Subnet, client: &ClientKey) -> Decision {
+    if req.server_id.is_some_and(|s| s != view.server_id) {
+        return Decision::Ignore(Silence::OtherServer);
+    }
+    let Some(ip) = req.requested_ip else {
+        return Decision::Ignore(Silence::Malformed);
+    };
+    match view.book.binding_of(subnet, client) {
+        Some(b) if b.ip == ip => Decision::Decline { ip },
+        _ => Decision::Ignore(Silence::NotHeld),
+    }
+}
+
+/// RFC 2131 §4.3.4: "Upon receipt of a DHCPRELEASE message, the server marks the network
+/// address as not allocated. The server SHOULD retain a record of the client's
+/// initialization parameters for possible reuse".
+fn release(req: &Request, view: &View, subnet: &Subnet, client: &ClientKey) -> Decision {
+    if req.server_id.is_some_and(|s| s != view.server_id) {
+        return Decision::Ignore(Silence::OtherServer);
+    }
+    let Some(ip) = nonzero(req.ciaddr) else {
+        return Decision::Ignore(Silence::Malformed);
+    };
+    match view.book.binding_of(subnet, client) {
+        Some(b) if b.ip == ip && !b.offered => Decision::Release { ip },
+        _ => Decision::Ignore(Silence::NotHeld),
+    }
+}
+
+fn nonzero(ip: Ipv4Addr) -> Option<Ipv4Addr> {
+    (!ip.is_unspecified()).then_some(ip)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddrV4;
+
+    use super::*;
+    use crate::dhcp::{Arrival, PxeInfo};
+    use crate::inventory::{IpRange, Purpose, Served};
+    use crate::ipam::{Book, Claim, ClaimKind, Ipam};
+
+    const SERVER: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
+    const MAC_A: MacAddr = MacAddr([0x52, 0x54, 0, 0xd7, 0x8e, 0x1d]);
+    const MAC_B: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xb]);
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn subnet(known_only: bool) -> Subnet {
+        Subnet {
+            name: "prov".into(),
+            cidr: "10.250.0.0/24".parse().unwrap(),
+            purpose: Purpose::Provisioning,
+            gateway: Some(SERVER),
+            dns: vec![],
+            domain: None,
+            lease_time: Duration::from_secs(3600),
+            dynamic_ranges: vec![IpRange {
+                start: ip("10.250.0.100"),
+                end: ip("10.250.0.102"),
+            }],
+            known_hosts_only: known_only,
+            served: Served::Interface("gw0".into()),
+            mtu: None,
+        }
+    }
+
+    fn req(kind: ClientMessage, mac: MacAddr) -> Request {
+        Request {
+            kind,
+            xid: 1,
+            mac,
+            client_id: None,
+            ciaddr: Ipv4Addr::UNSPECIFIED,
+            giaddr: Ipv4Addr::UNSPECIFIED,
+            hops: 0,
+            broadcast: false,
+            requested_ip: None,
+            server_id: None,
+            hostname: None,
+            vendor_class: None,
+            params: vec![],
+            max_message_size: None,
+            relay: None,
+            pxe: PxeInfo::default(),
+            arrival: Arrival {
+                iface: "gw0".into(),
+                local_ip: SERVER,
+                local_port: 67,
+                peer: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68),
+            },
+        }
+    }
+
+    /// Runs `decide` with vm0 (MAC_A) reserved at .10 when `reserved`.
+    fn run(r: &Request, s: &Subnet, book: &Book, reserved: bool) -> Decision {
+        let view = View {
+            now: Timestamp::now(),
+            server_id: SERVER,
+            subnet: Some(s),
+            host: (reserved && r.mac == MAC_A).then_some("vm0"),
+            reservation: (reserved && r.mac == MAC_A).then(|| ip("10.250.0.10")),
+            book,
+        };
+        decide(r, &view)
+    }
+
+    fn leased(book: &mut Book, addr: &str, mac: MacAddr) {
+        book.put(
+            ip(addr),
+            Claim {
+                client: ClientKey::Mac(mac),
+                mac,
+                kind: ClaimKind::Lease,
+                until: Timestamp::now() + Duration::from_secs(600),
+            },
+        );
+    }
+
+    fn offer(ip: &str) -> Decision {
+        Decision::Offer {
+            ip: super::tests::ip(ip),
+            lease_time: Duration::from_secs(3600),
+        }
+    }
+
+    fn ack(addr: &str, state: RequestState) -> Decision {
+        Decision::Ack {
+            ip: ip(addr),
+            lease_time: Duration::from_secs(3600),
+            state,
+        }
+    }
+
+    #[test]
+    fn rfc2131_4_3_1_reservation_wins() {
+        let s = subnet(false);
+        let mut r = req(ClientMessage::Discover, MAC_A);
+        r.requested_ip = Some(ip("10.250.0.101"));
+        assert_eq!(run(&r, &s, &Book::new(), true), offer("10.250.0.10"));
+    }
+
+    #[test]
+    fn rfc2131_4_3_1_offer_order_binding_then_requested_then_free() {
+        let s = subnet(false);
+        let mut book = Book::new();
+        let mut r = req(ClientMessage::Discover, MAC_B);
+        assert_eq!(run(&r, &s, &book, false), offer("10.250.0.100"));
+        r.requested_ip = Some(ip("10.250.0.102"));
+        assert_eq!(run(&r, &s, &book, false), offer("10.250.0.102"));
+        // requested outside the pool is ignored, a free one is offered
+        r.requested_ip = Some(ip("10.250.0.50"));
+        assert_eq!(run(&r, &s, &book, false), offer("10.250.0.100"));
+        // an existing binding wins over the requested address
+        leased(&mut book, "10.250.0.101", MAC_B);
+        r.requested_ip = Some(ip("10.250.0.102"));
+        assert_eq!(run(&r, &s, &book, false), offer("10.250.0.101"));
+    }
+
+    #[test]
+    fn rfc2131_4_3_1_never_offers_an_address_held_by_another_client() {
+        let s = subnet(false);
+        let mut book = Book::new();
+        leased(&mut book, "10.250.0.100", MAC_A);
+        let mut r = req(ClientMessage::Discover, MAC_B);
+        r.requested_ip = Some(ip("10.250.0.100"));
+        assert_eq!(run(&r, &s, &book, false), offer("10.250.0.101"));
+        leased(&mut book, "10.250.0.101", MAC_A);
+        leased(&mut book, "10.250.0.102", MAC_A);
+        assert_eq!(
+            run(&r, &s, &book, false),
+            Decision::Ignore(Silence::PoolExhausted)
+        );
+    }
+
+    #[test]
+    fn known_hosts_only_ignores_strangers() {
+        let s = subnet(true);
+        let r = req(ClientMessage::Discover, MAC_B);
+        assert_eq!(
+            run(&r, &s, &Book::new(), false),
+            Decision::Ignore(Silence::UnknownClient)
+        );
+        let r = req(ClientMessage::Discover, MAC_A);
+        assert_eq!(run(&r, &s, &Book::new(), true), offer("10.250.0.10"));
+    }
+
+    #[test]
+    fn rfc2131_4_3_2_selecting() {
+        let s = subnet(false);
+        let mut book = Book::new();
+        let mut r = req(ClientMessage::Request, MAC_B);
+        r.server_id = Some(SERVER);
+        r.requested_ip = Some(ip("10.250.0.100"));
+        Ipam::hold_offer(
+            &mut book,
+            &s,
+            ip("10.250.0.100"),
+            ClientKey::Mac(MAC_B),
+            MAC_B,
+            Duration::from_secs(30),
+        );
+        assert_eq!(
+            run(&r, &s, &book, false),
+            ack("10.250.0.100", RequestState::Selecting)
+        );
+        // another client's REQUEST for the same held address gets a NAK
+        let mut other = r.clone();
+        other.mac = MAC_A;
+        assert_eq!(
+            run(&other, &s, &book, false),
+            Decision::Nak {
+                reason: NakReason::Taken
+            }
+        );
+    }
+
+    #[test]
+    fn rfc2131_4_3_2_selecting_another_server_withdraws() {
+        let s = subnet(false);
+        let mut r = req(ClientMessage::Request, MAC_B);
+        r.server_id = Some(ip("10.250.0.2"));
+        r.requested_ip = Some(ip("10.250.0.100"));
+        assert_eq!(run(&r, &s, &Book::new(), false), Decision::Withdraw);
+    }
+
+    #[test]
+    fn rfc2131_4_3_2_init_reboot() {
+        let s = subnet(false);
+        let mut book = Book::new();
+        let mut r = req(ClientMessage::Request, MAC_B);
+        r.requested_ip = Some(ip("10.250.0.101"));
+        // no record: silent
+        assert_eq!(
+            run(&r, &s, &book, false),
+            Decision::Ignore(Silence::NoRecord)
+        );
+        leased(&mut book, "10.250.0.101", MAC_B);
+        assert_eq!(
+            run(&r, &s, &book, false),
+            ack("10.250.0.101", RequestState::InitReboot)
+        );
+        // wrong network
+        r.requested_ip = Some(ip("192.168.1.5"));
+        assert_eq!(
+            run(&r, &s, &book, false),
+            Decision::Nak {
+                reason: NakReason::WrongSubnet
+            }
+        );
+        // someone else's address
+        leased(&mut book, "10.250.0.102", MAC_A);
+        r.requested_ip = Some(ip("10.250.0.102"));
+        assert_eq!(
+            run(&r, &s, &book, false),
+            Decision::Nak {
+                reason: NakReason::Taken
+            }
+        );
+    }
+
+    #[test]
+    fn rfc2131_4_3_2_init_reboot_of_a_moved_reservation_is_naked() {
+        let s = subnet(false);
+        let mut book = Book::new();
+        leased(&mut book, "10.250.0.101", MAC_A);
+        let mut r = req(ClientMessage::Request, MAC_A);
+        r.requested_ip = Some(ip("10.250.0.101"));
+        assert_eq!(
+            run(&r, &s, &book, true),
+            Decision::Nak {
+                reason: NakReason::ReservationMoved
+            }
+        );
+        r.requested_ip = Some(ip("10.250.0.10"));
+        assert_eq!(
+            run(&r, &s, &book, true),
+            ack("10.250.0.10", RequestState::InitReboot)
+        );
+    }
+
+    #[test]
+    fn rfc2131_4_3_2_renewing_and_rebinding() {
+        let s = subnet(false);
+        let mut book = Book::new();
+        leased(&mut book, "10.250.0.100", MAC_B);
+        let mut r = req(ClientMessage::Request, MAC_B);
+        r.ciaddr = ip("10.250.0.100");
+        r.arrival.peer = SocketAddrV4::new(ip("10.250.0.100"), 68);
+        assert_eq!(
+            run(&r, &s, &book, false),
+            ack("10.250.0.100", RequestState::Renewing)
+        );
+        r.broadcast = true;
+        assert_eq!(
+            run(&r, &s, &book, false),
+            ack("10.250.0.100", RequestState::Rebinding)
+        );
+        // renewing an address another client holds
+        let mut other = r.clone();
+        other.mac = MAC_A;
+        assert_eq!(
+            run(&other, &s, &book, false),
+            Decision::Nak {
+                reason: NakReason::Taken
+            }
+        );
+    }
+
+    #[test]
+    fn rfc2131_4_3_3_decline_quarantines_the_clients_address() {
+        let s = subnet(false);
+        let mut book = Book::new();
+        leased(&mut book, "10.250.0.100", MAC_B);
+        let mut r = req(ClientMessage::Decline, MAC_B);
+        r.server_id = Some(SERVER);
+        r.requested_ip = Some(ip("10.250.0.100"));
+        assert_eq!(
+            run(&r, &s, &book, false),
+            Decision::Decline {
+                ip: ip("10.250.0.100")
+            }
+        );
+        // a stranger can't decline someone else's address
+        r.mac = MAC_A;
+        assert_eq!(
+            run(&r, &s, &book, false),
+            Decision::Ignore(Silence::NotHeld)
+        );
+    }
+
+    #[test]
+    fn rfc2131_4_3_4_release() {
+        let s = subnet(false);
+        let mut book = Book::new();
+        leased(&mut book, "10.250.0.100", MAC_B);
+        let mut r = req(ClientMessage::Release, MAC_B);
+        r.server_id = Some(SERVER);
+        r.ciaddr = ip("10.250.0.100");
+        assert_eq!(
+            run(&r, &s, &book, false),
+            Decision::Release {
+                ip: ip("10.250.0.100")
+            }
+        );
+        r.mac = MAC_A;
+        assert_eq!(
+            run(&r, &s, &book, false),
+            Decision::Ignore(Silence::NotHeld)
+        );
+    }
+
+    #[test]
+    fn rfc2131_4_3_5_inform_gets_configuration_only() {
+        let s = subnet(true);
+        let mut r = req(ClientMessage::Inform, MAC_B);
+        r.ciaddr = ip("10.250.0.77");
+        assert_eq!(run(&r, &s, &Book::new(), false), Decision::InformAck);
+    }
+
+    #[test]
+    fn rfc2131_4_2_client_identifier_names_the_client() {
+        let s = subnet(false);
+        let mut book = Book::new();
+        let id = vec![1, 2, 0, 0, 0, 0, 0xb];
+        book.put(
+            ip("10.250.0.101"),
+            Claim {
+                client: ClientKey::Id(id.clone()),
+                mac: MAC_B,
+                kind: ClaimKind::Lease,
+                until: Timestamp::now() + Duration::from_secs(600),
+            },
+        );
+        let mut r = req(ClientMessage::Discover, MAC_B);
+        r.client_id = Some(id);
+        assert_eq!(run(&r, &s, &book, false), offer("10.250.0.101"));
+        // the same MAC without the id is another client
+        r.client_id = None;
+        assert_eq!(run(&r, &s, &book, false), offer("10.250.0.100"));
+    }
+
+    #[test]
+    fn no_subnet_no_answer() {
+        let r = req(ClientMessage::Discover, MAC_B);
+        let book = Book::new();
+        let view = View {
+            now: Timestamp::now(),
+            server_id: SERVER,
+            subnet: None,
+            host: None,
+            reservation: None,
+            book: &book,
+        };
+        assert_eq!(decide(&r, &view), Decision::Ignore(Silence::NoSubnet));
+    }
+}
