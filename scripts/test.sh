@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || die "run as root: the tests create network namespaces"
 
 step "installing test dependencies"
-apt_install iproute2 curl systemd ca-certificates gcc
+apt_install iproute2 curl systemd ca-certificates gcc \
+  busybox-static udhcpc isc-dhcp-client isc-dhcp-relay kea-admin
 
 step "cargo fmt --check"
 cargo fmt --all --check

@@ -29,6 +29,19 @@ pub struct Loaded {
     /// Bumped on every successful (re)load; shown by /healthz and `bootgate reload`.
     pub generation: u64,
     pub loaded_at: Timestamp,
+    /// MAC → host, for the DHCP path.
+    pub macs: crate::inventory::MacIndex,
+}
+
+impl Loaded {
+    fn new(inventory: Inventory, generation: u64) -> Loaded {
+        Loaded {
+            macs: inventory.mac_index(),
+            inventory,
+            generation,
+            loaded_at: Timestamp::now(),
+        }
+    }
 }
 
 /// The last reload that failed, kept until a reload succeeds (shown by /healthz).
@@ -103,11 +116,7 @@ impl App {
         let app = App {
             config,
             store,
-            inventory: ArcSwap::from_pointee(Loaded {
-                inventory,
-                generation: 1,
-                loaded_at: Timestamp::now(),
-            }),
+            inventory: ArcSwap::from_pointee(Loaded::new(inventory, 1)),
             last_failure: ArcSwap::from_pointee(None),
             reload_lock: tokio::sync::Mutex::new(()),
             metrics: crate::http::metrics_handle(),
@@ -177,11 +186,8 @@ impl App {
         if let Err(e) = log_loaded(&self.store, generation, hosts, &report).await {
             tracing::error!(error = %e, "could not record inventory-loaded event");
         }
-        self.inventory.store(Arc::new(Loaded {
-            inventory,
-            generation,
-            loaded_at: Timestamp::now(),
-        }));
+        self.inventory
+            .store(Arc::new(Loaded::new(inventory, generation)));
         self.last_failure.store(Arc::new(None));
         metrics::counter!("bootgate_inventory_reloads_total", "result" => "ok").increment(1);
         self.update_inventory_metrics();
@@ -248,6 +254,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         )
     })?;
     tracker.spawn(crate::control::run(app.clone(), control, cancel.clone()));
+    if !app.config.interfaces.is_empty() {
+        let ipam = Arc::new(
+            crate::ipam::Ipam::load(app.store.clone())
+                .await
+                .context("loading leases")?,
+        );
+        crate::dhcp::server::DhcpServer::new(app.clone(), ipam)
+            .start(&tracker, &cancel)
+            .context("starting DHCP")?;
+    }
     tracker.close();
 
     let mut term = signal(SignalKind::terminate())?;

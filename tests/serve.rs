@@ -4,57 +4,10 @@
 
 mod support;
 
-use std::os::unix::net::UnixDatagram;
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::*;
-
-/// A daemon started in the lab's gw namespace, with a NOTIFY_SOCKET we read like systemd.
-struct Daemon {
-    child: Child,
-    notify: UnixDatagram,
-    _notify_dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn start(lab: &Lab, site: &Site) -> Daemon {
-        let notify_dir = tempfile::tempdir().unwrap();
-        let sock = notify_dir.path().join("notify.sock");
-        let notify = UnixDatagram::bind(&sock).unwrap();
-        notify
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        let child = lab.gw.spawn(
-            lab.gw
-                .cmd(bootgate_bin())
-                .args(["--config", path_str(&site.config()), "serve"])
-                .env("NOTIFY_SOCKET", &sock),
-        );
-        let d = Daemon {
-            child,
-            notify,
-            _notify_dir: notify_dir,
-        };
-        let msg = d.next_notify();
-        assert!(msg.contains("READY=1"), "expected READY=1, got {msg:?}");
-        d
-    }
-
-    fn next_notify(&self) -> String {
-        let mut buf = [0u8; 4096];
-        let n = self
-            .notify
-            .recv(&mut buf)
-            .expect("daemon sent no sd_notify message within 20 s");
-        String::from_utf8_lossy(&buf[..n]).to_string()
-    }
-
-    fn signal(&self, sig: &str) {
-        sh(Command::new("kill").args([sig, &self.child.id().to_string()]));
-    }
-}
 
 fn api(lab: &Lab, path: &str) -> (u16, String) {
     curl(&lab.gw, &format!("http://{GW_IP}:{HTTP_PORT}{path}"))

@@ -42,6 +42,16 @@ pub struct Config {
     /// Unix socket for local admin commands (`bootgate reload`), mode 0600.
     pub control_socket: PathBuf,
     pub dhcp: DhcpSettings,
+    pub boot: BootSettings,
+}
+
+/// What PXE clients are told to fetch (`[boot]`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BootSettings {
+    /// Base URL of the HTTP listener as clients reach it (`http://10.250.0.1:8080`).
+    pub http_base: String,
+    #[serde(skip)]
+    pub files: crate::pxe::BootFiles,
 }
 
 /// Server-wide DHCP settings (`[dhcp]`).

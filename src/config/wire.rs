@@ -10,7 +10,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
-use super::{Config, DhcpSettings, Interface};
+use super::{BootSettings, Config, DhcpSettings, Interface};
 use crate::inventory::load::{MAX_IFNAME_LEN, deserialize_collecting, lease_time, syntax_problem};
 use crate::inventory::{Invalid, Problem};
 use crate::store::StoreUrl;
@@ -32,6 +32,21 @@ struct ConfigWire {
     http: HttpWire,
     #[serde(default)]
     dhcp: DhcpWire,
+    #[serde(default)]
+    boot: BootWire,
+}
+
+/// `[boot]`: what PXE clients are told to fetch. File names are relative to boot_images.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BootWire {
+    /// Base URL of our HTTP listener as clients reach it; default `http://{http.listen}`.
+    http_base: Option<String>,
+    bios: Option<String>,
+    uefi_x64: Option<String>,
+    uefi_arm64: Option<String>,
+    uefi_http_x64: Option<String>,
+    uefi_http_arm64: Option<String>,
 }
 
 /// `[dhcp]`: server-wide DHCP behaviour (per-subnet settings live in the inventory).
@@ -127,6 +142,9 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
                     None if e.field.starts_with("dhcp.") => {
                         p.push("dhcp", &e.field["dhcp.".len()..], e.reason)
                     }
+                    None if e.field.starts_with("boot.") => {
+                        p.push("boot", &e.field["boot.".len()..], e.reason)
+                    }
                     // `interface` was taken out before, so serde's list lacks it.
                     None if e.reason.starts_with("unknown field, expected one of:") => {
                         p.push("-", &e.field, format!("{}, interface", e.reason))
@@ -179,6 +197,7 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
         }
     }
 
+    let boot = boot_settings(&w.boot, w.http.listen, &mut p);
     match (store, p.list.is_empty()) {
         (Some(store), true) => Ok(Config {
             path: path.to_path_buf(),
@@ -198,6 +217,7 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
                 decline_quarantine: w.dhcp.decline_quarantine,
                 max_in_flight: w.dhcp.max_in_flight.max(1),
             },
+            boot,
         }),
         _ => Err(Invalid(p.list)),
     }
@@ -275,4 +295,56 @@ fn interfaces(raw: Option<&toml::Value>, p: &mut Problems<'_>) -> Vec<Interface>
         });
     }
     out
+}
+
+/// Validates `[boot]`: the HTTP base must be an http(s) URL clients can reach (not a
+/// wildcard address), and file names must fit the BOOTP `file` field (RFC 2131 §2: 128 bytes).
+fn boot_settings(w: &BootWire, listen: SocketAddr, p: &mut Problems<'_>) -> BootSettings {
+    let defaults = crate::pxe::BootFiles::default();
+    let mut file = |field: &str, v: &Option<String>, default: String| -> String {
+        match v {
+            Some(f) if f.is_empty() || f.len() > 127 => {
+                p.push(
+                    "boot",
+                    field,
+                    format!("{f:?}: must be 1..127 bytes (the BOOTP file field)"),
+                );
+                default
+            }
+            Some(f) => f.clone(),
+            None => default,
+        }
+    };
+    let files = crate::pxe::BootFiles {
+        bios: file("bios", &w.bios, defaults.bios),
+        uefi_x64: file("uefi_x64", &w.uefi_x64, defaults.uefi_x64),
+        uefi_arm64: file("uefi_arm64", &w.uefi_arm64, defaults.uefi_arm64),
+        uefi_http_x64: file("uefi_http_x64", &w.uefi_http_x64, defaults.uefi_http_x64),
+        uefi_http_arm64: file(
+            "uefi_http_arm64",
+            &w.uefi_http_arm64,
+            defaults.uefi_http_arm64,
+        ),
+    };
+    let http_base = match &w.http_base {
+        Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+            p.push(
+                "boot",
+                "http_base",
+                format!("{u:?}: expected http://HOST:PORT"),
+            );
+            String::new()
+        }
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None if listen.ip().is_unspecified() => {
+            p.push(
+                "boot",
+                "http_base",
+                format!("required when http.listen is the wildcard {listen}: clients need an address they can reach"),
+            );
+            String::new()
+        }
+        None => format!("http://{listen}"),
+    };
+    BootSettings { http_base, files }
 }

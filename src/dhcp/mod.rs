@@ -13,6 +13,7 @@ use crate::types::MacAddr;
 pub mod policy;
 pub mod reply;
 pub mod request;
+pub mod server;
 
 /// DHCP message types a server receives (option 53). Server-sent types live in `reply`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

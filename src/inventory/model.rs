@@ -224,6 +224,62 @@ impl Inventory {
     }
 }
 
+/// Which NIC of a host a MAC is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NicKind {
+    /// A boot NIC: its address on a subnet is `host.addresses[subnet]`.
+    Boot,
+    /// The BMC's NIC: its address is `bmc.address`.
+    Bmc,
+}
+
+/// MAC → host lookup, built once per inventory generation (the DHCP hot path uses it).
+#[derive(Debug, Default, Clone)]
+pub struct MacIndex {
+    map: std::collections::HashMap<MacAddr, (usize, NicKind)>,
+}
+
+impl Inventory {
+    pub fn mac_index(&self) -> MacIndex {
+        let mut map = std::collections::HashMap::new();
+        for (i, h) in self.hosts.iter().enumerate() {
+            for m in &h.macs {
+                map.insert(*m, (i, NicKind::Boot));
+            }
+            if let Some(m) = h.bmc.as_ref().and_then(|b| b.mac) {
+                map.insert(m, (i, NicKind::Bmc));
+            }
+        }
+        MacIndex { map }
+    }
+
+    /// The host owning `mac`, and its reserved address on `subnet` for that NIC.
+    pub fn reservation(
+        &self,
+        index: &MacIndex,
+        mac: MacAddr,
+        subnet: &Subnet,
+    ) -> Option<(&Host, Option<Ipv4Addr>)> {
+        let (i, kind) = *index.map.get(&mac)?;
+        let host = self.hosts.get(i)?;
+        let ip = match kind {
+            NicKind::Boot => host.addresses.get(&subnet.name).copied(),
+            NicKind::Bmc => host
+                .bmc
+                .as_ref()
+                .map(|b| b.address)
+                .filter(|a| subnet.cidr.contains(a)),
+        };
+        Some((host, ip))
+    }
+
+    /// The profile a host boots with.
+    pub fn profile(&self, host: &Host) -> Option<&Profile> {
+        let name = host.profile.as_deref()?;
+        self.profiles.iter().find(|p| p.name == name)
+    }
+}
+
 mod duration_secs {
     use serde::Serializer;
     use std::time::Duration;

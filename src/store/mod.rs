@@ -218,6 +218,8 @@ text_enum!(
         LeaseReleased => "lease-released",
         LeaseDeclined => "lease-declined",
         LeaseExpired => "lease-expired",
+        /// A DHCPNAK was sent (detail names the reason).
+        DhcpNak => "dhcp-nak",
         DaemonStarted => "daemon-started",
         DaemonStopped => "daemon-stopped",
     }

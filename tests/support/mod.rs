@@ -6,6 +6,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -245,4 +246,202 @@ pub fn stderr(o: &Output) -> String {
 
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
+}
+
+/// A daemon started in the lab's gw namespace, with a NOTIFY_SOCKET we read like systemd.
+pub struct Daemon {
+    pub child: Child,
+    notify: UnixDatagram,
+    _notify_dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    pub fn start(lab: &Lab, site: &Site) -> Daemon {
+        let notify_dir = tempfile::tempdir().unwrap();
+        let sock = notify_dir.path().join("notify.sock");
+        let notify = UnixDatagram::bind(&sock).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let child = lab.gw.spawn(
+            lab.gw
+                .cmd(bootgate_bin())
+                .args(["--config", path_str(&site.config()), "serve"])
+                .env("NOTIFY_SOCKET", &sock),
+        );
+        let d = Daemon {
+            child,
+            notify,
+            _notify_dir: notify_dir,
+        };
+        let msg = d.next_notify();
+        assert!(msg.contains("READY=1"), "expected READY=1, got {msg:?}");
+        d
+    }
+
+    pub fn next_notify(&self) -> String {
+        let mut buf = [0u8; 4096];
+        let n = self
+            .notify
+            .recv(&mut buf)
+            .expect("daemon sent no sd_notify message within 20 s");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        sh(Command::new("kill").args([sig, &self.child.id().to_string()]));
+    }
+}
+
+impl Daemon {
+    /// SIGTERM and wait for the exit (up to 5 s), returning the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal("-TERM");
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "daemon ignored SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A DHCP client's view of its lease, read from the hook's output.
+#[derive(Debug, Clone, Default)]
+pub struct ClientLease {
+    pub ip: String,
+    pub fields: std::collections::BTreeMap<String, String>,
+}
+
+/// Writes an executable hook script that appends `KEY=VALUE` lines of the given variables
+/// to `out` and configures nothing on the host (addresses only inside the namespace).
+fn hook(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+fn parse_env(text: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+    text.split("---\n")
+        .filter(|b| !b.trim().is_empty())
+        .map(|b| {
+            b.lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+/// busybox udhcpc on `iface` in `ns`: one lease, then exit (-q). None when no lease came.
+pub fn udhcpc(ns: &Netns, iface: &str, dir: &Path, extra: &[&str]) -> Option<ClientLease> {
+    let out = dir.join("udhcpc.env");
+    let _ = std::fs::remove_file(&out);
+    let script = hook(
+        dir,
+        "udhcpc.sh",
+        &format!(
+            "#!/bin/sh\ncase \"$1\" in bound|renew) {{ echo \"event=$1\"; echo \"ip=$ip\"; echo \"mask=$mask\"; echo \"router=$router\"; echo \"dns=$dns\"; echo \"serverid=$serverid\"; echo \"lease=$lease\"; echo \"boot_file=$boot_file\"; echo \"siaddr=$siaddr\"; echo \"domain=$domain\"; echo ---; }} >> {out}\n ip addr replace \"$ip/${{mask:-24}}\" dev \"$interface\";; deconfig) ip -4 addr flush dev \"$interface\";; esac\nexit 0\n",
+            out = out.display()
+        ),
+    );
+    let status = ns
+        .cmd("timeout")
+        .args([
+            "20", "busybox", "udhcpc", "-i", iface, "-n", "-q", "-f", "-t", "4", "-T", "1", "-s",
+        ])
+        .arg(&script)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok()?;
+    if !status.success() {
+        return None;
+    }
+    let text = std::fs::read_to_string(&out).ok()?;
+    let fields = parse_env(&text).pop()?;
+    Some(ClientLease {
+        ip: fields.get("ip")?.clone(),
+        fields,
+    })
+}
+
+/// ISC dhclient on `iface` in `ns` (oneshot, `-1`), with a lease file in `dir` so a second
+/// run asks for the same address (INIT-REBOOT). Returns the lease and stops the client.
+pub fn dhclient(ns: &Netns, iface: &str, dir: &Path) -> Option<ClientLease> {
+    let out = dir.join("dhclient.env");
+    let _ = std::fs::remove_file(&out);
+    let script = dhclient_hook(dir, &out);
+    let pid = dir.join("dhclient.pid");
+    let status = ns
+        .cmd("timeout")
+        .args(["30", "dhclient", "-1", "-sf"])
+        .arg(&script)
+        .arg("-lf")
+        .arg(dir.join("dhclient.leases"))
+        .arg("-pf")
+        .arg(&pid)
+        .arg(iface)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok();
+    // dhclient daemonizes after binding: stop exactly that process.
+    if let Some(p) = std::fs::read_to_string(&pid)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    {
+        kill_pid(p);
+    }
+    let _ = std::fs::remove_file(&pid);
+    if !status?.success() {
+        return None;
+    }
+    let text = std::fs::read_to_string(&out).ok()?;
+    let fields = parse_env(&text).into_iter().rev().find(|f| {
+        f.get("reason")
+            .is_some_and(|r| r != "PREINIT" && r != "RELEASE")
+    })?;
+    Some(ClientLease {
+        ip: fields.get("new_ip_address")?.clone(),
+        fields,
+    })
+}
+
+/// `dhclient -r`: sends DHCPRELEASE for the lease in `dir`'s lease file.
+pub fn dhclient_release(ns: &Netns, iface: &str, dir: &Path) {
+    let out = dir.join("dhclient.env");
+    let script = dhclient_hook(dir, &out);
+    let pid = dir.join("dhclient-r.pid");
+    let _ = ns
+        .cmd("timeout")
+        .args(["15", "dhclient", "-r", "-sf"])
+        .arg(&script)
+        .arg("-lf")
+        .arg(dir.join("dhclient.leases"))
+        .arg("-pf")
+        .arg(&pid)
+        .arg(iface)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+fn dhclient_hook(dir: &Path, out: &Path) -> PathBuf {
+    hook(
+        dir,
+        "dhclient.sh",
+        &format!(
+            "#!/bin/sh\n{{ echo \"reason=$reason\"; echo \"new_ip_address=$new_ip_address\"; echo \"new_dhcp_server_identifier=$new_dhcp_server_identifier\"; echo \"new_dhcp_lease_time=$new_dhcp_lease_time\"; echo \"new_filename=$new_filename\"; echo \"new_routers=$new_routers\"; echo ---; }} >> {out}\ncase \"$reason\" in BOUND|RENEW|REBIND|REBOOT) ip addr replace \"$new_ip_address/24\" dev \"$interface\";; EXPIRE|FAIL|RELEASE|STOP) ip -4 addr flush dev \"$interface\";; esac\nexit 0\n",
+            out = out.display()
+        ),
+    )
 }

@@ -1,0 +1,571 @@
+//! The DHCP edge: one UDP socket per configured interface (SO_BINDTODEVICE, so we never
+//! answer on an interface we were not told to serve), a bounded number of requests in
+//! flight, and for each datagram: decode → decide (under the address book's lock, with
+//! its tentative claim) → durable commit → reply → event.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use tokio::net::UdpSocket;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::policy::{self, ClientKey, Decision, View};
+use super::reply::{self, BootInfo, Destination, ReplyParams};
+use super::request;
+use super::{Arrival, Request};
+use crate::app::App;
+use crate::config::Interface;
+use crate::inventory::{Inventory, Purpose, Served, Subnet};
+use crate::ipam::{Claim, Ipam};
+use crate::pxe;
+use crate::store::{
+    EventKind, HostChange, HostRecord, HostSource, Lease, LeaseState, NewEvent, RelayInfo,
+};
+use crate::types::{HostState, MacAddr};
+
+pub const SERVER_PORT: u16 = 67;
+pub const CLIENT_PORT: u16 = 68;
+/// Largest datagram we read; DHCP messages are at most 576 bytes unless option 57 says more.
+const MAX_DATAGRAM: usize = 4096;
+/// How often expired leases are reclaimed.
+const RECLAIM_EVERY: Duration = Duration::from_secs(30);
+/// A discovered MAC's record is refreshed at most this often.
+const DISCOVERY_REFRESH: Duration = Duration::from_secs(60);
+/// Per-MAC rate limit: at most this many requests per second are processed per client
+/// (PXE ROMs retry fast; a flapping NIC must not starve the others).
+const PER_MAC_PER_SECOND: u32 = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DhcpError {
+    #[error("cannot open DHCP socket on interface {iface} port {port}: {source}")]
+    Bind {
+        iface: String,
+        port: u16,
+        source: std::io::Error,
+    },
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// One served interface.
+struct Link {
+    iface: Interface,
+    socket: UdpSocket,
+}
+
+/// Opens the server socket on every configured interface.
+fn bind(iface: &Interface, port: u16) -> Result<UdpSocket, DhcpError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let err = |source| DhcpError::Bind {
+        iface: iface.name.clone(),
+        port,
+        source,
+    };
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    s.set_reuse_address(true).map_err(err)?;
+    s.set_broadcast(true).map_err(err)?;
+    s.bind_device(Some(iface.name.as_bytes())).map_err(err)?;
+    s.set_nonblocking(true).map_err(err)?;
+    s.bind(&SocketAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).into())
+        .map_err(err)?;
+    UdpSocket::from_std(s.into()).map_err(err)
+}
+
+/// The DHCP service: shared by every interface's receive loop.
+pub struct DhcpServer {
+    app: Arc<App>,
+    ipam: Arc<Ipam>,
+    in_flight: Arc<Semaphore>,
+    /// Per-MAC request counts in the current second (rate limit) and last discovery write.
+    seen: Mutex<HashMap<MacAddr, Seen>>,
+}
+
+struct Seen {
+    window: Instant,
+    count: u32,
+    discovered_at: Option<Instant>,
+}
+
+impl DhcpServer {
+    pub fn new(app: Arc<App>, ipam: Arc<Ipam>) -> Arc<DhcpServer> {
+        let permits = app.config.dhcp.max_in_flight;
+        Arc::new(DhcpServer {
+            app,
+            ipam,
+            in_flight: Arc::new(Semaphore::new(permits)),
+            seen: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Binds every interface (failing the start when one can't be bound) and returns the
+    /// receive loops to spawn.
+    pub fn start(
+        self: &Arc<Self>,
+        tracker: &TaskTracker,
+        cancel: &CancellationToken,
+    ) -> Result<(), DhcpError> {
+        let mut links = Vec::new();
+        for iface in &self.app.config.interfaces {
+            links.push(Arc::new(Link {
+                iface: iface.clone(),
+                socket: bind(iface, SERVER_PORT)?,
+            }));
+        }
+        for link in links {
+            let this = self.clone();
+            let cancel = cancel.clone();
+            let tracker2 = tracker.clone();
+            tracker.spawn(async move { this.receive(link, cancel, tracker2).await });
+        }
+        let this = self.clone();
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(RECLAIM_EVERY) => {}
+                }
+                match this.ipam.reclaim().await {
+                    Ok(n) if n > 0 => tracing::info!(expired = n, "reclaimed expired leases"),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "lease reclaim failed"),
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn receive(
+        self: Arc<Self>,
+        link: Arc<Link>,
+        cancel: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let (n, peer) = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = link.socket.recv_from(&mut buf) => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(iface = %link.iface.name, error = %e, "DHCP receive failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let SocketAddr::V4(peer) = peer else { continue };
+            let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+                metrics::counter!("bootgate_dhcp_dropped_total", "reason" => "overload")
+                    .increment(1);
+                continue;
+            };
+            let data = buf[..n].to_vec();
+            let this = self.clone();
+            let link = link.clone();
+            tracker.spawn(async move {
+                this.handle(&link, data, peer).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Whether `mac` is over its rate limit this second.
+    fn rate_limited(&self, mac: MacAddr) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let e = seen.entry(mac).or_insert(Seen {
+            window: now,
+            count: 0,
+            discovered_at: None,
+        });
+        if now.duration_since(e.window) >= Duration::from_secs(1) {
+            e.window = now;
+            e.count = 0;
+        }
+        e.count += 1;
+        e.count > PER_MAC_PER_SECOND
+    }
+
+    async fn handle(&self, link: &Link, data: Vec<u8>, peer: SocketAddrV4) {
+        let arrival = Arrival {
+            iface: link.iface.name.clone(),
+            local_ip: link.iface.address.addr(),
+            local_port: SERVER_PORT,
+            peer,
+        };
+        let req = match request::decode(&data, arrival) {
+            Ok(r) => r,
+            Err(e) => {
+                metrics::counter!("bootgate_dhcp_dropped_total", "reason" => e.label())
+                    .increment(1);
+                tracing::debug!(iface = %link.iface.name, %peer, error = %e, "dropped undecodable datagram");
+                return;
+            }
+        };
+        let span = tracing::info_span!(
+            "dhcp",
+            mac = %req.mac,
+            xid = format_args!("{:#010x}", req.xid),
+            iface = %link.iface.name,
+            msg_type = req.kind.as_str()
+        );
+        async {
+            metrics::counter!("bootgate_dhcp_received_total", "type" => req.kind.as_str())
+                .increment(1);
+            if self.rate_limited(req.mac) {
+                metrics::counter!("bootgate_dhcp_dropped_total", "reason" => "rate-limit")
+                    .increment(1);
+                return;
+            }
+            self.serve(link, req).await;
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn serve(&self, link: &Link, req: Request) {
+        let loaded = self.app.inventory();
+        let inv = &loaded.inventory;
+        let subnet = select_subnet(inv, &req);
+        let found = subnet.and_then(|s| inv.reservation(&loaded.macs, req.mac, s));
+        let host = found.map(|(h, _)| h);
+        let client = ClientKey::of(&req);
+        let now = Timestamp::now();
+        let hold = self.app.config.dhcp.offer_hold;
+
+        // Decide and claim under one lock: no other request can slip in between.
+        let (mut decision, previous) = {
+            let mut book = self.ipam.book();
+            book.set_now(now);
+            let view = View {
+                now,
+                server_id: req.arrival.local_ip,
+                subnet,
+                host: host.map(|h| h.name.as_str()),
+                reservation: found.and_then(|(_, ip)| ip),
+                book: &*book,
+            };
+            let decision = policy::decide(&req, &view);
+            let mut previous: Option<Option<Claim>> = None;
+            match (&decision, subnet) {
+                (Decision::Offer { ip, .. }, Some(s)) => {
+                    Ipam::hold_offer(&mut book, s, *ip, client.clone(), req.mac, hold)
+                }
+                (
+                    Decision::Ack { ip, .. } | Decision::Release { ip } | Decision::Decline { ip },
+                    _,
+                ) => previous = Some(Ipam::begin_commit(&mut book, *ip, client.clone(), req.mac)),
+                (Decision::Withdraw, _) => book.withdraw(&client),
+                _ => {}
+            }
+            (decision, previous)
+        };
+
+        if host.is_none() && subnet.is_some() {
+            self.discovered(&req).await;
+        }
+
+        // Effects: leases are committed durably before the ACK is sent.
+        if let (Some(previous), Some(s)) = (previous, subnet)
+            && let Some(lease) = lease_for(
+                &req,
+                &decision,
+                s,
+                host.map(|h| h.name.clone()),
+                now,
+                &self.app.config.dhcp,
+            )
+        {
+            let event = lease_event(&req, &decision, &lease);
+            match self
+                .ipam
+                .commit(&lease, client.clone(), previous, &event)
+                .await
+            {
+                Ok(()) => {}
+                Err(crate::store::StoreError::Conflict { holder, .. }) => {
+                    tracing::warn!(ip = %lease.ip, %holder, "address taken meanwhile; NAK");
+                    if matches!(decision, Decision::Ack { .. }) {
+                        decision = Decision::Nak {
+                            reason: policy::NakReason::Taken,
+                        };
+                    } else {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // Not durable, so no ACK: the client retries.
+                    tracing::error!(error = %e, ip = %lease.ip, "lease commit failed; not answering");
+                    metrics::counter!("bootgate_dhcp_dropped_total", "reason" => "store-error")
+                        .increment(1);
+                    return;
+                }
+            }
+        }
+
+        match &decision {
+            Decision::Ignore(why) => {
+                metrics::counter!("bootgate_dhcp_dropped_total", "reason" => why.as_str())
+                    .increment(1);
+                tracing::debug!(reason = why.as_str(), "no answer");
+                return;
+            }
+            Decision::Nak { reason } => {
+                metrics::counter!("bootgate_dhcp_naks_total", "reason" => reason.as_str())
+                    .increment(1);
+                tracing::info!(reason = reason.as_str(), requested = ?req.requested_ip.or(Some(req.ciaddr)), "DHCPNAK");
+                let mut ev = NewEvent::new(EventKind::DhcpNak, "dhcp")
+                    .mac(req.mac)
+                    .detail(
+                        serde_json::json!({"reason": reason.as_str(), "iface": req.arrival.iface}),
+                    );
+                if let Some(ip) = req
+                    .requested_ip
+                    .or((!req.ciaddr.is_unspecified()).then_some(req.ciaddr))
+                {
+                    ev = ev.ip(ip);
+                }
+                if let Some(h) = host {
+                    ev = ev.host(h.name.clone());
+                }
+                if let Err(e) = self.ipam.store().append(&ev).await {
+                    tracing::error!(error = %e, "could not record dhcp-nak event");
+                }
+            }
+            _ => {}
+        }
+
+        let boot = subnet.and_then(|_| self.boot_info(&req));
+        let params = ReplyParams {
+            server_id: req.arrival.local_ip,
+            subnet,
+            boot: boot.as_ref(),
+        };
+        let Some(msg) = reply::build(&req, &decision, &params) else {
+            return;
+        };
+        let bytes = match reply::encode(&msg) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode reply");
+                return;
+            }
+        };
+        let dest = match reply::destination(&req, &msg) {
+            Destination::Relay(a) | Destination::Unicast(a) => a,
+            Destination::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT),
+            // RFC 2131 §4.1: "If unicasting is not possible, the message MAY be sent as an
+            // IP broadcast using an IP broadcast address (preferably 0xffffffff)". A client
+            // without an address can't answer ARP, and we add no ARP entries (yet).
+            Destination::UnicastHw { .. } => SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT),
+        };
+        match link.socket.send_to(&bytes, dest).await {
+            Ok(_) => {
+                let kind = reply_kind(&decision);
+                metrics::counter!("bootgate_dhcp_sent_total", "type" => kind).increment(1);
+                tracing::debug!(%dest, kind, "reply sent");
+            }
+            Err(e) => tracing::warn!(%dest, error = %e, "sending reply failed"),
+        }
+    }
+
+    /// PXE boot information for a network-boot client.
+    fn boot_info(&self, req: &Request) -> Option<BootInfo> {
+        let boot = &self.app.config.boot;
+        let ctx = pxe::BootContext {
+            server: req.arrival.local_ip,
+            http_base: &boot.http_base,
+            files: &boot.files,
+            override_file: None,
+        };
+        let t = pxe::boot_target(&req.pxe, req.mac, &ctx)?;
+        Some(BootInfo {
+            next_server: t.next_server,
+            filename: t.filename,
+            vendor_class: t.vendor_class,
+            pxe_discovery_control: t.pxe_discovery_control,
+            tftp_server_name: t.tftp_server_name,
+        })
+    }
+
+    /// Records (or refreshes, at most once a minute) an unknown MAC as a discovered host.
+    async fn discovered(&self, req: &Request) {
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(s) = seen.get_mut(&req.mac) {
+                if s.discovered_at
+                    .is_some_and(|t| t.elapsed() < DISCOVERY_REFRESH)
+                {
+                    return;
+                }
+                s.discovered_at = Some(Instant::now());
+            }
+        }
+        let store = self.ipam.store();
+        let name = discovered_name(req.mac);
+        let existing = match store.get_host(&name).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(error = %e, "discovery lookup failed");
+                return;
+            }
+        };
+        let now = Timestamp::now();
+        let relay = req.relay.clone().unwrap_or_default();
+        let mut spec = serde_json::json!({
+            "arch": req.pxe.arch,
+            "vendor_class": req.vendor_class,
+            "uuid": req.pxe.uuid,
+            "hostname": req.hostname,
+            "iface": req.arrival.iface,
+            "giaddr": (!req.giaddr.is_unspecified()).then_some(req.giaddr),
+            "circuit_id": relay.circuit_id.as_deref().map(super::printable),
+            "remote_id": relay.remote_id.as_deref().map(super::printable),
+            "first_seen": now,
+            "last_seen": now,
+        });
+        let change = match existing {
+            Some(h) if h.source == HostSource::Discovered => {
+                if let (Some(first), Some(obj)) = (h.spec.get("first_seen"), spec.as_object_mut()) {
+                    obj.insert("first_seen".into(), first.clone());
+                }
+                HostChange::Update {
+                    host: HostRecord {
+                        spec,
+                        updated: now,
+                        ..h
+                    },
+                    fields: vec!["last_seen".into()],
+                }
+            }
+            Some(_) => return,
+            None => HostChange::Add(HostRecord {
+                name: name.clone(),
+                state: HostState::Discovered,
+                source: HostSource::Discovered,
+                macs: vec![req.mac],
+                ip: None,
+                rack: None,
+                role: None,
+                spec,
+                created: now,
+                updated: now,
+            }),
+        };
+        let added = matches!(change, HostChange::Add(_));
+        match store.apply_host_changes(&[change], "dhcp").await {
+            Ok(()) if added => {
+                tracing::info!(host = %name, arch = ?req.pxe.arch, "discovered an unknown MAC")
+            }
+            Ok(()) => {}
+            Err(e) => tracing::warn!(error = %e, "recording discovered host failed"),
+        }
+    }
+}
+
+/// The name a discovered MAC gets in the host list.
+pub fn discovered_name(mac: MacAddr) -> String {
+    format!("discovered-{}", super::hex(&mac.octets()))
+}
+
+/// The subnet a request belongs to: RFC 3527 link selection, else giaddr (RFC 2131 §4.3.1:
+/// "the server MUST select an address from the subnet of giaddr"), else the subnet served
+/// on the arrival interface that holds our address there.
+pub fn select_subnet<'a>(inv: &'a Inventory, req: &Request) -> Option<&'a Subnet> {
+    let served = |s: &&Subnet| s.served != Served::NotServed && s.purpose != Purpose::Ipoib;
+    if let Some(link) = req.relay.as_ref().and_then(|r| r.link_selection) {
+        return inv
+            .subnets
+            .iter()
+            .filter(served)
+            .find(|s| s.cidr.contains(&link));
+    }
+    if req.relayed() {
+        return inv
+            .subnets
+            .iter()
+            .filter(served)
+            .find(|s| s.cidr.contains(&req.giaddr));
+    }
+    inv.subnets.iter().filter(served).find(|s| {
+        s.served == Served::Interface(req.arrival.iface.clone())
+            && s.cidr.contains(&req.arrival.local_ip)
+    })
+}
+
+/// The lease row a committing decision writes.
+fn lease_for(
+    req: &Request,
+    decision: &Decision,
+    subnet: &Subnet,
+    host: Option<String>,
+    now: Timestamp,
+    settings: &crate::config::DhcpSettings,
+) -> Option<Lease> {
+    let (ip, state, ends) = match decision {
+        Decision::Ack { ip, lease_time, .. } => (*ip, LeaseState::Active, now + *lease_time),
+        Decision::Release { ip } => (*ip, LeaseState::Released, now),
+        Decision::Decline { ip } => (*ip, LeaseState::Declined, now + settings.decline_quarantine),
+        _ => return None,
+    };
+    let relay = req.relay.clone().unwrap_or_default();
+    Some(Lease {
+        ip,
+        mac: req.mac,
+        client_id: req.client_id.as_deref().map(super::hex),
+        state,
+        starts: now,
+        ends,
+        host,
+        subnet: subnet.name.clone(),
+        relay: RelayInfo {
+            giaddr: req.relayed().then_some(req.giaddr),
+            circuit_id: relay.circuit_id.as_deref().map(super::printable),
+            remote_id: relay.remote_id.as_deref().map(super::printable),
+        },
+    })
+}
+
+fn lease_event(req: &Request, decision: &Decision, lease: &Lease) -> NewEvent {
+    let kind = match decision {
+        Decision::Release { .. } => EventKind::LeaseReleased,
+        Decision::Decline { .. } => EventKind::LeaseDeclined,
+        _ => EventKind::LeaseCommitted,
+    };
+    let how = match decision {
+        Decision::Ack { state, .. } => serde_json::to_value(state).unwrap_or_default(),
+        _ => serde_json::Value::Null,
+    };
+    let mut ev = NewEvent::new(kind, "dhcp")
+        .ip(lease.ip)
+        .mac(lease.mac)
+        .detail(serde_json::json!({
+            "state": how,
+            "subnet": lease.subnet,
+            "ends": lease.ends,
+            "iface": req.arrival.iface,
+            "giaddr": lease.relay.giaddr,
+            "circuit_id": lease.relay.circuit_id,
+            "remote_id": lease.relay.remote_id,
+        }));
+    if let Some(h) = &lease.host {
+        ev = ev.host(h.clone());
+    }
+    ev
+}
+
+fn reply_kind(d: &Decision) -> &'static str {
+    match d {
+        Decision::Offer { .. } => "offer",
+        Decision::Ack { .. } | Decision::InformAck => "ack",
+        Decision::Nak { .. } => "nak",
+        _ => "none",
+    }
+}

@@ -1,0 +1,246 @@
+//! DHCP against real clients (busybox udhcpc, ISC dhclient) in namespaces the tests create:
+//! reservations, dynamic addresses, INIT-REBOOT, RELEASE, restarts, known-hosts-only
+//! subnets, discovery, and PXE boot file selection. Needs root; scripts/test.sh installs
+//! the clients.
+
+mod support;
+
+use serde_json::Value;
+use support::*;
+
+const VM0_MAC: &str = "52:54:00:d7:8e:1d";
+const VM1_MAC: &str = "52:54:00:a8:28:2f";
+
+/// Adds another client NIC `name` with `mac` to the rack bridge.
+fn add_client(lab: &Lab, name: &str, mac: &str) {
+    let peer = format!("{name}-br");
+    lab.rack
+        .ip(&["link", "add", name, "type", "veth", "peer", "name", &peer]);
+    lab.rack.ip(&["link", "set", &peer, "master", "br0", "up"]);
+    lab.rack.ip(&["link", "set", name, "address", mac]);
+    lab.rack.ip(&["link", "set", name, "up"]);
+}
+
+fn leases(site: &Site) -> Vec<Value> {
+    let out = bootgate(&[
+        "--config",
+        path_str(&site.config()),
+        "leases",
+        "list",
+        "-o",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_str::<Value>(&stdout(&out))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn lease_of<'a>(leases: &'a [Value], ip: &str) -> &'a Value {
+    leases
+        .iter()
+        .find(|l| l["ip"] == ip)
+        .unwrap_or_else(|| panic!("no lease on {ip}: {leases:?}"))
+}
+
+fn hosts(site: &Site) -> Vec<Value> {
+    let out = bootgate(&[
+        "--config",
+        path_str(&site.config()),
+        "hosts",
+        "list",
+        "-o",
+        "json",
+    ]);
+    serde_json::from_str::<Value>(&stdout(&out))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn in_dynamic_range(ip: &str) -> bool {
+    let last: u8 = ip.rsplit('.').next().unwrap().parse().unwrap();
+    ip.starts_with("10.250.0.") && (100..=250).contains(&last)
+}
+
+#[test]
+fn real_clients_get_reserved_and_dynamic_addresses_renew_and_release() {
+    let lab = Lab::new();
+    let site = Site::from_inventory("lab");
+    let _daemon = Daemon::start(&lab, &site);
+    let work = tempfile::tempdir().unwrap();
+
+    // A known MAC (vm0) gets its reservation, with the subnet's options.
+    lab.rack.ip(&["link", "set", "eth0", "address", VM0_MAC]);
+    let l = udhcpc(&lab.rack, "eth0", work.path(), &[]).expect("udhcpc got no lease");
+    assert_eq!(l.ip, "10.250.0.10");
+    assert_eq!(l.fields["serverid"], "10.250.0.1");
+    assert_eq!(l.fields["router"], "10.250.0.1");
+    assert_eq!(l.fields["dns"], "10.250.0.1");
+    assert_eq!(l.fields["lease"], "43200");
+    assert_eq!(l.fields["domain"], "lab.internal");
+    let all = leases(&site);
+    let vm0 = lease_of(&all, "10.250.0.10");
+    assert_eq!(vm0["mac"], VM0_MAC);
+    assert_eq!(vm0["state"], "active");
+    assert_eq!(vm0["host"], "vm0");
+    for field in ["ip", "mac", "state", "starts", "ends", "host"] {
+        assert!(vm0.get(field).is_some(), "lease JSON lacks {field}");
+    }
+
+    // An unknown MAC gets a dynamic address through ISC dhclient and is discovered.
+    add_client(&lab, "eth1", "02:00:00:aa:bb:01");
+    let dir = tempfile::tempdir().unwrap();
+    let l = dhclient(&lab.rack, "eth1", dir.path()).expect("dhclient got no lease");
+    assert!(in_dynamic_range(&l.ip), "{}", l.ip);
+    let stranger = l.ip.clone();
+    let all = leases(&site);
+    assert_eq!(lease_of(&all, &stranger)["mac"], "02:00:00:aa:bb:01");
+    assert_eq!(lease_of(&all, &stranger)["host"], Value::Null);
+    let discovered: Vec<Value> = hosts(&site)
+        .into_iter()
+        .filter(|h| h["state"] == "discovered")
+        .collect();
+    assert_eq!(discovered.len(), 1, "{discovered:?}");
+    assert_eq!(discovered[0]["macs"][0], "02:00:00:aa:bb:01");
+
+    // Running again with its lease file: INIT-REBOOT for the same address, ACKed.
+    lab.rack.ip(&["-4", "addr", "flush", "dev", "eth1"]);
+    let again = dhclient(&lab.rack, "eth1", dir.path()).expect("second dhclient run");
+    assert_eq!(again.ip, stranger);
+
+    // DHCPRELEASE: the store shows the lease released.
+    dhclient_release(&lab.rack, "eth1", dir.path());
+    let released = wait_for(std::time::Duration::from_secs(5), || {
+        let all = leases(&site);
+        let l = lease_of(&all, &stranger).clone();
+        (l["state"] == "released").then_some(l)
+    });
+    assert!(released.is_some(), "lease on {stranger} not released");
+
+    // Every grant and the release are in the event log.
+    let out = bootgate(&[
+        "--config",
+        path_str(&site.config()),
+        "events",
+        "--ip",
+        &stranger,
+        "-o",
+        "json",
+    ]);
+    let kinds: Vec<String> = serde_json::from_str::<Value>(&stdout(&out))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["lease-committed", "lease-committed", "lease-released"],
+        "{kinds:?}"
+    );
+}
+
+#[test]
+fn a_client_keeps_its_address_across_a_daemon_restart() {
+    let lab = Lab::new();
+    let site = Site::from_inventory("lab");
+    let mut daemon = Daemon::start(&lab, &site);
+    lab.rack
+        .ip(&["link", "set", "eth0", "address", "02:00:00:aa:bb:02"]);
+    let dir = tempfile::tempdir().unwrap();
+    let first = dhclient(&lab.rack, "eth0", dir.path()).expect("first lease");
+    assert!(daemon.stop().success());
+
+    let _daemon = Daemon::start(&lab, &site);
+    lab.rack.ip(&["-4", "addr", "flush", "dev", "eth0"]);
+    let second = dhclient(&lab.rack, "eth0", dir.path()).expect("lease after restart");
+    assert_eq!(first.ip, second.ip);
+    // And a brand-new client is not given that address.
+    add_client(&lab, "eth1", "02:00:00:aa:bb:03");
+    let other = udhcpc(&lab.rack, "eth1", dir.path(), &[]).expect("other client");
+    assert_ne!(other.ip, first.ip);
+}
+
+#[test]
+fn known_hosts_only_subnets_ignore_strangers_but_record_them() {
+    let lab = Lab::new();
+    let site = Site::from_inventory("lab");
+    let f = site.inventory_file("subnets.toml");
+    let text = std::fs::read_to_string(&f).unwrap();
+    std::fs::write(
+        &f,
+        text.replace("known_hosts_only = false", "known_hosts_only = true"),
+    )
+    .unwrap();
+    let _daemon = Daemon::start(&lab, &site);
+    let work = tempfile::tempdir().unwrap();
+
+    lab.rack
+        .ip(&["link", "set", "eth0", "address", "02:00:00:aa:bb:04"]);
+    assert!(udhcpc(&lab.rack, "eth0", work.path(), &[]).is_none());
+    let discovered: Vec<Value> = hosts(&site)
+        .into_iter()
+        .filter(|h| h["state"] == "discovered")
+        .collect();
+    assert_eq!(discovered.len(), 1);
+    assert_eq!(discovered[0]["macs"][0], "02:00:00:aa:bb:04");
+    assert!(leases(&site).is_empty());
+
+    lab.rack.ip(&["link", "set", "eth0", "address", VM1_MAC]);
+    let l = udhcpc(&lab.rack, "eth0", work.path(), &[]).expect("known host served");
+    assert_eq!(l.ip, "10.250.0.11");
+}
+
+#[test]
+fn pxe_clients_are_told_their_boot_file() {
+    let lab = Lab::new();
+    let site = Site::from_inventory("lab");
+    let _daemon = Daemon::start(&lab, &site);
+    let work = tempfile::tempdir().unwrap();
+    lab.rack.ip(&["link", "set", "eth0", "address", VM1_MAC]);
+
+    // (vendor class, option 93 hex, option 77 hex) → expected boot file
+    let cases: &[(&str, &str, Option<&str>, String)] = &[
+        (
+            "PXEClient:Arch:00000:UNDI:002001",
+            "0000",
+            None,
+            "undionly.kpxe".into(),
+        ),
+        (
+            "PXEClient:Arch:00007:UNDI:003000",
+            "0007",
+            None,
+            "ipxe.efi".into(),
+        ),
+        (
+            "PXEClient:Arch:00000:UNDI:002001",
+            "0000",
+            Some("69505845"),
+            format!("http://10.250.0.1:8080/ipxe/mac/{VM1_MAC}"),
+        ),
+    ];
+    for (vendor, arch, user_class, want) in cases {
+        let arch_opt = format!("0x5d:{arch}");
+        let mut extra = vec!["-V", vendor, "-x", &arch_opt];
+        let uc;
+        if let Some(u) = user_class {
+            uc = format!("0x4d:{u}");
+            extra.extend(["-x", &uc]);
+        }
+        lab.rack.ip(&["-4", "addr", "flush", "dev", "eth0"]);
+        let l = udhcpc(&lab.rack, "eth0", work.path(), &extra)
+            .unwrap_or_else(|| panic!("no lease for {vendor} arch {arch}"));
+        assert_eq!(
+            &l.fields["boot_file"], want,
+            "{vendor} arch {arch} {user_class:?}"
+        );
+        assert_eq!(l.fields["siaddr"], "10.250.0.1");
+        assert_eq!(l.ip, "10.250.0.11");
+    }
+}
