@@ -244,3 +244,185 @@ fn pxe_clients_are_told_their_boot_file() {
         assert_eq!(l.ip, "10.250.0.11");
     }
 }
+
+/// client ns ── cl0 ⇄ rl-down (10.250.1.1/24) [relay ns: ISC dhcrelay -a] rl-up (10.250.0.5/24)
+/// ── rack bridge ── gw0 (10.250.0.1): a relayed client gets an address from the relay's
+/// subnet (chosen by giaddr), and option 82 (circuit-id = relay interface name) is stored
+/// with the lease and mapped to its rack position through the inventory's switch map.
+#[test]
+fn a_relayed_client_gets_an_address_from_the_relays_subnet_with_option_82() {
+    let lab = Lab::new();
+    let site = Site::from_inventory("lab");
+    std::fs::write(
+        site.inventory_file("relay.toml"),
+        r#"
+[[subnet]]
+name = "rack2"
+cidr = "10.250.1.0/24"
+purpose = "provisioning"
+relay_addresses = ["10.250.1.1"]
+gateway = "10.250.1.1"
+lease_time = "1h"
+dynamic_ranges = [{ start = "10.250.1.100", end = "10.250.1.200" }]
+
+[[rack]]
+name = "r2"
+[rack.switch]
+name = "leaf-r2"
+ports = { "rl-down" = 7 }
+"#,
+    )
+    .unwrap();
+    let relay = Netns::new("relay");
+    let client = Netns::new("client");
+    lab.rack.ip(&[
+        "link",
+        "add",
+        "rl-up-br",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "rl-up",
+        "netns",
+        &relay.name,
+    ]);
+    lab.rack
+        .ip(&["link", "set", "rl-up-br", "master", "br0", "up"]);
+    relay.ip(&["addr", "add", "10.250.0.5/24", "dev", "rl-up"]);
+    relay.ip(&["link", "set", "rl-up", "up"]);
+    relay.ip(&[
+        "link",
+        "add",
+        "rl-down",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "cl0",
+        "netns",
+        &client.name,
+    ]);
+    relay.ip(&["addr", "add", "10.250.1.1/24", "dev", "rl-down"]);
+    relay.ip(&["link", "set", "rl-down", "up"]);
+    client.ip(&["link", "set", "cl0", "address", "02:00:00:aa:bb:05"]);
+    client.ip(&["link", "set", "cl0", "up"]);
+    // The gateway reaches the relay's client-side address through the relay (test ns only).
+    lab.gw.ip(&[
+        "route",
+        "add",
+        "10.250.1.0/24",
+        "via",
+        "10.250.0.5",
+        "dev",
+        "gw0",
+    ]);
+    let _daemon = Daemon::start(&lab, &site);
+    let work = tempfile::tempdir().unwrap();
+    relay.spawn(
+        relay
+            .cmd("dhcrelay")
+            .args([
+                "-4",
+                "-d",
+                "-q",
+                "-a",
+                "--no-pid",
+                "-id",
+                "rl-down",
+                "-iu",
+                "rl-up",
+                "10.250.0.1",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+
+    let l = wait_for(std::time::Duration::from_secs(20), || {
+        udhcpc(&client, "cl0", work.path(), &[])
+    })
+    .expect("relayed client got no lease");
+    assert!(l.ip.starts_with("10.250.1."), "{}", l.ip);
+    assert_eq!(l.fields["router"], "10.250.1.1");
+    let all = leases(&site);
+    let lease = lease_of(&all, &l.ip);
+    assert_eq!(lease["subnet"], "rack2");
+    assert_eq!(lease["giaddr"], "10.250.1.1");
+    assert_eq!(lease["circuit_id"], "rl-down");
+    let out = bootgate(&[
+        "--config",
+        path_str(&site.config()),
+        "events",
+        "--ip",
+        &l.ip,
+        "--kind",
+        "lease-committed",
+        "-o",
+        "json",
+    ]);
+    let ev: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(ev[0]["detail"]["rack"], "r2", "{ev}");
+    assert_eq!(ev[0]["detail"]["position"], 7, "{ev}");
+}
+
+/// Kea's perfdhcp drives a few thousand DORA exchanges: every ACKed address is unique and
+/// every lease it was ACKed is in the store.
+#[test]
+fn perfdhcp_exchanges_leave_unique_durable_leases() {
+    let lab = Lab::new();
+    let site = Site::from_inventory("lab");
+    let _daemon = Daemon::start(&lab, &site);
+    // perfdhcp needs an address on its interface (outside the dynamic range).
+    lab.rack
+        .ip(&["addr", "add", "10.250.0.2/24", "dev", "eth0"]);
+    let out = lab
+        .rack
+        .cmd("timeout")
+        .args([
+            "60", "perfdhcp", "-4", "-l", "eth0", "-r", "300", "-R", "140", "-n", "2000", "-p",
+            "20",
+        ])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    // "***Statistics for: REQUEST-ACK***" … "received packets: N"
+    let acks: usize = text
+        .split("REQUEST-ACK")
+        .nth(1)
+        .and_then(|s| s.lines().find(|l| l.starts_with("received packets:")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no REQUEST-ACK stats in perfdhcp output:\n{text}\n{}",
+                stderr(&out)
+            )
+        });
+    assert!(acks >= 1000, "only {acks} ACKs:\n{text}");
+    assert!(text.contains("non unique addresses: 0"), "{text}");
+    let all = leases(&site);
+    let active: Vec<&Value> = all.iter().filter(|l| l["state"] == "active").collect();
+    // 140 distinct client MACs, each holding exactly one address.
+    let mut macs: Vec<&str> = active.iter().map(|l| l["mac"].as_str().unwrap()).collect();
+    macs.sort();
+    let n = macs.len();
+    macs.dedup();
+    assert_eq!(macs.len(), n, "a MAC holds two active leases");
+    assert!(n >= 100 && n <= 140, "{n} active leases");
+    // Every ACK was committed: one lease-committed event per ACK.
+    let out = bootgate(&[
+        "--config",
+        path_str(&site.config()),
+        "events",
+        "--kind",
+        "lease-committed",
+        "-o",
+        "json",
+    ]);
+    let events = serde_json::from_str::<Value>(&stdout(&out)).unwrap();
+    assert!(
+        events.as_array().unwrap().len() >= acks,
+        "{} commits for {acks} ACKs",
+        events.as_array().unwrap().len()
+    );
+}

@@ -269,7 +269,7 @@ impl DhcpServer {
         };
 
         if host.is_none() && subnet.is_some() {
-            self.discovered(&req).await;
+            self.discovered(&req, inv).await;
         }
 
         // Effects: leases are committed durably before the ACK is sent.
@@ -283,7 +283,17 @@ impl DhcpServer {
                 &self.app.config.dhcp,
             )
         {
-            let event = lease_event(&req, &decision, &lease);
+            let mut event = lease_event(&req, &decision, &lease);
+            if let Some((rack, pos)) = lease
+                .relay
+                .circuit_id
+                .as_deref()
+                .and_then(|c| inv.locate(c, lease.relay.remote_id.as_deref()))
+                && let Some(obj) = event.detail.as_object_mut()
+            {
+                obj.insert("rack".into(), rack.name.clone().into());
+                obj.insert("position".into(), pos.into());
+            }
             match self
                 .ipam
                 .commit(&lease, client.clone(), previous, &event)
@@ -396,7 +406,7 @@ impl DhcpServer {
     }
 
     /// Records (or refreshes, at most once a minute) an unknown MAC as a discovered host.
-    async fn discovered(&self, req: &Request) {
+    async fn discovered(&self, req: &Request, inv: &Inventory) {
         {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(s) = seen.get_mut(&req.mac) {
@@ -419,6 +429,11 @@ impl DhcpServer {
         };
         let now = Timestamp::now();
         let relay = req.relay.clone().unwrap_or_default();
+        let circuit = relay.circuit_id.as_deref().map(super::printable);
+        let remote = relay.remote_id.as_deref().map(super::printable);
+        let place = circuit
+            .as_deref()
+            .and_then(|c| inv.locate(c, remote.as_deref()));
         let mut spec = serde_json::json!({
             "arch": req.pxe.arch,
             "vendor_class": req.vendor_class,
@@ -426,8 +441,10 @@ impl DhcpServer {
             "hostname": req.hostname,
             "iface": req.arrival.iface,
             "giaddr": (!req.giaddr.is_unspecified()).then_some(req.giaddr),
-            "circuit_id": relay.circuit_id.as_deref().map(super::printable),
-            "remote_id": relay.remote_id.as_deref().map(super::printable),
+            "circuit_id": circuit,
+            "remote_id": remote,
+            "rack": place.map(|(r, _)| r.name.clone()),
+            "position": place.map(|(_, p)| p),
             "first_seen": now,
             "last_seen": now,
         });
@@ -452,7 +469,7 @@ impl DhcpServer {
                 source: HostSource::Discovered,
                 macs: vec![req.mac],
                 ip: None,
-                rack: None,
+                rack: place.map(|(r, _)| r.name.clone()),
                 role: None,
                 spec,
                 created: now,

@@ -273,6 +273,20 @@ impl Inventory {
         Some((host, ip))
     }
 
+    /// Where a relayed client sits: the rack whose switch reports `remote_id` (when the
+    /// relay sends one) and maps `circuit_id` to a rack position (DHCP option 82).
+    pub fn locate(&self, circuit_id: &str, remote_id: Option<&str>) -> Option<(&Rack, u32)> {
+        self.racks.iter().find_map(|r| {
+            let sw = r.switch.as_ref()?;
+            if let (Some(want), Some(have)) = (remote_id, sw.remote_id.as_deref())
+                && want != have
+            {
+                return None;
+            }
+            sw.ports.get(circuit_id).map(|pos| (r, *pos))
+        })
+    }
+
     /// The profile a host boots with.
     pub fn profile(&self, host: &Host) -> Option<&Profile> {
         let name = host.profile.as_deref()?;
