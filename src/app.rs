@@ -79,6 +79,8 @@ pub struct App {
     reload_lock: tokio::sync::Mutex<()>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub started_at: Timestamp,
+    /// Address book + lease commits, shared by DHCP and admin commands.
+    pub ipam: Arc<crate::ipam::Ipam>,
 }
 
 /// Loads the inventory named by the config and checks it against the config.
@@ -113,7 +115,13 @@ impl App {
             )
             .await?;
         log_loaded(&store, 1, hosts, &report).await?;
+        let ipam = Arc::new(
+            crate::ipam::Ipam::load(store.clone())
+                .await
+                .context("loading leases")?,
+        );
         let app = App {
+            ipam,
             config,
             store,
             inventory: ArcSwap::from_pointee(Loaded::new(inventory, 1)),
@@ -202,6 +210,49 @@ impl App {
         }
     }
 
+    /// Releases the lease on `ip` at an operator's request (`bootgate leases release`).
+    pub async fn release_lease(
+        &self,
+        ip: std::net::Ipv4Addr,
+        actor: &str,
+    ) -> Result<crate::store::Lease, String> {
+        use crate::store::{Lease, LeaseState};
+        let lease = match self.store.get_lease(ip).await {
+            Ok(Some(l)) => l,
+            Ok(None) => return Err(format!("no lease on {ip}")),
+            Err(e) => return Err(format!("store: {e}")),
+        };
+        let now = Timestamp::now();
+        if lease.state != LeaseState::Active || lease.ends <= now {
+            return Err(format!(
+                "the lease on {ip} ({}) is {}, not active",
+                lease.mac, lease.state
+            ));
+        }
+        let client = crate::ipam::client_of(&lease);
+        let previous = {
+            let mut book = self.ipam.book();
+            crate::ipam::Ipam::begin_commit(&mut book, ip, client.clone(), lease.mac)
+        };
+        let released = Lease {
+            state: LeaseState::Released,
+            ends: now,
+            ..lease
+        };
+        let mut ev = NewEvent::new(EventKind::LeaseReleased, actor)
+            .ip(ip)
+            .mac(released.mac)
+            .detail(serde_json::json!({"by": "operator", "subnet": released.subnet}));
+        if let Some(h) = &released.host {
+            ev = ev.host(h.clone());
+        }
+        self.ipam
+            .commit(&released, client, previous, &ev)
+            .await
+            .map_err(|e| format!("store: {e}"))?;
+        Ok(released)
+    }
+
     fn update_inventory_metrics(&self) {
         let loaded = self.inventory();
         metrics::gauge!("bootgate_inventory_generation").set(loaded.generation as f64);
@@ -255,12 +306,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     })?;
     tracker.spawn(crate::control::run(app.clone(), control, cancel.clone()));
     if !app.config.interfaces.is_empty() {
-        let ipam = Arc::new(
-            crate::ipam::Ipam::load(app.store.clone())
-                .await
-                .context("loading leases")?,
-        );
-        crate::dhcp::server::DhcpServer::new(app.clone(), ipam)
+        crate::dhcp::server::DhcpServer::new(app.clone(), app.ipam.clone())
             .start(&tracker, &cancel)
             .context("starting DHCP")?;
     }

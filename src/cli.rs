@@ -13,7 +13,7 @@ use jiff::Timestamp;
 use crate::config::{self, Config};
 use crate::http::query;
 use crate::inventory::Invalid;
-use crate::store::{self, EventKind, EventQuery, LeaseFilter, LeaseState, Store, StoreUrl};
+use crate::store::{self, EventKind, EventQuery, LeaseState, Store, StoreUrl};
 use crate::types::MacAddr;
 use crate::views::{self, EventView, HostDetail, HostView, LeaseView};
 
@@ -92,15 +92,19 @@ pub enum HostsCommand {
 pub enum LeasesCommand {
     /// List leases.
     List {
-        /// Only this subnet (inventory name).
+        /// Only this subnet: inventory name or CIDR (10.250.0.0/24).
         #[arg(long)]
-        subnet: Option<String>,
+        subnet: Option<query::SubnetSel>,
         #[arg(long)]
         mac: Option<MacAddr>,
+        #[arg(long)]
+        ip: Option<Ipv4Addr>,
         /// offered, active, released, expired or declined.
         #[arg(long)]
         state: Option<LeaseState>,
     },
+    /// Release a lease now (the address returns to the pool; the client is not told).
+    Release { ip: Ipv4Addr },
 }
 
 #[derive(clap::Args, Debug)]
@@ -335,29 +339,50 @@ async fn hosts(cli: &Cli, cmd: &HostsCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn leases(cli: &Cli, cmd: &LeasesCommand) -> anyhow::Result<ExitCode> {
-    let LeasesCommand::List { subnet, mac, state } = cmd;
+    let (subnet, mac, ip, state) = match cmd {
+        LeasesCommand::List {
+            subnet,
+            mac,
+            ip,
+            state,
+        } => (subnet, mac, ip, state),
+        LeasesCommand::Release { ip } => return release_lease(cli, *ip).await,
+    };
     let leases: Vec<LeaseView> = match source(cli).await? {
         Source::Api(c) => {
             let mut q = Vec::new();
             push(&mut q, "subnet", subnet);
             push(&mut q, "mac", mac);
+            push(&mut q, "ip", ip);
             push(&mut q, "state", state);
             c.get("/api/v1/leases", &q).await?
         }
         Source::Store(s) => {
-            let filter = LeaseFilter {
+            let select = query::LeaseSelect {
                 subnet: subnet.clone(),
                 mac: *mac,
                 state: *state,
+                ip: *ip,
             };
-            s.list_leases(&filter)
+            s.list_leases(&select.store_filter())
                 .await?
                 .iter()
+                .filter(|l| select.matches(l))
                 .map(LeaseView::from)
                 .collect()
         }
     };
     print(cli.output, &leases, || views::leases_table(&leases));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn release_lease(cli: &Cli, ip: Ipv4Addr) -> anyhow::Result<ExitCode> {
+    let config = load_config(&cli.config)?;
+    let lease = crate::control::request_release(&config.control_socket, ip).await?;
+    match cli.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&lease)?),
+        Output::Table => println!("released {} (was held by {})", lease.ip, lease.mac),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

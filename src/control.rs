@@ -23,6 +23,15 @@ const MAX_LINE: usize = 4096;
 #[serde(tag = "command", rename_all = "kebab-case")]
 pub enum Request {
     Reload,
+    ReleaseLease { ip: std::net::Ipv4Addr },
+}
+
+/// The answer to `release-lease`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReleaseOutcome {
+    pub ok: bool,
+    pub lease: Option<crate::views::LeaseView>,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +56,8 @@ pub enum ControlError {
     },
     #[error("control socket {path}: no answer within {REQUEST_TIMEOUT:?}")]
     Timeout { path: String },
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Binds the socket, replacing a stale one left by a crashed daemon, root-only.
@@ -97,6 +108,21 @@ async fn handle(app: Arc<App>, stream: UnixStream) {
     }
     let reply = match serde_json::from_str::<Request>(line.trim()) {
         Ok(Request::Reload) => serde_json::to_value(app.reload("cli:reload").await),
+        Ok(Request::ReleaseLease { ip }) => {
+            let out = match app.release_lease(ip, "cli:leases-release").await {
+                Ok(l) => ReleaseOutcome {
+                    ok: true,
+                    lease: Some((&l).into()),
+                    error: None,
+                },
+                Err(e) => ReleaseOutcome {
+                    ok: false,
+                    lease: None,
+                    error: Some(e),
+                },
+            };
+            serde_json::to_value(out)
+        }
         Err(e) => Ok(serde_json::json!({"ok": false, "problems": [format!("bad request: {e}")]})),
     };
     let mut out = reply.map(|v| v.to_string()).unwrap_or_default();
@@ -104,8 +130,11 @@ async fn handle(app: Arc<App>, stream: UnixStream) {
     let _ = wr.write_all(out.as_bytes()).await;
 }
 
-/// Client side: asks the daemon listening on `path` to reload its inventory.
-pub async fn request_reload(path: &Path) -> Result<ReloadOutcome, ControlError> {
+/// Client side: sends one request to the daemon listening on `path` and reads its answer.
+async fn call<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    request: &Request,
+) -> Result<T, ControlError> {
     let p = path.display().to_string();
     let work = async {
         let mut stream =
@@ -119,7 +148,7 @@ pub async fn request_reload(path: &Path) -> Result<ReloadOutcome, ControlError> 
             path: p.clone(),
             source,
         };
-        let mut req = serde_json::to_string(&Request::Reload).unwrap_or_default();
+        let mut req = serde_json::to_string(request).unwrap_or_default();
         req.push('\n');
         stream.write_all(req.as_bytes()).await.map_err(io)?;
         let mut line = String::new();
@@ -136,4 +165,23 @@ pub async fn request_reload(path: &Path) -> Result<ReloadOutcome, ControlError> 
     tokio::time::timeout(REQUEST_TIMEOUT, work)
         .await
         .map_err(|_| ControlError::Timeout { path: p.clone() })?
+}
+
+/// Asks the daemon to reload its inventory.
+pub async fn request_reload(path: &Path) -> Result<ReloadOutcome, ControlError> {
+    call(path, &Request::Reload).await
+}
+
+/// Asks the daemon to release the lease on `ip`.
+pub async fn request_release(
+    path: &Path,
+    ip: std::net::Ipv4Addr,
+) -> Result<crate::views::LeaseView, ControlError> {
+    let out: ReleaseOutcome = call(path, &Request::ReleaseLease { ip }).await?;
+    match (out.ok, out.lease, out.error) {
+        (true, Some(l), _) => Ok(l),
+        (_, _, e) => Err(ControlError::Refused(
+            e.unwrap_or_else(|| "release refused".into()),
+        )),
+    }
 }

@@ -91,6 +91,66 @@ fn real_clients_get_reserved_and_dynamic_addresses_renew_and_release() {
         assert!(vm0.get(field).is_some(), "lease JSON lacks {field}");
     }
 
+    // Filters: by CIDR and IP; an unknown subnet name lists nothing.
+    let cfg = site.config();
+    let out = bootgate(&[
+        "--config",
+        path_str(&cfg),
+        "leases",
+        "list",
+        "--subnet",
+        "10.250.0.0/24",
+        "--ip",
+        "10.250.0.10",
+        "-o",
+        "json",
+    ]);
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    let out = bootgate(&[
+        "--config",
+        path_str(&cfg),
+        "leases",
+        "list",
+        "--subnet",
+        "10.99.0.0/16",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(stdout(&out).trim(), "[]");
+
+    // An operator releases vm0's lease; a second release is refused with the reason.
+    let out = bootgate(&[
+        "--config",
+        path_str(&cfg),
+        "leases",
+        "release",
+        "10.250.0.10",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(lease_of(&leases(&site), "10.250.0.10")["state"], "released");
+    let out = bootgate(&[
+        "--config",
+        path_str(&cfg),
+        "leases",
+        "release",
+        "10.250.0.10",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not active"), "{}", stderr(&out));
+    let out = bootgate(&[
+        "--config",
+        path_str(&cfg),
+        "leases",
+        "release",
+        "10.250.0.99",
+    ]);
+    assert!(
+        stderr(&out).contains("no lease on 10.250.0.99"),
+        "{}",
+        stderr(&out)
+    );
+
     // An unknown MAC gets a dynamic address through ISC dhclient and is discovered.
     add_client(&lab, "eth1", "02:00:00:aa:bb:01");
     let dir = tempfile::tempdir().unwrap();

@@ -10,7 +10,9 @@ use serde::Serialize;
 
 use crate::types::MacAddr;
 
+pub mod arp;
 pub mod policy;
+pub mod probe;
 pub mod reply;
 pub mod request;
 pub mod server;

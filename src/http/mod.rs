@@ -203,19 +203,27 @@ struct LeaseParams {
     subnet: Option<String>,
     mac: Option<String>,
     state: Option<String>,
+    ip: Option<String>,
 }
 
 async fn list_leases(
     State(app): State<Arc<App>>,
     Query(p): Query<LeaseParams>,
 ) -> Result<axum::Json<Vec<LeaseView>>, ApiError> {
-    let filter = LeaseFilter {
-        subnet: p.subnet,
+    let select = query::LeaseSelect {
+        subnet: query::parse_opt::<query::SubnetSel>("subnet", p.subnet.as_deref())?,
         mac: query::parse_opt::<MacAddr>("mac", p.mac.as_deref())?,
         state: query::parse_opt::<LeaseState>("state", p.state.as_deref())?,
+        ip: query::parse_opt::<Ipv4Addr>("ip", p.ip.as_deref())?,
     };
-    let leases = app.store.list_leases(&filter).await?;
-    Ok(axum::Json(leases.iter().map(LeaseView::from).collect()))
+    let leases = app.store.list_leases(&select.store_filter()).await?;
+    Ok(axum::Json(
+        leases
+            .iter()
+            .filter(|l| select.matches(l))
+            .map(LeaseView::from)
+            .collect(),
+    ))
 }
 
 #[derive(Deserialize, Default)]

@@ -75,3 +75,60 @@ mod tests {
         assert_eq!(parse_opt::<u32>("limit", Some("")).unwrap(), None);
     }
 }
+
+/// `--subnet` / `?subnet=`: an inventory subnet name or a CIDR (`10.250.0.0/24`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubnetSel {
+    Name(String),
+    Cidr(ipnet::Ipv4Net),
+}
+
+impl std::str::FromStr for SubnetSel {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.parse::<ipnet::Ipv4Net>() {
+            Ok(net) => SubnetSel::Cidr(net),
+            Err(_) => SubnetSel::Name(s.to_string()),
+        })
+    }
+}
+
+impl std::fmt::Display for SubnetSel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SubnetSel::Name(n) => f.write_str(n),
+            SubnetSel::Cidr(c) => write!(f, "{c}"),
+        }
+    }
+}
+
+/// Which leases to show: the store filters by name, MAC and state; CIDR and IP are
+/// applied here.
+#[derive(Debug, Clone, Default)]
+pub struct LeaseSelect {
+    pub subnet: Option<SubnetSel>,
+    pub mac: Option<crate::types::MacAddr>,
+    pub state: Option<crate::store::LeaseState>,
+    pub ip: Option<std::net::Ipv4Addr>,
+}
+
+impl LeaseSelect {
+    pub fn store_filter(&self) -> crate::store::LeaseFilter {
+        crate::store::LeaseFilter {
+            subnet: match &self.subnet {
+                Some(SubnetSel::Name(n)) => Some(n.clone()),
+                _ => None,
+            },
+            mac: self.mac,
+            state: self.state,
+        }
+    }
+
+    pub fn matches(&self, l: &crate::store::Lease) -> bool {
+        let in_cidr = match &self.subnet {
+            Some(SubnetSel::Cidr(c)) => c.contains(&l.ip),
+            _ => true,
+        };
+        in_cidr && self.ip.is_none_or(|ip| ip == l.ip)
+    }
+}
