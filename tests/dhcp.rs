@@ -486,3 +486,102 @@ fn perfdhcp_exchanges_leave_unique_durable_leases() {
         events.as_array().unwrap().len()
     );
 }
+
+/// A proxyDHCP subnet (another server assigns addresses): a PXE client's DISCOVER gets a
+/// boot-only OFFER (yiaddr 0, PXEClient, boot file), its REQUEST to port 4011 a boot-only
+/// ACK; a plain client gets nothing.
+#[test]
+fn proxy_dhcp_answers_pxe_clients_with_boot_information_only() {
+    use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
+    use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+    use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+
+    let lab = Lab::new();
+    let site = Site::from_inventory("lab");
+    let f = site.inventory_file("subnets.toml");
+    let text = std::fs::read_to_string(&f).unwrap();
+    let text = text
+        .lines()
+        .filter(|l| !l.starts_with("dynamic_ranges"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\nproxy_dhcp = true\n";
+    std::fs::write(&f, text).unwrap();
+    let _daemon = Daemon::start(&lab, &site);
+    // The "other" server gave the client 10.250.0.60.
+    lab.rack
+        .ip(&["addr", "add", "10.250.0.60/24", "dev", "eth0"]);
+    lab.rack.ip(&["link", "set", "eth0", "address", VM1_MAC]);
+
+    let ask = |pxe: bool, kind: MessageType, port: u16| {
+        let mut m = Message::default();
+        m.set_chaddr(&[0x52, 0x54, 0, 0xa8, 0x28, 0x2f])
+            .set_xid(0x1234);
+        m.opts_mut().insert(DhcpOption::MessageType(kind));
+        if pxe {
+            m.opts_mut().insert(DhcpOption::ClassIdentifier(
+                b"PXEClient:Arch:00007:UNDI:003000".to_vec(),
+            ));
+            m.opts_mut()
+                .insert(DhcpOption::Unknown(dhcproto::v4::UnknownOption::new(
+                    OptionCode::from(93u8),
+                    vec![0, 7],
+                )));
+        }
+        if port == 4011 {
+            m.set_ciaddr(Ipv4Addr::new(10, 250, 0, 60));
+        } else {
+            m.set_flags(dhcproto::v4::Flags::default().set_broadcast());
+        }
+        let mut buf = Vec::new();
+        m.encode(&mut Encoder::new(&mut buf)).unwrap();
+        in_netns(&lab.rack, move || {
+            let s = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::DGRAM,
+                Some(socket2::Protocol::UDP),
+            )
+            .unwrap();
+            s.set_reuse_address(true).unwrap();
+            s.set_broadcast(true).unwrap();
+            s.bind_device(Some(b"eth0")).unwrap();
+            let local = if port == 4011 { 4011 } else { 68 };
+            s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, local).into())
+                .unwrap();
+            let sock: UdpSocket = s.into();
+            sock.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                .unwrap();
+            let to = if port == 4011 {
+                SocketAddrV4::new(Ipv4Addr::new(10, 250, 0, 1), 4011)
+            } else {
+                SocketAddrV4::new(Ipv4Addr::BROADCAST, 67)
+            };
+            sock.send_to(&buf, to).unwrap();
+            let mut rbuf = [0u8; 1500];
+            let n = sock.recv(&mut rbuf).ok()?;
+            Message::decode(&mut Decoder::new(&rbuf[..n])).ok()
+        })
+    };
+
+    assert!(
+        ask(false, MessageType::Discover, 67).is_none(),
+        "plain client answered"
+    );
+    let offer = ask(true, MessageType::Discover, 67).expect("no proxy offer");
+    assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
+    assert_eq!(offer.yiaddr(), Ipv4Addr::UNSPECIFIED);
+    assert_eq!(offer.siaddr(), Ipv4Addr::new(10, 250, 0, 1));
+    assert!(offer.opts().get(OptionCode::AddressLeaseTime).is_none());
+    assert!(matches!(
+        offer.opts().get(OptionCode::ClassIdentifier),
+        Some(DhcpOption::ClassIdentifier(c)) if c == b"PXEClient"
+    ));
+    assert!(matches!(
+        offer.opts().get(OptionCode::BootfileName),
+        Some(DhcpOption::BootfileName(f)) if f == b"ipxe.efi"
+    ));
+    let ack = ask(true, MessageType::Request, 4011).expect("no answer on port 4011");
+    assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+    assert_eq!(ack.yiaddr(), Ipv4Addr::UNSPECIFIED);
+    assert!(leases(&site).is_empty(), "proxyDHCP must not lease");
+}

@@ -38,6 +38,7 @@ fuzz_target!(|data: &[u8]| {
             end: Ipv4Addr::new(10, 0, 0, 199),
         }],
         known_hosts_only: false,
+        proxy_dhcp: false,
         served: Served::Interface("fuzz0".to_string()),
         mtu: Some(1500),
     };

@@ -169,6 +169,11 @@ pub enum Decision {
     Ignore(Silence),
     /// The client chose another server: drop our offer hold. No reply.
     Withdraw,
+    /// proxyDHCP: a DHCPOFFER carrying boot information only, no address (PXE 2.1 §2.2.2;
+    /// another server assigns addresses on this subnet).
+    ProxyOffer,
+    /// proxyDHCP: the DHCPACK to a PXE client's REQUEST on port 4011, boot information only.
+    ProxyAck,
 }
 
 /// The decision for `req` given `view`. Pure: same inputs, same answer.
@@ -184,6 +189,13 @@ pub fn decide(req: &Request, view: &View) -> Decision {
     }
     if subnet.known_hosts_only && !known {
         return Decision::Ignore(Silence::UnknownClient);
+    }
+    if subnet.proxy_dhcp {
+        return proxy(req);
+    }
+    if req.arrival.local_port == PXE_PORT {
+        // Boot-server requests only make sense where we are the proxy.
+        return Decision::Ignore(Silence::NotServed);
     }
     match req.kind {
         ClientMessage::Discover => discover(req, view, subnet, &client),
@@ -342,6 +354,26 @@ fn release(req: &Request, view: &View, subnet: &Subnet, client: &ClientKey) -> D
     }
 }
 
+/// The PXE boot-server port a proxyDHCP client sends its REQUEST to (PXE 2.1 §2.2.3).
+pub const PXE_PORT: u16 = 4011;
+
+/// proxyDHCP (PXE 2.1 §2.2): answer only network-boot clients, never with an address. The
+/// DISCOVER broadcast on port 67 gets a boot-only OFFER; the client's REQUEST to port 4011
+/// gets the ACK. REQUESTs on port 67 belong to the server that assigns the addresses.
+fn proxy(req: &Request) -> Decision {
+    let netboot = req.pxe.pxe_client || req.pxe.http_client || req.pxe.ipxe;
+    if !netboot {
+        return Decision::Ignore(Silence::NotServed);
+    }
+    match (req.kind, req.arrival.local_port) {
+        (ClientMessage::Discover, PXE_PORT) | (ClientMessage::Request, PXE_PORT) => {
+            Decision::ProxyAck
+        }
+        (ClientMessage::Discover, _) => Decision::ProxyOffer,
+        _ => Decision::Ignore(Silence::NotServed),
+    }
+}
+
 fn nonzero(ip: Ipv4Addr) -> Option<Ipv4Addr> {
     (!ip.is_unspecified()).then_some(ip)
 }
@@ -377,6 +409,7 @@ mod tests {
                 end: ip("10.250.0.102"),
             }],
             known_hosts_only: known_only,
+            proxy_dhcp: false,
             served: Served::Interface("gw0".into()),
             mtu: None,
         }
@@ -695,6 +728,35 @@ mod tests {
         // the same MAC without the id is another client
         r.client_id = None;
         assert_eq!(run(&r, &s, &book, false), offer("10.250.0.100"));
+    }
+
+    #[test]
+    fn pxe_2_2_proxy_dhcp_answers_only_netboot_clients_without_an_address() {
+        let mut s = subnet(false);
+        s.proxy_dhcp = true;
+        s.dynamic_ranges.clear();
+        let book = Book::new();
+        let mut r = req(ClientMessage::Discover, MAC_B);
+        assert_eq!(
+            run(&r, &s, &book, false),
+            Decision::Ignore(Silence::NotServed)
+        );
+        r.pxe.pxe_client = true;
+        assert_eq!(run(&r, &s, &book, false), Decision::ProxyOffer);
+        // The REQUEST on port 67 is for the address server; the one to port 4011 is ours.
+        r.kind = ClientMessage::Request;
+        assert_eq!(
+            run(&r, &s, &book, false),
+            Decision::Ignore(Silence::NotServed)
+        );
+        r.arrival.local_port = PXE_PORT;
+        assert_eq!(run(&r, &s, &book, false), Decision::ProxyAck);
+        // A normal subnet ignores port 4011.
+        let normal = subnet(false);
+        assert_eq!(
+            run(&r, &normal, &book, false),
+            Decision::Ignore(Silence::NotServed)
+        );
     }
 
     #[test]

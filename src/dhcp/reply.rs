@@ -102,6 +102,11 @@ pub fn build(req: &Request, decision: &Decision, p: &ReplyParams) -> Option<Mess
         // message. The server MUST NOT send a lease expiration time to the client and
         // SHOULD NOT fill in 'yiaddr'."
         Decision::InformAck => (Ipv4Addr::UNSPECIFIED, req.ciaddr, None),
+        // proxyDHCP (PXE 2.1 §2.2.2): boot information only; another server assigns the
+        // address, so yiaddr stays 0 and no lease or subnet options are sent.
+        Decision::ProxyOffer | Decision::ProxyAck if p.boot.is_none() => return None,
+        Decision::ProxyOffer => (Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, None),
+        Decision::ProxyAck => (Ipv4Addr::UNSPECIFIED, req.ciaddr, None),
         Decision::Nak { reason } => return Some(nak(req, *reason, p)),
         Decision::Release { .. }
         | Decision::Decline { .. }
@@ -111,9 +116,10 @@ pub fn build(req: &Request, decision: &Decision, p: &ReplyParams) -> Option<Mess
         }
     };
     let kind = match decision {
-        Decision::Offer { .. } => MessageType::Offer,
+        Decision::Offer { .. } | Decision::ProxyOffer => MessageType::Offer,
         _ => MessageType::Ack,
     };
+    let proxy = matches!(decision, Decision::ProxyOffer | Decision::ProxyAck);
     let mut m = header(req);
     m.set_yiaddr(yiaddr).set_ciaddr(ciaddr);
     let o = m.opts_mut();
@@ -122,7 +128,7 @@ pub fn build(req: &Request, decision: &Decision, p: &ReplyParams) -> Option<Mess
     if let Some(lease) = lease {
         lease_options(&mut m, lease);
     }
-    if let Some(subnet) = p.subnet {
+    if let Some(subnet) = p.subnet.filter(|_| !proxy) {
         subnet_options(&mut m, subnet);
     }
     if let Some(boot) = p.boot {
@@ -413,6 +419,7 @@ mod tests {
                 end: Ipv4Addr::new(10, 0, 0, 199),
             }],
             known_hosts_only: false,
+            proxy_dhcp: false,
             served: Served::Interface("gw0".to_string()),
             mtu: Some(9000),
         }

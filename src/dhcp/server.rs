@@ -56,6 +56,8 @@ pub enum DhcpError {
 /// One served interface.
 struct Link {
     iface: Interface,
+    /// 67, or 4011 (PXE boot-server requests for proxyDHCP).
+    port: u16,
     socket: UdpSocket,
 }
 
@@ -112,10 +114,13 @@ impl DhcpServer {
     ) -> Result<(), DhcpError> {
         let mut links = Vec::new();
         for iface in &self.app.config.interfaces {
-            links.push(Arc::new(Link {
-                iface: iface.clone(),
-                socket: bind(iface, SERVER_PORT)?,
-            }));
+            for port in [SERVER_PORT, policy::PXE_PORT] {
+                links.push(Arc::new(Link {
+                    iface: iface.clone(),
+                    port,
+                    socket: bind(iface, port)?,
+                }));
+            }
         }
         for link in links {
             let this = self.clone();
@@ -197,7 +202,7 @@ impl DhcpServer {
         let arrival = Arrival {
             iface: link.iface.name.clone(),
             local_ip: link.iface.address.addr(),
-            local_port: SERVER_PORT,
+            local_port: link.port,
             peer,
         };
         let req = match request::decode(&data, arrival) {
@@ -580,8 +585,8 @@ fn lease_event(req: &Request, decision: &Decision, lease: &Lease) -> NewEvent {
 
 fn reply_kind(d: &Decision) -> &'static str {
     match d {
-        Decision::Offer { .. } => "offer",
-        Decision::Ack { .. } | Decision::InformAck => "ack",
+        Decision::Offer { .. } | Decision::ProxyOffer => "offer",
+        Decision::Ack { .. } | Decision::InformAck | Decision::ProxyAck => "ack",
         Decision::Nak { .. } => "nak",
         _ => "none",
     }

@@ -60,6 +60,10 @@ struct SubnetWire {
     dynamic_ranges: Vec<RangeWire>,
     #[serde(default)]
     known_hosts_only: bool,
+    /// Another DHCP server hands out addresses here; bootgate answers PXE clients with
+    /// boot information only (proxyDHCP).
+    #[serde(default)]
+    proxy_dhcp: bool,
     interface: Option<String>,
     relay_addresses: Option<Vec<Ipv4Addr>>,
     mtu: Option<u16>,
@@ -882,6 +886,20 @@ impl Validator {
             }
             (_, None, None) => Served::NotServed,
         };
+        if w.proxy_dhcp && served == Served::NotServed {
+            p.at(
+                loc,
+                "proxy_dhcp",
+                "a proxyDHCP subnet must be served: set interface or relay_addresses",
+            );
+        }
+        if w.proxy_dhcp && !ranges.is_empty() {
+            p.at(
+                loc,
+                "dynamic_ranges",
+                "a proxyDHCP subnet hands out no addresses (another server does): remove the ranges",
+            );
+        }
         if let Some(mtu) = w.mtu
             && mtu < 68
         {
@@ -902,6 +920,7 @@ impl Validator {
             lease_time: w.lease_time,
             dynamic_ranges: ranges,
             known_hosts_only: w.known_hosts_only,
+            proxy_dhcp: w.proxy_dhcp,
             served,
             mtu: w.mtu,
         }

@@ -95,6 +95,8 @@ pub struct Subnet {
     pub dynamic_ranges: Vec<IpRange>,
     /// When true, only inventory hosts get addresses here (no dynamic pool for strangers).
     pub known_hosts_only: bool,
+    /// proxyDHCP: another server assigns addresses; we only tell PXE clients what to boot.
+    pub proxy_dhcp: bool,
     pub served: Served,
     pub mtu: Option<u16>,
 }

@@ -388,6 +388,7 @@ mod tests {
                 })
                 .collect(),
             known_hosts_only: false,
+            proxy_dhcp: false,
             served: Served::Interface("gw0".into()),
             mtu: None,
         }

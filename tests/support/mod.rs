@@ -445,3 +445,16 @@ fn dhclient_hook(dir: &Path, out: &Path) -> PathBuf {
         ),
     )
 }
+
+/// Runs `f` on a thread that has entered network namespace `ns` (only that thread moves),
+/// for test-side clients that speak a protocol no packaged tool covers.
+pub fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = PathBuf::from("/var/run/netns").join(&ns.name);
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open netns");
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("netns thread panicked")
+}
