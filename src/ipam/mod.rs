@@ -199,10 +199,50 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// Leases committed in one store transaction at most (bounds a batch's latency).
+const MAX_BATCH: usize = 512;
+
+/// One lease waiting for the group commit.
+struct CommitJob {
+    lease: Lease,
+    event: NewEvent,
+    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+}
+
 /// Applies DHCP decisions: offers in memory, leases in the store first.
 pub struct Ipam {
     book: Mutex<Book>,
     store: Arc<dyn Store>,
+    /// Group commit: every lease write goes through one writer task that commits whatever
+    /// has queued up in one transaction (one fsync), so durability costs one sync per batch
+    /// rather than per ACK. Under light load a batch is one lease and nothing waits.
+    jobs: tokio::sync::mpsc::Sender<CommitJob>,
+}
+
+/// The group-commit writer: takes the first waiting job, everything queued behind it (up
+/// to MAX_BATCH), commits them together and answers each.
+async fn group_commit(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::Receiver<CommitJob>) {
+    let mut jobs = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+        let batch: Vec<(Lease, NewEvent)> = jobs
+            .iter()
+            .map(|j| (j.lease.clone(), j.event.clone()))
+            .collect();
+        metrics::histogram!("bootgate_lease_commit_batch").record(batch.len() as f64);
+        match store.commit_leases(&batch).await {
+            Ok(results) => {
+                for (job, r) in jobs.drain(..).zip(results) {
+                    let _ = job.done.send(r);
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                for job in jobs.drain(..) {
+                    let _ = job.done.send(Err(StoreError::Batch(why.clone())));
+                }
+            }
+        }
+    }
 }
 
 impl Ipam {
@@ -229,9 +269,12 @@ impl Ipam {
                 );
             }
         }
+        let (jobs, rx) = tokio::sync::mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(group_commit(store.clone(), rx));
         Ok(Ipam {
             book: Mutex::new(book),
             store,
+            jobs,
         })
     }
 
@@ -304,7 +347,18 @@ impl Ipam {
         previous: Option<Claim>,
         event: &NewEvent,
     ) -> Result<(), StoreError> {
-        let result = self.store.commit_lease(lease, event).await;
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let job = CommitJob {
+            lease: lease.clone(),
+            event: event.clone(),
+            done,
+        };
+        let result = match self.jobs.send(job).await {
+            Ok(()) => wait
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Batch("lease writer stopped".into()))),
+            Err(_) => Err(StoreError::Batch("lease writer stopped".into())),
+        };
         let mut book = self.book();
         match &result {
             Ok(()) => {

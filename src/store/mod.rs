@@ -48,6 +48,9 @@ pub enum StoreError {
     },
     #[error("no lease on {ip} for {mac}")]
     NoSuchLease { ip: Ipv4Addr, mac: MacAddr },
+    /// A group commit failed as a whole (the reason is the batch's error).
+    #[error("lease commit failed: {0}")]
+    Batch(String),
     #[error("corrupt value in column {column}: {value:?}")]
     Corrupt { column: &'static str, value: String },
 }
@@ -328,6 +331,19 @@ pub trait LeaseStore: Send + Sync {
     /// durably (the call returns only after the commit is on disk). Refused with
     /// `Conflict` when another MAC holds the address (`holds_address()` and `ends > now`).
     async fn commit_lease(&self, lease: &Lease, event: &NewEvent) -> Result<(), StoreError>;
+    /// Commits many leases durably at once (group commit: one transaction, one sync).
+    /// Each item succeeds or fails on its own, as `commit_lease` would (a `Conflict` fails
+    /// only that item); the outer error means nothing was committed.
+    async fn commit_leases(
+        &self,
+        batch: &[(Lease, NewEvent)],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let mut out = Vec::with_capacity(batch.len());
+        for (lease, event) in batch {
+            out.push(self.commit_lease(lease, event).await);
+        }
+        Ok(out)
+    }
     async fn get_lease(&self, ip: Ipv4Addr) -> Result<Option<Lease>, StoreError>;
     async fn list_leases(&self, filter: &LeaseFilter) -> Result<Vec<Lease>, StoreError>;
     /// Marks every `offered`/`active` lease whose `ends <= now` as `expired` (with an event

@@ -478,6 +478,55 @@ fn state_change_detail(
 
 // ---- leases ------------------------------------------------------------------------------
 
+/// Writes one lease and its event on `conn` (inside the caller's transaction), refusing an
+/// address another MAC still holds.
+async fn write_lease(
+    conn: &mut SqliteConnection,
+    lease: &Lease,
+    event: &NewEvent,
+) -> Result<(), StoreError> {
+    let held = sqlx::query("SELECT mac, state, ends FROM leases WHERE ip = ?")
+        .bind(lease.ip.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+    if let Some(row) = held {
+        let holder: MacAddr = parsed(&row, "mac")?;
+        let state: LeaseState = parsed(&row, "state")?;
+        let until = timestamp(&row, "ends")?;
+        if holder != lease.mac && state.holds_address() && until > now() {
+            return Err(StoreError::Conflict {
+                ip: lease.ip,
+                holder,
+                until,
+                requester: lease.mac,
+            });
+        }
+    }
+    sqlx::query(
+        "INSERT INTO leases (ip, mac, client_id, state, starts, ends, host, subnet, giaddr, \
+             circuit_id, remote_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (ip) DO UPDATE SET mac = excluded.mac, client_id = excluded.client_id, \
+             state = excluded.state, starts = excluded.starts, ends = excluded.ends, \
+             host = excluded.host, subnet = excluded.subnet, giaddr = excluded.giaddr, \
+             circuit_id = excluded.circuit_id, remote_id = excluded.remote_id",
+    )
+    .bind(lease.ip.to_string())
+    .bind(lease.mac.to_string())
+    .bind(&lease.client_id)
+    .bind(lease.state.as_str())
+    .bind(millis(lease.starts))
+    .bind(millis(lease.ends))
+    .bind(&lease.host)
+    .bind(&lease.subnet)
+    .bind(lease.relay.giaddr.map(|ip| ip.to_string()))
+    .bind(&lease.relay.circuit_id)
+    .bind(&lease.relay.remote_id)
+    .execute(&mut *conn)
+    .await?;
+    insert_event(conn, event).await?;
+    Ok(())
+}
+
 const LEASE_COLUMNS: &str =
     "ip, mac, client_id, state, starts, ends, host, subnet, giaddr, circuit_id, remote_id";
 
@@ -503,47 +552,28 @@ fn lease_from_row(row: &SqliteRow) -> Result<Lease, StoreError> {
 impl LeaseStore for SqliteStore {
     async fn commit_lease(&self, lease: &Lease, event: &NewEvent) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
-        let held = sqlx::query("SELECT mac, state, ends FROM leases WHERE ip = ?")
-            .bind(lease.ip.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
-        if let Some(row) = held {
-            let holder: MacAddr = parsed(&row, "mac")?;
-            let state: LeaseState = parsed(&row, "state")?;
-            let until = timestamp(&row, "ends")?;
-            if holder != lease.mac && state.holds_address() && until > now() {
-                return Err(StoreError::Conflict {
-                    ip: lease.ip,
-                    holder,
-                    until,
-                    requester: lease.mac,
-                });
-            }
-        }
-        sqlx::query(
-            "INSERT INTO leases (ip, mac, client_id, state, starts, ends, host, subnet, giaddr, \
-             circuit_id, remote_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (ip) DO UPDATE SET mac = excluded.mac, client_id = excluded.client_id, \
-             state = excluded.state, starts = excluded.starts, ends = excluded.ends, \
-             host = excluded.host, subnet = excluded.subnet, giaddr = excluded.giaddr, \
-             circuit_id = excluded.circuit_id, remote_id = excluded.remote_id",
-        )
-        .bind(lease.ip.to_string())
-        .bind(lease.mac.to_string())
-        .bind(&lease.client_id)
-        .bind(lease.state.as_str())
-        .bind(millis(lease.starts))
-        .bind(millis(lease.ends))
-        .bind(&lease.host)
-        .bind(&lease.subnet)
-        .bind(lease.relay.giaddr.map(|ip| ip.to_string()))
-        .bind(&lease.relay.circuit_id)
-        .bind(&lease.relay.remote_id)
-        .execute(&mut *tx)
-        .await?;
-        insert_event(&mut tx, event).await?;
+        write_lease(&mut tx, lease, event).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// One transaction, one fsync, for the whole batch (group commit). A conflict fails
+    /// only its own item: it is checked before anything of that item is written.
+    async fn commit_leases(
+        &self,
+        batch: &[(Lease, NewEvent)],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut out = Vec::with_capacity(batch.len());
+        for (lease, event) in batch {
+            match write_lease(&mut tx, lease, event).await {
+                Err(e @ StoreError::Conflict { .. }) => out.push(Err(e)),
+                Err(e) => return Err(e),
+                Ok(()) => out.push(Ok(())),
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
     }
 
     async fn get_lease(&self, ip: Ipv4Addr) -> Result<Option<Lease>, StoreError> {

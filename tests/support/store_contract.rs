@@ -41,6 +41,7 @@ macro_rules! store_contract_tests {
             set_host_state_compare_and_set,
             lease_commit_get_list_filters,
             lease_conflict_refused_holder_intact,
+            lease_batch_commits_each_item_on_its_own,
             lease_same_mac_renews,
             lease_freed_address_can_be_taken,
             lease_concurrent_commits_never_share_an_address,
@@ -592,6 +593,45 @@ pub async fn lease_commit_get_list_filters<S: Store>(store: Arc<S>) {
     assert_eq!(kinds(&evs), vec![EventKind::LeaseCommitted]);
     assert_eq!(evs[0].mac, Some(mac(1)));
     assert_eq!(evs[0].actor, "dhcp");
+}
+
+pub async fn lease_batch_commits_each_item_on_its_own<S: Store>(store: Arc<S>) {
+    let ends = now() + secs(3600);
+    let held = lease(ip(20), mac(1), LeaseState::Active, ends);
+    store.commit_lease(&held, &committed(&held)).await.unwrap();
+    let a = lease(ip(21), mac(2), LeaseState::Active, ends);
+    let intruder = lease(ip(20), mac(3), LeaseState::Active, ends);
+    let b = lease(ip(22), mac(4), LeaseState::Active, ends);
+    // Two items for one address in one batch: the first wins, the second conflicts.
+    let c = lease(ip(23), mac(5), LeaseState::Active, ends);
+    let c2 = lease(ip(23), mac(6), LeaseState::Active, ends);
+    let batch: Vec<_> = [&a, &intruder, &b, &c, &c2]
+        .into_iter()
+        .map(|l| (l.clone(), committed(l)))
+        .collect();
+    let out = store.commit_leases(&batch).await.unwrap();
+    assert!(
+        out[0].is_ok() && out[2].is_ok() && out[3].is_ok(),
+        "{out:?}"
+    );
+    assert!(matches!(out[1], Err(StoreError::Conflict { holder, .. }) if holder == mac(1)));
+    assert!(matches!(out[4], Err(StoreError::Conflict { holder, .. }) if holder == mac(5)));
+    assert_eq!(store.get_lease(ip(20)).await.unwrap(), Some(held));
+    assert_eq!(store.get_lease(ip(21)).await.unwrap(), Some(a));
+    assert_eq!(store.get_lease(ip(22)).await.unwrap(), Some(b));
+    assert_eq!(store.get_lease(ip(23)).await.unwrap(), Some(c));
+    // Only the committed items left events.
+    for (n, want) in [(20, 1), (21, 1), (22, 1), (23, 1)] {
+        let evs = store
+            .query(&EventQuery {
+                ip: Some(ip(n)),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(evs.len(), want, "events on {}", ip(n));
+    }
+    assert!(store.commit_leases(&[]).await.unwrap().is_empty());
 }
 
 pub async fn lease_conflict_refused_holder_intact<S: Store>(store: Arc<S>) {
