@@ -379,7 +379,7 @@ ports = { "rl-down" = 7 }
     ]);
     let _daemon = Daemon::start(&lab, &site);
     let work = tempfile::tempdir().unwrap();
-    relay.spawn(
+    relay.background(
         relay
             .cmd("dhcrelay")
             .args([
@@ -468,7 +468,7 @@ fn perfdhcp_exchanges_leave_unique_durable_leases() {
     let n = macs.len();
     macs.dedup();
     assert_eq!(macs.len(), n, "a MAC holds two active leases");
-    assert!(n >= 100 && n <= 140, "{n} active leases");
+    assert!((100..=140).contains(&n), "{n} active leases");
     // Every ACK was committed: one lease-committed event per ACK.
     let out = bootgate(&[
         "--config",
@@ -584,4 +584,33 @@ fn proxy_dhcp_answers_pxe_clients_with_boot_information_only() {
     assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
     assert_eq!(ack.yiaddr(), Ipv4Addr::UNSPECIFIED);
     assert!(leases(&site).is_empty(), "proxyDHCP must not lease");
+}
+
+/// A squatter uses the first dynamic address without a lease: the conflict probe (ICMP
+/// echo) finds it, the address is quarantined with an `address-conflict` event, and the
+/// client is offered the next one.
+#[test]
+fn rfc2131_4_4_1_a_squatted_address_is_probed_and_skipped() {
+    let lab = Lab::new();
+    let site = Site::from_inventory("lab");
+    add_client(&lab, "sq0", "02:00:00:aa:bb:06");
+    lab.rack
+        .ip(&["addr", "add", "10.250.0.100/24", "dev", "sq0"]);
+    let _daemon = Daemon::start(&lab, &site);
+    let work = tempfile::tempdir().unwrap();
+    lab.rack
+        .ip(&["link", "set", "eth0", "address", "02:00:00:aa:bb:07"]);
+    let l = udhcpc(&lab.rack, "eth0", work.path(), &[]).expect("lease");
+    assert_eq!(l.ip, "10.250.0.101");
+    let out = bootgate(&[
+        "--config",
+        path_str(&site.config()),
+        "events",
+        "--kind",
+        "address-conflict",
+        "-o",
+        "json",
+    ]);
+    let ev: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(ev[0]["ip"], "10.250.0.100", "{ev}");
 }

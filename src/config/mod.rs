@@ -64,6 +64,9 @@ pub struct DhcpSettings {
     pub decline_quarantine: Duration,
     /// Requests processed concurrently.
     pub max_in_flight: usize,
+    /// Ping a dynamic address before offering it (RFC 2131 §4.4.1 "SHOULD probe").
+    pub conflict_probe: crate::dhcp::probe::ProbeMode,
+    pub probe_timeout: Duration,
 }
 
 impl Config {

@@ -62,6 +62,12 @@ struct DhcpWire {
     /// Requests processed at once; more wait (and are dropped by clients' retries).
     #[serde(default = "default_in_flight")]
     max_in_flight: usize,
+    /// `icmp` (ping a dynamic address before offering it) or `off`.
+    #[serde(default = "default_probe")]
+    conflict_probe: crate::dhcp::probe::ProbeMode,
+    /// How long the probe waits for an echo reply, in milliseconds.
+    #[serde(default = "default_probe_ms")]
+    probe_timeout_ms: u64,
 }
 
 impl Default for DhcpWire {
@@ -70,6 +76,8 @@ impl Default for DhcpWire {
             offer_hold: default_offer_hold(),
             decline_quarantine: default_quarantine(),
             max_in_flight: default_in_flight(),
+            conflict_probe: default_probe(),
+            probe_timeout_ms: default_probe_ms(),
         }
     }
 }
@@ -82,6 +90,12 @@ fn default_quarantine() -> Duration {
 }
 fn default_in_flight() -> usize {
     256
+}
+fn default_probe() -> crate::dhcp::probe::ProbeMode {
+    crate::dhcp::probe::ProbeMode::Icmp
+}
+fn default_probe_ms() -> u64 {
+    200
 }
 
 #[derive(Debug, Deserialize)]
@@ -216,6 +230,8 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
                 offer_hold: w.dhcp.offer_hold,
                 decline_quarantine: w.dhcp.decline_quarantine,
                 max_in_flight: w.dhcp.max_in_flight.max(1),
+                conflict_probe: w.dhcp.conflict_probe,
+                probe_timeout: Duration::from_millis(w.dhcp.probe_timeout_ms.clamp(10, 5000)),
             },
             boot,
         }),

@@ -15,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::policy::{self, ClientKey, Decision, View};
+use super::policy::{self, AddressBook, ClientKey, Decision, View};
 use super::reply::{self, BootInfo, Destination, ReplyParams};
-use super::request;
 use super::{Arrival, Request};
+use super::{arp, probe, request};
 use crate::app::App;
 use crate::config::Interface;
 use crate::inventory::{Inventory, Purpose, Served, Subnet};
@@ -40,6 +40,8 @@ const DISCOVERY_REFRESH: Duration = Duration::from_secs(60);
 /// Per-MAC rate limit: at most this many requests per second are processed per client
 /// (PXE ROMs retry fast; a flapping NIC must not starve the others).
 const PER_MAC_PER_SECOND: u32 = 20;
+/// Addresses probed per DISCOVER before giving up (a subnet full of squatters).
+const MAX_PROBES: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DhcpError {
@@ -83,6 +85,7 @@ fn bind(iface: &Interface, port: u16) -> Result<UdpSocket, DhcpError> {
 pub struct DhcpServer {
     app: Arc<App>,
     ipam: Arc<Ipam>,
+    prober: probe::Prober,
     in_flight: Arc<Semaphore>,
     /// Per-MAC request counts in the current second (rate limit) and last discovery write.
     seen: Mutex<HashMap<MacAddr, Seen>>,
@@ -97,7 +100,12 @@ struct Seen {
 impl DhcpServer {
     pub fn new(app: Arc<App>, ipam: Arc<Ipam>) -> Arc<DhcpServer> {
         let permits = app.config.dhcp.max_in_flight;
+        let prober = probe::Prober::new(
+            app.config.dhcp.conflict_probe,
+            app.config.dhcp.probe_timeout,
+        );
         Arc::new(DhcpServer {
+            prober,
             app,
             ipam,
             in_flight: Arc::new(Semaphore::new(permits)),
@@ -245,32 +253,61 @@ impl DhcpServer {
         let now = Timestamp::now();
         let hold = self.app.config.dhcp.offer_hold;
 
-        // Decide and claim under one lock: no other request can slip in between.
-        let (mut decision, previous) = {
-            let mut book = self.ipam.book();
-            book.set_now(now);
-            let view = View {
-                now,
-                server_id: req.arrival.local_ip,
-                subnet,
-                host: host.map(|h| h.name.as_str()),
-                reservation: found.and_then(|(_, ip)| ip),
-                book: &*book,
-            };
-            let decision = policy::decide(&req, &view);
-            let mut previous: Option<Option<Claim>> = None;
-            match (&decision, subnet) {
-                (Decision::Offer { ip, .. }, Some(s)) => {
-                    Ipam::hold_offer(&mut book, s, *ip, client.clone(), req.mac, hold)
+        // Decide and claim under one lock: no other request can slip in between. A dynamic
+        // address offered for the first time is probed first (RFC 2131 §4.4.1: "the server
+        // SHOULD probe the reused address before allocating the address"); one that
+        // answers is quarantined and the decision is taken again.
+        let mut probes = 0;
+        let (mut decision, previous) = loop {
+            let (decision, previous, probe) = {
+                let mut book = self.ipam.book();
+                book.set_now(now);
+                let reservation = found.and_then(|(_, ip)| ip);
+                let view = View {
+                    now,
+                    server_id: req.arrival.local_ip,
+                    subnet,
+                    host: host.map(|h| h.name.as_str()),
+                    reservation,
+                    book: &*book,
+                };
+                let decision = policy::decide(&req, &view);
+                let mut previous: Option<Option<Claim>> = None;
+                let mut probe = None;
+                match (&decision, subnet) {
+                    (Decision::Offer { ip, .. }, Some(s)) => {
+                        let known = reservation == Some(*ip)
+                            || book.binding_of(s, &client).map(|b| b.ip) == Some(*ip);
+                        if !known {
+                            probe = Some(*ip);
+                        }
+                        Ipam::hold_offer(&mut book, s, *ip, client.clone(), req.mac, hold)
+                    }
+                    (
+                        Decision::Ack { ip, .. }
+                        | Decision::Release { ip }
+                        | Decision::Decline { ip },
+                        _,
+                    ) => {
+                        previous = Some(Ipam::begin_commit(&mut book, *ip, client.clone(), req.mac))
+                    }
+                    (Decision::Withdraw, _) => book.withdraw(&client),
+                    _ => {}
                 }
-                (
-                    Decision::Ack { ip, .. } | Decision::Release { ip } | Decision::Decline { ip },
-                    _,
-                ) => previous = Some(Ipam::begin_commit(&mut book, *ip, client.clone(), req.mac)),
-                (Decision::Withdraw, _) => book.withdraw(&client),
-                _ => {}
+                (decision, previous, probe)
+            };
+            let Some(ip) = probe.filter(|_| probes < MAX_PROBES) else {
+                break (decision, previous);
+            };
+            probes += 1;
+            match self.prober.in_use(&req.arrival.iface, ip).await {
+                Ok(false) => break (decision, previous),
+                Ok(true) => self.conflict(ip, &client, req.mac, now).await,
+                Err(e) => {
+                    tracing::debug!(error = %e, %ip, "conflict probe failed; offering anyway");
+                    break (decision, previous);
+                }
             }
-            (decision, previous)
         };
 
         if host.is_none() && subnet.is_some() {
@@ -376,10 +413,19 @@ impl DhcpServer {
         let dest = match reply::destination(&req, &msg) {
             Destination::Relay(a) | Destination::Unicast(a) => a,
             Destination::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT),
-            // RFC 2131 §4.1: "If unicasting is not possible, the message MAY be sent as an
-            // IP broadcast using an IP broadcast address (preferably 0xffffffff)". A client
-            // without an address can't answer ARP, and we add no ARP entries (yet).
-            Destination::UnicastHw { .. } => SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT),
+            // RFC 2131 §4.1: unicast "to the client's hardware address and 'yiaddr'
+            // address". The client can't answer ARP yet, so we put its entry in the
+            // neighbour table first (as dnsmasq does); if that fails, "the message MAY be
+            // sent as an IP broadcast".
+            Destination::UnicastHw { ip, mac } => {
+                match arp::set_arp_entry(&link.iface.name, ip, mac) {
+                    Ok(()) => SocketAddrV4::new(ip, CLIENT_PORT),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "no ARP entry; broadcasting instead");
+                        SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
+                    }
+                }
+            }
         };
         match link.socket.send_to(&bytes, dest).await {
             Ok(_) => {
@@ -388,6 +434,33 @@ impl DhcpServer {
                 tracing::debug!(%dest, kind, "reply sent");
             }
             Err(e) => tracing::warn!(%dest, error = %e, "sending reply failed"),
+        }
+    }
+
+    /// Someone answers on `ip` although nobody holds it: keep it out of the pool for the
+    /// quarantine time and say so.
+    async fn conflict(&self, ip: Ipv4Addr, client: &ClientKey, mac: MacAddr, now: Timestamp) {
+        let quarantine = self.app.config.dhcp.decline_quarantine;
+        self.ipam.book().put(
+            ip,
+            Claim {
+                client: client.clone(),
+                mac,
+                kind: crate::ipam::ClaimKind::Quarantine,
+                until: now + quarantine,
+            },
+        );
+        metrics::counter!("bootgate_dhcp_conflicts_total").increment(1);
+        tracing::warn!(%ip, "address answers a ping but nobody holds it: quarantined");
+        let ev = NewEvent::new(EventKind::AddressConflict, "dhcp")
+            .ip(ip)
+            .detail(serde_json::json!({
+                "probe": "icmp",
+                "quarantined_for_s": quarantine.as_secs(),
+                "while_offering_to": mac,
+            }));
+        if let Err(e) = self.ipam.store().append(&ev).await {
+            tracing::error!(error = %e, "could not record address-conflict event");
         }
     }
 

@@ -223,6 +223,8 @@ text_enum!(
         LeaseExpired => "lease-expired",
         /// A DHCPNAK was sent (detail names the reason).
         DhcpNak => "dhcp-nak",
+        /// A free address answered a conflict probe: somebody uses it without a lease.
+        AddressConflict => "address-conflict",
         DaemonStarted => "daemon-started",
         DaemonStopped => "daemon-stopped",
     }

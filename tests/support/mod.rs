@@ -50,6 +50,8 @@ pub struct Netns {
     pub name: String,
     /// PIDs of processes this test started inside; killed on drop.
     pids: std::sync::Mutex<Vec<u32>>,
+    /// Background helpers (relays, servers) owned here: killed and reaped on drop.
+    children: std::sync::Mutex<Vec<Child>>,
 }
 
 impl Netns {
@@ -71,6 +73,7 @@ impl Netns {
         Netns {
             name,
             pids: Default::default(),
+            children: Default::default(),
         }
     }
 
@@ -90,6 +93,14 @@ impl Netns {
         child
     }
 
+    /// Starts a helper process inside that lives until the namespace drops.
+    pub fn background(&self, cmd: &mut Command) {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        self.children.lock().unwrap().push(child);
+    }
+
     pub fn ip(&self, args: &[&str]) {
         let mut all = vec!["-n", &self.name];
         all.extend_from_slice(args);
@@ -101,6 +112,10 @@ impl Drop for Netns {
     fn drop(&mut self) {
         for pid in self.pids.lock().unwrap().drain(..) {
             kill_pid(pid);
+        }
+        for mut child in self.children.lock().unwrap().drain(..) {
+            let _ = child.kill();
+            let _ = child.wait();
         }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
@@ -457,4 +472,11 @@ pub fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 's
     })
     .join()
     .expect("netns thread panicked")
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
