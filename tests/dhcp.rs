@@ -614,3 +614,35 @@ fn rfc2131_4_4_1_a_squatted_address_is_probed_and_skipped() {
     let ev: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(ev[0]["ip"], "10.250.0.100", "{ev}");
 }
+
+/// The gateway has a second interface that the config does not list: a client behind it
+/// gets no answer, while the served interface keeps working.
+#[test]
+fn interfaces_missing_from_the_config_are_never_answered() {
+    let lab = Lab::new();
+    let site = Site::from_inventory("lab");
+    let other = Netns::new("other");
+    lab.gw.ip(&[
+        "link",
+        "add",
+        "gw1",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "oc0",
+        "netns",
+        &other.name,
+    ]);
+    lab.gw.ip(&["addr", "add", "10.250.5.1/24", "dev", "gw1"]);
+    lab.gw.ip(&["link", "set", "gw1", "up"]);
+    other.ip(&["link", "set", "oc0", "up"]);
+    let _daemon = Daemon::start(&lab, &site);
+    let work = tempfile::tempdir().unwrap();
+    assert!(udhcpc(&other, "oc0", work.path(), &[]).is_none());
+    lab.rack.ip(&["link", "set", "eth0", "address", VM0_MAC]);
+    assert_eq!(
+        udhcpc(&lab.rack, "eth0", work.path(), &[]).unwrap().ip,
+        "10.250.0.10"
+    );
+}

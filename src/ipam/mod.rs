@@ -547,3 +547,61 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod reclaim_tests {
+    use super::*;
+    use crate::store::{EventKind, EventQuery, RelayInfo};
+
+    #[tokio::test]
+    async fn expired_leases_are_reclaimed_into_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            crate::store::sqlite::SqliteStore::open(&dir.path().join("s.db"))
+                .await
+                .unwrap(),
+        );
+        let ipam = Ipam::load(store.clone()).await.unwrap();
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        let ip: Ipv4Addr = "10.250.0.100".parse().unwrap();
+        let now = Timestamp::now();
+        let lease = Lease {
+            ip,
+            mac,
+            client_id: None,
+            state: LeaseState::Active,
+            starts: now,
+            ends: now + Duration::from_millis(300),
+            host: None,
+            subnet: "prov".into(),
+            relay: RelayInfo::default(),
+        };
+        let client = ClientKey::Mac(mac);
+        let prev = Ipam::begin_commit(&mut ipam.book(), ip, client.clone(), mac);
+        ipam.commit(
+            &lease,
+            client.clone(),
+            prev,
+            &NewEvent::new(EventKind::LeaseCommitted, "test").ip(ip),
+        )
+        .await
+        .unwrap();
+        assert!(ipam.book().claim(ip).is_some());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(ipam.reclaim().await.unwrap(), 1);
+        assert!(ipam.book().claim(ip).is_none());
+        let stored = store.get_lease(ip).await.unwrap().unwrap();
+        assert_eq!(stored.state, LeaseState::Expired);
+        let evs = store
+            .query(&EventQuery {
+                kind: Some(EventKind::LeaseExpired),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(evs.len(), 1);
+        // A reload of the book from the store no longer sees it.
+        let again = Ipam::load(store).await.unwrap();
+        assert!(again.book().claim(ip).is_none());
+    }
+}
