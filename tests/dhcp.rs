@@ -646,3 +646,63 @@ fn interfaces_missing_from_the_config_are_never_answered() {
         "10.250.0.10"
     );
 }
+
+/// RFC 2131 §4.3.2 RENEWING: a bound udhcpc renews by unicast (SIGUSR1) and keeps its
+/// address with a later end; SIGUSR2 releases it.
+#[test]
+fn rfc2131_4_3_2_a_bound_client_renews_and_releases() {
+    let lab = Lab::new();
+    let site = Site::from_inventory("lab");
+    let _daemon = Daemon::start(&lab, &site);
+    let work = tempfile::tempdir().unwrap();
+    lab.rack
+        .ip(&["link", "set", "eth0", "address", "02:00:00:aa:bb:08"]);
+    let (pid, out) = udhcpc_daemon(&lab.rack, "eth0", work.path());
+    let bound = wait_for(std::time::Duration::from_secs(10), || {
+        hook_events(&out)
+            .into_iter()
+            .find(|e| e["event"] == "bound")
+    })
+    .expect("udhcpc never bound");
+    let ip = bound["ip"].clone();
+    let first_end = lease_of(&leases(&site), &ip)["ends"].clone();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    sh(std::process::Command::new("kill").args(["-USR1", &pid.to_string()]));
+    let renewed = wait_for(std::time::Duration::from_secs(10), || {
+        hook_events(&out)
+            .into_iter()
+            .find(|e| e["event"] == "renew")
+    })
+    .expect("udhcpc never renewed");
+    assert_eq!(renewed["ip"], ip);
+    let all = leases(&site);
+    let l = lease_of(&all, &ip);
+    assert_eq!(l["state"], "active");
+    assert!(
+        l["ends"].as_str().unwrap() > first_end.as_str().unwrap(),
+        "{l} vs {first_end}"
+    );
+    let out = bootgate(&[
+        "--config",
+        path_str(&site.config()),
+        "events",
+        "--ip",
+        &ip,
+        "-o",
+        "json",
+    ]);
+    let states: Vec<String> = serde_json::from_str::<Value>(&stdout(&out))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["detail"]["state"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(states, ["selecting", "renewing"]);
+
+    sh(std::process::Command::new("kill").args(["-USR2", &pid.to_string()]));
+    let released = wait_for(std::time::Duration::from_secs(5), || {
+        (lease_of(&leases(&site), &ip)["state"] == "released").then_some(())
+    });
+    assert!(released.is_some(), "SIGUSR2 did not release {ip}");
+}

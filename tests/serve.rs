@@ -66,6 +66,20 @@ fn serve_in_namespace_answers_api_reloads_and_stops_on_sigterm() {
     assert_eq!(vm0["ip"], "10.250.0.10");
     assert_eq!(vm0["macs"][0], "52:54:00:d7:8e:1d");
 
+    let out = sh(lab.gw.cmd(bootgate_bin()).args([
+        "hosts",
+        "show",
+        "vm2",
+        "-o",
+        "json",
+        "--api",
+        &format!("http://{GW_IP}:{HTTP_PORT}"),
+    ]));
+    let vm2 = json(&stdout(&out));
+    assert_eq!(vm2["name"], "vm2");
+    assert_eq!(vm2["spec"]["macs"][0], "52:54:00:e0:a7:44");
+    assert_eq!(vm2["events"][0]["kind"], "host-added");
+
     // … and reading the store directly gives the same hosts.
     let out = bootgate(&[
         "--config",

@@ -359,14 +359,7 @@ fn parse_env(text: &str) -> Vec<std::collections::BTreeMap<String, String>> {
 pub fn udhcpc(ns: &Netns, iface: &str, dir: &Path, extra: &[&str]) -> Option<ClientLease> {
     let out = dir.join("udhcpc.env");
     let _ = std::fs::remove_file(&out);
-    let script = hook(
-        dir,
-        "udhcpc.sh",
-        &format!(
-            "#!/bin/sh\ncase \"$1\" in bound|renew) {{ echo \"event=$1\"; echo \"ip=$ip\"; echo \"mask=$mask\"; echo \"router=$router\"; echo \"dns=$dns\"; echo \"serverid=$serverid\"; echo \"lease=$lease\"; echo \"boot_file=$boot_file\"; echo \"siaddr=$siaddr\"; echo \"domain=$domain\"; echo ---; }} >> {out}\n ip addr replace \"$ip/${{mask:-24}}\" dev \"$interface\";; deconfig) ip -4 addr flush dev \"$interface\";; esac\nexit 0\n",
-            out = out.display()
-        ),
-    );
+    let script = udhcpc_hook(dir, &out);
     let status = ns
         .cmd("timeout")
         .args([
@@ -479,4 +472,39 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The udhcpc hook: appends each bound/renew's variables to `out`; addresses only.
+fn udhcpc_hook(dir: &Path, out: &Path) -> PathBuf {
+    hook(
+        dir,
+        "udhcpc.sh",
+        &format!(
+            "#!/bin/sh\ncase \"$1\" in bound|renew) {{ echo \"event=$1\"; echo \"ip=$ip\"; echo \"mask=$mask\"; echo \"router=$router\"; echo \"dns=$dns\"; echo \"serverid=$serverid\"; echo \"lease=$lease\"; echo \"boot_file=$boot_file\"; echo \"siaddr=$siaddr\"; echo \"domain=$domain\"; echo ---; }} >> {out}\n ip addr replace \"$ip/${{mask:-24}}\" dev \"$interface\";; deconfig) ip -4 addr flush dev \"$interface\";; esac\nexit 0\n",
+            out = out.display()
+        ),
+    )
+}
+
+/// A long-running busybox udhcpc (it renews on SIGUSR1 and releases on SIGUSR2); killed
+/// when the namespace drops. Returns its PID and the file its hook appends to.
+pub fn udhcpc_daemon(ns: &Netns, iface: &str, dir: &Path) -> (u32, PathBuf) {
+    let out = dir.join("udhcpc-d.env");
+    let _ = std::fs::remove_file(&out);
+    let script = udhcpc_hook(dir, &out);
+    let child = ns.spawn(
+        ns.cmd("busybox")
+            .args(["udhcpc", "-i", iface, "-f", "-t", "4", "-T", "1", "-s"])
+            .arg(&script)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    (child.id(), out)
+}
+
+/// The hook events (`bound`, `renew`) a udhcpc_daemon has reported so far.
+pub fn hook_events(out: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
+    std::fs::read_to_string(out)
+        .map(|t| parse_env(&t))
+        .unwrap_or_default()
 }
