@@ -13,6 +13,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::boot::BootAssets;
 use crate::config::Config;
 use crate::inventory::sync::{SyncReport, reconcile};
 use crate::inventory::{Invalid, Inventory, Problem, load};
@@ -31,11 +32,17 @@ pub struct Loaded {
     pub loaded_at: Timestamp,
     /// MAC → host, for the DHCP path.
     pub macs: crate::inventory::MacIndex,
+    /// Image manifest and iPXE templates, reloaded with the inventory.
+    pub boot: BootAssets,
 }
 
 impl Loaded {
-    fn new(inventory: Inventory, generation: u64) -> Loaded {
+    fn new(inventory: Inventory, boot: BootAssets, generation: u64) -> Loaded {
+        for w in &boot.warnings {
+            tracing::warn!("{w}");
+        }
         Loaded {
+            boot,
             macs: inventory.mac_index(),
             inventory,
             generation,
@@ -81,14 +88,43 @@ pub struct App {
     pub started_at: Timestamp,
     /// Address book + lease commits, shared by DHCP and admin commands.
     pub ipam: Arc<crate::ipam::Ipam>,
+    /// The per-boot token each installing host must present when it phones home. Kept in
+    /// memory: a daemon restart mid-install refuses the phone-home (the host is re-run).
+    pub boot_tokens: std::sync::Mutex<std::collections::HashMap<crate::types::MacAddr, String>>,
 }
 
-/// Loads the inventory named by the config and checks it against the config.
-pub fn load_inventory(config: &Config) -> Result<Inventory, Invalid> {
-    let inv = load::load_dir(&config.inventory_dir)?;
-    let problems = load::check_against_config(&inv, config);
+/// Loads the inventory named by the config and the boot assets, and checks them against
+/// the config and each other.
+pub fn load_inventory(config: &Config) -> Result<(Inventory, BootAssets), Invalid> {
+    let inv = load::load_dir(&config.inventory_dir);
+    let boot = crate::boot::load(&config.boot_images_dir);
+    let (inv, boot) = match (inv, boot) {
+        (Ok(i), Ok(b)) => (i, b),
+        (i, b) => {
+            let mut all = i.err().map(|Invalid(p)| p).unwrap_or_default();
+            all.extend(b.err().unwrap_or_default());
+            return Err(Invalid(all));
+        }
+    };
+    let mut problems = load::check_against_config(&inv, config);
+    // Every profile's image must be in the manifest.
+    for p in &inv.profiles {
+        if let Some(img) = &p.image
+            && boot.image(img).is_none()
+        {
+            problems.push(crate::inventory::Problem {
+                file: config.inventory_dir.clone(),
+                entry: format!("profile {:?}", p.name),
+                field: "image".into(),
+                reason: format!(
+                    "no image {img:?} in {}",
+                    config.boot_images_dir.join("images.toml").display()
+                ),
+            });
+        }
+    }
     if problems.is_empty() {
-        Ok(inv)
+        Ok((inv, boot))
     } else {
         Err(Invalid(problems))
     }
@@ -98,7 +134,7 @@ impl App {
     /// Opens the store, loads and reconciles the inventory. Fails (the daemon does not start)
     /// when the inventory is invalid at start: there is no last good one to fall back to.
     pub async fn start(config: Config) -> anyhow::Result<Arc<App>> {
-        let inventory = load_inventory(&config)
+        let (inventory, boot) = load_inventory(&config)
             .with_context(|| format!("inventory {}", config.inventory_dir.display()))?;
         let store = store::open(&config.store)
             .await
@@ -122,9 +158,10 @@ impl App {
         );
         let app = App {
             ipam,
+            boot_tokens: Default::default(),
             config,
             store,
-            inventory: ArcSwap::from_pointee(Loaded::new(inventory, 1)),
+            inventory: ArcSwap::from_pointee(Loaded::new(inventory, boot, 1)),
             last_failure: ArcSwap::from_pointee(None),
             reload_lock: tokio::sync::Mutex::new(()),
             metrics: crate::http::metrics_handle(),
@@ -158,8 +195,8 @@ impl App {
             removed: vec![],
             problems,
         };
-        let inventory = match load_inventory(&self.config) {
-            Ok(inv) => inv,
+        let (inventory, boot) = match load_inventory(&self.config) {
+            Ok(x) => x,
             Err(Invalid(problems)) => {
                 for p in &problems {
                     tracing::error!(problem = %p, "inventory reload refused; keeping generation {}", current.generation);
@@ -195,7 +232,7 @@ impl App {
             tracing::error!(error = %e, "could not record inventory-loaded event");
         }
         self.inventory
-            .store(Arc::new(Loaded::new(inventory, generation)));
+            .store(Arc::new(Loaded::new(inventory, boot, generation)));
         self.last_failure.store(Arc::new(None));
         metrics::counter!("bootgate_inventory_reloads_total", "result" => "ok").increment(1);
         self.update_inventory_metrics();

@@ -193,11 +193,11 @@ fn load_config(path: &Path) -> anyhow::Result<Config> {
 
 fn check_config(path: &Path, output: Output) -> ExitCode {
     let result = Config::load(path).and_then(|cfg| {
-        let inv = crate::app::load_inventory(&cfg)?;
-        Ok((cfg, inv))
+        let (inv, boot) = crate::app::load_inventory(&cfg)?;
+        Ok((cfg, inv, boot))
     });
     match (result, output) {
-        (Ok((cfg, inv)), Output::Json) => {
+        (Ok((cfg, inv, boot)), Output::Json) => {
             let v = serde_json::json!({
                 "valid": true,
                 "config": cfg.path,
@@ -208,12 +208,17 @@ fn check_config(path: &Path, output: Output) -> ExitCode {
                 "racks": inv.racks.len(),
                 "profiles": inv.profiles.len(),
                 "hosts": inv.hosts.len(),
+                "images": boot.images.len(),
+                "warnings": boot.warnings,
                 "problems": [],
             });
             println!("{v:#}");
             ExitCode::SUCCESS
         }
-        (Ok((cfg, inv)), Output::Table) => {
+        (Ok((cfg, inv, boot)), Output::Table) => {
+            for w in &boot.warnings {
+                eprintln!("warning: {w}");
+            }
             println!(
                 "{}: ok (site {}: {} files, {} subnets, {} racks, {} profiles, {} hosts)",
                 cfg.path.display(),

@@ -3,6 +3,7 @@
 //! [`cli::run`]; everything else lives here.
 
 pub mod app;
+pub mod boot;
 pub mod cli;
 pub mod config;
 pub mod control;

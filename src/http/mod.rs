@@ -19,6 +19,7 @@ use crate::store::{EventKind, EventQuery, LeaseFilter, LeaseState, StoreError};
 use crate::types::{HostState, MacAddr};
 use crate::views::{EventView, HostDetail, HostView, LeaseView};
 
+pub mod boot;
 pub mod query;
 
 /// Errors a handler answers with; each maps to one status and a JSON `{"error": …}` body.
@@ -30,6 +31,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("store unavailable: {0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl IntoResponse for ApiError {
@@ -38,6 +41,7 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {
             tracing::error!(error = %self, "API request failed");
@@ -73,6 +77,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/hosts/{name}", get(show_host))
         .route("/api/v1/leases", get(list_leases))
         .route("/api/v1/events", get(list_events))
+        .merge(boot::routes(app.clone()))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(app)
 }
@@ -80,7 +85,8 @@ pub fn router(app: Arc<App>) -> Router {
 /// Serves until `cancel` fires; in-flight requests get the shutdown grace to finish.
 pub async fn run(app: Arc<App>, listener: tokio::net::TcpListener, cancel: CancellationToken) {
     let router = router(app);
-    if let Err(e) = axum::serve(listener, router)
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    if let Err(e) = axum::serve(listener, service)
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await
     {

@@ -225,6 +225,16 @@ text_enum!(
         DhcpNak => "dhcp-nak",
         /// A free address answered a conflict probe: somebody uses it without a lease.
         AddressConflict => "address-conflict",
+        /// A TFTP transfer finished (detail: file, bytes, result).
+        TftpTransfer => "tftp-transfer",
+        /// A host fetched its iPXE script (detail: template).
+        BootScriptServed => "boot-script-served",
+        /// A kernel/initrd/image was served over HTTP.
+        BootFileServed => "boot-file-served",
+        /// A booted host reported in (booted, installed, failed) with a valid token.
+        PhoneHome => "phone-home",
+        /// A phone-home without the right per-boot token.
+        PhoneHomeRefused => "phone-home-refused",
         DaemonStarted => "daemon-started",
         DaemonStopped => "daemon-stopped",
     }

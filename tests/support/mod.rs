@@ -93,12 +93,14 @@ impl Netns {
         child
     }
 
-    /// Starts a helper process inside that lives until the namespace drops.
-    pub fn background(&self, cmd: &mut Command) {
+    /// Starts a helper process inside that lives until the namespace drops; its PID.
+    pub fn background(&self, cmd: &mut Command) -> u32 {
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        let pid = child.id();
         self.children.lock().unwrap().push(child);
+        pid
     }
 
     pub fn ip(&self, args: &[&str]) {
@@ -190,6 +192,18 @@ impl Site {
                 std::fs::copy(&p, inv.join(p.file_name().unwrap())).unwrap();
             }
         }
+        // A private copy of boot-images/ (manifest + iPXE templates) tests may add files to.
+        let images = dir.path().join("boot-images");
+        std::fs::create_dir_all(images.join("ipxe")).unwrap();
+        std::fs::copy(
+            repo().join("boot-images/images.toml"),
+            images.join("images.toml"),
+        )
+        .unwrap();
+        for entry in std::fs::read_dir(repo().join("boot-images/ipxe")).unwrap() {
+            let p = entry.unwrap().path();
+            std::fs::copy(&p, images.join("ipxe").join(p.file_name().unwrap())).unwrap();
+        }
         let site = Site { dir };
         site.write_config(&format!("{GW_IP}:{HTTP_PORT}"));
         site
@@ -199,13 +213,16 @@ impl Site {
         let cfg = format!(
             "state_dir = \"{state}\"\ninventory = \"inventory\"\nboot_images = \"{images}\"\n\n[http]\nlisten = \"{listen}\"\n\n[[interface]]\nname = \"gw0\"\naddress = \"{GW_IP}/24\"\n",
             state = self.state_dir().display(),
-            images = repo().join("boot-images").display(),
+            images = self.boot_images().display(),
         );
         std::fs::write(self.config(), cfg).unwrap();
     }
 
     pub fn config(&self) -> PathBuf {
         self.dir.path().join("bootgate.toml")
+    }
+    pub fn boot_images(&self) -> PathBuf {
+        self.dir.path().join("boot-images")
     }
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
@@ -492,14 +509,14 @@ pub fn udhcpc_daemon(ns: &Netns, iface: &str, dir: &Path) -> (u32, PathBuf) {
     let out = dir.join("udhcpc-d.env");
     let _ = std::fs::remove_file(&out);
     let script = udhcpc_hook(dir, &out);
-    let child = ns.spawn(
+    let pid = ns.background(
         ns.cmd("busybox")
             .args(["udhcpc", "-i", iface, "-f", "-t", "4", "-T", "1", "-s"])
             .arg(&script)
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );
-    (child.id(), out)
+    (pid, out)
 }
 
 /// The hook events (`bound`, `renew`) a udhcpc_daemon has reported so far.

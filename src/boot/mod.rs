@@ -1,0 +1,327 @@
+//! What booting hosts fetch over HTTP: the image manifest (`boot-images/images.toml`) and
+//! the iPXE script templates (`boot-images/ipxe/*.ipxe`), loaded and checked together with
+//! the inventory, and the pure choice of which script a host gets.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::inventory::{Host, Inventory, Problem, Profile};
+use crate::types::{HostState, MacAddr};
+
+/// The iPXE templates every boot-images directory must have.
+pub const TEMPLATES: &[&str] = &["discovery", "install", "local", "rescue"];
+
+/// One bootable image from the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Image {
+    pub name: String,
+    /// Paths relative to the boot-images directory (also their URL path under /images/).
+    pub kernel: String,
+    pub initrd: String,
+    pub cmdline: String,
+}
+
+/// The manifest plus templates, as loaded.
+#[derive(Debug, Clone, Default)]
+pub struct BootAssets {
+    pub images: Vec<Image>,
+    /// Template name → source.
+    pub templates: BTreeMap<String, String>,
+    /// Not fatal, but worth a look (`check-config` prints them): e.g. an image file that is
+    /// not built yet. Hosts that need it get a script that says so.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestWire {
+    #[serde(default)]
+    image: Vec<ImageWire>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImageWire {
+    name: String,
+    kernel: String,
+    initrd: String,
+    #[serde(default)]
+    cmdline: String,
+    /// Hex SHA-256 of the kernel; checked at load when set.
+    kernel_sha256: Option<String>,
+    initrd_sha256: Option<String>,
+}
+
+impl BootAssets {
+    pub fn image(&self, name: &str) -> Option<&Image> {
+        self.images.iter().find(|i| i.name == name)
+    }
+}
+
+/// Loads `dir/images.toml` (optional: no manifest, no images) and `dir/ipxe/*.ipxe`,
+/// checking names, paths, file presence and checksums. Errors name file, entry and field.
+pub fn load(dir: &Path) -> Result<BootAssets, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut assets = BootAssets::default();
+    let manifest = dir.join("images.toml");
+    let problem = |entry: &str, field: &str, reason: String| Problem {
+        file: manifest.clone(),
+        entry: entry.to_string(),
+        field: field.to_string(),
+        reason,
+    };
+    match std::fs::read_to_string(&manifest) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => problems.push(problem("-", "-", format!("cannot read: {e}"))),
+        Ok(text) => match toml::from_str::<ManifestWire>(&text) {
+            Err(e) => problems.push(problem("-", "-", e.message().to_string())),
+            Ok(w) => {
+                for img in w.image {
+                    let entry = format!("image {:?}", img.name);
+                    if assets.images.iter().any(|i| i.name == img.name) {
+                        problems.push(problem(&entry, "name", "duplicate image name".into()));
+                        continue;
+                    }
+                    for (field, path, sha) in [
+                        ("kernel", &img.kernel, &img.kernel_sha256),
+                        ("initrd", &img.initrd, &img.initrd_sha256),
+                    ] {
+                        match check_file(dir, path, sha.as_deref()) {
+                            Ok(()) => {}
+                            Err(FileCheck::Missing) => assets.warnings.push(format!(
+                                "{}: {entry}: {field}: {} does not exist (not built yet?)",
+                                manifest.display(),
+                                dir.join(path).display()
+                            )),
+                            Err(FileCheck::Bad(reason)) => {
+                                problems.push(problem(&entry, field, reason))
+                            }
+                        }
+                    }
+                    assets.images.push(Image {
+                        name: img.name,
+                        kernel: img.kernel,
+                        initrd: img.initrd,
+                        cmdline: img.cmdline,
+                    });
+                }
+            }
+        },
+    }
+    let tdir = dir.join("ipxe");
+    for name in TEMPLATES {
+        let path = tdir.join(format!("{name}.ipxe"));
+        match std::fs::read_to_string(&path) {
+            Ok(src) => {
+                // Compile now so a template error is a load error, not a boot failure.
+                if let Err(e) = minijinja::Environment::new().template_from_str(&src) {
+                    problems.push(Problem {
+                        file: path.clone(),
+                        entry: format!("template {name}"),
+                        field: "-".into(),
+                        reason: e.to_string(),
+                    });
+                }
+                assets.templates.insert(name.to_string(), src);
+            }
+            Err(e) => problems.push(Problem {
+                file: path,
+                entry: format!("template {name}"),
+                field: "-".into(),
+                reason: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    if problems.is_empty() {
+        Ok(assets)
+    } else {
+        Err(problems)
+    }
+}
+
+enum FileCheck {
+    Missing,
+    Bad(String),
+}
+
+/// A manifest path must stay inside the directory, be a regular file and match its checksum.
+fn check_file(dir: &Path, rel: &str, sha: Option<&str>) -> Result<(), FileCheck> {
+    let p = Path::new(rel);
+    if rel.is_empty()
+        || p.is_absolute()
+        || p.components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(FileCheck::Bad(format!(
+            "{rel:?}: must be a relative path inside the boot-images directory"
+        )));
+    }
+    let full = dir.join(p);
+    let meta = match std::fs::metadata(&full) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(FileCheck::Missing),
+        Err(e) => return Err(FileCheck::Bad(format!("{}: {e}", full.display()))),
+    };
+    if !meta.is_file() {
+        return Err(FileCheck::Bad(format!(
+            "{} is not a regular file",
+            full.display()
+        )));
+    }
+    if let Some(want) = sha {
+        let got =
+            sha256_file(&full).map_err(|e| FileCheck::Bad(format!("{}: {e}", full.display())))?;
+        if !got.eq_ignore_ascii_case(want) {
+            return Err(FileCheck::Bad(format!(
+                "sha256 of {} is {got}, the manifest says {want}",
+                full.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Which script a host gets, from its state and profile (pure).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan<'a> {
+    /// Unknown machine: record it and boot the discovery image if there is one.
+    Discovery,
+    /// Install the profile's image; the host moves to `provisioning`.
+    Install { image: &'a Image },
+    /// Already provisioned: boot from the local disk.
+    Local,
+    /// In maintenance: the rescue script (the profile's image with `rescue` on the cmdline).
+    Rescue { image: Option<&'a Image> },
+    /// Can't boot it as asked; the script prints why and falls back to the local disk.
+    Broken { reason: String },
+}
+
+impl Plan<'_> {
+    pub fn template(&self) -> &'static str {
+        match self {
+            Plan::Discovery => "discovery",
+            Plan::Install { .. } => "install",
+            Plan::Local | Plan::Broken { .. } => "local",
+            Plan::Rescue { .. } => "rescue",
+        }
+    }
+}
+
+/// The plan for a host in `state` with `profile` (None: not in the inventory).
+pub fn plan<'a>(state: HostState, profile: Option<&Profile>, assets: &'a BootAssets) -> Plan<'a> {
+    let image = |p: &Profile| -> Result<&'a Image, String> {
+        let name = p
+            .image
+            .as_deref()
+            .ok_or_else(|| format!("profile {:?} names no image", p.name))?;
+        assets
+            .image(name)
+            .ok_or_else(|| format!("image {name:?} is not in images.toml"))
+    };
+    match state {
+        HostState::Unknown | HostState::Discovered => Plan::Discovery,
+        HostState::Provisioned | HostState::Configuring | HostState::Ready => Plan::Local,
+        HostState::Maintenance => Plan::Rescue {
+            image: profile.and_then(|p| image(p).ok()),
+        },
+        HostState::Registered | HostState::Provisioning | HostState::Failed => match profile {
+            None => Plan::Broken {
+                reason: "the host has no boot profile".into(),
+            },
+            Some(p) if p.template == "local" => Plan::Local,
+            Some(p) => match image(p) {
+                Ok(image) => Plan::Install { image },
+                Err(reason) => Plan::Broken { reason },
+            },
+        },
+    }
+}
+
+/// Everything a template may use.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScriptContext<'a> {
+    pub base_url: &'a str,
+    pub mac: String,
+    pub host: Option<&'a str>,
+    pub ip: Option<std::net::Ipv4Addr>,
+    pub kernel_url: Option<String>,
+    pub initrd_url: Option<String>,
+    /// The initrd's file name (Debian's 2019 iPXE EFI needs `initrd=NAME` on the cmdline).
+    pub initrd_name: Option<String>,
+    pub cmdline: String,
+    /// Per-boot token the booted OS must present when it phones home.
+    pub token: Option<&'a str>,
+    pub phone_home_url: String,
+    pub reason: Option<String>,
+}
+
+/// Renders the script for `plan`.
+pub fn render(
+    assets: &BootAssets,
+    plan: &Plan,
+    base_url: &str,
+    mac: MacAddr,
+    host: Option<&Host>,
+    inv: &Inventory,
+    token: Option<&str>,
+) -> Result<String, minijinja::Error> {
+    let image = match plan {
+        Plan::Install { image } => Some(*image),
+        Plan::Rescue { image } => *image,
+        _ => None,
+    };
+    let profile_cmdline = host
+        .and_then(|h| inv.profile(h))
+        .and_then(|p| p.cmdline.clone())
+        .unwrap_or_default();
+    let image_cmdline = image.map(|i| i.cmdline.as_str()).unwrap_or_default();
+    let cmdline = format!("{image_cmdline} {profile_cmdline}")
+        .trim()
+        .to_string();
+    let ctx = ScriptContext {
+        base_url,
+        mac: mac.to_string(),
+        host: host.map(|h| h.name.as_str()),
+        ip: host.and_then(|h| inv.provisioning_ip(h)),
+        kernel_url: image.map(|i| format!("{base_url}/images/{}", i.kernel)),
+        initrd_url: image.map(|i| format!("{base_url}/images/{}", i.initrd)),
+        initrd_name: image.and_then(|i| {
+            Path::new(&i.initrd)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        }),
+        cmdline,
+        token,
+        phone_home_url: format!("{base_url}/api/v1/hosts/{mac}/events"),
+        reason: match plan {
+            Plan::Broken { reason } => Some(reason.clone()),
+            _ => None,
+        },
+    };
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    let src = assets
+        .templates
+        .get(plan.template())
+        .map(String::as_str)
+        .unwrap_or("#!ipxe\necho bootgate: template missing\nexit\n");
+    env.render_str(src, minijinja::value::Serde(&ctx))
+}
