@@ -318,10 +318,147 @@ pub fn render(
     };
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    env.set_keep_trailing_newline(true);
     let src = assets
         .templates
         .get(plan.template())
         .map(String::as_str)
         .unwrap_or("#!ipxe\necho bootgate: template missing\nexit\n");
     env.render_str(src, minijinja::value::Serde(&ctx))
+}
+
+#[cfg(test)]
+mod golden {
+    //! Every shipped template rendered with fixed inputs and compared whole with the files
+    //! in `tests/golden/ipxe/` (run with `BOOTGATE_BLESS=1` to rewrite them after an
+    //! intended change, then review the diff).
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::inventory::{Hardware, Site};
+    use crate::types::Role;
+
+    fn fixture() -> (BootAssets, Inventory) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("boot-images");
+        let assets = load(&dir).expect("shipped boot-images load");
+        let profile = Profile {
+            name: "lab-debian".into(),
+            description: None,
+            image: Some("lab-debian".into()),
+            template: "install".into(),
+            cmdline: Some("bootgate.after=poweroff".into()),
+        };
+        let host = Host {
+            name: "vm0".into(),
+            role: Role::Gpu,
+            rack: None,
+            position: None,
+            macs: vec!["52:54:00:d7:8e:1d".parse().unwrap()],
+            addresses: BTreeMap::new(),
+            bmc: None,
+            hardware: Hardware::default(),
+            profile: Some("lab-debian".into()),
+            labels: BTreeMap::new(),
+        };
+        let inv = Inventory {
+            site: Site {
+                name: "lab".into(),
+                description: None,
+                location: None,
+                gateways: vec![],
+            },
+            subnets: vec![],
+            racks: vec![],
+            profiles: vec![profile],
+            hosts: vec![host],
+            files: vec![],
+        };
+        (assets, inv)
+    }
+
+    fn check(name: &str, got: &str) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden/ipxe")
+            .join(format!("{name}.ipxe"));
+        if std::env::var_os("BOOTGATE_BLESS").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, got).unwrap();
+        }
+        let want = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (run with BOOTGATE_BLESS=1)", path.display()));
+        assert_eq!(got, want, "{name} differs from {}", path.display());
+    }
+
+    #[test]
+    fn every_template_renders_as_the_golden_file() {
+        let (assets, inv) = fixture();
+        let host = &inv.hosts[0];
+        let mac = host.macs[0];
+        let base = "http://10.250.0.1:8080";
+        let image = assets.image("lab-debian").unwrap();
+        let cases = [
+            (
+                "install",
+                Plan::Install { image },
+                Some(host),
+                Some("0123456789abcdef0123456789abcdef"),
+            ),
+            ("local", Plan::Local, Some(host), None),
+            (
+                "broken",
+                Plan::Broken {
+                    reason: "the host has no boot profile".into(),
+                },
+                Some(host),
+                None,
+            ),
+            (
+                "rescue",
+                Plan::Rescue { image: Some(image) },
+                Some(host),
+                None,
+            ),
+            (
+                "rescue-without-image",
+                Plan::Rescue { image: None },
+                Some(host),
+                None,
+            ),
+            ("discovery", Plan::Discovery, None, None),
+        ];
+        for (name, plan, h, token) in cases {
+            let text = render(&assets, &plan, base, mac, h, &inv, token).unwrap();
+            check(name, &text);
+        }
+    }
+
+    #[test]
+    fn plans_follow_the_host_state() {
+        let (assets, inv) = fixture();
+        let p = &inv.profiles[0];
+        assert!(matches!(
+            plan(HostState::Registered, Some(p), &assets),
+            Plan::Install { .. }
+        ));
+        assert!(matches!(
+            plan(HostState::Failed, Some(p), &assets),
+            Plan::Install { .. }
+        ));
+        assert_eq!(plan(HostState::Ready, Some(p), &assets), Plan::Local);
+        assert_eq!(plan(HostState::Discovered, None, &assets), Plan::Discovery);
+        assert!(matches!(
+            plan(HostState::Maintenance, Some(p), &assets),
+            Plan::Rescue { image: Some(_) }
+        ));
+        assert!(matches!(
+            plan(HostState::Registered, None, &assets),
+            Plan::Broken { .. }
+        ));
+        let mut missing = p.clone();
+        missing.image = Some("nope".into());
+        match plan(HostState::Registered, Some(&missing), &assets) {
+            Plan::Broken { reason } => assert!(reason.contains("nope"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
 }
