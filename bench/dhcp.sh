@@ -15,7 +15,7 @@
 # Servers are interleaved (bootgate kea dnsmasq, bootgate kea dnsmasq, ...) and each
 # measurement starts a fresh server with empty state.
 #
-# Usage: bench/dhcp.sh [--quick] [--build|--no-build] [--cpu-rate N] [--probe] [--keep]
+# Usage: bench/dhcp.sh [--quick] [--build|--no-build|--commit REV] [--cpu-rate N] [--probe] [--keep]
 # Needs root. Exits 0 whatever the numbers say; non-zero only if a server (or the bootgate
 # build, or the setup) fails. All traffic stays inside the bgbench-* namespaces; nothing is
 # changed in the host namespace and no default route is ever added.
@@ -35,13 +35,14 @@ POOL_LAST=10.250.254.254
 NCLIENTS=50000
 SERVERS=(bootgate kea dnsmasq)
 
-MODE=full BUILD=auto CPU_RATE_OPT="" PROBE=off KEEP=0
+MODE=full BUILD=auto CPU_RATE_OPT="" PROBE=off KEEP=0 COMMIT=""
 usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) MODE=quick ;;
     --build) BUILD=yes ;;
     --no-build) BUILD=no ;;
+    --commit) COMMIT=${2:?--commit needs a git revision}; BUILD=commit; shift ;;
     --cpu-rate) CPU_RATE_OPT=${2:?--cpu-rate needs a number}; shift ;;
     --probe) PROBE=icmp ;;   # keep bootgate's ICMP conflict probe on (default: off, see README)
     --keep) KEEP=1 ;;
@@ -110,7 +111,21 @@ CLK_TCK=$(getconf CLK_TCK)
 
 # ---------------------------------------------------------------- bootgate binary
 BIN="$REPO/target/release/bootgate"
-if [ "$BUILD" = auto ]; then
+SRC_ROOT=$REPO   # where inventory/lab and boot-images come from
+if [ "$BUILD" = commit ]; then
+  # Build exactly REV from `git archive` (read-only on the repo): edits in progress in the
+  # work tree can neither break the build nor leak into the binary.
+  rev=$(git -C "$REPO" rev-parse --verify --quiet "$COMMIT^{commit}") || die "no such commit: $COMMIT"
+  BOOTGATE_COMMIT=$(git -C "$REPO" rev-parse --short "$rev")
+  TARGET_DIR=${BGBENCH_TARGET_DIR:-/var/tmp/bgbench-target}
+  mkdir -p "$TMP/src"
+  git -C "$REPO" archive "$rev" | tar -x -C "$TMP/src"
+  log "building bootgate $BOOTGATE_COMMIT from git archive (target dir $TARGET_DIR, log $TMP/build.log; may take minutes)"
+  (cd "$TMP/src" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release --bin bootgate) >"$TMP/build.log" 2>&1 \
+    || { tail -30 "$TMP/build.log" >&2; die "bootgate build of $BOOTGATE_COMMIT failed"; }
+  BIN="$TARGET_DIR/release/bootgate"
+  SRC_ROOT="$TMP/src"
+elif [ "$BUILD" = auto ]; then
   if [ ! -x "$BIN" ]; then BUILD=yes; log "no $BIN: building it"
   elif [ -n "$(find "$REPO/src" "$REPO/migrations" "$REPO/Cargo.toml" "$REPO/Cargo.lock" \
                    "$REPO/build.rs" -newer "$BIN" -print -quit 2>/dev/null)" ]; then
@@ -125,13 +140,18 @@ fi
 [ -x "$BIN" ] || die "no $BIN"
 # A private copy: a rebuild by someone else during the run cannot swap binaries mid-bench.
 cp "$BIN" "$TMP/bootgate"
-BOOTGATE_COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
-git -C "$REPO" diff --quiet HEAD -- src migrations Cargo.toml Cargo.lock build.rs 2>/dev/null \
-  || BOOTGATE_COMMIT="$BOOTGATE_COMMIT+uncommitted"
+if [ "$BUILD" != commit ]; then
+  BOOTGATE_COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+  if [ -n "$(git -C "$REPO" status --porcelain -- src migrations Cargo.toml Cargo.lock build.rs 2>/dev/null)" ]; then
+    BOOTGATE_COMMIT="$BOOTGATE_COMMIT+uncommitted"
+  fi
+  # not built by this run: the binary may be older than the tree it is labelled with
+  [ "$BUILD" = yes ] || BOOTGATE_COMMIT="$BOOTGATE_COMMIT(prebuilt $(date -r "$BIN" +%FT%T))"
+fi
 
 # ---------------------------------------------------------------- configs
 mkdir -p "$TMP/inventory"
-for f in "$REPO"/inventory/lab/*.toml; do
+for f in "$SRC_ROOT"/inventory/lab/*.toml; do
   [ "$(basename "$f")" = bootgate.toml ] || cp "$f" "$TMP/inventory/"
 done
 sed -i -e "s#^cidr = .*#cidr = \"$NET/$PREFIX\"#" \
@@ -143,7 +163,7 @@ grep -q "^cidr = \"$NET/$PREFIX\"" "$TMP/inventory/subnets.toml" \
 cat >"$TMP/bootgate.toml" <<EOF
 state_dir = "$TMP/state"
 inventory = "$TMP/inventory"
-boot_images = "$REPO/boot-images"
+boot_images = "$SRC_ROOT/boot-images"
 
 [http]
 listen = "$GW_IP:8080"

@@ -16,13 +16,24 @@
 # Rebuilds only when an input changed: $CACHE/stamp holds the sha256 of this script, of the
 # host's busybox and of the node public key; `--force` (or BOOTGATE_FORCE=1) rebuilds anyway.
 # Downloaded .debs stay in $CACHE/debs. Concurrent runs serialise on $CACHE/.lock.
+# `--publish DIR` also copies vmlinuz and initrd.gz into DIR (e.g. boot-images/test, where
+# images.toml's lab-debian image points; copies, not symlinks, so they stay inside the root
+# bootgate serves) when they differ.
 # Host packages: busybox-static cpio gzip openssh-client (installed here with apt-get when
 # missing); `apt-get download` only needs apt (and `apt-get update` once, done here if needed).
 set -euo pipefail
 
 CACHE=${BOOTGATE_CACHE:-/var/tmp/bootgate-cache}
 FORCE=${BOOTGATE_FORCE:-0}
-[ "${1:-}" = --force ] && FORCE=1
+PUBLISH=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --force) FORCE=1 ;;
+    --publish) PUBLISH=${2:?--publish DIR}; shift ;;
+    *) echo "usage: $0 [--force] [--publish DIR]" >&2; exit 2 ;;
+  esac
+  shift
+done
 SELF=$(readlink -f "${BASH_SOURCE[0]}")
 
 log() { printf '[build-test-image %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -32,6 +43,15 @@ mkdir -p "$CACHE"
 chmod 755 "$CACHE"   # apt-get download drops privileges to _apt
 exec 9>"$CACHE/.lock"
 flock 9
+
+publish() {
+  [ -n "$PUBLISH" ] || return 0
+  mkdir -p "$PUBLISH"
+  for f in vmlinuz initrd.gz; do
+    cmp -s "$CACHE/$f" "$PUBLISH/$f" || { cp "$CACHE/$f" "$PUBLISH/$f.tmp" && mv -f "$PUBLISH/$f.tmp" "$PUBLISH/$f"; }
+  done
+  log "published vmlinuz, initrd.gz -> $PUBLISH"
+}
 
 print_outputs() {
   echo "vmlinuz=$CACHE/vmlinuz"
@@ -48,9 +68,9 @@ APT_UPDATED=0
 apt_update_once() {
   if [ $APT_UPDATED = 0 ]; then apt-get update -qq >&2 || die "apt-get update failed"; APT_UPDATED=1; fi
 }
+installed() { dpkg-query -W -f '${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 need=()
-{ [ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q 'statically linked'; } || need+=(busybox-static)
-command -v file >/dev/null || need+=(file)
+installed busybox-static || need+=(busybox-static)   # replaces the dynamic `busybox` package
 command -v cpio >/dev/null || need+=(cpio)
 command -v gzip >/dev/null || need+=(gzip)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
@@ -60,7 +80,7 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
 fi
 BB=/bin/busybox
-file -L "$BB" | grep -q 'statically linked' || die "$BB is not busybox-static"
+ldd "$BB" >/dev/null 2>&1 && die "$BB is dynamically linked (need busybox-static)"
 
 # key the daemon/Ansible uses to log into booted nodes (kept across rebuilds)
 [ -f "$CACHE/node_id_ed25519" ] && [ -f "$CACHE/node_id_ed25519.pub" ] ||
@@ -77,6 +97,7 @@ outputs_present() {
 }
 if [ "$FORCE" != 1 ] && outputs_present && [ "$(cat "$CACHE/stamp" 2>/dev/null)" = "$STAMP" ]; then
   log "up to date (cache $CACHE)"
+  publish
   print_outputs
   exit 0
 fi
@@ -85,6 +106,8 @@ rm -f "$CACHE/stamp"
 
 # --- .debs (downloaded once, kept) --------------------------------------------------------------
 mkdir -p "$CACHE/debs"; chmod 755 "$CACHE/debs"
+# let apt's sandbox user write there (else: "Download is performed unsandboxed as root")
+id -u _apt >/dev/null 2>&1 && chown _apt "$CACHE/debs"
 kpkg() { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}'; }
 KPKG=${BOOTGATE_KERNEL_PKG:-$(kpkg)}
 if [ -z "$KPKG" ]; then apt_update_once; KPKG=$(kpkg); fi
@@ -258,4 +281,5 @@ echo "$KVER" > "$CACHE/kernel-version"
 rm -rf "$W"
 printf '%s\n' "$STAMP" > "$CACHE/stamp"
 log "built: kernel $KVER ($(stat -c %s "$CACHE/vmlinuz") B), initrd $(stat -c %s "$CACHE/initrd.gz") B"
+publish
 print_outputs

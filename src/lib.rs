@@ -13,5 +13,6 @@ pub mod inventory;
 pub mod ipam;
 pub mod pxe;
 pub mod store;
+pub mod tftp;
 pub mod types;
 pub mod views;

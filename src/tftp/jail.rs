@@ -62,7 +62,9 @@ pub async fn open(root: &Path, rel: &str) -> Result<(tokio::fs::File, u64), Tftp
         .await
         .map_err(|e| io_refusal(rel, e))?;
     check_kind(rel, &meta)?;
-    let file = open_nofollow(&canon).await.map_err(|e| io_refusal(rel, e))?;
+    let file = open_nofollow(&canon)
+        .await
+        .map_err(|e| io_refusal(rel, e))?;
     let meta = file.metadata().await.map_err(|e| io_refusal(rel, e))?;
     check_kind(rel, &meta)?;
     Ok((file, meta.len()))

@@ -174,10 +174,7 @@ pub enum TftpError {
         source: std::io::Error,
     },
     #[error("invalid TFTP setting {field}: {reason}")]
-    Config {
-        field: &'static str,
-        reason: String,
-    },
+    Config { field: &'static str, reason: String },
     #[error("malformed TFTP packet: {0}")]
     Malformed(#[from] packet::PacketError),
     #[error("file not found: {path:?}")]

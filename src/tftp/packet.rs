@@ -388,7 +388,10 @@ mod tests {
                 PacketError::Unterminated { field: "file name" },
             ),
             (b"\0\x01\0octet\0", PacketError::EmptyFilename),
-            (b"\0\x01f\0octet", PacketError::Unterminated { field: "mode" }),
+            (
+                b"\0\x01f\0octet",
+                PacketError::Unterminated { field: "mode" },
+            ),
             (b"\0\x01f\0mail\0", PacketError::BadMode("mail".into())),
             (b"\0\x01f\0\0", PacketError::BadMode(String::new())),
             (
@@ -443,7 +446,8 @@ mod tests {
             opts in proptest::collection::vec(("[a-z]{1,10}", "[0-9]{1,6}"), 0..5),
         ) {
             let req = Request { filename: name, mode: Mode::Octet, options: opts };
-            prop_assert_eq!(parse(&encode_request(OP_RRQ, &req)), Ok(Packet::Rrq(req.clone())));
+            let bytes = encode_request(OP_RRQ, &req);
+            prop_assert_eq!(parse(&bytes), Ok(Packet::Rrq(req.clone())));
         }
     }
 }

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod qemu;
+
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -161,6 +163,12 @@ impl Lab {
             "link", "add", "rk0", "type", "veth", "peer", "name", "gw0", "netns", &gw.name,
         ]);
         rack.ip(&["link", "set", "rk0", "master", "br0", "up"]);
+        // No duplicate-address detection on the test link: IPv6 link-local is usable at
+        // once (the RA helper answers iPXE's router solicitations immediately).
+        let _ = gw
+            .cmd("sysctl")
+            .args(["-qw", "net.ipv6.conf.gw0.accept_dad=0"])
+            .status();
         gw.ip(&["addr", "add", &format!("{GW_IP}/24"), "dev", "gw0"]);
         gw.ip(&["link", "set", "gw0", "up"]);
         rack.ip(&[

@@ -183,7 +183,9 @@ impl Vm {
             .args(["-n", rack_ns, "link", "set", &tap, "master", BRIDGE, "up"])
             .status();
         if !matches!(bridged, Ok(s) if s.success()) {
-            let _ = Command::new("ip").args(["-n", rack_ns, "link", "del", &tap]).status();
+            let _ = Command::new("ip")
+                .args(["-n", rack_ns, "link", "del", &tap])
+                .status();
             panic!("cannot enslave {tap} to {BRIDGE} in {rack_ns}");
         }
 
@@ -222,7 +224,11 @@ impl Vm {
         }
         // Bios and UefiIpxe: QEMU's default ROM (efi-virtio.rom); never name it (pitfall 3).
         // UefiFirmwarePxe: no ROM at all, so OVMF's own PXE client runs.
-        let rom = if fw == Firmware::UefiFirmwarePxe { ",romfile=" } else { "" };
+        let rom = if fw == Firmware::UefiFirmwarePxe {
+            ",romfile="
+        } else {
+            ""
+        };
         for a in [
             "-nographic".to_string(),
             "-serial".into(),
@@ -253,7 +259,9 @@ impl Vm {
         let child = match child {
             Ok(c) => c,
             Err(e) => {
-                let _ = Command::new("ip").args(["-n", rack_ns, "link", "del", &tap]).status();
+                let _ = Command::new("ip")
+                    .args(["-n", rack_ns, "link", "del", &tap])
+                    .status();
                 panic!("spawning {QEMU}: {e}");
             }
         };
@@ -292,7 +300,11 @@ impl Vm {
     /// QEMU's exit status once it has exited (reaps it), else `None`.
     pub fn try_exit(&self) -> Option<ExitStatus> {
         // Child caches the status once reaped, so this stays right after the first Some.
-        self.child.lock().unwrap().try_wait().expect("waiting for qemu")
+        self.child
+            .lock()
+            .unwrap()
+            .try_wait()
+            .expect("waiting for qemu")
     }
 
     /// Waits until the serial console contains `needle` (true). Returns false at the
@@ -386,7 +398,8 @@ pub struct TestImage {
 pub fn test_image() -> &'static TestImage {
     static IMAGE: OnceLock<TestImage> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("boot-images/build-test-image.sh");
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("boot-images/build-test-image.sh");
         let out = Command::new("bash")
             .arg(&script)
             .stdin(Stdio::null())

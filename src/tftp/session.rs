@@ -1,0 +1,492 @@
+//! One read transfer on its own connected socket (the server's TID, RFC 1350 §4): optional
+//! OACK, then windows of DATA blocks (RFC 7440; a window of 1 is RFC 1350 lock-step).
+//! Block numbers are tracked as u64 and wrap to 0 on the wire after 65535, as tftp-hpa,
+//! atftp and curl expect, so files beyond 32 MiB at 512-byte blocks work.
+
+use std::io::{ErrorKind, SeekFrom};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::TransferResult;
+use super::options::Negotiated;
+use super::packet::{self, ErrorCode, Packet};
+
+/// Where the bytes come from.
+pub(super) enum Source {
+    /// A jailed regular file, read a window at a time (never slurped: images are large).
+    File {
+        file: tokio::fs::File,
+        /// The file cursor, so sequential window reads need no seek.
+        pos: u64,
+    },
+    /// A generated file.
+    Memory(Vec<u8>),
+}
+
+impl Source {
+    /// Appends bytes from `offset` to `buf` until it holds `want` bytes or the source ends;
+    /// returns whether it ended.
+    async fn fill(&mut self, offset: u64, buf: &mut Vec<u8>, want: usize) -> std::io::Result<bool> {
+        match self {
+            Source::Memory(data) => {
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len());
+                let end = start.saturating_add(want - buf.len()).min(data.len());
+                buf.extend_from_slice(&data[start..end]);
+                Ok(buf.len() < want)
+            }
+            Source::File { file, pos } => {
+                if *pos != offset {
+                    file.seek(SeekFrom::Start(offset)).await?;
+                    *pos = offset;
+                }
+                let mut filled = buf.len();
+                buf.resize(want, 0);
+                let mut eof = false;
+                while filled < want {
+                    let n = file.read(&mut buf[filled..]).await?;
+                    if n == 0 {
+                        eof = true;
+                        break;
+                    }
+                    filled += n;
+                    *pos += n as u64;
+                }
+                buf.truncate(filled);
+                Ok(eof)
+            }
+        }
+    }
+}
+
+/// The retransmit interval: fixed when the client negotiated RFC 2349 `timeout`, else
+/// adaptive (RFC 6298 smoothing of the measured round trip, RFC 1123 §4.2.3.2), doubled for
+/// each consecutive retransmission.
+pub(super) struct Rto {
+    fixed: Option<Duration>,
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    min: Duration,
+    max: Duration,
+    backoff: u32,
+}
+
+/// No single wait grows beyond this, whatever the backoff.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+impl Rto {
+    pub(super) fn new(fixed: Option<Duration>, min: Duration, max: Duration) -> Rto {
+        Rto {
+            fixed,
+            srtt: None,
+            rttvar: Duration::ZERO,
+            min: min.min(max),
+            max,
+            backoff: 0,
+        }
+    }
+
+    pub(super) fn current(&self) -> Duration {
+        let base = match (self.fixed, self.srtt) {
+            (Some(f), _) => f,
+            (None, None) => self.max,
+            (None, Some(srtt)) => (srtt + 4 * self.rttvar).clamp(self.min, self.max),
+        };
+        base.saturating_mul(1 << self.backoff.min(16)).min(MAX_WAIT)
+    }
+
+    /// A round trip measured on a packet that was not retransmitted (Karn's rule).
+    pub(super) fn sample(&mut self, rtt: Duration) {
+        match self.srtt {
+            None => {
+                self.srtt = Some(rtt);
+                self.rttvar = rtt / 2;
+            }
+            Some(srtt) => {
+                let delta = srtt.abs_diff(rtt);
+                self.rttvar = (self.rttvar * 3 + delta) / 4;
+                self.srtt = Some((srtt * 7 + rtt) / 8);
+            }
+        }
+    }
+}
+
+pub(super) struct Transfer {
+    pub sock: UdpSocket,
+    pub source: Source,
+    pub neg: Negotiated,
+    pub retries: u32,
+    pub rto: Rto,
+    pub cancel: CancellationToken,
+}
+
+/// How a transfer ended and how many file bytes the client acknowledged.
+pub(super) struct Outcome {
+    pub result: TransferResult,
+    pub bytes: u64,
+    /// For the log: the client's error message, the I/O error.
+    pub detail: Option<String>,
+}
+
+/// What the wait for the next packet produced.
+enum Event {
+    Ack(u16),
+    PeerError(u16, String),
+    Timeout,
+    Cancelled,
+    Gone,
+    Failed(std::io::Error),
+}
+
+impl Transfer {
+    async fn next_event(&self, buf: &mut [u8], deadline: Instant) -> Event {
+        loop {
+            let r = tokio::select! {
+                _ = self.cancel.cancelled() => return Event::Cancelled,
+                r = tokio::time::timeout_at(deadline, self.sock.recv(buf)) => r,
+            };
+            let n = match r {
+                Err(_) => return Event::Timeout,
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) if e.kind() == ErrorKind::ConnectionRefused => return Event::Gone,
+                Ok(Err(e)) => return Event::Failed(e),
+            };
+            match packet::parse(&buf[..n]) {
+                Ok(Packet::Ack { block }) => return Event::Ack(block),
+                Ok(Packet::Error { code, message }) => return Event::PeerError(code, message),
+                // Anything else on our TID is noise: drop it, keep the transfer going.
+                Ok(other) => tracing::debug!(packet = ?other, "unexpected packet ignored"),
+                Err(e) => tracing::debug!(error = %e, "malformed packet ignored"),
+            }
+        }
+    }
+
+    async fn send(&self, bytes: &[u8]) -> Result<(), Event> {
+        match self.sock.send(bytes).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => Err(Event::Gone),
+            Err(e) => Err(Event::Failed(e)),
+        }
+    }
+
+    /// Best effort: the session is ending anyway.
+    async fn send_error(&self, code: ErrorCode, msg: &str) {
+        let _ = self.sock.send(&packet::encode_error(code, msg)).await;
+    }
+
+    /// Runs the transfer to its end.
+    pub(super) async fn run(mut self) -> Outcome {
+        let blksize = usize::from(self.neg.blksize);
+        let window = usize::from(self.neg.windowsize);
+        let mut win = Window::new(blksize, window);
+        let mut bytes: u64 = 0;
+        let mut rbuf = [0u8; 1024];
+        let mut sbuf = Vec::with_capacity(4 + blksize);
+        let oack = (!self.neg.oack.is_empty()).then(|| packet::encode_oack(&self.neg.oack));
+        let mut awaiting_oack_ack = oack.is_some();
+
+        let end = |result, bytes, detail: Option<String>| Outcome {
+            result,
+            bytes,
+            detail,
+        };
+        let fail = |ev: Event, bytes| match ev {
+            Event::Gone => end(TransferResult::PeerGone, bytes, None),
+            Event::Failed(e) => end(TransferResult::Io, bytes, Some(e.to_string())),
+            _ => end(TransferResult::Io, bytes, None),
+        };
+
+        if let Err(e) = win.refill(&mut self.source).await {
+            self.send_error(ErrorCode::NotDefined, "read error").await;
+            return end(TransferResult::Io, 0, Some(e.to_string()));
+        }
+        let first = match &oack {
+            Some(o) => self.send(o).await,
+            None => self.send_window(&win, &mut sbuf).await,
+        };
+        if let Err(ev) = first {
+            return fail(ev, 0);
+        }
+        let mut sent_at = Instant::now();
+        let mut retransmitted = false;
+        let mut tries = 0u32;
+
+        loop {
+            let ev = self
+                .next_event(&mut rbuf, sent_at + self.rto.current())
+                .await;
+            let block = match ev {
+                Event::Ack(block) => block,
+                Event::PeerError(code, msg) => {
+                    // The client gave up (PXE ROMs: right after the tsize OACK). Stop now.
+                    return end(
+                        TransferResult::Aborted,
+                        bytes,
+                        Some(format!("client error {code}: {msg}")),
+                    );
+                }
+                Event::Timeout => {
+                    tries += 1;
+                    if tries > self.retries {
+                        self.send_error(ErrorCode::NotDefined, "timed out").await;
+                        return end(TransferResult::Timeout, bytes, None);
+                    }
+                    self.rto.backoff += 1;
+                    tracing::trace!(block = win.base, tries, "retransmit");
+                    let r = match (&oack, awaiting_oack_ack) {
+                        (Some(o), true) => self.send(o).await,
+                        _ => self.send_window(&win, &mut sbuf).await,
+                    };
+                    if let Err(ev) = r {
+                        return fail(ev, bytes);
+                    }
+                    sent_at = Instant::now();
+                    retransmitted = true;
+                    continue;
+                }
+                Event::Cancelled => {
+                    self.send_error(ErrorCode::NotDefined, "server shutting down")
+                        .await;
+                    return end(TransferResult::Shutdown, bytes, None);
+                }
+                ev @ (Event::Gone | Event::Failed(_)) => return fail(ev, bytes),
+            };
+
+            // Which block does this ACK name? Offset 0 is the block before the window (the
+            // OACK's "block 0" at the start); anything outside the window is stale.
+            let offset = u64::from(block.wrapping_sub(win.base.wrapping_sub(1) as u16));
+            if awaiting_oack_ack {
+                if offset != 0 {
+                    continue;
+                }
+                awaiting_oack_ack = false;
+            } else {
+                if offset == 0 || offset > win.blocks() as u64 {
+                    // A duplicate or stale ACK: never answer it with data (RFC 1123
+                    // §4.2.3.1, Sorcerer's Apprentice); only the timeout retransmits.
+                    continue;
+                }
+                let acked = win.base - 1 + offset;
+                let acked_bytes = win.bytes_through(acked);
+                bytes += acked_bytes as u64;
+                metrics::counter!("bootgate_tftp_bytes_total").increment(acked_bytes as u64);
+                if win.last_block() == Some(acked) {
+                    return end(TransferResult::Ok, bytes, None);
+                }
+                win.advance(acked);
+                if let Err(e) = win.refill(&mut self.source).await {
+                    self.send_error(ErrorCode::NotDefined, "read error").await;
+                    return end(TransferResult::Io, bytes, Some(e.to_string()));
+                }
+            }
+            if !retransmitted {
+                self.rto.sample(sent_at.elapsed());
+            }
+            self.rto.backoff = 0;
+            tries = 0;
+            // An ACK before the window's end means the client saw a gap: RFC 7440 §4 resumes
+            // from the block after it, which is exactly the new window.
+            if let Err(ev) = self.send_window(&win, &mut sbuf).await {
+                return fail(ev, bytes);
+            }
+            sent_at = Instant::now();
+            retransmitted = false;
+        }
+    }
+
+    async fn send_window(&self, win: &Window, sbuf: &mut Vec<u8>) -> Result<(), Event> {
+        for i in 0..win.blocks() {
+            let block = win.base + i as u64;
+            packet::encode_data_header(sbuf, block as u16);
+            sbuf.extend_from_slice(win.block_data(i));
+            self.send(sbuf).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Read-ahead beyond the window: lock-step transfers would otherwise pay one blocking file
+/// read (a trip to tokio's blocking pool) per 512-byte block.
+const READ_AHEAD: usize = 64 * 1024;
+
+/// The blocks of the current window: `buf[start..]` holds the file from block `base` on
+/// (the window plus read-ahead); `eof` says the file ends inside it.
+struct Window {
+    /// Absolute number of the first unacknowledged block (1-based; wire = base mod 2^16).
+    base: u64,
+    buf: Vec<u8>,
+    /// Where block `base` starts in `buf` (acknowledged bytes are skipped, not moved).
+    start: usize,
+    eof: bool,
+    blksize: usize,
+    window: usize,
+}
+
+impl Window {
+    fn new(blksize: usize, window: usize) -> Window {
+        Window {
+            base: 1,
+            buf: Vec::with_capacity(blksize * window + READ_AHEAD),
+            start: 0,
+            eof: false,
+            blksize,
+            window,
+        }
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// Blocks sendable now. At EOF the last one is short (possibly empty: a file that is a
+    /// multiple of blksize ends with an empty DATA, RFC 1350 §6).
+    fn blocks(&self) -> usize {
+        let full = self.data().len() / self.blksize;
+        (full + usize::from(self.eof)).min(self.window)
+    }
+
+    /// The absolute number of the final block, once it is inside the window.
+    fn last_block(&self) -> Option<u64> {
+        let full = self.data().len() / self.blksize;
+        (self.eof && full < self.window).then_some(self.base + full as u64)
+    }
+
+    fn block_data(&self, i: usize) -> &[u8] {
+        let data = self.data();
+        let start = (i * self.blksize).min(data.len());
+        let end = ((i + 1) * self.blksize).min(data.len());
+        &data[start..end]
+    }
+
+    /// Data bytes in blocks base..=acked.
+    fn bytes_through(&self, acked: u64) -> usize {
+        let n = (acked + 1 - self.base) as usize;
+        (n * self.blksize).min(self.data().len())
+    }
+
+    fn advance(&mut self, acked: u64) {
+        self.start += self.bytes_through(acked);
+        self.base = acked + 1;
+    }
+
+    /// Makes sure a whole window is buffered (or the file's end), reading ahead.
+    async fn refill(&mut self, source: &mut Source) -> std::io::Result<()> {
+        let need = self.blksize * self.window;
+        if self.eof || self.data().len() >= need {
+            return Ok(());
+        }
+        // Move the unsent tail (less than a window) to the front, then read a chunk.
+        self.buf.drain(..self.start);
+        self.start = 0;
+        let offset = (self.base - 1) * self.blksize as u64 + self.buf.len() as u64;
+        self.eof = source.fill(offset, &mut self.buf, need + READ_AHEAD).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(len: usize, blksize: usize, window: usize) -> (Window, Source) {
+        let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        let w = Window::new(blksize, window);
+        (w, Source::Memory(data))
+    }
+
+    /// Walks a whole file window by window, acknowledging each window's last block, and
+    /// returns the concatenated blocks and the number of blocks.
+    async fn walk(len: usize, blksize: usize, wsize: usize) -> (Vec<u8>, u64) {
+        let (mut w, mut src) = window(len, blksize, wsize);
+        let mut out = Vec::new();
+        let mut blocks = 0;
+        loop {
+            w.refill(&mut src).await.unwrap();
+            let n = w.blocks();
+            assert!(n >= 1);
+            for i in 0..n {
+                let d = w.block_data(i);
+                assert!(d.len() <= blksize);
+                out.extend_from_slice(d);
+                blocks += 1;
+            }
+            let last = w.base + n as u64 - 1;
+            if w.last_block() == Some(last) {
+                // The final block is short.
+                assert!(w.block_data(n - 1).len() < blksize);
+                return (out, blocks);
+            }
+            w.advance(last);
+        }
+    }
+
+    #[tokio::test]
+    async fn windows_cover_the_file_exactly() {
+        for (len, blk, win) in [
+            (0, 512, 1),
+            (1, 512, 1),
+            (512, 512, 1),
+            (1024, 512, 2),
+            (1025, 512, 2),
+            (5000, 512, 4),
+            (4096, 512, 8),
+            (4096, 512, 4),
+            (100_000, 1468, 16),
+            (1_000_000, 512, 1),
+            (READ_AHEAD * 3, 512, 1),
+            (READ_AHEAD * 3 + 1468 * 16, 1468, 16),
+        ] {
+            let (out, blocks) = walk(len, blk, win).await;
+            let want: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            assert_eq!(out, want, "len {len} blk {blk} win {win}");
+            assert_eq!(
+                blocks,
+                (len / blk + 1) as u64,
+                "len {len} blk {blk} win {win}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn gap_ack_resumes_after_the_acked_block() {
+        let (mut w, mut src) = window(10 * 512, 512, 4);
+        w.refill(&mut src).await.unwrap();
+        assert_eq!(w.blocks(), 4);
+        // The client saw blocks 1 and 2, then a gap.
+        w.advance(2);
+        w.refill(&mut src).await.unwrap();
+        assert_eq!(w.base, 3);
+        assert_eq!(w.blocks(), 4);
+        assert_eq!(w.block_data(0)[0], (2 * 512) as u8);
+    }
+
+    #[test]
+    fn rto_adapts_between_floor_and_default_and_backs_off() {
+        let ms = Duration::from_millis;
+        let mut r = Rto::new(None, ms(200), ms(1000));
+        assert_eq!(r.current(), ms(1000), "no sample yet: the default");
+        r.sample(ms(1));
+        assert_eq!(r.current(), ms(200), "LAN round trip: the floor");
+        r.backoff = 2;
+        assert_eq!(r.current(), ms(800));
+        r.backoff = 40;
+        assert_eq!(r.current(), MAX_WAIT);
+        let mut r = Rto::new(Some(Duration::from_secs(3)), ms(200), ms(1000));
+        r.sample(ms(1));
+        assert_eq!(
+            r.current(),
+            Duration::from_secs(3),
+            "rfc2349 timeout is fixed"
+        );
+        r.backoff = 1;
+        assert_eq!(r.current(), Duration::from_secs(6));
+        let mut r = Rto::new(None, ms(200), ms(1000));
+        r.sample(ms(5000));
+        assert_eq!(r.current(), ms(1000), "capped at the default");
+    }
+}
