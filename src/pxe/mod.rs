@@ -130,8 +130,10 @@ pub struct BootTarget {
     /// firmware ignores offers without it); none for iPXE.
     pub vendor_class: Option<&'static str>,
     /// Send option 43 sub-option 6 (PXE_DISCOVERY_CONTROL) = 8: boot the file named in the
-    /// offer without boot-server discovery. BIOS PXE ROMs otherwise wait for a boot server;
-    /// dnsmasq sends the same.
+    /// offer without boot-server discovery (PXE 2.1 §2.2.5). Every PXEClient stage needs it:
+    /// BIOS ROMs otherwise wait for a boot server, and EDK2/OVMF treats a PXEClient offer
+    /// without option 43 as a BINL offer and asks port 4011 instead of booting the file
+    /// (seen with OVMF 2022.11: DHCP ACK, then REQUESTs to :4011, then "PXE-E16").
     pub pxe_discovery_control: bool,
     /// Option 66 (TFTP server name) for TFTP stages; none for HTTP stages.
     pub tftp_server_name: Option<String>,
@@ -181,12 +183,12 @@ pub fn boot_target(pxe: &PxeInfo, mac: MacAddr, ctx: &BootContext) -> Option<Boo
             .unwrap_or(default)
             .to_string()
     };
-    let tftp = |filename: String, pxe_discovery_control: bool| BootTarget {
+    let tftp = |filename: String| BootTarget {
         firmware,
         next_server: ctx.server,
         filename,
         vendor_class: Some("PXEClient"),
-        pxe_discovery_control,
+        pxe_discovery_control: true,
         tftp_server_name: Some(ctx.server.to_string()),
     };
     let http = |filename: String, vendor_class: Option<&'static str>| BootTarget {
@@ -200,9 +202,9 @@ pub fn boot_target(pxe: &PxeInfo, mac: MacAddr, ctx: &BootContext) -> Option<Boo
     let http_file = |default: &str| http_url(ctx.http_base, &overridden(default));
     let target = match firmware {
         Firmware::Ipxe => http(ipxe_script_url(ctx.http_base, mac), None),
-        Firmware::Bios => tftp(overridden(&ctx.files.bios), true),
-        Firmware::UefiX64 => tftp(overridden(&ctx.files.uefi_x64), false),
-        Firmware::UefiArm64 => tftp(overridden(&ctx.files.uefi_arm64), false),
+        Firmware::Bios => tftp(overridden(&ctx.files.bios)),
+        Firmware::UefiX64 => tftp(overridden(&ctx.files.uefi_x64)),
+        Firmware::UefiArm64 => tftp(overridden(&ctx.files.uefi_arm64)),
         Firmware::UefiHttpX64 => http(http_file(&ctx.files.uefi_http_x64), Some("HTTPClient")),
         Firmware::UefiHttpArm64 => http(http_file(&ctx.files.uefi_http_arm64), Some("HTTPClient")),
         Firmware::Unknown(_) => return None,
@@ -295,17 +297,17 @@ mod tests {
             case(
                 "ovmf_pxe_arch7",
                 client(Some(7), "PXEClient:Arch:00007:UNDI:003000", false),
-                Tftp(UefiX64, "ipxe.efi", false),
+                Tftp(UefiX64, "ipxe.efi", true),
             ),
             case(
                 "uefi_x64_arch9",
                 client(Some(9), "PXEClient:Arch:00009:UNDI:003016", false),
-                Tftp(UefiX64, "ipxe.efi", false),
+                Tftp(UefiX64, "ipxe.efi", true),
             ),
             case(
                 "uefi_arm64_arch11",
                 client(Some(11), "PXEClient:Arch:00011:UNDI:003000", false),
-                Tftp(UefiArm64, "ipxe-arm64.efi", false),
+                Tftp(UefiArm64, "ipxe-arm64.efi", true),
             ),
             case(
                 "uefi_http_x64_arch16",
@@ -374,7 +376,7 @@ mod tests {
                 ..case(
                     "override_uefi_x64",
                     client(Some(7), "PXEClient:Arch:00007:UNDI:003000", false),
-                    Tftp(UefiX64, "snponly.efi", false),
+                    Tftp(UefiX64, "snponly.efi", true),
                 )
             },
             Case {
@@ -425,7 +427,7 @@ mod tests {
                 ..case(
                     "snponly_from_boot_files",
                     client(Some(7), "PXEClient:Arch:00007:UNDI:003000", false),
-                    Tftp(UefiX64, "snponly.efi", false),
+                    Tftp(UefiX64, "snponly.efi", true),
                 )
             },
         ]
