@@ -384,7 +384,9 @@ impl Window {
         self.buf.drain(..self.start);
         self.start = 0;
         let offset = (self.base - 1) * self.blksize as u64 + self.buf.len() as u64;
-        self.eof = source.fill(offset, &mut self.buf, need + READ_AHEAD).await?;
+        self.eof = source
+            .fill(offset, &mut self.buf, need + READ_AHEAD)
+            .await?;
         Ok(())
     }
 }
