@@ -290,6 +290,23 @@ impl App {
         Ok(released)
     }
 
+    /// The MAC holding `ip` right now (lease or offer) and its inventory host, to attribute
+    /// TFTP and HTTP fetches, which carry only the client's address.
+    pub fn who_has(
+        &self,
+        ip: std::net::Ipv4Addr,
+    ) -> Option<(crate::types::MacAddr, Option<String>)> {
+        let mac = self.ipam.book().claim(ip).map(|c| c.mac)?;
+        let loaded = self.inventory();
+        let host = loaded
+            .inventory
+            .hosts
+            .iter()
+            .find(|h| h.macs.contains(&mac))
+            .map(|h| h.name.clone());
+        Some((mac, host))
+    }
+
     fn update_inventory_metrics(&self) {
         let loaded = self.inventory();
         metrics::gauge!("bootgate_inventory_generation").set(loaded.generation as f64);
@@ -343,6 +360,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     })?;
     tracker.spawn(crate::control::run(app.clone(), control, cancel.clone()));
     if !app.config.interfaces.is_empty() {
+        start_tftp(&app, &tracker, &cancel)?;
         crate::dhcp::server::DhcpServer::new(app.clone(), app.ipam.clone())
             .start(&tracker, &cancel)
             .context("starting DHCP")?;
@@ -382,6 +400,67 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .append(&NewEvent::new(EventKind::DaemonStopped, "daemon"))
         .await;
     let _ = std::fs::remove_file(&app.config.control_socket);
+    Ok(())
+}
+
+/// Starts a TFTP server on every served interface's address, serving `boot_images`, and a
+/// task that turns finished transfers into `tftp-transfer` events.
+fn start_tftp(
+    app: &Arc<App>,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    use crate::tftp::{TftpConfig, TftpServer, TransferRecord};
+    // Bounded: under a flood of transfers, events are dropped (and counted) rather than
+    // queued without limit; the transfers themselves are unaffected.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<TransferRecord>(1024);
+    let on_done: crate::tftp::OnDone = Arc::new(move |r: TransferRecord| {
+        if tx.try_send(r).is_err() {
+            metrics::counter!("bootgate_events_dropped_total", "kind" => "tftp-transfer")
+                .increment(1);
+        }
+    });
+    for iface in &app.config.interfaces {
+        let cfg = TftpConfig {
+            root: app.config.boot_images_dir.clone(),
+            on_done: Some(on_done.clone()),
+            ..TftpConfig::default()
+        };
+        let server = TftpServer::bind(
+            &iface.name,
+            iface.address.addr(),
+            crate::tftp::TFTP_PORT,
+            cfg,
+            None,
+        )
+        .with_context(|| format!("starting TFTP on {}", iface.name))?;
+        tracker.spawn(server.run(cancel.clone()));
+    }
+    let app = app.clone();
+    tracker.spawn(async move {
+        while let Some(r) = rx.recv().await {
+            let ip = *r.peer.ip();
+            let mut ev = NewEvent::new(EventKind::TftpTransfer, "tftp")
+                .ip(ip)
+                .detail(serde_json::json!({
+                    "file": r.file,
+                    "result": r.result.as_str(),
+                    "bytes": r.bytes,
+                    "elapsed_ms": r.elapsed.as_millis() as u64,
+                    "blksize": r.blksize,
+                    "windowsize": r.windowsize,
+                }));
+            if let Some((mac, host)) = app.who_has(ip) {
+                ev = ev.mac(mac);
+                if let Some(h) = host {
+                    ev = ev.host(h);
+                }
+            }
+            if let Err(e) = app.store.append(&ev).await {
+                tracing::warn!(error = %e, "could not record tftp-transfer");
+            }
+        }
+    });
     Ok(())
 }
 

@@ -13,19 +13,23 @@ use super::{ClientMessage, Request};
 use crate::inventory::Subnet;
 use crate::types::MacAddr;
 
-/// Who a client is for lease purposes: option 61 when sent, else chaddr (RFC 2131 §4.2).
+/// Who a client is for lease purposes: the NIC's MAC (chaddr).
+///
+/// RFC 2131 §4.2 lets a client name itself with option 61 instead, but one NIC on a PXE
+/// network presents several identities in one boot: the firmware's PXE client sends none,
+/// iPXE sends its own, the installed OS another. Keyed by option 61, each stage would be a
+/// new client, and a host with a reservation would find its own address "taken" by its
+/// previous stage (seen with OVMF PXE → iPXE). So, like Kea with `match-client-id: false`
+/// and MAAS, bootgate keys by MAC; option 61 is still stored with the lease and echoed
+/// (RFC 6842).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum ClientKey {
-    Id(Vec<u8>),
     Mac(MacAddr),
 }
 
 impl ClientKey {
     pub fn of(req: &Request) -> ClientKey {
-        match &req.client_id {
-            Some(id) if !id.is_empty() => ClientKey::Id(id.clone()),
-            _ => ClientKey::Mac(req.mac),
-        }
+        ClientKey::Mac(req.mac)
     }
 }
 
@@ -709,25 +713,20 @@ mod tests {
     }
 
     #[test]
-    fn rfc2131_4_2_client_identifier_names_the_client() {
+    fn rfc2131_4_2_the_mac_names_the_client_whatever_its_option_61() {
+        // The PXE firmware (no option 61) got .101; iPXE on the same NIC sends an id.
         let s = subnet(false);
         let mut book = Book::new();
-        let id = vec![1, 2, 0, 0, 0, 0, 0xb];
-        book.put(
-            ip("10.250.0.101"),
-            Claim {
-                client: ClientKey::Id(id.clone()),
-                mac: MAC_B,
-                kind: ClaimKind::Lease,
-                until: Timestamp::now() + Duration::from_secs(600),
-            },
-        );
+        leased(&mut book, "10.250.0.101", MAC_B);
         let mut r = req(ClientMessage::Discover, MAC_B);
-        r.client_id = Some(id);
+        r.client_id = Some(vec![0xff, 0, 0, 0, 1, 2]);
         assert_eq!(run(&r, &s, &book, false), offer("10.250.0.101"));
-        // the same MAC without the id is another client
-        r.client_id = None;
-        assert_eq!(run(&r, &s, &book, false), offer("10.250.0.100"));
+        // A reserved host keeps its reservation across the stages too.
+        let mut book = Book::new();
+        leased(&mut book, "10.250.0.10", MAC_A);
+        let mut r = req(ClientMessage::Discover, MAC_A);
+        r.client_id = Some(vec![1, 0x52, 0x54, 0, 0xd7, 0x8e, 0x1d]);
+        assert_eq!(run(&r, &s, &book, true), offer("10.250.0.10"));
     }
 
     #[test]

@@ -63,7 +63,7 @@ async fn record_file(
         );
         if let Some(ip) = ip {
             ev = ev.ip(ip);
-            if let Some((mac, host)) = who_has(&app, ip) {
+            if let Some((mac, host)) = app.who_has(ip) {
                 ev = ev.mac(mac);
                 if let Some(h) = host {
                     ev = ev.host(h);
@@ -75,19 +75,6 @@ async fn record_file(
         }
     }
     resp
-}
-
-/// The MAC (and inventory host) that holds `ip` right now, from the address book.
-fn who_has(app: &App, ip: Ipv4Addr) -> Option<(MacAddr, Option<String>)> {
-    let mac = app.ipam.book().claim(ip).map(|c| c.mac)?;
-    let loaded = app.inventory();
-    let host = loaded
-        .inventory
-        .hosts
-        .iter()
-        .find(|h| h.macs.contains(&mac))
-        .map(|h| h.name.clone());
-    Some((mac, host))
 }
 
 fn script(text: String) -> Response {

@@ -181,22 +181,9 @@ fn dynamic_index(subnet: &Subnet, ip: Ipv4Addr) -> Option<u64> {
     None
 }
 
-/// The client key a stored lease belongs to (option 61 hex when it had one).
+/// The client key a stored lease belongs to (its MAC; see [`ClientKey`]).
 pub fn client_of(lease: &Lease) -> ClientKey {
-    match lease.client_id.as_deref().and_then(unhex) {
-        Some(id) if !id.is_empty() => ClientKey::Id(id),
-        _ => ClientKey::Mac(lease.mac),
-    }
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    ClientKey::Mac(lease.mac)
 }
 
 /// Leases committed in one store transaction at most (bounds a batch's latency).

@@ -13,9 +13,13 @@
 //! negotiates `timeout` we retransmit after exactly that long; otherwise the interval adapts
 //! to the measured round trip (RFC 6298 smoothing, clamped between
 //! [`TftpConfig::min_timeout`] and [`TftpConfig::default_timeout`]; the first packet waits
-//! the full default). Either way each consecutive retransmission doubles the wait, and after
-//! [`TftpConfig::retries`] of them the session gives up. Only a timeout retransmits: a
-//! duplicate ACK never does (RFC 1123 §4.2.3.1, the Sorcerer's Apprentice bug).
+//! the full default). Either way each consecutive retransmission doubles the wait. The
+//! session gives up on a client that has been silent as long as a fixed-interval server
+//! would wait through [`TftpConfig::retries`] doubling retransmissions (base × (2^(retries+1)
+//! − 1): 63 s with the defaults, or with the client's timeout as base): the adaptive interval
+//! retransmits sooner, never gives up sooner, because some clients stay quiet until their
+//! own timer fires. Only a timeout retransmits: a duplicate ACK never does (RFC 1123
+//! §4.2.3.1, the Sorcerer's Apprentice bug).
 
 pub mod jail;
 pub mod options;
@@ -57,7 +61,9 @@ pub struct TftpConfig {
     pub max_windowsize: u16,
     /// Concurrent transfers; a request beyond this gets ERROR 0 "server busy".
     pub max_sessions: usize,
-    /// Consecutive retransmissions of one packet/window before the session gives up.
+    /// Doubling retransmissions a silent client gets at the base interval (its timeout, or
+    /// `default_timeout`) before the session gives up; see the module doc for the adaptive
+    /// case.
     pub retries: u32,
     /// Retransmit interval when the client negotiates none, before any round trip has been
     /// measured, and the ceiling of the adaptive interval (RFC 1350 leaves it to us).

@@ -282,9 +282,13 @@ impl Shared {
         let transfer = Transfer {
             sock,
             source,
-            rto: Rto::new(neg.timeout, self.cfg.min_timeout, self.cfg.default_timeout),
+            rto: Rto::new(
+                neg.timeout,
+                self.cfg.min_timeout,
+                self.cfg.default_timeout,
+                self.cfg.retries,
+            ),
             neg,
-            retries: self.cfg.retries,
             cancel,
         };
         let out = transfer.run().await;

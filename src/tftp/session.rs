@@ -67,6 +67,11 @@ impl Source {
 /// The retransmit interval: fixed when the client negotiated RFC 2349 `timeout`, else
 /// adaptive (RFC 6298 smoothing of the measured round trip, RFC 1123 §4.2.3.2), doubled for
 /// each consecutive retransmission.
+///
+/// The adaptive interval decides when we retransmit, never when we give up: the patience
+/// is what a fixed-interval server making `retries` doubling retransmissions would have,
+/// `base × (2^(retries+1) − 1)` (63 s for 1 s and 5), because some clients stay silent
+/// until their own timer fires (atftp: after 5 s without any packet).
 pub(super) struct Rto {
     fixed: Option<Duration>,
     srtt: Option<Duration>,
@@ -74,14 +79,18 @@ pub(super) struct Rto {
     min: Duration,
     max: Duration,
     backoff: u32,
+    patience: Duration,
 }
 
 /// No single wait grows beyond this, whatever the backoff.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
 impl Rto {
-    pub(super) fn new(fixed: Option<Duration>, min: Duration, max: Duration) -> Rto {
+    pub(super) fn new(fixed: Option<Duration>, min: Duration, max: Duration, retries: u32) -> Rto {
+        let base = fixed.unwrap_or(max);
+        let patience = base.saturating_mul((1u32 << (retries + 1).min(16)) - 1);
         Rto {
+            patience,
             fixed,
             srtt: None,
             rttvar: Duration::ZERO,
@@ -98,6 +107,11 @@ impl Rto {
             (None, Some(srtt)) => (srtt + 4 * self.rttvar).clamp(self.min, self.max),
         };
         base.saturating_mul(1 << self.backoff.min(16)).min(MAX_WAIT)
+    }
+
+    /// How long a silent client is waited for.
+    pub(super) fn patience(&self) -> Duration {
+        self.patience
     }
 
     /// A round trip measured on a packet that was not retransmitted (Karn's rule).
@@ -120,7 +134,6 @@ pub(super) struct Transfer {
     pub sock: UdpSocket,
     pub source: Source,
     pub neg: Negotiated,
-    pub retries: u32,
     pub rto: Rto,
     pub cancel: CancellationToken,
 }
@@ -214,12 +227,12 @@ impl Transfer {
         }
         let mut sent_at = Instant::now();
         let mut retransmitted = false;
-        let mut tries = 0u32;
+        let mut progress_at = sent_at;
 
         loop {
-            let ev = self
-                .next_event(&mut rbuf, sent_at + self.rto.current())
-                .await;
+            let give_up_at = progress_at + self.rto.patience();
+            let deadline = (sent_at + self.rto.current()).min(give_up_at);
+            let ev = self.next_event(&mut rbuf, deadline).await;
             let block = match ev {
                 Event::Ack(block) => block,
                 Event::PeerError(code, msg) => {
@@ -231,13 +244,16 @@ impl Transfer {
                     );
                 }
                 Event::Timeout => {
-                    tries += 1;
-                    if tries > self.retries {
+                    if Instant::now() >= give_up_at {
                         self.send_error(ErrorCode::NotDefined, "timed out").await;
                         return end(TransferResult::Timeout, bytes, None);
                     }
                     self.rto.backoff += 1;
-                    tracing::trace!(block = win.base, tries, "retransmit");
+                    tracing::trace!(
+                        block = win.base,
+                        wait_ms = self.rto.current().as_millis() as u64,
+                        "retransmit"
+                    );
                     let r = match (&oack, awaiting_oack_ack) {
                         (Some(o), true) => self.send(o).await,
                         _ => self.send_window(&win, &mut sbuf).await,
@@ -288,7 +304,7 @@ impl Transfer {
                 self.rto.sample(sent_at.elapsed());
             }
             self.rto.backoff = 0;
-            tries = 0;
+            progress_at = Instant::now();
             // An ACK before the window's end means the client saw a gap: RFC 7440 §4 resumes
             // from the block after it, which is exactly the new window.
             if let Err(ev) = self.send_window(&win, &mut sbuf).await {
@@ -470,7 +486,8 @@ mod tests {
     #[test]
     fn rto_adapts_between_floor_and_default_and_backs_off() {
         let ms = Duration::from_millis;
-        let mut r = Rto::new(None, ms(200), ms(1000));
+        let mut r = Rto::new(None, ms(200), ms(1000), 5);
+        assert_eq!(r.patience(), ms(63_000));
         assert_eq!(r.current(), ms(1000), "no sample yet: the default");
         r.sample(ms(1));
         assert_eq!(r.current(), ms(200), "LAN round trip: the floor");
@@ -478,7 +495,8 @@ mod tests {
         assert_eq!(r.current(), ms(800));
         r.backoff = 40;
         assert_eq!(r.current(), MAX_WAIT);
-        let mut r = Rto::new(Some(Duration::from_secs(3)), ms(200), ms(1000));
+        let mut r = Rto::new(Some(Duration::from_secs(3)), ms(200), ms(1000), 2);
+        assert_eq!(r.patience(), ms(21_000));
         r.sample(ms(1));
         assert_eq!(
             r.current(),
@@ -487,7 +505,8 @@ mod tests {
         );
         r.backoff = 1;
         assert_eq!(r.current(), Duration::from_secs(6));
-        let mut r = Rto::new(None, ms(200), ms(1000));
+        let mut r = Rto::new(None, ms(200), ms(1000), 0);
+        assert_eq!(r.patience(), ms(1000));
         r.sample(ms(5000));
         assert_eq!(r.current(), ms(1000), "capped at the default");
     }
