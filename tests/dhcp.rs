@@ -61,6 +61,19 @@ fn hosts(site: &Site) -> Vec<Value> {
         .clone()
 }
 
+/// The discovered hosts, once there are `n` of them (discovery is written off the DHCP path,
+/// a moment after the reply).
+fn discovered_hosts(site: &Site, n: usize) -> Vec<Value> {
+    let found = wait_for(std::time::Duration::from_secs(5), || {
+        let d: Vec<Value> = hosts(site)
+            .into_iter()
+            .filter(|h| h["state"] == "discovered")
+            .collect();
+        (d.len() == n).then_some(d)
+    });
+    found.unwrap_or_else(|| panic!("expected {n} discovered hosts: {:?}", hosts(site)))
+}
+
 fn in_dynamic_range(ip: &str) -> bool {
     let last: u8 = ip.rsplit('.').next().unwrap().parse().unwrap();
     ip.starts_with("10.250.0.") && (100..=250).contains(&last)
@@ -160,11 +173,7 @@ fn real_clients_get_reserved_and_dynamic_addresses_renew_and_release() {
     let all = leases(&site);
     assert_eq!(lease_of(&all, &stranger)["mac"], "02:00:00:aa:bb:01");
     assert_eq!(lease_of(&all, &stranger)["host"], Value::Null);
-    let discovered: Vec<Value> = hosts(&site)
-        .into_iter()
-        .filter(|h| h["state"] == "discovered")
-        .collect();
-    assert_eq!(discovered.len(), 1, "{discovered:?}");
+    let discovered = discovered_hosts(&site, 1);
     assert_eq!(discovered[0]["macs"][0], "02:00:00:aa:bb:01");
 
     // Running again with its lease file: INIT-REBOOT for the same address, ACKed.
@@ -243,11 +252,7 @@ fn known_hosts_only_subnets_ignore_strangers_but_record_them() {
     lab.rack
         .ip(&["link", "set", "eth0", "address", "02:00:00:aa:bb:04"]);
     assert!(udhcpc(&lab.rack, "eth0", work.path(), &[]).is_none());
-    let discovered: Vec<Value> = hosts(&site)
-        .into_iter()
-        .filter(|h| h["state"] == "discovered")
-        .collect();
-    assert_eq!(discovered.len(), 1);
+    let discovered = discovered_hosts(&site, 1);
     assert_eq!(discovered[0]["macs"][0], "02:00:00:aa:bb:04");
     assert!(leases(&site).is_empty());
 

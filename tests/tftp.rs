@@ -710,7 +710,19 @@ fn concurrent_200_curl_fetches_of_1mib() {
         .output()
         .unwrap();
     eprintln!("200 concurrent curl fetches of 1 MiB: {:?}", t.elapsed());
-    assert!(o.status.success(), "some curl failed\n{}", show(&o));
+    if !o.status.success() {
+        let recs = env.wait_records(200, Duration::from_secs(10));
+        let mut by: std::collections::BTreeMap<&str, usize> = Default::default();
+        for r in &recs {
+            *by.entry(r.result.as_str()).or_default() += 1;
+        }
+        let slow = recs.iter().map(|r| r.elapsed).max();
+        panic!(
+            "some curl failed; server results {by:?}, {} records, slowest {slow:?}\n{}",
+            recs.len(),
+            show(&o)
+        );
+    }
     for i in 1..=200 {
         let p = outdir.join(i.to_string());
         assert_eq!(sha256(&p), want, "fetch {i} differs");

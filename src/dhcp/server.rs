@@ -89,6 +89,8 @@ pub struct DhcpServer {
     in_flight: Arc<Semaphore>,
     /// Per-MAC request counts in the current second (rate limit) and last discovery write.
     seen: Mutex<HashMap<MacAddr, Seen>>,
+    /// Unknown MACs for the discovery writer (bounded; overflow is dropped and counted).
+    sightings: tokio::sync::mpsc::Sender<Sighting>,
 }
 
 struct Seen {
@@ -104,7 +106,10 @@ impl DhcpServer {
             app.config.dhcp.conflict_probe,
             app.config.dhcp.probe_timeout,
         );
+        let (sightings, rx) = tokio::sync::mpsc::channel(4 * MAX_SIGHTINGS);
+        tokio::spawn(record_sightings(ipam.store().clone(), rx));
         Arc::new(DhcpServer {
+            sightings,
             prober,
             app,
             ipam,
@@ -144,6 +149,11 @@ impl DhcpServer {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(RECLAIM_EVERY) => {}
                 }
+                // Forget rate-limit and discovery bookkeeping of MACs gone quiet.
+                this.seen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .retain(|_, s| s.window.elapsed() < 2 * DISCOVERY_REFRESH);
                 match this.ipam.reclaim().await {
                     Ok(n) if n > 0 => tracing::info!(expired = n, "reclaimed expired leases"),
                     Ok(_) => {}
@@ -311,7 +321,7 @@ impl DhcpServer {
         };
 
         if host.is_none() && subnet.is_some() {
-            self.discovered(&req, inv).await;
+            self.discovered(&req, inv);
         }
 
         // Effects: leases are committed durably before the ACK is sent.
@@ -483,8 +493,9 @@ impl DhcpServer {
         })
     }
 
-    /// Records (or refreshes, at most once a minute) an unknown MAC as a discovered host.
-    async fn discovered(&self, req: &Request, inv: &Inventory) {
+    /// Notes an unknown MAC for the discovery writer (at most once a minute per MAC). Never
+    /// waits: the DHCP path must not pay for the store write (see [`record_sightings`]).
+    fn discovered(&self, req: &Request, inv: &Inventory) {
         {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(s) = seen.get_mut(&req.mac) {
@@ -496,15 +507,6 @@ impl DhcpServer {
                 s.discovered_at = Some(Instant::now());
             }
         }
-        let store = self.ipam.store();
-        let name = discovered_name(req.mac);
-        let existing = match store.get_host(&name).await {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::error!(error = %e, "discovery lookup failed");
-                return;
-            }
-        };
         let now = Timestamp::now();
         let relay = req.relay.clone().unwrap_or_default();
         let circuit = relay.circuit_id.as_deref().map(super::printable);
@@ -512,55 +514,120 @@ impl DhcpServer {
         let place = circuit
             .as_deref()
             .and_then(|c| inv.locate(c, remote.as_deref()));
-        let mut spec = serde_json::json!({
-            "arch": req.pxe.arch,
-            "vendor_class": req.vendor_class,
-            "uuid": req.pxe.uuid,
-            "hostname": req.hostname,
-            "iface": req.arrival.iface,
-            "giaddr": (!req.giaddr.is_unspecified()).then_some(req.giaddr),
-            "circuit_id": circuit,
-            "remote_id": remote,
-            "rack": place.map(|(r, _)| r.name.clone()),
-            "position": place.map(|(_, p)| p),
-            "first_seen": now,
-            "last_seen": now,
-        });
-        let change = match existing {
-            Some(h) if h.source == HostSource::Discovered => {
-                if let (Some(first), Some(obj)) = (h.spec.get("first_seen"), spec.as_object_mut()) {
-                    obj.insert("first_seen".into(), first.clone());
-                }
-                HostChange::Update {
-                    host: HostRecord {
-                        spec,
-                        updated: now,
-                        ..h
-                    },
-                    fields: vec!["last_seen".into()],
-                }
-            }
-            Some(_) => return,
-            None => HostChange::Add(HostRecord {
-                name: name.clone(),
-                state: HostState::Discovered,
-                source: HostSource::Discovered,
-                macs: vec![req.mac],
-                ip: None,
-                rack: place.map(|(r, _)| r.name.clone()),
-                role: None,
-                spec,
-                created: now,
-                updated: now,
+        let sighting = Sighting {
+            mac: req.mac,
+            rack: place.map(|(r, _)| r.name.clone()),
+            spec: serde_json::json!({
+                "arch": req.pxe.arch,
+                "vendor_class": req.vendor_class,
+                "uuid": req.pxe.uuid,
+                "hostname": req.hostname,
+                "iface": req.arrival.iface,
+                "giaddr": (!req.giaddr.is_unspecified()).then_some(req.giaddr),
+                "circuit_id": circuit,
+                "remote_id": remote,
+                "rack": place.map(|(r, _)| r.name.clone()),
+                "position": place.map(|(_, p)| p),
+                "first_seen": now,
+                "last_seen": now,
             }),
+            at: now,
         };
-        let added = matches!(change, HostChange::Add(_));
-        match store.apply_host_changes(&[change], "dhcp").await {
-            Ok(()) if added => {
-                tracing::info!(host = %name, arch = ?req.pxe.arch, "discovered an unknown MAC")
+        if self.sightings.try_send(sighting).is_err() {
+            metrics::counter!("bootgate_events_dropped_total", "kind" => "host-discovered")
+                .increment(1);
+        }
+    }
+}
+
+/// An unknown MAC seen on the wire, waiting to be written as a discovered host.
+struct Sighting {
+    mac: MacAddr,
+    rack: Option<String>,
+    spec: serde_json::Value,
+    at: Timestamp,
+}
+
+/// Most sightings written in one store transaction.
+const MAX_SIGHTINGS: usize = 256;
+
+/// The discovery writer: records every queued sighting as a `discovered` host (or refreshes
+/// its last-seen) in one transaction per batch, off the DHCP path.
+async fn record_sightings(
+    store: Arc<dyn crate::store::Store>,
+    mut rx: tokio::sync::mpsc::Receiver<Sighting>,
+) {
+    let mut batch = Vec::with_capacity(MAX_SIGHTINGS);
+    while rx.recv_many(&mut batch, MAX_SIGHTINGS).await > 0 {
+        let mut changes = Vec::with_capacity(batch.len());
+        let mut added = Vec::new();
+        for s in batch.drain(..) {
+            let name = discovered_name(s.mac);
+            let existing = match store.get_host(&name).await {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::error!(error = %e, "discovery lookup failed");
+                    continue;
+                }
+            };
+            // One change per host per batch: a later sighting of the same MAC replaces it.
+            changes.retain(|c: &HostChange| match c {
+                HostChange::Add(h) | HostChange::Update { host: h, .. } => h.name != name,
+                HostChange::Remove { .. } => true,
+            });
+            let mut spec = s.spec;
+            match existing {
+                Some(h) if h.source == HostSource::Discovered => {
+                    if let (Some(first), Some(obj)) =
+                        (h.spec.get("first_seen"), spec.as_object_mut())
+                    {
+                        obj.insert("first_seen".into(), first.clone());
+                    }
+                    changes.push(HostChange::Update {
+                        host: HostRecord {
+                            spec,
+                            rack: s.rack,
+                            updated: s.at,
+                            ..h
+                        },
+                        fields: vec!["last_seen".into()],
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    added.push(name.clone());
+                    changes.push(HostChange::Add(HostRecord {
+                        name,
+                        state: HostState::Discovered,
+                        source: HostSource::Discovered,
+                        macs: vec![s.mac],
+                        ip: None,
+                        rack: s.rack,
+                        role: None,
+                        spec,
+                        created: s.at,
+                        updated: s.at,
+                    }));
+                }
             }
-            Ok(()) => {}
-            Err(e) => tracing::warn!(error = %e, "recording discovered host failed"),
+        }
+        if changes.is_empty() {
+            continue;
+        }
+        if store.apply_host_changes(&changes, "dhcp").await.is_err() {
+            // One bad change (a MAC declared in the inventory meanwhile) must not lose the
+            // rest: apply them one by one.
+            for c in &changes {
+                if let Err(e) = store
+                    .apply_host_changes(std::slice::from_ref(c), "dhcp")
+                    .await
+                {
+                    tracing::warn!(error = %e, "recording a discovered host failed");
+                }
+            }
+        }
+        for name in added {
+            tracing::info!(host = %name, "discovered an unknown MAC");
         }
     }
 }
