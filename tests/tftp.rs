@@ -717,6 +717,23 @@ fn concurrent_200_curl_fetches_of_1mib() {
             *by.entry(r.result.as_str()).or_default() += 1;
         }
         let slow = recs.iter().map(|r| r.elapsed).max();
+        let sizes: Vec<u64> = (1..=200)
+            .filter_map(|i| std::fs::metadata(outdir.join(i.to_string())).ok())
+            .map(|m| m.len())
+            .collect();
+        let one = env.client(
+            30,
+            "curl",
+            &[
+                "-v",
+                "--tftp-blksize",
+                "1468",
+                "-o",
+                outdir.join("verbose").to_str().unwrap(),
+                &format!("tftp://{GW}/one.bin"),
+            ],
+        );
+        eprintln!("sizes {sizes:?}\nverbose curl:\n{}", show(&one));
         panic!(
             "some curl failed; server results {by:?}, {} records, slowest {slow:?}\n{}",
             recs.len(),
