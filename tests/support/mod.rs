@@ -412,21 +412,8 @@ pub fn udhcpc(ns: &Netns, iface: &str, dir: &Path, extra: &[&str]) -> Option<Cli
 pub fn dhclient(ns: &Netns, iface: &str, dir: &Path) -> Option<ClientLease> {
     let out = dir.join("dhclient.env");
     let _ = std::fs::remove_file(&out);
-    let script = dhclient_hook(dir, &out);
     let pid = dir.join("dhclient.pid");
-    let status = ns
-        .cmd("timeout")
-        .args(["30", "dhclient", "-1", "-sf"])
-        .arg(&script)
-        .arg("-lf")
-        .arg(dir.join("dhclient.leases"))
-        .arg("-pf")
-        .arg(&pid)
-        .arg(iface)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .ok();
+    let status = run_dhclient(ns, iface, dir, "-1", &pid, 30).ok();
     // dhclient daemonizes after binding: stop exactly that process.
     if let Some(p) = std::fs::read_to_string(&pid)
         .ok()
@@ -451,21 +438,31 @@ pub fn dhclient(ns: &Netns, iface: &str, dir: &Path) -> Option<ClientLease> {
 
 /// `dhclient -r`: sends DHCPRELEASE for the lease in `dir`'s lease file.
 pub fn dhclient_release(ns: &Netns, iface: &str, dir: &Path) {
-    let out = dir.join("dhclient.env");
-    let script = dhclient_hook(dir, &out);
-    let pid = dir.join("dhclient-r.pid");
-    let _ = ns
-        .cmd("timeout")
-        .args(["15", "dhclient", "-r", "-sf"])
+    let _ = run_dhclient(ns, iface, dir, "-r", &dir.join("dhclient-r.pid"), 15);
+}
+
+/// Runs dhclient in `ns` with the test hook, `dir`'s lease file and `pid` as its pid file.
+fn run_dhclient(
+    ns: &Netns,
+    iface: &str,
+    dir: &Path,
+    mode: &str,
+    pid: &Path,
+    timeout_s: u32,
+) -> std::io::Result<std::process::ExitStatus> {
+    let script = dhclient_hook(dir, &dir.join("dhclient.env"));
+    ns.cmd("timeout")
+        .arg(timeout_s.to_string())
+        .args(["dhclient", mode, "-sf"])
         .arg(&script)
         .arg("-lf")
         .arg(dir.join("dhclient.leases"))
         .arg("-pf")
-        .arg(&pid)
+        .arg(pid)
         .arg(iface)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .status();
+        .status()
 }
 
 fn dhclient_hook(dir: &Path, out: &Path) -> PathBuf {
