@@ -265,6 +265,13 @@ fn known_hosts_only_subnets_ignore_strangers_but_record_them() {
 fn pxe_clients_are_told_their_boot_file() {
     let lab = Lab::new();
     let site = Site::from_inventory("lab");
+    // vm2 needs snponly.efi (a per-host override of the firmware-stage file).
+    let f = site.inventory_file("hosts.toml");
+    let text = std::fs::read_to_string(&f).unwrap().replace(
+        "macs = [\"52:54:00:e0:a7:44\"]",
+        "macs = [\"52:54:00:e0:a7:44\"]\nboot_file = \"snponly.efi\"",
+    );
+    std::fs::write(&f, text).unwrap();
     let _daemon = Daemon::start(&lab, &site);
     let work = tempfile::tempdir().unwrap();
     lab.rack.ip(&["link", "set", "eth0", "address", VM1_MAC]);
@@ -308,6 +315,17 @@ fn pxe_clients_are_told_their_boot_file() {
         assert_eq!(l.fields["siaddr"], "10.250.0.1");
         assert_eq!(l.ip, "10.250.0.11");
     }
+    lab.rack
+        .ip(&["link", "set", "eth0", "address", "52:54:00:e0:a7:44"]);
+    lab.rack.ip(&["-4", "addr", "flush", "dev", "eth0"]);
+    let l = udhcpc(
+        &lab.rack,
+        "eth0",
+        work.path(),
+        &["-V", "PXEClient:Arch:00007:UNDI:003000", "-x", "0x5d:0007"],
+    )
+    .expect("vm2 lease");
+    assert_eq!(l.fields["boot_file"], "snponly.efi");
 }
 
 /// client ns ── cl0 ⇄ rl-down (10.250.1.1/24) [relay ns: ISC dhcrelay -a] rl-up (10.250.0.5/24)

@@ -352,6 +352,7 @@ mod golden {
             image: Some("lab-debian".into()),
             template: "install".into(),
             cmdline: Some("bootgate.after=poweroff".into()),
+            boot_file: None,
         };
         let host = Host {
             name: "vm0".into(),
@@ -364,6 +365,7 @@ mod golden {
             hardware: Hardware::default(),
             profile: Some("lab-debian".into()),
             labels: BTreeMap::new(),
+            boot_file: None,
         };
         let inv = Inventory {
             site: Site {

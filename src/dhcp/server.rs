@@ -404,7 +404,7 @@ impl DhcpServer {
             _ => {}
         }
 
-        let boot = subnet.and_then(|_| self.boot_info(&req));
+        let boot = subnet.and_then(|_| self.boot_info(&req, host.and_then(|h| inv.boot_file(h))));
         let params = ReplyParams {
             server_id: req.arrival.local_ip,
             subnet,
@@ -475,13 +475,13 @@ impl DhcpServer {
     }
 
     /// PXE boot information for a network-boot client.
-    fn boot_info(&self, req: &Request) -> Option<BootInfo> {
+    fn boot_info(&self, req: &Request, override_file: Option<&str>) -> Option<BootInfo> {
         let boot = &self.app.config.boot;
         let ctx = pxe::BootContext {
             server: req.arrival.local_ip,
             http_base: &boot.http_base,
             files: &boot.files,
-            override_file: None,
+            override_file,
         };
         let t = pxe::boot_target(&req.pxe, req.mac, &ctx)?;
         Some(BootInfo {

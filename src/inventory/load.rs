@@ -106,6 +106,9 @@ struct ProfileWire {
     #[serde(default = "default_template")]
     template: String,
     cmdline: Option<String>,
+    /// The firmware-stage boot file for hosts of this profile (e.g. `snponly.efi` where
+    /// iPXE's own NIC drivers misbehave), instead of the daemon's per-architecture default.
+    boot_file: Option<String>,
 }
 
 /// `[[host]]`. `addresses` maps a subnet name to the address reserved there.
@@ -126,6 +129,8 @@ struct HostWire {
     hardware: HardwareWire,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    /// Overrides the profile's (and the daemon's) firmware-stage boot file for this host.
+    boot_file: Option<String>,
 }
 
 /// `bmc = { … }`; `protocol` defaults to `redfish`, the only one most BMCs still need.
@@ -991,6 +996,7 @@ impl Validator {
                     image: w.image,
                     template: w.template,
                     cmdline: w.cmdline,
+                    boot_file: w.boot_file,
                 },
             ));
         }
@@ -1210,6 +1216,7 @@ fn host(w: HostWire) -> Host {
         },
         profile: w.profile,
         labels: w.labels,
+        boot_file: w.boot_file,
     }
 }
 

@@ -135,6 +135,8 @@ pub struct Profile {
     pub template: String,
     /// Extra kernel command line.
     pub cmdline: Option<String>,
+    /// Firmware-stage boot file for this profile's hosts (default: per architecture).
+    pub boot_file: Option<String>,
 }
 
 text_enum!(
@@ -208,6 +210,8 @@ pub struct Host {
     /// Boot profile name.
     pub profile: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// Firmware-stage boot file for this host (wins over the profile's).
+    pub boot_file: Option<String>,
 }
 
 impl Inventory {
@@ -287,6 +291,14 @@ impl Inventory {
             }
             sw.ports.get(circuit_id).map(|pos| (r, *pos))
         })
+    }
+
+    /// The firmware-stage boot file a host should get instead of the default: its own, else
+    /// its profile's.
+    pub fn boot_file<'a>(&'a self, host: &'a Host) -> Option<&'a str> {
+        host.boot_file
+            .as_deref()
+            .or_else(|| self.profile(host).and_then(|p| p.boot_file.as_deref()))
     }
 
     /// The profile a host boots with.

@@ -157,6 +157,7 @@ mod tests {
             hardware: Hardware::default(),
             profile: None,
             labels: BTreeMap::new(),
+            boot_file: None,
         }
     }
 
