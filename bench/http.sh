@@ -354,10 +354,11 @@ wrk_run() {
 median() { tr ' ' '\n' | awk 'NF' | sort -g | awk -v fmt="${1:-%.0f}" '{ v[NR] = $1 } END { if (!NR) { print "n/a"; exit }
   if (v[1] !~ /^[0-9.]+$/) { print "n/a"; exit }
   printf fmt "\n", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-range_of() { tr ' ' '\n' | awk 'NF' | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print (NR ? lo "–" hi : "") }'; }
+range_of() { tr ' ' '\n' | awk 'NF' | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print (NR ? lo ".." hi : "") }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
 T0=$(date +%s)
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 log "bootgate $BOOTGATE_COMMIT vs $(nginx -v 2>&1 | sed 's/.*version: //'), mode $MODE: $ROUNDS rounds, wrk ${WRK_ARGS[*]}, tmp $TMP"
 log "script $SCRIPT_URL is $SCRIPT_BYTES bytes; small.txt is $SMALL_BYTES bytes; big.img $BIG_BYTES bytes"
 
@@ -407,21 +408,25 @@ diag_c1() {
 diag_c1 "nginx small.txt" "$NG/small.txt"
 diag_c1 "bootgate small.txt" "$BG/images/small.txt"
 diag_c1 "bootgate script" "$SCRIPT_URL"
-# Socket writes per response (strace, if installed): two keep-alive GETs on one connection.
-STRACE_NOTE=""
-if command -v strace >/dev/null; then
+# How bootgate's responses leave the socket (tcpdump in bghttpb-gw, if installed): 20
+# keep-alive GETs on one connection (one curl); server->client data segments are counted. A
+# response split into a header segment and a body segment, with ~40 ms between them, is
+# Nagle's algorithm (no TCP_NODELAY) meeting the client's delayed ACK.
+WIRE_NOTE=""
+if command -v tcpdump >/dev/null; then
   for what in images/small.txt "ipxe/mac/$SCRIPT_MAC"; do
-    st="$TMP/raw/strace-${what//\//_}.txt"
-    strace -f -qq -e trace=write,writev,sendto,sendmsg -o "$st" -p "$BG_PID" 2>/dev/null &
+    td="$TMP/raw/tcpdump-${what//\//_}.txt"
+    ip netns exec "$GW_NS" tcpdump -i gw0 -nn -l -ttt -q "tcp src port $BG_PORT and tcp[tcpflags] & tcp-push != 0" >"$td" 2>"$td.err" &
     ST_PID=$!
+    sleep 1
+    args=(); for _ in $(seq 20); do args+=(-o /dev/null "$BG/$what"); done
+    total=$(cl curl -s -w '%{time_total}\n' "${args[@]}" | awk '{ t += $1 } END { printf "%.3f", t }' || true)
     sleep 0.5
-    times=$(cl curl -s -o /dev/null -o /dev/null -w '%{time_total} ' "$BG/$what" "$BG/$what" || true)
-    sleep 0.2
     stop_pid "$ST_PID"; ST_PID=""
-    n=$(grep -cE '(write|writev|sendto|sendmsg)\(' "$st" || true)
-    STRACE_NOTE+="  /$what: $n socket write syscalls for 2 responses; curl time_total per GET (s): $times"$'\n'
+    WIRE_NOTE+="  /$what: 20 GETs in $total s; $(awk 'NF && $NF > 0 { n++; t = $1; sub(/^00:00:/, "", t); if (t * 1000 >= 30) slow++ }
+      END { printf "%d data segments (%d responses split in two), %d gaps >= 30 ms", n, n - 20, slow }' "$td")"$'\n'
   done
-  log "diag strace (bootgate):"$'\n'"$STRACE_NOTE"
+  log "diag wire (bootgate):"$'\n'"$WIRE_NOTE"
 fi
 
 # ---------------------------------------------------------------- report
@@ -434,19 +439,19 @@ OK=1
 {
   echo
   echo "== HTTP boot serving: bootgate $BOOTGATE_COMMIT vs nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') =="
-  echo "$(date -u +%FT%TZ)  $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo))  mode $MODE: $ROUNDS rounds interleaved, median (min–max) of rounds"
+  echo "$(date -u +%FT%TZ)  $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo))  mode $MODE: $ROUNDS rounds interleaved, median (min..max) of rounds"
   echo "images: $BIG_MIB MiB random file, curl full GETs ($SEQ sequential per round; $PAR parallel per round, aggregate), MB/s = 10^6 B/s"
   echo "small requests: wrk ${WRK_ARGS[*]} (keep-alive); script $SCRIPT_BYTES B, small.txt $SMALL_BYTES B"
   echo
-  printf '| %-52s | %-25s | %-25s | %-14s | %-6s |\n' "test" "bootgate" "nginx" "bootgate/nginx" "target"
-  printf '|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..54})" "$(printf -- '-%.0s' {1..27})" "$(printf -- '-%.0s' {1..27})" "$(printf -- '-%.0s' {1..16})" "$(printf -- '-%.0s' {1..8})"
+  printf '| %-54s | %-25s | %-25s | %-14s | %-6s |\n' "test" "bootgate" "nginx" "bootgate/nginx" "target"
+  printf '|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..56})" "$(printf -- '-%.0s' {1..27})" "$(printf -- '-%.0s' {1..27})" "$(printf -- '-%.0s' {1..16})" "$(printf -- '-%.0s' {1..8})"
   row() {  # label bootgate-key nginx-key unit target
     local b n; b=$(med "$2"); n=$(med "$3")
-    printf '| %-52s | %-25s | %-25s | %-14s | %-6s |\n' "$1" "$b ($(rng "$2"))" "$n ($(rng "$3"))" "$(ratio "$b" "$n")" "$4"
+    printf '| %-54s | %-25s | %-25s | %-14s | %-6s |\n' "$1" "$b ($(rng "$2"))" "$n ($(rng "$3"))" "$(ratio "$b" "$n")" "$4"
   }
-  row "big.img MB/s, $SEQ sequential GETs" seq,bootgate seq,nginx "≥ 0.9"
-  row "big.img MB/s, $PAR parallel GETs (aggregate)" par,bootgate par,nginx "≥ 0.9"
-  row "req/s: iPXE script (bootgate) vs small.txt (nginx)" script,bootgate small,nginx "≥ 0.9"
+  row "big.img MB/s, $SEQ sequential GETs" seq,bootgate seq,nginx ">= 0.9"
+  row "big.img MB/s, $PAR parallel GETs (aggregate)" par,bootgate par,nginx ">= 0.9"
+  row "req/s: iPXE script (bootgate) vs small.txt (nginx)" script,bootgate small,nginx ">= 0.9"
   row "req/s: small.txt (static, both)" small,bootgate small,nginx ""
   row "req/s: small.txt, Range: bytes=1- (no bootgate event)" range,bootgate range,nginx ""
   echo
@@ -466,8 +471,9 @@ OK=1
   echo
   echo "diagnostics, one connection (wrk -t1 -c1 -d2s):"
   for k in "nginx small.txt" "bootgate small.txt" "bootgate script"; do printf '  %-22s %s\n' "$k" "${DIAG[$k]}"; done
-  [ -z "$STRACE_NOTE" ] || printf 'bootgate syscalls (strace -f):\n%s' "$STRACE_NOTE"
+  [ -z "$WIRE_NOTE" ] || printf 'bootgate on the wire (tcpdump, 20 keep-alive GETs on one connection, one curl):\n%s' "$WIRE_NOTE"
   echo
   echo "(the nginx column of the script row is nginx's small.txt: the same bytes count as the rendered script)"
+  echo "load average (1/5/15 min) at start: $LOAD0, at end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine shows here)"
   echo "wall time $(( $(date +%s) - T0 )) s; clients (curl, wrk) share the same $(nproc) CPUs with the servers."
 } | tee "$TMP/summary.txt"

@@ -698,7 +698,7 @@ fn concurrent_200_curl_fetches_of_1mib() {
     let outdir = env.scratch.join("par");
     std::fs::create_dir_all(&outdir).unwrap();
     let script = format!(
-        "seq 200 | xargs -P 200 -I N curl -sS --tftp-blksize 1468 -o {dir}/N tftp://{GW}/one.bin",
+        "seq 200 | xargs -P 200 -I {{}} curl -sS --tftp-blksize 1468 -o {dir}/{{}} tftp://{GW}/one.bin",
         dir = outdir.display()
     );
     let t = Instant::now();
@@ -717,23 +717,6 @@ fn concurrent_200_curl_fetches_of_1mib() {
             *by.entry(r.result.as_str()).or_default() += 1;
         }
         let slow = recs.iter().map(|r| r.elapsed).max();
-        let sizes: Vec<u64> = (1..=200)
-            .filter_map(|i| std::fs::metadata(outdir.join(i.to_string())).ok())
-            .map(|m| m.len())
-            .collect();
-        let one = env.client(
-            30,
-            "curl",
-            &[
-                "-v",
-                "--tftp-blksize",
-                "1468",
-                "-o",
-                outdir.join("verbose").to_str().unwrap(),
-                &format!("tftp://{GW}/one.bin"),
-            ],
-        );
-        eprintln!("sizes {sizes:?}\nverbose curl:\n{}", show(&one));
         panic!(
             "some curl failed; server results {by:?}, {} records, slowest {slow:?}\n{}",
             recs.len(),
@@ -851,7 +834,17 @@ fn lossy_link_64mib_completes() {
         eprintln!("{}", String::from_utf8_lossy(&o.stdout));
     }
     assert_same(&src, &out, "atftp over a lossy link", &o);
-    assert_ok(&env.record("big.bin"), size, 1468, 64);
+    // The client has everything (checked above). If its final ACK was among the lost
+    // packets, the server cannot know: it retransmits, finds the port closed (atftp exits
+    // at once) and records peer_gone with the last window unacknowledged.
+    let rec = env.record("big.bin");
+    match rec.result {
+        TransferResult::Ok => assert_ok(&rec, size, 1468, 64),
+        TransferResult::PeerGone => {
+            assert!(rec.bytes + 64 * 1468 >= size as u64, "{rec:?}")
+        }
+        _ => panic!("{rec:?}"),
+    }
 }
 
 #[test]

@@ -290,7 +290,7 @@ mod tests {
 
     #[test]
     fn rfc2347_rrq_with_options() {
-        let buf = rrq(b"pxelinux.0\0octet\0blksize\01432\0tsize\00\0");
+        let buf = rrq(b"pxelinux.0\0octet\0blksize\x001432\0tsize\x000\0");
         let Ok(Packet::Rrq(req)) = parse(&buf) else {
             panic!("not an RRQ: {:?}", parse(&buf));
         };
@@ -366,7 +366,7 @@ mod tests {
     #[test]
     fn lenient_option_tails() {
         // NUL padding after the options, and a dangling name without value.
-        let Ok(Packet::Rrq(req)) = parse(&rrq(b"f\0octet\0tsize\00\0\0\0")) else {
+        let Ok(Packet::Rrq(req)) = parse(&rrq(b"f\0octet\0tsize\x000\0\0\0")) else {
             panic!()
         };
         assert_eq!(req.options.len(), 1);
@@ -399,7 +399,7 @@ mod tests {
                 PacketError::NotUtf8 { field: "file name" },
             ),
             (
-                b"\0\x01f\0octet\0blksize\01432",
+                b"\0\x01f\0octet\0blksize\x001432",
                 PacketError::Unterminated {
                     field: "option value",
                 },

@@ -5,7 +5,7 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -55,8 +55,17 @@ fn check(cfg: &TftpConfig) -> Result<(), TftpError> {
     if cfg.max_sessions == 0 {
         return bad("max_sessions", "must be at least 1");
     }
-    if cfg.default_timeout.is_zero() || cfg.min_timeout.is_zero() {
-        return bad("default_timeout/min_timeout", "must be positive");
+    if cfg.min_timeout.is_zero() || cfg.min_timeout > cfg.default_timeout {
+        return bad(
+            "min_timeout",
+            "must be positive and at most default_timeout",
+        );
+    }
+    if cfg.default_timeout > Duration::from_secs(255) {
+        return bad(
+            "default_timeout",
+            "must be at most 255 s (the RFC 2349 range)",
+        );
     }
     Ok(())
 }
@@ -142,8 +151,10 @@ impl TftpServer {
                 r = socket.recv_from(&mut buf) => match r {
                     Ok(v) => v,
                     Err(e) => {
-                        // ICMP errors from earlier replies surface here; never fatal.
+                        // Never fatal (ICMP errors from earlier replies surface here), but
+                        // a persistent error must not become a busy loop.
                         tracing::debug!(error = %e, "TFTP recv");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
                 },
@@ -355,5 +366,41 @@ impl Shared {
 async fn reply_error(socket: &UdpSocket, peer: SocketAddrV4, code: ErrorCode, msg: &str) {
     if let Err(e) = socket.send_to(&packet::encode_error(code, msg), peer).await {
         tracing::debug!(%peer, error = %e, "TFTP error reply not sent");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_checked_before_binding() {
+        assert!(check(&TftpConfig::default()).is_ok());
+        let bad: [fn(&mut TftpConfig); 6] = [
+            |c| c.max_blksize = 7,
+            |c| c.max_blksize = 65465,
+            |c| c.max_windowsize = 0,
+            |c| c.max_sessions = 0,
+            |c| c.min_timeout = Duration::from_secs(2),
+            |c| c.default_timeout = Duration::from_secs(256),
+        ];
+        for (i, tweak) in bad.iter().enumerate() {
+            let mut cfg = TftpConfig::default();
+            tweak(&mut cfg);
+            assert!(
+                matches!(check(&cfg), Err(TftpError::Config { .. })),
+                "case {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_root_is_refused() {
+        let cfg = TftpConfig {
+            root: PathBuf::from("/nonexistent/bootgate-tftp-root"),
+            ..TftpConfig::default()
+        };
+        let r = TftpServer::bind("lo", Ipv4Addr::LOCALHOST, 0, cfg, None);
+        assert!(matches!(r, Err(TftpError::Root { .. })));
     }
 }

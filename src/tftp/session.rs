@@ -84,11 +84,15 @@ pub(super) struct Rto {
 
 /// No single wait grows beyond this, whatever the backoff.
 const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Nor does the patience, whatever the settings (keeps deadline arithmetic far from overflow).
+const MAX_PATIENCE: Duration = Duration::from_secs(3600);
 
 impl Rto {
     pub(super) fn new(fixed: Option<Duration>, min: Duration, max: Duration, retries: u32) -> Rto {
         let base = fixed.unwrap_or(max);
-        let patience = base.saturating_mul((1u32 << (retries + 1).min(16)) - 1);
+        let patience = base
+            .saturating_mul((1u32 << retries.saturating_add(1).min(16)) - 1)
+            .min(MAX_PATIENCE);
         Rto {
             patience,
             fixed,
@@ -202,6 +206,8 @@ impl Transfer {
         let mut sbuf = Vec::with_capacity(4 + blksize);
         let oack = (!self.neg.oack.is_empty()).then(|| packet::encode_oack(&self.neg.oack));
         let mut awaiting_oack_ack = oack.is_some();
+        // Looked up once: the data path increments it on every acknowledged window.
+        let bytes_total = metrics::counter!("bootgate_tftp_bytes_total");
 
         let end = |result, bytes, detail: Option<String>| Outcome {
             result,
@@ -248,7 +254,7 @@ impl Transfer {
                         self.send_error(ErrorCode::NotDefined, "timed out").await;
                         return end(TransferResult::Timeout, bytes, None);
                     }
-                    self.rto.backoff += 1;
+                    self.rto.backoff = self.rto.backoff.saturating_add(1);
                     tracing::trace!(
                         block = win.base,
                         wait_ms = self.rto.current().as_millis() as u64,
@@ -290,7 +296,7 @@ impl Transfer {
                 let acked = win.base - 1 + offset;
                 let acked_bytes = win.bytes_through(acked);
                 bytes += acked_bytes as u64;
-                metrics::counter!("bootgate_tftp_bytes_total").increment(acked_bytes as u64);
+                bytes_total.increment(acked_bytes as u64);
                 if win.last_block() == Some(acked) {
                     return end(TransferResult::Ok, bytes, None);
                 }
