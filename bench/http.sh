@@ -19,11 +19,12 @@
 #      "Range: bytes=1-" (bootgate records boot-file-served only for ranges starting at 0).
 #   Server CPU (utime+stime of all server processes/threads) is sampled around each run.
 #
-# Usage: bench/http.sh [--quick] [--build|--no-build] [--keep]
+# Usage: bench/http.sh [--quick] [--build|--no-build|--bin PATH] [--keep]
 #   --quick     2 rounds, wrk 2 s, 2 sequential fetches: a smoke test (about 1 min)
 #   (default)   5 rounds, wrk 5 s, 3 sequential fetches (about 3-4 min)
 #   --build / --no-build   force / skip `cargo build --release --bin bootgate` (default: build
 #               only when target/release/bootgate is missing or older than the sources)
+#   --bin PATH  bench that bootgate binary instead (no build): e.g. a patched build, for a what-if
 #   --keep      keep the temporary directory (configs, logs, raw wrk/curl output)
 #   BGHTTPB_TMPDIR=dir     where the temporary directory goes (default /tmp; use a real disk:
 #               bootgate fsyncs SQLite per event)
@@ -45,13 +46,14 @@ BIG_MIB=256
 SCRIPT_MAC=02:00:00:00:00:01
 PAR=4
 
-MODE=full BUILD=auto KEEP=0
+MODE=full BUILD=auto KEEP=0 CUSTOM_BIN=""
 usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) MODE=quick ;;
     --build) BUILD=yes ;;
     --no-build) BUILD=no ;;
+    --bin) CUSTOM_BIN=${2:?--bin needs a path}; BUILD=custom; shift ;;
     --keep) KEEP=1 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
@@ -121,6 +123,7 @@ CLK_TCK=$(getconf CLK_TCK)
 
 # ---------------------------------------------------------------- bootgate binary
 BIN="$REPO/target/release/bootgate"
+[ "$BUILD" != custom ] || BIN=$(realpath "$CUSTOM_BIN")
 if [ "$BUILD" = auto ]; then
   if [ ! -x "$BIN" ]; then BUILD=yes; log "no $BIN: building it"
   elif [ -n "$(find "$REPO/src" "$REPO/migrations" "$REPO/Cargo.toml" "$REPO/Cargo.lock" \
@@ -142,10 +145,11 @@ fi
 [ -x "$BIN" ] || die "no $BIN"
 cp "$BIN" "$TMP/bootgate"   # private copy: a concurrent rebuild can't swap it mid-run
 BOOTGATE_COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -n "$(git -C "$REPO" status --porcelain -- src migrations Cargo.toml Cargo.lock build.rs 2>/dev/null)" ]; then
+if [ "$BUILD" = custom ]; then BOOTGATE_COMMIT="custom binary $BIN ($(date -r "$BIN" +%FT%T))"
+elif [ -n "$(git -C "$REPO" status --porcelain -- src migrations Cargo.toml Cargo.lock build.rs 2>/dev/null)" ]; then
   BOOTGATE_COMMIT="$BOOTGATE_COMMIT+uncommitted"
 fi
-[ "$BUILD" = yes ] || BOOTGATE_COMMIT="$BOOTGATE_COMMIT(prebuilt $(date -r "$BIN" +%FT%T))"
+[ "$BUILD" = yes ] || [ "$BUILD" = custom ] || BOOTGATE_COMMIT="$BOOTGATE_COMMIT(prebuilt $(date -r "$BIN" +%FT%T))"
 
 # ---------------------------------------------------------------- files and configs
 IMG="$TMP/boot-images"
