@@ -20,8 +20,11 @@ use crate::store::{EventKind, NewEvent, StoreError};
 use crate::types::{HostState, MacAddr};
 
 pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
+    // 256 KiB reads: fewer syscalls and wakeups per image than the 64 KiB default (the
+    // HTTP bench measured 0.49× → 0.73× nginx on a 256 MiB image).
     let images = tower_http::services::ServeDir::new(&app.config.boot_images_dir)
-        .append_index_html_on_directories(false);
+        .append_index_html_on_directories(false)
+        .with_buf_chunk_size(256 * 1024);
     Router::new()
         .route("/ipxe/mac/{mac}", get(script_by_mac))
         .route("/ipxe/uuid/{uuid}", get(script_by_uuid))

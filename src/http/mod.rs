@@ -86,6 +86,14 @@ pub fn router(app: Arc<App>) -> Router {
 pub async fn run(app: Arc<App>, listener: tokio::net::TcpListener, cancel: CancellationToken) {
     let router = router(app);
     let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    // Without TCP_NODELAY a response whose body follows its headers in a second write
+    // waits for the client's delayed ACK (~40 ms per small file: bench/http.sh found it).
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY");
+        }
+    });
     if let Err(e) = axum::serve(listener, service)
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await
