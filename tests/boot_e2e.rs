@@ -12,17 +12,7 @@ use support::qemu::{self, Firmware, Vm};
 use support::*;
 
 fn events(site: &Site, host: &str) -> Vec<Value> {
-    let out = bootgate(&[
-        "--config",
-        path_str(&site.config()),
-        "events",
-        "--host",
-        host,
-        "-o",
-        "json",
-    ]);
-    serde_json::from_str::<Value>(&stdout(&out))
-        .unwrap()
+    site.cli_json(&["events", "--host", host])
         .as_array()
         .unwrap()
         .clone()
@@ -83,16 +73,7 @@ fn vms_pxe_boot_through_bootgate_and_end_provisioned() {
     }
 
     for (name, fw) in plan {
-        let out = bootgate(&[
-            "--config",
-            path_str(&site.config()),
-            "hosts",
-            "show",
-            name,
-            "-o",
-            "json",
-        ]);
-        let host: Value = serde_json::from_str(&stdout(&out)).unwrap();
+        let host = site.cli_json(&["hosts", "show", name]);
         assert_eq!(host["state"], "provisioned", "{name}: {host}");
         // DHCP, (TFTP,) HTTP and phone-home, in that order.
         let evs = events(&site, name);

@@ -22,17 +22,7 @@ fn add_client(lab: &Lab, name: &str, mac: &str) {
 }
 
 fn leases(site: &Site) -> Vec<Value> {
-    let out = bootgate(&[
-        "--config",
-        path_str(&site.config()),
-        "leases",
-        "list",
-        "-o",
-        "json",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    serde_json::from_str::<Value>(&stdout(&out))
-        .unwrap()
+    site.cli_json(&["leases", "list"])
         .as_array()
         .unwrap()
         .clone()
@@ -46,16 +36,7 @@ fn lease_of<'a>(leases: &'a [Value], ip: &str) -> &'a Value {
 }
 
 fn hosts(site: &Site) -> Vec<Value> {
-    let out = bootgate(&[
-        "--config",
-        path_str(&site.config()),
-        "hosts",
-        "list",
-        "-o",
-        "json",
-    ]);
-    serde_json::from_str::<Value>(&stdout(&out))
-        .unwrap()
+    site.cli_json(&["hosts", "list"])
         .as_array()
         .unwrap()
         .clone()
@@ -191,17 +172,8 @@ fn real_clients_get_reserved_and_dynamic_addresses_renew_and_release() {
     assert!(released.is_some(), "lease on {stranger} not released");
 
     // Every grant and the release are in the event log.
-    let out = bootgate(&[
-        "--config",
-        path_str(&site.config()),
-        "events",
-        "--ip",
-        &stranger,
-        "-o",
-        "json",
-    ]);
-    let kinds: Vec<String> = serde_json::from_str::<Value>(&stdout(&out))
-        .unwrap()
+    let out_json = site.cli_json(&["events", "--ip", &stranger]);
+    let kinds: Vec<String> = out_json
         .as_array()
         .unwrap()
         .iter()
@@ -433,18 +405,7 @@ ports = { "rl-down" = 7 }
     assert_eq!(lease["subnet"], "rack2");
     assert_eq!(lease["giaddr"], "10.250.1.1");
     assert_eq!(lease["circuit_id"], "rl-down");
-    let out = bootgate(&[
-        "--config",
-        path_str(&site.config()),
-        "events",
-        "--ip",
-        &l.ip,
-        "--kind",
-        "lease-committed",
-        "-o",
-        "json",
-    ]);
-    let ev: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let ev = site.cli_json(&["events", "--ip", &l.ip, "--kind", "lease-committed"]);
     assert_eq!(ev[0]["detail"]["rack"], "r2", "{ev}");
     assert_eq!(ev[0]["detail"]["position"], 7, "{ev}");
 }
@@ -493,16 +454,7 @@ fn perfdhcp_exchanges_leave_unique_durable_leases() {
     assert_eq!(macs.len(), n, "a MAC holds two active leases");
     assert!((100..=140).contains(&n), "{n} active leases");
     // Every ACK was committed: one lease-committed event per ACK.
-    let out = bootgate(&[
-        "--config",
-        path_str(&site.config()),
-        "events",
-        "--kind",
-        "lease-committed",
-        "-o",
-        "json",
-    ]);
-    let events = serde_json::from_str::<Value>(&stdout(&out)).unwrap();
+    let events = site.cli_json(&["events", "--kind", "lease-committed"]);
     assert!(
         events.as_array().unwrap().len() >= acks,
         "{} commits for {acks} ACKs",
@@ -625,16 +577,7 @@ fn rfc2131_4_4_1_a_squatted_address_is_probed_and_skipped() {
         .ip(&["link", "set", "eth0", "address", "02:00:00:aa:bb:07"]);
     let l = udhcpc(&lab.rack, "eth0", work.path(), &[]).expect("lease");
     assert_eq!(l.ip, "10.250.0.101");
-    let out = bootgate(&[
-        "--config",
-        path_str(&site.config()),
-        "events",
-        "--kind",
-        "address-conflict",
-        "-o",
-        "json",
-    ]);
-    let ev: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let ev = site.cli_json(&["events", "--kind", "address-conflict"]);
     assert_eq!(ev[0]["ip"], "10.250.0.100", "{ev}");
 }
 
@@ -705,17 +648,8 @@ fn rfc2131_4_3_2_a_bound_client_renews_and_releases() {
         l["ends"].as_str().unwrap() > first_end.as_str().unwrap(),
         "{l} vs {first_end}"
     );
-    let out = bootgate(&[
-        "--config",
-        path_str(&site.config()),
-        "events",
-        "--ip",
-        &ip,
-        "-o",
-        "json",
-    ]);
-    let states: Vec<String> = serde_json::from_str::<Value>(&stdout(&out))
-        .unwrap()
+    let out_json = site.cli_json(&["events", "--ip", &ip]);
+    let states: Vec<String> = out_json
         .as_array()
         .unwrap()
         .iter()

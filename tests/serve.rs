@@ -81,17 +81,8 @@ fn serve_in_namespace_answers_api_reloads_and_stops_on_sigterm() {
     assert_eq!(vm2["events"][0]["kind"], "host-added");
 
     // … and reading the store directly gives the same hosts.
-    let out = bootgate(&[
-        "--config",
-        path_str(&site.config()),
-        "hosts",
-        "list",
-        "-o",
-        "json",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
-        host_names(&json(&stdout(&out))),
+        host_names(&site.cli_json(&["hosts", "list"])),
         ["vm0", "vm1", "vm2", "vm3"]
     );
 

@@ -530,3 +530,18 @@ pub fn hook_events(out: &Path) -> Vec<std::collections::BTreeMap<String, String>
         .map(|t| parse_env(&t))
         .unwrap_or_default()
 }
+
+impl Site {
+    /// `bootgate --config <this site> ARGS -o json` (reading the store directly), parsed;
+    /// panics with stderr when the command fails.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let config = self.config();
+        let mut all = vec!["--config", path_str(&config)];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-o", "json"]);
+        let out = bootgate(&all);
+        assert!(out.status.success(), "bootgate {args:?}: {}", stderr(&out));
+        serde_json::from_str(&stdout(&out))
+            .unwrap_or_else(|e| panic!("bootgate {args:?}: not JSON ({e}): {}", stdout(&out)))
+    }
+}
