@@ -91,6 +91,8 @@ pub struct App {
     /// The per-boot token each installing host must present when it phones home. Kept in
     /// memory: a daemon restart mid-install refuses the phone-home (the host is re-run).
     pub boot_tokens: std::sync::Mutex<std::collections::HashMap<crate::types::MacAddr, String>>,
+    /// Group-written events for the busy HTTP/TFTP boot paths.
+    pub events: crate::events::EventSink,
 }
 
 /// Loads the inventory named by the config and the boot assets, and checks them against
@@ -157,6 +159,7 @@ impl App {
                 .context("loading leases")?,
         );
         let app = App {
+            events: crate::events::EventSink::spawn(store.clone()),
             ipam,
             boot_tokens: Default::default(),
             config,
@@ -389,6 +392,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     notify(&[sd_notify::NotifyState::Stopping]);
     cancel.cancel();
+    app.events.flush().await;
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await
         .is_err()
@@ -456,9 +460,7 @@ fn start_tftp(
                     ev = ev.host(h);
                 }
             }
-            if let Err(e) = app.store.append(&ev).await {
-                tracing::warn!(error = %e, "could not record tftp-transfer");
-            }
+            app.events.record(ev).await;
         }
     });
     Ok(())

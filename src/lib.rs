@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod dhcp;
+pub mod events;
 pub mod http;
 pub mod inventory;
 pub mod ipam;

@@ -73,9 +73,7 @@ async fn record_file(
                 }
             }
         }
-        if let Err(e) = app.store.append(&ev).await {
-            tracing::warn!(error = %e, "could not record boot-file-served");
-        }
+        app.events.record(ev).await;
     }
     resp
 }
@@ -202,7 +200,7 @@ async fn serve_script(app: &App, mac: MacAddr) -> Result<Response, ApiError> {
     if let Some(h) = host {
         ev = ev.host(h.name.clone());
     }
-    app.store.append(&ev).await?;
+    app.events.record(ev).await;
     metrics::counter!("bootgate_ipxe_scripts_total", "template" => plan.template()).increment(1);
     Ok(script(text))
 }
@@ -290,7 +288,10 @@ async fn phone_home(
         if let Some(h) = &host {
             ev = ev.host(h.clone());
         }
-        app.store.append(&ev).await?;
+        // Through the sink and flushed: in order after this boot's script/file events, and
+        // stored before the answer.
+        app.events.record(ev).await;
+        app.events.flush().await;
         tracing::warn!(%mac, %peer, reason, "phone-home refused");
         metrics::counter!("bootgate_phone_home_total", "result" => "refused").increment(1);
         return Ok((
@@ -330,7 +331,8 @@ async fn phone_home(
     if let Some(ip) = ip {
         ev = ev.ip(ip);
     }
-    app.store.append(&ev).await?;
+    app.events.record(ev).await;
+    app.events.flush().await;
     let current = app
         .store
         .get_host(&host)

@@ -200,6 +200,7 @@ async fn show_host(
         .get_host(&name)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no host named {name:?}")))?;
+    app.events.flush().await;
     let events = app
         .store
         .query(&EventQuery {
@@ -273,6 +274,8 @@ async fn list_events(
             .transpose()?,
         limit: query::parse_opt::<u32>("limit", p.limit.as_deref())?,
     };
+    // Boot-path events are group-written: make everything recorded so far visible.
+    app.events.flush().await;
     let events = app.store.query(&q).await?;
     Ok(axum::Json(events.iter().map(EventView::from).collect()))
 }

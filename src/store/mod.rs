@@ -367,6 +367,13 @@ pub trait LeaseStore: Send + Sync {
 #[async_trait]
 pub trait EventLog: Send + Sync {
     async fn append(&self, event: &NewEvent) -> Result<i64, StoreError>;
+    /// Appends all events in order, in one transaction (all or none).
+    async fn append_many(&self, events: &[NewEvent]) -> Result<(), StoreError> {
+        for e in events {
+            self.append(e).await?;
+        }
+        Ok(())
+    }
     async fn query(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
 }
 

@@ -689,6 +689,15 @@ impl EventLog for SqliteStore {
         insert_event(&mut conn, event).await
     }
 
+    async fn append_many(&self, events: &[NewEvent]) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        for e in events {
+            insert_event(&mut tx, e).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn query(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
         // With a limit: the newest N by id, re-sorted oldest first by the outer SELECT.
         let mut q = QueryBuilder::<Sqlite>::new(format!(

@@ -48,6 +48,7 @@ macro_rules! store_contract_tests {
             expire_leases_marks_and_logs,
             events_append_and_query_filters,
             events_since_until_limit,
+            events_append_many_in_order,
             every_write_produces_an_event,
         );
     };
@@ -593,6 +594,27 @@ pub async fn lease_commit_get_list_filters<S: Store>(store: Arc<S>) {
     assert_eq!(kinds(&evs), vec![EventKind::LeaseCommitted]);
     assert_eq!(evs[0].mac, Some(mac(1)));
     assert_eq!(evs[0].actor, "dhcp");
+}
+
+pub async fn events_append_many_in_order<S: Store>(store: Arc<S>) {
+    let batch: Vec<NewEvent> = (0..50)
+        .map(|i| {
+            NewEvent::new(EventKind::BootFileServed, "http")
+                .ip(ip(1))
+                .detail(serde_json::json!({ "n": i }))
+        })
+        .collect();
+    store.append_many(&batch).await.unwrap();
+    store.append_many(&[]).await.unwrap();
+    let evs = store
+        .query(&EventQuery {
+            ip: Some(ip(1)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(evs.len(), 50);
+    assert!(evs.iter().enumerate().all(|(i, e)| e.detail["n"] == i));
 }
 
 pub async fn lease_batch_commits_each_item_on_its_own<S: Store>(store: Arc<S>) {
