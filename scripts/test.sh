@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || die "run as root: the tests create network namespaces"
 
 step "installing test dependencies"
-apt_install iproute2 curl systemd ca-certificates gcc \
+apt_install iproute2 procps curl systemd ca-certificates gcc \
   busybox-static udhcpc isc-dhcp-client isc-dhcp-relay kea-admin \
   tftp-hpa atftp nftables python3 qemu-system-x86 ipxe-qemu seabios ovmf cpio gzip openssh-client
 
