@@ -303,9 +303,7 @@ impl App {
         let loaded = self.inventory();
         let host = loaded
             .inventory
-            .hosts
-            .iter()
-            .find(|h| h.macs.contains(&mac))
+            .host_by_boot_mac(&loaded.macs, mac)
             .map(|h| h.name.clone());
         Some((mac, host))
     }

@@ -5,88 +5,52 @@
 //! that has entered A (`setns` moves only the calling thread). No host interface, route or
 //! sysctl is touched; the namespaces are deleted on drop.
 
-use std::fs::File;
 use std::future::Future;
 use std::net::Ipv4Addr;
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bootgate::dhcp::arp::set_arp_entry;
 use bootgate::dhcp::probe::{IcmpSocket, ProbeError, ProbeMode, Prober};
 use bootgate::types::MacAddr;
-use nix::sched::{CloneFlags, setns};
 
 // ---- namespace helper -------------------------------------------------------------------
 
-fn sh(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+mod support;
+use support::{Netns, in_netns, sh};
+
+/// What these tests need of a namespace beyond tests/support.
+trait EdgeNs {
+    fn exec(&self, program: &str, args: &[&str]) -> String;
+    fn run<F, Fut, T>(&self, f: F) -> T
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = T>,
+        T: Send + 'static;
+    fn echo_requests_received(&self) -> u64;
 }
 
-/// A network namespace this test created (`bgpt<pid>-<n><role>`); deleted on drop, which
-/// also removes the veth end inside it.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(role: &str) -> Netns {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "bgpt{}-{}{role}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        );
-        sh(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// `ip -n NAME ARGS…`, returning stdout.
-    fn ip(&self, args: &[&str]) -> String {
-        let out = sh(Command::new("ip").args(["-n", &self.name]).args(args));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
+impl EdgeNs for Netns {
     /// Runs a program inside the namespace (`ip netns exec`), returning stdout.
     fn exec(&self, program: &str, args: &[&str]) -> String {
-        let out = sh(Command::new("ip")
-            .args(["netns", "exec", &self.name, program])
-            .args(args));
+        let out = sh(self.cmd(program).args(args));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Runs `f` on a fresh thread that has entered this namespace, inside a current-thread
-    /// tokio runtime (which starts no other threads, so every socket is opened in here).
+    /// Runs `f` on a thread that has entered this namespace, inside a current-thread tokio
+    /// runtime (which starts no other threads, so every socket is opened in here).
     fn run<F, Fut, T>(&self, f: F) -> T
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = T>,
         T: Send + 'static,
     {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let ns = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-            setns(&ns, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns {path}: {e}"));
+        in_netns(self, move || {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime")
                 .block_on(f())
         })
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))
     }
 
     /// The `Icmp: InEchos` counter: echo requests this namespace's kernel received.
@@ -102,14 +66,6 @@ impl Netns {
             .find(|(n, _)| *n == "InEchos")
             .and_then(|(_, v)| v.parse().ok())
             .expect("InEchos counter")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
     }
 }
 

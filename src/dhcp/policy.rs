@@ -38,8 +38,6 @@ impl ClientKey {
 pub enum Holder {
     /// Another client holds a lease or an offer on it.
     Client { mac: MacAddr },
-    /// It is an inventory reservation of another host.
-    Reserved { host: String },
     /// A client declined it (RFC 2131 §4.3.3): quarantined until it expires.
     Quarantined,
 }

@@ -148,7 +148,7 @@ fn swap_uuid(u: &str) -> Option<String> {
 async fn serve_script(app: &App, mac: MacAddr) -> Result<Response, ApiError> {
     let loaded = app.inventory();
     let inv = &loaded.inventory;
-    let host = inv.hosts.iter().find(|h| h.macs.contains(&mac));
+    let host = inv.host_by_boot_mac(&loaded.macs, mac);
     let record = app.store.host_by_mac(mac).await?;
     let state = record.as_ref().map_or(HostState::Unknown, |r| r.state);
     let profile = host.and_then(|h| inv.profile(h));
@@ -260,9 +260,7 @@ async fn phone_home(
     let loaded = app.inventory();
     let host = loaded
         .inventory
-        .hosts
-        .iter()
-        .find(|h| h.macs.contains(&mac))
+        .host_by_boot_mac(&loaded.macs, mac)
         .map(|h| h.name.clone());
     let expected = app
         .boot_tokens

@@ -259,6 +259,14 @@ impl Inventory {
         MacIndex { map }
     }
 
+    /// The host whose boot NIC is `mac` (BMC MACs don't count: they don't PXE-boot).
+    pub fn host_by_boot_mac(&self, index: &MacIndex, mac: MacAddr) -> Option<&Host> {
+        match index.map.get(&mac) {
+            Some((i, NicKind::Boot)) => self.hosts.get(*i),
+            _ => None,
+        }
+    }
+
     /// The host owning `mac`, and its reserved address on `subnet` for that NIC.
     pub fn reservation(
         &self,

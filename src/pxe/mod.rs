@@ -256,8 +256,8 @@ mod tests {
         NotNetboot,
         /// `firmware()` says this, `boot_target()` is None.
         Refused(Firmware),
-        /// TFTP stage: filename, option 43 discovery control.
-        Tftp(Firmware, &'static str, bool),
+        /// TFTP stage: filename (always with option 43 discovery control).
+        Tftp(Firmware, &'static str),
         /// HTTP stage: URL, option 60.
         Http(Firmware, &'static str, Option<&'static str>),
     }
@@ -292,22 +292,22 @@ mod tests {
             case(
                 "bios_pxe_rom",
                 client(Some(0), "PXEClient:Arch:00000:UNDI:002001", false),
-                Tftp(Bios, "undionly.kpxe", true),
+                Tftp(Bios, "undionly.kpxe"),
             ),
             case(
                 "ovmf_pxe_arch7",
                 client(Some(7), "PXEClient:Arch:00007:UNDI:003000", false),
-                Tftp(UefiX64, "ipxe.efi", true),
+                Tftp(UefiX64, "ipxe.efi"),
             ),
             case(
                 "uefi_x64_arch9",
                 client(Some(9), "PXEClient:Arch:00009:UNDI:003016", false),
-                Tftp(UefiX64, "ipxe.efi", true),
+                Tftp(UefiX64, "ipxe.efi"),
             ),
             case(
                 "uefi_arm64_arch11",
                 client(Some(11), "PXEClient:Arch:00011:UNDI:003000", false),
-                Tftp(UefiArm64, "ipxe-arm64.efi", true),
+                Tftp(UefiArm64, "ipxe-arm64.efi"),
             ),
             case(
                 "uefi_http_x64_arch16",
@@ -341,7 +341,7 @@ mod tests {
             case(
                 "pxeclient_without_option93_is_bios",
                 client(None, "PXEClient:Arch:00000:UNDI:002001", false),
-                Tftp(Bios, "undionly.kpxe", true),
+                Tftp(Bios, "undionly.kpxe"),
             ),
             case(
                 "httpclient_without_option93_is_not_guessed",
@@ -368,7 +368,7 @@ mod tests {
                 ..case(
                     "override_bios",
                     client(Some(0), "PXEClient:Arch:00000:UNDI:002001", false),
-                    Tftp(Bios, "custom/undionly-x.kpxe", true),
+                    Tftp(Bios, "custom/undionly-x.kpxe"),
                 )
             },
             Case {
@@ -376,7 +376,7 @@ mod tests {
                 ..case(
                     "override_uefi_x64",
                     client(Some(7), "PXEClient:Arch:00007:UNDI:003000", false),
-                    Tftp(UefiX64, "snponly.efi", true),
+                    Tftp(UefiX64, "snponly.efi"),
                 )
             },
             Case {
@@ -416,7 +416,7 @@ mod tests {
                 ..case(
                     "empty_override_ignored",
                     client(Some(0), "PXEClient:Arch:00000:UNDI:002001", false),
-                    Tftp(Bios, "undionly.kpxe", true),
+                    Tftp(Bios, "undionly.kpxe"),
                 )
             },
             Case {
@@ -427,7 +427,7 @@ mod tests {
                 ..case(
                     "snponly_from_boot_files",
                     client(Some(7), "PXEClient:Arch:00007:UNDI:003000", false),
-                    Tftp(UefiX64, "snponly.efi", true),
+                    Tftp(UefiX64, "snponly.efi"),
                 )
             },
         ]
@@ -454,13 +454,13 @@ mod tests {
                     assert_eq!(got_fw, Some(fw), "{name}");
                     assert_eq!(got, None, "{name}");
                 }
-                Want::Tftp(fw, file, discovery) => {
+                Want::Tftp(fw, file) => {
                     let want = BootTarget {
                         firmware: fw,
                         next_server: SERVER,
                         filename: file.to_string(),
                         vendor_class: Some("PXEClient"),
-                        pxe_discovery_control: discovery,
+                        pxe_discovery_control: true,
                         tftp_server_name: Some("10.250.0.1".to_string()),
                     };
                     assert_eq!(got_fw, Some(fw), "{name}");

@@ -105,10 +105,10 @@ impl Netns {
         pid
     }
 
-    pub fn ip(&self, args: &[&str]) {
-        let mut all = vec!["-n", &self.name];
-        all.extend_from_slice(args);
-        ip(&all);
+    /// `ip -n NAME ARGS…`, panicking on failure; returns stdout.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let out = sh(Command::new("ip").args(["-n", &self.name]).args(args));
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
@@ -486,7 +486,7 @@ pub fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 's
         f()
     })
     .join()
-    .expect("netns thread panicked")
+    .unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
 impl Drop for Daemon {
