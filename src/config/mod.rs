@@ -32,6 +32,7 @@ pub struct Config {
     pub interfaces: Vec<Interface>,
     /// Where the HTTP listener (iPXE, images, API, metrics) binds.
     pub http_listen: SocketAddr,
+    pub http: HttpSettings,
     /// Daemon state (SQLite database, control socket, run logs).
     pub state_dir: PathBuf,
     pub store: StoreUrl,
@@ -43,6 +44,15 @@ pub struct Config {
     pub control_socket: PathBuf,
     pub dhcp: DhcpSettings,
     pub boot: BootSettings,
+}
+
+/// API access (`[http]`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HttpSettings {
+    /// Root-only file of API bearer tokens (`crate::http::auth`); none → no mutating API.
+    pub tokens_file: Option<PathBuf>,
+    /// Read endpoints answer without a token (they are on the provisioning network only).
+    pub open_reads: bool,
 }
 
 /// What PXE clients are told to fetch (`[boot]`).

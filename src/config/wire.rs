@@ -10,7 +10,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
-use super::{BootSettings, Config, DhcpSettings, Interface};
+use super::{BootSettings, Config, DhcpSettings, HttpSettings, Interface};
 use crate::inventory::load::{MAX_IFNAME_LEN, deserialize_collecting, lease_time, syntax_problem};
 use crate::inventory::{Invalid, Problem};
 use crate::store::StoreUrl;
@@ -102,6 +102,15 @@ fn default_probe_ms() -> u64 {
 #[serde(deny_unknown_fields)]
 struct HttpWire {
     listen: SocketAddr,
+    /// Root-only file of API bearer tokens.
+    tokens: Option<PathBuf>,
+    /// Read endpoints answer without a token.
+    #[serde(default = "default_open_reads")]
+    open_reads: bool,
+}
+
+fn default_open_reads() -> bool {
+    true
 }
 
 /// `[[interface]]`: `address` is the gateway's own address with the subnet's prefix.
@@ -217,6 +226,10 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
             path: path.to_path_buf(),
             interfaces,
             http_listen: w.http.listen,
+            http: HttpSettings {
+                tokens_file: w.http.tokens.as_deref().map(&resolve),
+                open_reads: w.http.open_reads,
+            },
             control_socket: w
                 .control_socket
                 .as_deref()
