@@ -32,6 +32,10 @@ const EXPIRY_ACTOR: &str = "expiry";
 /// one lock keeps `MacTaken` checks and compare-and-set exact without row-lock ordering.
 const HOSTS_LOCK: i64 = 0x626f_6f74_6761_7465;
 
+/// First key of the per-address advisory locks a group commit takes (ASCII "ipv4"); the
+/// second key is the address as a 32-bit integer.
+const LEASES_LOCK_CLASS: i32 = 0x6970_7634;
+
 /// How often a transaction PostgreSQL aborted to break a deadlock (two batches locking the
 /// same leases in different orders) is replayed before the error goes to the caller.
 const DEADLOCK_RETRIES: u32 = 3;
@@ -153,6 +157,8 @@ impl PostgresStore {
             match attempt().await {
                 Err(StoreError::Db(e)) if is_deadlock(&e) && tries < DEADLOCK_RETRIES => {
                     tries += 1;
+                    // Let the winner of the deadlock finish before replaying.
+                    tokio::time::sleep(Duration::from_millis(10 * u64::from(tries))).await;
                     tracing::debug!(store = %self.url, tries, "transaction replayed after a deadlock");
                 }
                 other => return self.classify(other),
@@ -662,6 +668,21 @@ impl PostgresStore {
             return Ok(Vec::new());
         }
         let mut tx = self.pool.begin().await?;
+        // Items must lock their addresses in the caller's order (the first of two items for
+        // one address wins), and two batches crossing orders would deadlock. So first take
+        // one advisory lock per address, in address order: two batches sharing addresses
+        // then queue instead of deadlocking. Single commits lock one row and need none.
+        let mut keys: Vec<i32> = batch
+            .iter()
+            .map(|(l, _)| u32::from(l.ip).cast_signed())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        sqlx::query("SELECT pg_advisory_xact_lock($1, k) FROM unnest($2::int4[]) AS k")
+            .bind(LEASES_LOCK_CLASS)
+            .bind(keys)
+            .execute(&mut *tx)
+            .await?;
         let mut out = Vec::with_capacity(batch.len());
         for (lease, event) in batch {
             // A conflict raises no SQL error (the upsert just writes nothing), so the
@@ -723,9 +744,9 @@ impl LeaseStore for PostgresStore {
     }
 
     /// One transaction, one WAL flush, for the whole batch (group commit). A conflict
-    /// fails only its own item. Items lock their addresses in the caller's order (the
-    /// first of two items for one address must win), so two batches can deadlock:
-    /// PostgreSQL then aborts one, and it is replayed whole.
+    /// fails only its own item. Batches queue on per-address advisory locks taken in
+    /// address order; should PostgreSQL still abort one to break a deadlock (against an
+    /// expiry sweep), it is replayed whole.
     async fn commit_leases(
         &self,
         batch: &[(Lease, NewEvent)],
