@@ -55,6 +55,10 @@ pub struct PgOptions {
     /// Server-side `statement_timeout` (and `lock_timeout`): a statement stuck behind a
     /// lock another daemon holds fails instead of tying up a connection for ever.
     pub statement_timeout: Duration,
+    /// Client-side bound on a whole store call (all its statements and its commit): a
+    /// server that stops answering on an open connection fails the call with
+    /// `Unavailable` after this long instead of hanging it.
+    pub call_timeout: Duration,
 }
 
 impl Default for PgOptions {
@@ -62,7 +66,8 @@ impl Default for PgOptions {
         PgOptions {
             max_connections: 8,
             acquire_timeout: Duration::from_secs(5),
-            statement_timeout: Duration::from_secs(30),
+            statement_timeout: Duration::from_secs(10),
+            call_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -74,6 +79,8 @@ pub struct PostgresStore {
     pool: PgPool,
     /// The URL as displayed (password hidden), for error messages.
     url: String,
+    /// Upper bound on one store call (see [`PgOptions::call_timeout`]).
+    call_timeout: Duration,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -125,6 +132,7 @@ impl PostgresStore {
         Ok(PostgresStore {
             pool,
             url: shown(url),
+            call_timeout: options.call_timeout,
         })
     }
 
@@ -145,8 +153,27 @@ impl PostgresStore {
         }
     }
 
-    /// Runs a whole transaction, replaying it when PostgreSQL aborted it to break a
-    /// deadlock (nothing of it was committed, so a replay is safe); then classifies.
+    /// Runs one store call under the call timeout and classifies its failure: the bound on
+    /// how long a caller waits, even for a server that stops answering on an open
+    /// connection (a partition, a hung host), where neither the acquire timeout nor the
+    /// server's statement_timeout can help. A call cut off mid-commit may or may not have
+    /// committed; the caller sees `Unavailable` and must not report success (no ACK).
+    async fn run<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.call_timeout, call).await {
+            Ok(result) => self.classify(result),
+            Err(_) => Err(StoreError::Unavailable {
+                url: self.url.clone(),
+                reason: format!("no answer within {:?}", self.call_timeout),
+            }),
+        }
+    }
+
+    /// Runs a whole transaction (each attempt under [`Self::run`]), replaying it when
+    /// PostgreSQL aborted it to break a deadlock (nothing of it was committed, so a replay
+    /// is safe).
     async fn with_retry<T, F, Fut>(&self, mut attempt: F) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
@@ -154,14 +181,14 @@ impl PostgresStore {
     {
         let mut tries = 0;
         loop {
-            match attempt().await {
+            match self.run(attempt()).await {
                 Err(StoreError::Db(e)) if is_deadlock(&e) && tries < DEADLOCK_RETRIES => {
                     tries += 1;
                     // Let the winner of the deadlock finish before replaying.
                     tokio::time::sleep(Duration::from_millis(10 * u64::from(tries))).await;
                     tracing::debug!(store = %self.url, tries, "transaction replayed after a deadlock");
                 }
-                other => return self.classify(other),
+                other => return other,
             }
         }
     }
@@ -519,22 +546,20 @@ impl PostgresStore {
 #[async_trait]
 impl HostStore for PostgresStore {
     async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
-        let rows = sqlx::query(concat!(host_select!(), " ORDER BY h.name"))
-            .fetch_all(&self.pool)
-            .await;
-        self.classify(rows.map_err(StoreError::from))?
+        let rows = sqlx::query(concat!(host_select!(), " ORDER BY h.name")).fetch_all(&self.pool);
+        self.run(async { Ok(rows.await?) })
+            .await?
             .iter()
             .map(host_from_row)
             .collect()
     }
 
     async fn get_host(&self, name: &str) -> Result<Option<HostRecord>, StoreError> {
-        let result = async {
+        self.run(async {
             let mut conn = self.pool.acquire().await?;
             fetch_host(&mut conn, name).await
-        }
-        .await;
-        self.classify(result)
+        })
+        .await
     }
 
     async fn host_by_mac(&self, mac: MacAddr) -> Result<Option<HostRecord>, StoreError> {
@@ -543,9 +568,9 @@ impl HostStore for PostgresStore {
             " WHERE h.name = (SELECT host FROM host_macs WHERE mac = $1)"
         ))
         .bind(mac.to_string())
-        .fetch_optional(&self.pool)
-        .await;
-        self.classify(row.map_err(StoreError::from))?
+        .fetch_optional(&self.pool);
+        self.run(async { Ok(row.await?) })
+            .await?
             .map(|row| host_from_row(&row))
             .transpose()
     }
@@ -760,9 +785,9 @@ impl LeaseStore for PostgresStore {
              remote_id FROM leases WHERE ip = $1",
         )
         .bind(ip.to_string())
-        .fetch_optional(&self.pool)
-        .await;
-        self.classify(row.map_err(StoreError::from))?
+        .fetch_optional(&self.pool);
+        self.run(async { Ok(row.await?) })
+            .await?
             .map(|row| lease_from_row(&row))
             .transpose()
     }
@@ -780,9 +805,10 @@ impl LeaseStore for PostgresStore {
         if let Some(state) = filter.state {
             q.push(" AND state = ").push_bind(state.as_str());
         }
-        let rows = q.build().fetch_all(&self.pool).await;
+        let rows = q.build().fetch_all(&self.pool);
         let mut leases = self
-            .classify(rows.map_err(StoreError::from))?
+            .run(async { Ok(rows.await?) })
+            .await?
             .iter()
             .map(lease_from_row)
             .collect::<Result<Vec<_>, _>>()?;
@@ -905,18 +931,15 @@ impl PostgresStore {
 #[async_trait]
 impl EventLog for PostgresStore {
     async fn append(&self, event: &NewEvent) -> Result<i64, StoreError> {
-        let id = self.try_append(event).await;
-        self.classify(id)
+        self.run(self.try_append(event)).await
     }
 
     async fn append_many(&self, events: &[NewEvent]) -> Result<(), StoreError> {
-        let done = self.try_append_many(events).await;
-        self.classify(done)
+        self.run(self.try_append_many(events)).await
     }
 
     async fn query(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
-        let events = self.try_query(query).await;
-        self.classify(events)
+        self.run(self.try_query(query)).await
     }
 }
 

@@ -41,7 +41,7 @@ pub fn pg_bin_dir() -> Option<PathBuf> {
 }
 
 fn is_root() -> bool {
-    // SAFETY-free: reading our own uid from /proc avoids a libc dependency.
+    // Our real uid from /proc: no libc dependency needed for one number.
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -316,6 +316,7 @@ impl PgCluster {
     /// Stops the server (fast shutdown: open sessions are cut off, as a crash or failover
     /// would) and waits for the postmaster to exit. Signals only the PID we started.
     pub fn stop(&self) {
+        self.thaw(); // a frozen server cannot shut down
         let Some(mut child) = self.postmaster.lock().unwrap().take() else {
             return;
         };
@@ -329,6 +330,62 @@ impl PgCluster {
         }
         let _ = child.kill();
         let _ = child.wait();
+    }
+}
+
+impl PgCluster {
+    /// The postmaster and every server process it forked (backends, walwriter, …): all
+    /// descendants of the PID we started, read from /proc.
+    fn server_pids(&self) -> Vec<u32> {
+        let Some(root) = self.postmaster.lock().unwrap().as_ref().map(Child::id) else {
+            return Vec::new();
+        };
+        let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+                // `pid (comm) state ppid …`: comm may hold spaces, so split after ')'.
+                let ppid = stat
+                    .rsplit_once(')')?
+                    .1
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse()
+                    .ok()?;
+                Some((pid, ppid))
+            })
+            .collect();
+        let mut out = vec![root];
+        let mut i = 0;
+        while i < out.len() {
+            let parent = out[i];
+            out.extend(
+                parents
+                    .iter()
+                    .filter(|(_, pp)| *pp == parent)
+                    .map(|(p, _)| *p),
+            );
+            i += 1;
+        }
+        out
+    }
+
+    /// Freezes the whole server (SIGSTOP to the postmaster and its processes): open TCP
+    /// connections stay up but nothing answers, as in a network partition or a hung host.
+    pub fn freeze(&self) {
+        for pid in self.server_pids().into_iter().rev() {
+            signal(pid, "STOP");
+        }
+    }
+
+    /// Undoes [`PgCluster::freeze`].
+    pub fn thaw(&self) {
+        for pid in self.server_pids() {
+            signal(pid, "CONT");
+        }
     }
 }
 
