@@ -542,3 +542,65 @@ async fn pg_store_calls_are_bounded_when_the_server_hangs() {
     let c = cluster.clone();
     tokio::task::spawn_blocking(move || drop(c)).await.unwrap();
 }
+
+/// The server is SIGKILLed right after commits returned Ok (single and group commits):
+/// after crash recovery every one of them is there. (`synchronous_commit=on`: an ACKed
+/// lease is in the server's WAL on disk before the commit returns.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_committed_leases_survive_a_server_crash() {
+    require_pg!();
+    let cluster = Arc::new(tokio::task::spawn_blocking(PgCluster::start).await.unwrap());
+    let url = cluster.fresh_db().await;
+    let store = open(&url).await;
+    let ends = now() + secs(3600);
+    let singles: Vec<_> = (1..=50_u8)
+        .map(|n| lease(ip(n), mac(u16::from(n)), LeaseState::Active, ends))
+        .collect();
+    for l in &singles {
+        store.commit_lease(l, &committed(l)).await.unwrap();
+    }
+    let batch: Vec<_> = (51..=150_u8)
+        .map(|n| {
+            let l = lease(ip(n), mac(u16::from(n)), LeaseState::Active, ends);
+            let e = committed(&l);
+            (l, e)
+        })
+        .collect();
+    assert!(
+        store
+            .commit_leases(&batch)
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.is_ok())
+    );
+
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || {
+        c.crash();
+        c.start_again();
+    })
+    .await
+    .unwrap();
+
+    let t = Instant::now();
+    let leases = loop {
+        match store.list_leases(&LeaseFilter::default()).await {
+            Ok(l) => break l,
+            Err(e) => assert!(t.elapsed() < Duration::from_secs(10), "{e}"),
+        }
+    };
+    let want: Vec<_> = singles
+        .iter()
+        .cloned()
+        .chain(batch.into_iter().map(|(l, _)| l))
+        .collect();
+    assert_eq!(leases, want, "every committed lease survived the crash");
+    assert_eq!(
+        store.query(&EventQuery::default()).await.unwrap().len(),
+        150
+    );
+    store.close().await;
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || drop(c)).await.unwrap();
+}

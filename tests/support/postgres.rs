@@ -381,6 +381,29 @@ impl PgCluster {
         }
     }
 
+    /// Crashes the server: SIGKILL to the postmaster and all its processes at once (no
+    /// shutdown checkpoint; the next start runs crash recovery from the WAL).
+    pub fn crash(&self) {
+        for pid in self.server_pids() {
+            signal(pid, "KILL");
+        }
+        if let Some(mut child) = self.postmaster.lock().unwrap().take() {
+            let _ = child.wait();
+        }
+        // Orphaned backends exit on their own once their postmaster is gone; a restart
+        // refuses to start while they still hold the shared memory, so wait for them.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && self.dir.join("data/postmaster.pid").exists() {
+            let pid = std::fs::read_to_string(self.dir.join("data/postmaster.pid"))
+                .ok()
+                .and_then(|s| s.lines().next()?.trim().parse::<u32>().ok());
+            if pid.is_none_or(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Undoes [`PgCluster::freeze`].
     pub fn thaw(&self) {
         for pid in self.server_pids() {
