@@ -12,7 +12,7 @@ step "installing test dependencies"
 apt_install iproute2 procps curl systemd ca-certificates gcc \
   busybox-static udhcpc isc-dhcp-client isc-dhcp-relay kea-admin \
   tftp-hpa atftp nftables python3 qemu-system-x86 ipxe-qemu seabios ovmf cpio gzip openssh-client \
-  python3-venv git
+  python3-venv git postgresql
 venv_install
 
 step "building the test boot image (cached in /var/tmp/bootgate-cache)"
