@@ -260,11 +260,7 @@ mod tests {
             password: s.clone(),
         };
         assert!(!format!("{login:?}").contains("hunter2"));
-        assert!(
-            !serde_json::to_string(&login)
-                .unwrap()
-                .contains("hunter2")
-        );
+        assert!(!serde_json::to_string(&login).unwrap().contains("hunter2"));
         assert_eq!(s.expose(), "hunter2");
     }
 

@@ -128,12 +128,20 @@ impl Ipmitool {
                 user: t.credential.username.clone(),
             });
         }
+        let mut stderr = tail(&stderr);
+        if stderr.contains("Unable to establish IPMI v2") {
+            // ipmitool cannot tell a wrong password from a BMC that ignores the cipher suite.
+            stderr.push_str(&format!(
+                " (check the password of user {:?} in the secrets file, and that the BMC takes RMCP+ cipher suite {CIPHER_SUITE})",
+                t.credential.username
+            ));
+        }
         Err(BmcError::Ipmi {
             host: t.host.clone(),
             bmc: t.bmc_label(),
             command,
             status: out.status.to_string(),
-            stderr: tail(&stderr),
+            stderr,
         })
     }
 
@@ -264,6 +272,8 @@ mod tests {
             "Error in open session response message : invalid user name\n"
         ));
         assert!(is_auth_failure("> RAKP 2 HMAC is invalid\n"));
-        assert!(!is_auth_failure("Unable to establish IPMI v2 / RMCP+ session\n"));
+        assert!(!is_auth_failure(
+            "Unable to establish IPMI v2 / RMCP+ session\n"
+        ));
     }
 }

@@ -207,7 +207,11 @@ pub enum BmcError {
     UnknownCredential { host: String, credential: String },
     #[error("{host}: {reason}")]
     Config { host: String, reason: String },
-    #[error("{host}: {url}: HTTP {status}{}{}", fmt_messages(messages), fmt_excerpt(messages, body))]
+    #[error(
+        "{host}: {url}: HTTP {status}{}{}",
+        fmt_messages(messages),
+        fmt_excerpt(messages, body)
+    )]
     Http {
         host: String,
         method: String,
@@ -218,7 +222,9 @@ pub enum BmcError {
         /// The first few hundred bytes of the body.
         body: String,
     },
-    #[error("{host}: BMC {bmc} refused the login of user {user:?} (HTTP 401 at {url}); check the credential in the secrets file")]
+    #[error(
+        "{host}: BMC {bmc} refused the login of user {user:?} (HTTP 401 at {url}); check the credential in the secrets file"
+    )]
     Unauthorized {
         host: String,
         bmc: String,

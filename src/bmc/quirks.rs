@@ -43,7 +43,13 @@ pub struct Quirks {
 use ResetType::*;
 
 /// DMTF's common set; what a generic service most likely takes.
-const COMMON: &[ResetType] = &[On, ForceOff, GracefulShutdown, GracefulRestart, ForceRestart];
+const COMMON: &[ResetType] = &[
+    On,
+    ForceOff,
+    GracefulShutdown,
+    GracefulRestart,
+    ForceRestart,
+];
 
 static GENERIC: Quirks = Quirks {
     vendor: BmcVendor::Generic,
@@ -81,7 +87,14 @@ static DELL: Quirks = Quirks {
 /// read-only on some models (never send it); Disabled needs a target kept.
 static HPE: Quirks = Quirks {
     vendor: BmcVendor::Hpe,
-    assumed_reset_types: &[On, ForceOff, GracefulShutdown, ForceRestart, Nmi, PushPowerButton],
+    assumed_reset_types: &[
+        On,
+        ForceOff,
+        GracefulShutdown,
+        ForceRestart,
+        Nmi,
+        PushPowerButton,
+    ],
     broken_reset_types: &[],
     patch_if_match: false,
     override_mode_uefi: false,
@@ -205,7 +218,11 @@ impl Quirks {
 
     /// The mode to ask for first: Once, unless the BMC's AllowableValues lack it or the
     /// family only takes Continuous for this target.
-    pub fn first_mode(&self, source: BootSource, allowed_enabled: Option<&[String]>) -> OverrideMode {
+    pub fn first_mode(
+        &self,
+        source: BootSource,
+        allowed_enabled: Option<&[String]>,
+    ) -> OverrideMode {
         let once_listed = allowed_enabled.is_none_or(|v| v.iter().any(|s| s == "Once"));
         if once_listed && !self.continuous_only.contains(&source) {
             OverrideMode::Once

@@ -48,7 +48,12 @@ impl Redfish {
     }
 
     fn client(&self, t: &BmcTarget) -> Result<reqwest::Client, BmcError> {
-        if let Some(c) = self.clients.lock().ok().and_then(|m| m.get(&t.tls).cloned()) {
+        if let Some(c) = self
+            .clients
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&t.tls).cloned())
+        {
             return Ok(c);
         }
         let config = match &t.tls {
@@ -85,6 +90,7 @@ impl Redfish {
             http: self.client(t)?,
             q: quirks(t.vendor),
             auth: Auth::None,
+            root: Value::Null,
         };
         conn.login().await?;
         Ok(conn)
@@ -157,7 +163,8 @@ impl Redfish {
         self.with_conn(t, async |c| {
             let sys = c.system().await?;
             let boot = sys.body.get("Boot").cloned().unwrap_or(Value::Null);
-            if let Some(targets) = strings(&boot["BootSourceOverrideTarget@Redfish.AllowableValues"])
+            if let Some(targets) =
+                strings(&boot["BootSourceOverrideTarget@Redfish.AllowableValues"])
                 && !targets.iter().any(|v| v == source.redfish_name())
             {
                 return Err(BmcError::Unsupported {
@@ -182,7 +189,9 @@ impl Redfish {
                 );
                 mode = OverrideMode::Continuous;
                 let fresh = c.system_at(&sys.url).await?;
-                r = c.patch_system(&fresh, &c.q.boot_patch(source, mode)).await?;
+                r = c
+                    .patch_system(&fresh, &c.q.boot_patch(source, mode))
+                    .await?;
             }
             let r = c.ok(r)?;
             if r.status == StatusCode::ACCEPTED {
@@ -203,12 +212,29 @@ impl Redfish {
             let sys = c.system().await?;
             let current = sys.body["Boot"]["BootSourceOverrideTarget"].as_str();
             let body = c.q.clear_patch(current);
-            let r = c.patch_system(&sys, &body).await?;
+            let mut r = c.patch_system(&sys, &body).await?;
+            if r.status == StatusCode::BAD_REQUEST
+                && body["Boot"].get("BootSourceOverrideTarget").is_none()
+            {
+                // Some services want a target with Disabled: "None" is the schema's
+                // "boot normally" (sushy-emulator, some AMI builds).
+                let mut with_none = body.clone();
+                with_none["Boot"]["BootSourceOverrideTarget"] = json!("None");
+                let fresh = c.system_at(&sys.url).await?;
+                r = c.patch_system(&fresh, &with_none).await?;
+            }
             let r = c.ok(r)?;
             if r.status == StatusCode::ACCEPTED {
                 c.follow_task(&r).await?;
             }
-            Ok(())
+            let after = c.system_at(&sys.url).await?;
+            still_overridden(&after.body).map_or(Ok(()), |reason| {
+                Err(BmcError::Protocol {
+                    host: c.t.host.clone(),
+                    url: after.url.to_string(),
+                    reason,
+                })
+            })
         })
         .await
     }
@@ -262,6 +288,8 @@ struct Conn<'a> {
     http: reqwest::Client,
     q: &'static Quirks,
     auth: Auth,
+    /// The service root read at login (links to Systems, Sessions).
+    root: Value,
 }
 
 impl Drop for Conn<'_> {
@@ -313,7 +341,8 @@ impl Conn<'_> {
                 .await?;
         }
         let root = self.ok(root)?;
-        let sessions = sessions_link(&root.body);
+        self.root = root.body;
+        let sessions = sessions_link(&self.root);
         let Some(path) = sessions else {
             self.auth = Auth::Basic;
             return Ok(());
@@ -538,8 +567,7 @@ impl Conn<'_> {
 
     /// The system this target means: `system` by Id or Name, else the only one.
     async fn system(&self) -> Result<System, BmcError> {
-        let root = self.get(&self.url(SERVICE_ROOT)?).await?;
-        let systems_path = root.body["Systems"]["@odata.id"]
+        let systems_path = self.root["Systems"]["@odata.id"]
             .as_str()
             .unwrap_or("/redfish/v1/Systems")
             .to_string();
@@ -616,19 +644,23 @@ impl Conn<'_> {
         if advertised.is_none()
             && let Some(info) = &action.action_info
         {
-            let r = self.get(&sys.url.join(info).map_err(|e| BmcError::Protocol {
-                host: self.t.host.clone(),
-                url: sys.url.to_string(),
-                reason: format!("bad @Redfish.ActionInfo {info:?}: {e}"),
-            })?)
-            .await?;
+            let r = self
+                .get(&sys.url.join(info).map_err(|e| BmcError::Protocol {
+                    host: self.t.host.clone(),
+                    url: sys.url.to_string(),
+                    reason: format!("bad @Redfish.ActionInfo {info:?}: {e}"),
+                })?)
+                .await?;
             advertised = action_info_reset_types(&r.body);
         }
-        let target = sys.url.join(&action.target).map_err(|e| BmcError::Protocol {
-            host: self.t.host.clone(),
-            url: sys.url.to_string(),
-            reason: format!("bad reset target {:?}: {e}", action.target),
-        })?;
+        let target = sys
+            .url
+            .join(&action.target)
+            .map_err(|e| BmcError::Protocol {
+                host: self.t.host.clone(),
+                url: sys.url.to_string(),
+                reason: format!("bad reset target {:?}: {e}", action.target),
+            })?;
         Ok((target, self.q.reset_types(advertised)))
     }
 
@@ -643,7 +675,13 @@ impl Conn<'_> {
         let mut retried = false;
         loop {
             let r = self
-                .call(Method::PATCH, &sys.url, Some(body), tag.as_deref(), Idem::Safe)
+                .call(
+                    Method::PATCH,
+                    &sys.url,
+                    Some(body),
+                    tag.as_deref(),
+                    Idem::Safe,
+                )
                 .await?;
             let precondition = r.status == StatusCode::PRECONDITION_REQUIRED
                 || r.status == StatusCode::PRECONDITION_FAILED;
@@ -756,7 +794,15 @@ fn tls_failure(e: &reqwest::Error) -> Option<String> {
         }
         src = s.source();
     }
-    None
+    // The rustls error can sit behind a boxed connector error that hides its type; its
+    // text is stable ("invalid peer certificate: UnknownIssuer").
+    let text = chain(e);
+    text.find("invalid peer certificate").map(|i| {
+        format!(
+            "certificate not trusted ({}); give the BMC's CA as bmc.ca_file or [site] bmc_ca_file, or set insecure = true for this BMC",
+            &text[i..]
+        )
+    })
 }
 
 fn excerpt(text: &str) -> String {
@@ -803,17 +849,15 @@ pub fn sessions_link(root: &Value) -> Option<String> {
 pub fn members(coll: &Value) -> Vec<String> {
     coll["Members"]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(odata_id)
-                .map(str::to_string)
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(odata_id).map(str::to_string).collect())
         .unwrap_or_default()
 }
 
 fn last_segment(path: &str) -> &str {
-    path.trim_end_matches('/').rsplit('/').next().unwrap_or(path)
+    path.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(path)
 }
 
 fn names_system(sys: &Value, want: &str) -> bool {
@@ -966,6 +1010,20 @@ pub fn applied_override(
     }
 }
 
+/// Why a system still boots from the network after a clear, if it does: an enabled
+/// override whose target is one bootgate sets.
+pub fn still_overridden(system: &Value) -> Option<String> {
+    let boot = &system["Boot"];
+    let enabled = boot["BootSourceOverrideEnabled"].as_str()?;
+    let target = boot["BootSourceOverrideTarget"].as_str()?;
+    let ours = [BootSource::Pxe, BootSource::UefiHttp]
+        .iter()
+        .any(|s| s.redfish_name() == target);
+    (enabled != "Disabled" && ours).then(|| {
+        format!("accepted clearing the boot override but still reports {target} ({enabled})")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -973,10 +1031,10 @@ mod tests {
     #[test]
     fn extended_info_messages() {
         let body = json!({"error": {"code": "Base.1.8.GeneralError", "message": "A general error has occurred.",
-            "@Message.ExtendedInfo": [
-                {"MessageId": "Base.1.8.PropertyValueNotInList", "Message": "The value Once for the property BootSourceOverrideEnabled is not in the list of acceptable values."},
-                {"MessageId": "Base.1.8.PropertyValueNotInList", "Message": "The value Once for the property BootSourceOverrideEnabled is not in the list of acceptable values."}
-            ]}});
+        "@Message.ExtendedInfo": [
+            {"MessageId": "Base.1.8.PropertyValueNotInList", "Message": "The value Once for the property BootSourceOverrideEnabled is not in the list of acceptable values."},
+            {"MessageId": "Base.1.8.PropertyValueNotInList", "Message": "The value Once for the property BootSourceOverrideEnabled is not in the list of acceptable values."}
+        ]}});
         let m = messages(&body);
         assert_eq!(m.len(), 1);
         assert!(m[0].contains("[Base.1.8.PropertyValueNotInList]"));
@@ -994,7 +1052,11 @@ mod tests {
         let a = parse_reset_action(&sys).unwrap();
         assert_eq!(
             a.allowed,
-            Some(vec![ResetType::On, ResetType::ForceOff, ResetType::PowerCycle])
+            Some(vec![
+                ResetType::On,
+                ResetType::ForceOff,
+                ResetType::PowerCycle
+            ])
         );
         let sys = json!({"Actions": {"#ComputerSystem.Reset": {
             "target": "/x", "@Redfish.ActionInfo": "/redfish/v1/Systems/1/ResetActionInfo"}}});
@@ -1037,9 +1099,7 @@ mod tests {
 
     #[test]
     fn override_read_back() {
-        let sys = |t: &str, e: &str| {
-            json!({"Boot": {"BootSourceOverrideTarget": t, "BootSourceOverrideEnabled": e}})
-        };
+        let sys = |t: &str, e: &str| json!({"Boot": {"BootSourceOverrideTarget": t, "BootSourceOverrideEnabled": e}});
         assert_eq!(
             applied_override(&sys("Pxe", "Once"), BootSource::Pxe, OverrideMode::Once),
             Ok(OverrideMode::Once)
@@ -1052,17 +1112,20 @@ mod tests {
             ),
             Ok(OverrideMode::Continuous)
         );
-        assert!(applied_override(&sys("Hdd", "Once"), BootSource::Pxe, OverrideMode::Once).is_err());
         assert!(
-            applied_override(&sys("Pxe", "Disabled"), BootSource::Pxe, OverrideMode::Once)
-                .is_err()
+            applied_override(&sys("Hdd", "Once"), BootSource::Pxe, OverrideMode::Once).is_err()
+        );
+        assert!(
+            applied_override(&sys("Pxe", "Disabled"), BootSource::Pxe, OverrideMode::Once).is_err()
         );
     }
 
     #[test]
     fn session_links() {
         assert_eq!(
-            sessions_link(&json!({"Links": {"Sessions": {"@odata.id": "/redfish/v1/SessionService/Sessions"}}})),
+            sessions_link(
+                &json!({"Links": {"Sessions": {"@odata.id": "/redfish/v1/SessionService/Sessions"}}})
+            ),
             Some("/redfish/v1/SessionService/Sessions".to_string())
         );
         assert_eq!(

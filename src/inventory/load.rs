@@ -24,6 +24,9 @@ use crate::types::{MacAddr, Role};
 /// The daemon's own config may sit in the inventory directory; it is not inventory.
 const CONFIG_FILE_NAME: &str = "bootgate.toml";
 
+/// `secrets*.toml` (e.g. the lab's `secrets.example.toml`) holds BMC logins, not inventory.
+const SECRETS_FILE_PREFIX: &str = "secrets";
+
 /// Top-level keys an inventory file may hold: `[site]` and arrays of tables for the rest.
 const TOP_LEVEL_KEYS: &[&str] = &["site", "subnet", "rack", "profile", "host"];
 
@@ -470,9 +473,9 @@ impl Problems {
     }
 }
 
-/// Reads every `*.toml` in `dir` (sorted, not recursive, skipping `bootgate.toml`) and
-/// validates the whole inventory. All problems are returned, each naming file, entry and
-/// field.
+/// Reads every `*.toml` in `dir` (sorted, not recursive, skipping `bootgate.toml` and
+/// `secrets*.toml`) and validates the whole inventory. All problems are returned, each
+/// naming file, entry and field.
 pub fn load_dir(dir: &Path) -> Result<Inventory, Invalid> {
     let mut problems = Problems::default();
     let files = match inventory_files(dir) {
@@ -610,7 +613,11 @@ fn inventory_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
         let path = entry.path();
         let is_toml = path.extension().is_some_and(|e| e == "toml");
         let is_config = path.file_name().is_some_and(|n| n == CONFIG_FILE_NAME);
-        if is_toml && !is_config && path.is_file() {
+        let is_secrets = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(SECRETS_FILE_PREFIX));
+        if is_toml && !is_config && !is_secrets && path.is_file() {
             files.push(path);
         }
     }
