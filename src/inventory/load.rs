@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
 use super::{
-    Bmc, BmcProtocol, BmcScheme, BmcVendor, Gpus, Hardware, Host, InfiniBand, Invalid, Inventory, IpRange,
-    Problem, Profile, Purpose, Rack, Served, Site, Subnet, Switch,
+    Bmc, BmcProtocol, BmcScheme, BmcVendor, Gpus, Hardware, Host, InfiniBand, Invalid, Inventory,
+    IpRange, Problem, Profile, Purpose, Rack, Served, Site, Subnet, Switch,
 };
 use crate::config::Config;
 use crate::types::{MacAddr, Role};
@@ -552,24 +552,22 @@ pub fn load_dir(dir: &Path) -> Result<Inventory, Invalid> {
     }
 
     let site = match site {
-        Some((loc, value)) => {
-            deserialize_entry::<SiteWire>(&loc, value, &mut problems).map(|w| {
-                let bmc_ca_file = w.bmc_ca_file.map(|f| {
-                    let path = dir.join(f);
-                    if let Some(why) = not_a_file(&path) {
-                        problems.at(&loc, "bmc_ca_file", why);
-                    }
-                    path
-                });
-                Site {
-                    name: w.name,
-                    description: w.description,
-                    location: w.location,
-                    gateways: w.gateways,
-                    bmc_ca_file,
+        Some((loc, value)) => deserialize_entry::<SiteWire>(&loc, value, &mut problems).map(|w| {
+            let bmc_ca_file = w.bmc_ca_file.map(|f| {
+                let path = dir.join(f);
+                if let Some(why) = not_a_file(&path) {
+                    problems.at(&loc, "bmc_ca_file", why);
                 }
-            })
-        }
+                path
+            });
+            Site {
+                name: w.name,
+                description: w.description,
+                location: w.location,
+                gateways: w.gateways,
+                bmc_ca_file,
+            }
+        }),
         None => {
             // Only worth saying when the files themselves were readable.
             if problems.0.is_empty() {
@@ -1251,7 +1249,11 @@ fn check_bmc_access(dir: &Path, bmc: &BmcWire, loc: &Loc, p: &mut Problems) {
         p.at(loc, "bmc.ca_file", why);
     }
     if bmc.system.as_deref().is_some_and(|s| s.trim().is_empty()) {
-        p.at(loc, "bmc.system", "empty; give the Redfish system's Id or Name");
+        p.at(
+            loc,
+            "bmc.system",
+            "empty; give the Redfish system's Id or Name",
+        );
     }
     let tls_set = if bmc.insecure { "insecure" } else { "ca_file" };
     if bmc.protocol == BmcProtocol::Ipmi && (bmc.insecure || bmc.ca_file.is_some()) {
