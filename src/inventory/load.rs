@@ -1062,8 +1062,7 @@ impl Validator {
         let mut slots: HashMap<(String, u32), String> = HashMap::new();
         // BMC endpoint → (system, who): hosts may share a BMC (one BMC, several systems)
         // when each names a different system.
-        let mut endpoints: HashMap<(Ipv4Addr, Option<u16>), Vec<(Option<String>, String)>> =
-            HashMap::new();
+        let mut endpoints: HashMap<(Ipv4Addr, Option<u16>), Vec<SharedBmc>> = HashMap::new();
 
         for (loc, value) in &raw.entries {
             let Some(w) = deserialize_entry::<HostWire>(loc, value, &mut self.problems) else {
@@ -1240,6 +1239,9 @@ fn claim_ip(
     }
 }
 
+/// One host's use of a BMC endpoint: the system it names and who it is (for messages).
+type SharedBmc = (Option<String>, String);
+
 /// The TLS and protocol settings of a BMC must agree: a CA file that exists, `insecure`
 /// or `ca_file` (not both), neither for plain HTTP or IPMI, a non-empty system name.
 fn check_bmc_access(dir: &Path, bmc: &BmcWire, loc: &Loc, p: &mut Problems) {
@@ -1259,13 +1261,13 @@ fn check_bmc_access(dir: &Path, bmc: &BmcWire, loc: &Loc, p: &mut Problems) {
     if bmc.protocol == BmcProtocol::Ipmi && (bmc.insecure || bmc.ca_file.is_some()) {
         p.at(
             loc,
-            &format!("bmc.{tls_set}"),
+            format!("bmc.{tls_set}"),
             "IPMI has no TLS: insecure and ca_file apply only to Redfish over https",
         );
     } else if bmc.scheme == BmcScheme::Http && (bmc.insecure || bmc.ca_file.is_some()) {
         p.at(
             loc,
-            &format!("bmc.{tls_set}"),
+            format!("bmc.{tls_set}"),
             "scheme = \"http\" has no TLS: insecure and ca_file apply only to https",
         );
     } else if bmc.insecure && bmc.ca_file.is_some() {
