@@ -110,6 +110,10 @@ mod fake {
         pub session_status: Option<u16>,
         /// Every answer takes this long (to see how many requests overlap).
         pub delay: Option<Duration>,
+        /// A reset is answered only after this long (past the client's deadline).
+        pub reset_hang: Option<Duration>,
+        /// The first N resets answer 503 (the BMC did not act).
+        pub reset_503: u32,
     }
 
     #[derive(Debug, Clone)]
@@ -135,6 +139,7 @@ mod fake {
         next: u32,
         busy_left: u32,
         polls_left: u32,
+        resets_503_left: u32,
     }
 
     #[derive(Clone)]
@@ -149,6 +154,7 @@ mod fake {
                     dir: repo("tests/fixtures/redfish").join(vendor),
                     busy_left: b.busy_503,
                     polls_left: b.reset_task_polls.unwrap_or(0),
+                    resets_503_left: b.reset_503,
                     b,
                     reqs: Vec::new(),
                     systems: HashMap::new(),
@@ -229,7 +235,22 @@ mod fake {
         body: Bytes,
     ) -> Response {
         use std::sync::atomic::Ordering::SeqCst;
-        let delay = fake.0.lock().unwrap().b.delay;
+        let (delay, hang) = {
+            let inner = fake.0.lock().unwrap();
+            (inner.b.delay, inner.b.reset_hang)
+        };
+        if let Some(h) = hang
+            && uri.path().ends_with("/Actions/ComputerSystem.Reset")
+        {
+            fake.0.lock().unwrap().reqs.push(Req {
+                method: method.to_string(),
+                path: uri.path().to_string(),
+                headers: headers.clone(),
+                body: Value::Null,
+            });
+            tokio::time::sleep(h).await;
+            return reply(204, &[], None);
+        }
         if let Some(d) = delay {
             let now = fake.1[0].fetch_add(1, SeqCst) + 1;
             fake.1[1].fetch_max(now, SeqCst);
@@ -321,6 +342,10 @@ mod fake {
             );
         }
         if method == Method::POST && path.ends_with("/Actions/ComputerSystem.Reset") {
+            if inner.resets_503_left > 0 {
+                inner.resets_503_left -= 1;
+                return reply(503, &[("retry-after", "0".into())], None);
+            }
             if let Some((status, name)) = inner.b.reset_error {
                 return reply(status, &[], Some(error_file(&dir, name)));
             }
@@ -1065,6 +1090,62 @@ async fn concurrency_is_bounded() {
         "root, collection, system each"
     );
     assert_eq!(fake.max_in_flight(), 2);
+}
+
+#[tokio::test]
+async fn a_reset_is_resent_after_a_503_but_never_after_a_timeout() {
+    let count = |fake: &Fake| {
+        fake.requests()
+            .iter()
+            .filter(|r| r.path.ends_with("ComputerSystem.Reset"))
+            .count()
+    };
+    // 503: the BMC says it did not act, so the same reset goes again.
+    let (fake, addr) = Fake::start(
+        "generic",
+        Behavior {
+            reset_503: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let t = target(
+        "http",
+        addr,
+        BmcVendor::Generic,
+        None,
+        PASSWORD,
+        TlsPolicy::Plain,
+    );
+    Bmcs::new(settings(5))
+        .reset(&t, ResetType::ForceRestart)
+        .await
+        .unwrap();
+    assert_eq!(count(&fake), 2);
+    // No answer within the deadline: the reset may have landed; it is not sent twice.
+    let (fake, addr) = Fake::start(
+        "generic",
+        Behavior {
+            reset_hang: Some(Duration::from_secs(3)),
+            ..Default::default()
+        },
+    )
+    .await;
+    let t = target(
+        "http",
+        addr,
+        BmcVendor::Generic,
+        None,
+        PASSWORD,
+        TlsPolicy::Plain,
+    );
+    let e = Bmcs::new(settings(1))
+        .reset(&t, ResetType::ForceRestart)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, BmcError::Timeout { .. }), "{e}");
+    assert!(e.to_string().contains("ComputerSystem.Reset"), "{e}");
+    assert_eq!(count(&fake), 1);
 }
 
 // =======================================================================================
