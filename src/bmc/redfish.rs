@@ -216,10 +216,11 @@ impl Redfish {
             if r.status == StatusCode::BAD_REQUEST
                 && body["Boot"].get("BootSourceOverrideTarget").is_none()
             {
-                // Some services want a target with Disabled: "None" is the schema's
-                // "boot normally" (sushy-emulator, some AMI builds).
+                // Some services want a target with Disabled (sushy-emulator, some AMI
+                // builds): "None", the schema's "boot normally", unless the BMC does not
+                // list it; then the local disk, which is what a provisioned node boots.
                 let mut with_none = body.clone();
-                with_none["Boot"]["BootSourceOverrideTarget"] = json!("None");
+                with_none["Boot"]["BootSourceOverrideTarget"] = json!(clear_target(&sys.body));
                 let fresh = c.system_at(&sys.url).await?;
                 r = c.patch_system(&fresh, &with_none).await?;
             }
@@ -1007,6 +1008,14 @@ pub fn applied_override(
             source.redfish_name(),
             asked.redfish_name()
         )),
+    }
+}
+
+/// The target to send next to `Disabled` when the BMC wants one.
+pub fn clear_target(system: &Value) -> &'static str {
+    match strings(&system["Boot"]["BootSourceOverrideTarget@Redfish.AllowableValues"]) {
+        Some(list) if !list.iter().any(|v| v == "None") && list.iter().any(|v| v == "Hdd") => "Hdd",
+        _ => "None",
     }
 }
 

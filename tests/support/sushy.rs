@@ -57,8 +57,32 @@ pub struct Sushy {
 }
 
 impl Sushy {
-    /// Starts one with `systems` (all powered off) and basic auth admin/password.
+    /// Starts one with the fake driver: `systems` (all powered off), basic auth
+    /// admin/password.
     pub fn start(systems: &[&str]) -> Sushy {
+        let names: Vec<String> = systems.iter().map(|s| format!("'{s}'")).collect();
+        Sushy::start_with(&format!(
+            "SUSHY_EMULATOR_FAKE_DRIVER = True
+SUSHY_EMULATOR_FAKE_SYSTEMS = [
+    {{'uuid': _uuid(n), 'name': n, 'power_state': 'Off', 'external_notifier': False,
+     'nics': [{{'mac': _mac(n), 'ip': ''}}]}}
+    for n in [{}]
+]
+",
+            names.join(", ")
+        ))
+    }
+
+    /// Starts one with the libvirt driver in front of the libvirtd at `uri` (needs
+    /// libvirt-python in the venv: `pip install libvirt-python`, which builds against
+    /// libvirt-dev + pkg-config).
+    pub fn start_libvirt(uri: &str) -> Sushy {
+        Sushy::start_with(&format!(
+            "SUSHY_EMULATOR_LIBVIRT_URI = '{uri}'\nSUSHY_EMULATOR_IGNORE_BOOT_DEVICE = False\n"
+        ))
+    }
+
+    fn start_with(driver: &str) -> Sushy {
         let bin = venv();
         let dir = tempfile::tempdir().expect("tempdir");
         let htpasswd = dir.path().join("htpasswd");
@@ -77,7 +101,6 @@ impl Sushy {
             String::from_utf8_lossy(&out.stderr)
         );
         std::fs::write(&htpasswd, &out.stdout).unwrap();
-        let names: Vec<String> = systems.iter().map(|s| format!("'{s}'")).collect();
         for _attempt in 0..3 {
             let port = free_port();
             let conf = dir.path().join("sushy.conf.py");
@@ -95,17 +118,10 @@ def _uuid(n):
 SUSHY_EMULATOR_LISTEN_IP = '127.0.0.1'
 SUSHY_EMULATOR_LISTEN_PORT = {port}
 SUSHY_EMULATOR_STATE_DIR = '{state}'
-SUSHY_EMULATOR_FAKE_DRIVER = True
 SUSHY_EMULATOR_AUTH_FILE = '{auth}'
-SUSHY_EMULATOR_FAKE_SYSTEMS = [
-    {{'uuid': _uuid(n), 'name': n, 'power_state': 'Off', 'external_notifier': False,
-     'nics': [{{'mac': _mac(n), 'ip': ''}}]}}
-    for n in [{names}]
-]
-",
+{driver}",
                     state = dir.path().join("state").display(),
                     auth = htpasswd.display(),
-                    names = names.join(", "),
                 ),
             )
             .unwrap();
