@@ -1819,6 +1819,54 @@ async fn ipmi_wrong_password_names_the_user_never_the_password() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipmitool_gets_the_password_by_environment_and_is_killed_at_the_deadline() {
+    // A stand-in ipmitool that records its argv and environment, then hangs.
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("record");
+    let fake = dir.path().join("ipmitool");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\necho \"pid=$$\" > {r}\necho \"argv=$*\" >> {r}\necho \"env=$IPMI_PASSWORD\" >> {r}\nexec sleep 30\n",
+            r = record.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bmcs = Bmcs::with_ipmitool(settings(1), fake);
+    let t = ipmi_target(623, PASSWORD);
+    let start = Instant::now();
+    let e = bmcs.power_state(&t).await.unwrap_err();
+    assert!(matches!(e, BmcError::Timeout { .. }), "{e}");
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    let text = std::fs::read_to_string(&record).unwrap();
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(field("env="), PASSWORD);
+    let argv = field("argv=");
+    assert!(argv.contains("-E") && argv.contains("-U admin"), "{argv}");
+    assert_no_password(&argv, PASSWORD);
+    // The hung process was killed (gone, or a zombie awaiting its reaper).
+    let pid = field("pid=");
+    let gone = support::wait_for(Duration::from_secs(3), || {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => Some(()),
+            Ok(stat) if stat.split_whitespace().nth(2) == Some("Z") => Some(()),
+            Ok(_) => None,
+        }
+    });
+    assert!(gone.is_some(), "ipmitool stand-in {pid} still running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipmi_sim_status_bootdev_and_a_refused_cycle() {
     // OpenIPMI's ipmi_sim with no machine attached: status and bootdev work, a power
     // cycle of the (absent) chassis is refused.

@@ -451,6 +451,7 @@ impl Bmcs {
 
 #[async_trait::async_trait]
 impl PowerControl for Bmcs {
+    #[tracing::instrument(skip_all, fields(host = %t.host, bmc = %t.bmc_label()))]
     async fn power_state(&self, t: &BmcTarget) -> Result<PowerState, BmcError> {
         let _p = self.permit().await;
         match t.protocol {
@@ -459,6 +460,7 @@ impl PowerControl for Bmcs {
         }
     }
 
+    #[tracing::instrument(skip_all, fields(host = %t.host, bmc = %t.bmc_label()))]
     async fn reset_types(&self, t: &BmcTarget) -> Result<Vec<ResetType>, BmcError> {
         let _p = self.permit().await;
         match t.protocol {
@@ -467,6 +469,7 @@ impl PowerControl for Bmcs {
         }
     }
 
+    #[tracing::instrument(skip_all, fields(host = %t.host, bmc = %t.bmc_label()))]
     async fn reset(&self, t: &BmcTarget, kind: ResetType) -> Result<(), BmcError> {
         let _p = self.permit().await;
         match t.protocol {
@@ -475,6 +478,7 @@ impl PowerControl for Bmcs {
         }
     }
 
+    #[tracing::instrument(skip_all, fields(host = %t.host, bmc = %t.bmc_label(), %source))]
     async fn set_boot_override(
         &self,
         t: &BmcTarget,
@@ -487,6 +491,7 @@ impl PowerControl for Bmcs {
         }
     }
 
+    #[tracing::instrument(skip_all, fields(host = %t.host, bmc = %t.bmc_label()))]
     async fn clear_boot_override(&self, t: &BmcTarget) -> Result<(), BmcError> {
         let _p = self.permit().await;
         match t.protocol {
