@@ -373,6 +373,7 @@ mod golden {
                 description: None,
                 location: None,
                 gateways: vec![],
+                bmc_ca_file: None,
             },
             subnets: vec![],
             racks: vec![],

@@ -39,7 +39,11 @@ pub struct Config {
     pub inventory_dir: PathBuf,
     pub boot_images_dir: PathBuf,
     /// Root-only file with BMC credentials and API tokens; optional until power control.
+    /// For `secrets = "credential:NAME"` this is `$CREDENTIALS_DIRECTORY/NAME` when systemd
+    /// set that variable, else None: use [`Config::secrets_path`] for the reason.
     pub secrets_file: Option<PathBuf>,
+    /// `secrets` as written (a path made absolute, or a systemd credential name).
+    pub secrets: Option<crate::secrets::SecretsSource>,
     /// Unix socket for local admin commands (`bootgate reload`), mode 0600.
     pub control_socket: PathBuf,
     pub dhcp: DhcpSettings,
@@ -84,5 +88,19 @@ impl Config {
     /// and field.
     pub fn load(path: &Path) -> Result<Config, Invalid> {
         wire::load(path)
+    }
+
+    /// The secrets file to read: None when the config names none; an error naming
+    /// `CREDENTIALS_DIRECTORY` for `credential:NAME` outside systemd.
+    pub fn secrets_path(&self) -> Result<Option<PathBuf>, crate::secrets::SecretsError> {
+        self.secrets.as_ref().map(|s| s.path()).transpose()
+    }
+
+    /// Loads the secrets file the config names (empty secrets when it names none).
+    pub fn load_secrets(&self) -> Result<crate::secrets::Secrets, crate::secrets::SecretsError> {
+        match &self.secrets {
+            Some(s) => s.load(),
+            None => Ok(crate::secrets::Secrets::default()),
+        }
     }
 }

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::{BootSettings, Config, DhcpSettings, HttpSettings, Interface};
 use crate::inventory::load::{MAX_IFNAME_LEN, deserialize_collecting, lease_time, syntax_problem};
 use crate::inventory::{Invalid, Problem};
+use crate::secrets::SecretsSource;
 use crate::store::StoreUrl;
 
 /// The whole file except `[[interface]]`: those are taken out of the table first and
@@ -26,7 +27,8 @@ struct ConfigWire {
     /// Directory of the site's inventory `*.toml`.
     inventory: PathBuf,
     boot_images: PathBuf,
-    secrets: Option<PathBuf>,
+    /// A path, or `credential:NAME` for `$CREDENTIALS_DIRECTORY/NAME` (systemd LoadCredential=).
+    secrets: Option<String>,
     /// Default `{state_dir}/control.sock`.
     control_socket: Option<PathBuf>,
     http: HttpWire,
@@ -220,6 +222,15 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
         }
     }
 
+    let secrets = match w.secrets.as_deref().map(SecretsSource::parse) {
+        None => None,
+        Some(Ok(SecretsSource::File(f))) => Some(SecretsSource::File(resolve(&f))),
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => {
+            p.push("-", "secrets", e.to_string());
+            None
+        }
+    };
     let boot = boot_settings(&w.boot, w.http.listen, &mut p);
     match (store, p.list.is_empty()) {
         (Some(store), true) => Ok(Config {
@@ -234,7 +245,8 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
                 .control_socket
                 .as_deref()
                 .map_or_else(|| state_dir.join("control.sock"), &resolve),
-            secrets_file: w.secrets.as_deref().map(&resolve),
+            secrets_file: secrets.as_ref().and_then(|s| s.path().ok()),
+            secrets,
             state_dir,
             store,
             inventory_dir,

@@ -168,6 +168,7 @@ mod tests {
                 description: None,
                 location: None,
                 gateways: vec![],
+                bmc_ca_file: None,
             },
             subnets: vec![],
             racks: vec![],
