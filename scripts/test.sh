@@ -12,7 +12,11 @@ step "installing test dependencies"
 apt_install iproute2 procps curl systemd ca-certificates gcc \
   busybox-static udhcpc isc-dhcp-client isc-dhcp-relay kea-admin \
   tftp-hpa atftp nftables python3 qemu-system-x86 ipxe-qemu seabios ovmf cpio gzip openssh-client \
-  python3-venv git postgresql
+  python3-venv git postgresql \
+  ipmitool openipmi openssl libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients \
+  libvirt-dev pkg-config
+id libvirt-qemu >/dev/null 2>&1 || useradd --system --user-group --no-create-home \
+  --home-dir /var/lib/libvirt --shell /usr/sbin/nologin libvirt-qemu
 venv_install
 
 step "building the test boot image (cached in /var/tmp/bootgate-cache)"

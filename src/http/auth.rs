@@ -44,6 +44,8 @@ impl Scope {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokensError {
+    #[error(transparent)]
+    Private(crate::secrets::SecretsError),
     #[error("{path}: {reason}")]
     File { path: PathBuf, reason: String },
     #[error("{path}: token {name:?}: {reason}")]
@@ -109,10 +111,8 @@ impl Tokens {
     /// Reads the tokens file; refuses one that group or others can read or that another
     /// user owns (it lets its holder power-cycle the datacenter).
     pub fn load(path: &Path) -> Result<Tokens, TokensError> {
-        let text = read_root_only(path).map_err(|reason| TokensError::File {
-            path: path.to_path_buf(),
-            reason,
-        })?;
+        // The secrets error already names the path.
+        let text = crate::secrets::read_private_file(path).map_err(TokensError::Private)?;
         Self::parse(path, &text)
     }
 
@@ -172,26 +172,6 @@ impl Tokens {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
-}
-
-/// The file's text, if only its owner (this user) can read it.
-fn read_root_only(path: &Path) -> Result<String, String> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
-    if meta.mode() & 0o077 != 0 {
-        return Err(format!(
-            "mode {:04o} lets group or others read it; chmod 600 it",
-            meta.mode() & 0o7777
-        ));
-    }
-    // /proc/self is owned by the process's effective uid.
-    let me = std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(0);
-    if meta.uid() != me {
-        return Err(format!("owned by uid {}, not by this user", meta.uid()));
-    }
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))
 }
 
 fn parse_digest(hex: &str) -> Option<[u8; 32]> {
