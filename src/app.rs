@@ -95,6 +95,10 @@ pub struct App {
     pub events: crate::events::EventSink,
     /// API bearer tokens (re-read on reload; a bad file keeps the previous set).
     pub tokens: ArcSwap<crate::http::auth::Tokens>,
+    /// BMC credentials (re-read on reload; a bad file keeps the previous set).
+    pub secrets: ArcSwap<crate::secrets::Secrets>,
+    /// BMC power control (Redfish, IPMI), bounded per gateway.
+    pub power: Arc<dyn crate::bmc::PowerControl>,
 }
 
 /// The API tokens the config names (none configured → an empty set: no mutating API).
@@ -166,6 +170,7 @@ impl App {
             .await?;
         log_loaded(&store, "inventory", 1, hosts, &report).await?;
         let tokens = load_tokens(&config).context("API tokens")?;
+        let secrets = config.load_secrets().context("BMC secrets")?;
         let ipam = Arc::new(
             crate::ipam::Ipam::load(store.clone())
                 .await
@@ -181,6 +186,8 @@ impl App {
             last_failure: ArcSwap::from_pointee(None),
             reload_lock: tokio::sync::Mutex::new(()),
             tokens: ArcSwap::from_pointee(tokens),
+            secrets: ArcSwap::from_pointee(secrets),
+            power: Arc::new(crate::bmc::Bmcs::new(Default::default())),
             metrics: crate::http::metrics_handle(),
             started_at: Timestamp::now(),
         };

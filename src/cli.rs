@@ -82,11 +82,47 @@ pub enum Command {
     },
     /// The event log: every change to hosts, leases and the inventory.
     Events(EventArgs),
+    /// BMC power: status, on, off, cycle or pxe-once for one or many hosts.
+    Power(PowerArgs),
+    /// Reset a hung node and wait for proof it came back (DHCP, then phone-home or SSH);
+    /// exit 0 only if it did. Escalates GracefulRestart → ForceRestart → ForceOff+On.
+    Reset(ResetArgs),
     /// API bearer tokens.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
     },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PowerArgs {
+    /// status, on, off, cycle or pxe-once.
+    pub action: crate::power::PowerAction,
+    /// Inventory host names.
+    pub hosts: Vec<String>,
+    /// Every host in this rack (with no HOST given).
+    #[arg(long)]
+    pub rack: Option<String>,
+    /// Every host of this role (with no HOST given; combines with --rack).
+    #[arg(long)]
+    pub role: Option<crate::types::Role>,
+    /// BMCs contacted at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ResetArgs {
+    pub host: String,
+    /// PXE-boot once and install the host's profile again (state → registered).
+    #[arg(long)]
+    pub reprovision: bool,
+    /// Give up after this long (e.g. 15m).
+    #[arg(long, default_value = "15m", value_parser = crate::types::parse_duration)]
+    pub timeout: std::time::Duration,
+    /// How long each escalation step may take to show a DHCP request.
+    #[arg(long, default_value = "2m", value_parser = crate::types::parse_duration)]
+    pub step_wait: std::time::Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -205,6 +241,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Leases { command } => leases(&cli, command).await,
             Command::Events(args) => events(&cli, args).await,
             Command::Token { command } => token(&cli, command),
+            Command::Power(args) => power(&cli, args).await,
+            Command::Reset(args) => reset(&cli, args).await,
         }
     })
 }
@@ -478,6 +516,134 @@ async fn events(cli: &Cli, a: &EventArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Inventory, secrets, store and BMC client for power commands run from this process.
+struct Local {
+    inventory: crate::inventory::Inventory,
+    secrets: crate::secrets::Secrets,
+    store: std::sync::Arc<dyn Store>,
+    power: std::sync::Arc<dyn crate::bmc::PowerControl>,
+}
+
+async fn local(cli: &Cli) -> anyhow::Result<Local> {
+    let config = load_config(&cli.config)?;
+    let (inventory, _) = crate::app::load_inventory(&config).map_err(|Invalid(problems)| {
+        let lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        anyhow::anyhow!(
+            "inventory {}:\n{}",
+            config.inventory_dir.display(),
+            lines.join("\n")
+        )
+    })?;
+    let secrets = config.load_secrets().context("BMC secrets")?;
+    let store = store::open(&config.store)
+        .await
+        .with_context(|| format!("opening store {}", config.store))?;
+    Ok(Local {
+        inventory,
+        secrets,
+        store,
+        power: std::sync::Arc::new(crate::bmc::Bmcs::new(Default::default())),
+    })
+}
+
+async fn power(cli: &Cli, a: &PowerArgs) -> anyhow::Result<ExitCode> {
+    let l = local(cli).await?;
+    let sel = crate::power::Selection {
+        hosts: a.hosts.clone(),
+        rack: a.rack.clone(),
+        role: a.role,
+    };
+    let hosts = crate::power::select(&l.inventory, &sel)?;
+    let bar = progress_bar(cli, hosts.len() as u64, &format!("power {}", a.action));
+    let results = crate::power::run_many(
+        l.power.clone(),
+        l.store.clone(),
+        &l.inventory,
+        &l.secrets,
+        &hosts,
+        a.action,
+        a.concurrency,
+        "cli:power",
+        |r| {
+            bar.inc(1);
+            if !r.ok {
+                bar.println(format!(
+                    "{}: {}",
+                    r.host,
+                    r.error.as_deref().unwrap_or("failed")
+                ));
+            }
+        },
+    )
+    .await;
+    bar.finish_and_clear();
+    print(cli.output, &results, || views::power_table(&results));
+    Ok(if results.iter().all(|r| r.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// A progress bar on stderr when it is a terminal and the output is a table; hidden
+/// otherwise (JSON consumers and logs get no control characters).
+fn progress_bar(cli: &Cli, len: u64, what: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if cli.output != Output::Table || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_string());
+    bar
+}
+
+async fn reset(cli: &Cli, a: &ResetArgs) -> anyhow::Result<ExitCode> {
+    let report: crate::power::ResetReport = match &cli.api {
+        Some(url) => {
+            let mut c = api_client(cli, url)?;
+            c.timeout = a.timeout + std::time::Duration::from_secs(30);
+            let path = format!(
+                "/api/v1/hosts/{}/reset?reprovision={}&timeout={}s&step_wait={}s",
+                a.host,
+                a.reprovision,
+                a.timeout.as_secs(),
+                a.step_wait.as_secs()
+            );
+            c.post(&path).await?
+        }
+        None => {
+            let l = local(cli).await?;
+            let opts = crate::power::ResetOptions {
+                reprovision: a.reprovision,
+                timeout: a.timeout,
+                step_wait: a.step_wait,
+                ..Default::default()
+            };
+            crate::power::reset(
+                l.power.as_ref(),
+                l.store.as_ref(),
+                &l.inventory,
+                &l.secrets,
+                &a.host,
+                &opts,
+                "cli:reset",
+            )
+            .await?
+        }
+    };
+    print(cli.output, &report, || views::reset_table(&report));
+    Ok(if report.came_back {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 fn token(cli: &Cli, cmd: &TokenCommand) -> anyhow::Result<ExitCode> {
     let TokenCommand::New { name, scope } = cmd;
     let (token, entry) =
@@ -518,6 +684,8 @@ struct ApiClient {
     base: reqwest::Url,
     http: reqwest::Client,
     token: Option<String>,
+    /// Per request (a reset waits for the node).
+    timeout: std::time::Duration,
 }
 
 impl ApiClient {
@@ -525,10 +693,13 @@ impl ApiClient {
         let base = reqwest::Url::parse(url).with_context(|| {
             format!("--api {url:?}: expected a URL like http://10.250.0.1:8080")
         })?;
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(10))
-            .build()?;
-        Ok(ApiClient { base, http, token })
+        let http = reqwest::Client::builder().build()?;
+        Ok(ApiClient {
+            base,
+            http,
+            token,
+            timeout: std::time::Duration::from_secs(10),
+        })
     }
 
     async fn get<T: serde::de::DeserializeOwned>(
@@ -552,7 +723,7 @@ impl ApiClient {
         url: reqwest::Url,
         build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> anyhow::Result<T> {
-        let mut req = build(self.http.request(method.clone(), url.clone()));
+        let mut req = build(self.http.request(method.clone(), url.clone())).timeout(self.timeout);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }

@@ -13,6 +13,7 @@ pub mod events;
 pub mod http;
 pub mod inventory;
 pub mod ipam;
+pub mod power;
 pub mod pxe;
 pub mod secrets;
 pub mod store;

@@ -201,3 +201,45 @@ pub fn events_table(events: &[EventView]) -> String {
     }
     t.to_string()
 }
+
+/// `bootgate power` results.
+pub fn power_table(results: &[crate::power::ActionResult]) -> String {
+    let mut t = table(&[
+        "HOST", "ACTION", "RESULT", "STATE", "APPLIED", "BMC", "TIME",
+    ]);
+    for r in results {
+        t.add_row(vec![
+            r.host.clone(),
+            r.action.to_string(),
+            if r.ok {
+                "ok".to_string()
+            } else {
+                format!("FAILED: {}", r.error.as_deref().unwrap_or("?"))
+            },
+            r.state.map_or("-".into(), |s| s.to_string()),
+            r.applied.clone().unwrap_or_else(|| "-".into()),
+            r.bmc.clone().unwrap_or_else(|| "-".into()),
+            format!("{:.1}s", r.elapsed_ms as f64 / 1000.0),
+        ]);
+    }
+    let failed = results.iter().filter(|r| !r.ok).count();
+    format!("{t}\n{} host(s), {failed} failed", results.len())
+}
+
+/// `bootgate reset`: the timeline, then the verdict.
+pub fn reset_table(r: &crate::power::ResetReport) -> String {
+    let mut t = table(&["T+", "TIME", "WHAT"]);
+    for m in &r.timeline {
+        t.add_row(vec![
+            format!("{:.1}s", m.t),
+            m.at.to_string(),
+            m.what.clone(),
+        ]);
+    }
+    let verdict = if r.came_back {
+        format!("{} came back", r.host)
+    } else {
+        format!("{} did NOT come back: {}", r.host, r.outcome)
+    };
+    format!("{t}\n{verdict}")
+}

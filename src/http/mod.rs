@@ -90,6 +90,8 @@ pub fn router(app: Arc<App>) -> Router {
     let admin = Router::new()
         .route("/api/v1/reload", post(reload))
         .route("/api/v1/leases/{ip}/release", post(release_lease))
+        .route("/api/v1/hosts/{name}/power/{action}", post(power))
+        .route("/api/v1/hosts/{name}/reset", post(reset))
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
             auth::require_admin,
@@ -327,4 +329,87 @@ async fn release_lease(
         .await
         .map_err(ApiError::Conflict)?;
     Ok(axum::Json(LeaseView::from(&lease)))
+}
+
+async fn power(
+    State(app): State<Arc<App>>,
+    caller: Option<Extension<auth::Caller>>,
+    Path((name, action)): Path<(String, String)>,
+) -> Result<axum::Json<crate::power::ActionResult>, ApiError> {
+    let action: crate::power::PowerAction = action.parse().map_err(|_| {
+        ApiError::NotFound(format!(
+            "no power action {action:?}: expected status, on, off, cycle or pxe-once"
+        ))
+    })?;
+    let loaded = app.inventory();
+    let host = loaded
+        .inventory
+        .host(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("no host named {name:?} in the inventory")))?;
+    let secrets = app.secrets.load_full();
+    let mut results = crate::power::run_many(
+        app.power.clone(),
+        app.store.clone(),
+        &loaded.inventory,
+        &secrets,
+        &[host],
+        action,
+        1,
+        &auth::Caller::actor(caller.as_deref()),
+        |_| {},
+    )
+    .await;
+    results
+        .pop()
+        .map(axum::Json)
+        .ok_or_else(|| ApiError::Internal("no result".into()))
+}
+
+#[derive(Deserialize, Default)]
+struct ResetParams {
+    reprovision: Option<bool>,
+    timeout: Option<String>,
+    step_wait: Option<String>,
+}
+
+/// Synchronous: answers when the node came back or the deadline passed (the report says
+/// which); clients should allow `timeout` plus a margin.
+async fn reset(
+    State(app): State<Arc<App>>,
+    caller: Option<Extension<auth::Caller>>,
+    Path(name): Path<String>,
+    Query(p): Query<ResetParams>,
+) -> Result<axum::Json<crate::power::ResetReport>, ApiError> {
+    let mut opts = crate::power::ResetOptions {
+        reprovision: p.reprovision.unwrap_or(false),
+        ..Default::default()
+    };
+    let dur = |name: &str, v: &str| {
+        crate::types::parse_duration(v)
+            .map_err(|e| ApiError::BadRequest(format!("parameter {name}: {e}")))
+    };
+    if let Some(t) = &p.timeout {
+        opts.timeout = dur("timeout", t)?;
+    }
+    if let Some(t) = &p.step_wait {
+        opts.step_wait = dur("step_wait", t)?;
+    }
+    let loaded = app.inventory();
+    let secrets = app.secrets.load_full();
+    let report = crate::power::reset(
+        app.power.as_ref(),
+        app.store.as_ref(),
+        &loaded.inventory,
+        &secrets,
+        &name,
+        &opts,
+        &auth::Caller::actor(caller.as_deref()),
+    )
+    .await
+    .map_err(|e| match e {
+        crate::power::PowerError::UnknownHost(_) => ApiError::NotFound(e.to_string()),
+        crate::power::PowerError::Bmc(_) => ApiError::Conflict(e.to_string()),
+        other => ApiError::Internal(other.to_string()),
+    })?;
+    Ok(axum::Json(report))
 }

@@ -223,10 +223,11 @@ pub(crate) fn lease_time<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D:
                     "invalid duration {v:?} ({why}); expected e.g. \"30m\", \"12h\", \"1d\" or integer seconds"
                 ))
             };
-            let span: jiff::Span = v.parse().map_err(|e: jiff::Error| bad(e.to_string()))?;
-            let d = span
-                .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
-                .map_err(|_| bad("months and years have no fixed length".to_string()))?;
+            let d = crate::types::parse_duration(v).map_err(|e| {
+                E::custom(format!(
+                    "{e}; expected e.g. \"30m\", \"12h\", \"1d\" or integer seconds"
+                ))
+            })?;
             if d.subsec_nanos() != 0 {
                 return Err(bad("not a whole number of seconds".to_string()));
             }

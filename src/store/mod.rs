@@ -240,6 +240,13 @@ text_enum!(
         PhoneHome => "phone-home",
         /// A phone-home without the right per-boot token.
         PhoneHomeRefused => "phone-home-refused",
+        /// `bootgate power` acted on (or read) a host's BMC.
+        PowerAction => "power-action",
+        /// `bootgate reset` began; its steps and its end follow.
+        ResetStarted => "reset-started",
+        ResetStep => "reset-step",
+        /// Whether the node came back, and how long it took.
+        ResetFinished => "reset-finished",
         DaemonStarted => "daemon-started",
         DaemonStopped => "daemon-stopped",
     }
