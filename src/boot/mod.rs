@@ -373,6 +373,7 @@ mod golden {
                 description: None,
                 location: None,
                 gateways: vec![],
+                settings: Default::default(),
             },
             subnets: vec![],
             racks: vec![],

@@ -10,7 +10,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
-use super::{BootSettings, Config, DhcpSettings, Interface};
+use super::{BootSettings, Config, DhcpSettings, HandoffSettings, Interface};
 use crate::inventory::load::{MAX_IFNAME_LEN, deserialize_collecting, lease_time, syntax_problem};
 use crate::inventory::{Invalid, Problem};
 use crate::store::StoreUrl;
@@ -34,6 +34,90 @@ struct ConfigWire {
     dhcp: DhcpWire,
     #[serde(default)]
     boot: BootWire,
+    #[serde(default)]
+    handoff: HandoffWire,
+}
+
+/// `[handoff]`: the Ansible run after provisioning. Off unless `enabled = true`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HandoffWire {
+    #[serde(default)]
+    enabled: bool,
+    /// Directory holding `site.yml` (and `ansible.cfg`); default `playbooks` next to the
+    /// config.
+    #[serde(default = "default_playbooks")]
+    playbooks: PathBuf,
+    #[serde(default = "default_ansible_playbook")]
+    ansible_playbook: PathBuf,
+    #[serde(default = "default_handoff_concurrency")]
+    concurrency: usize,
+    #[serde(default = "default_handoff_timeout", deserialize_with = "run_timeout")]
+    timeout: Duration,
+    #[serde(default = "default_ssh_user")]
+    ssh_user: String,
+    ssh_key: Option<PathBuf>,
+}
+
+impl Default for HandoffWire {
+    fn default() -> Self {
+        HandoffWire {
+            enabled: false,
+            playbooks: default_playbooks(),
+            ansible_playbook: default_ansible_playbook(),
+            concurrency: default_handoff_concurrency(),
+            timeout: default_handoff_timeout(),
+            ssh_user: default_ssh_user(),
+            ssh_key: None,
+        }
+    }
+}
+
+fn default_playbooks() -> PathBuf {
+    PathBuf::from("playbooks")
+}
+fn default_ansible_playbook() -> PathBuf {
+    PathBuf::from("ansible-playbook")
+}
+fn default_handoff_concurrency() -> usize {
+    4
+}
+fn default_handoff_timeout() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+fn default_ssh_user() -> String {
+    "root".to_string()
+}
+
+/// A run timeout: `"30m"`, `"2h"` or integer seconds, between 1 s and 24 h.
+fn run_timeout<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(i64),
+        Text(String),
+    }
+    let bad = |why: String| {
+        serde::de::Error::custom(format!(
+            "{why}; expected a duration like \"30m\" or \"2h\" (1s to 24h), or integer seconds"
+        ))
+    };
+    let d = match Raw::deserialize(d)? {
+        Raw::Secs(s) => Duration::from_secs(u64::try_from(s).map_err(|_| bad(format!("{s}")))?),
+        Raw::Text(t) => {
+            let span: jiff::Span = t
+                .parse()
+                .map_err(|e: jiff::Error| bad(format!("{t:?}: {e}")))?;
+            span.to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+                .ok()
+                .and_then(|d| Duration::try_from(d).ok())
+                .ok_or_else(|| bad(format!("{t:?}")))?
+        }
+    };
+    if d < Duration::from_secs(1) || d > Duration::from_secs(24 * 3600) {
+        return Err(bad(format!("{}s is out of range", d.as_secs())));
+    }
+    Ok(d)
 }
 
 /// `[boot]`: what PXE clients are told to fetch. File names are relative to boot_images.
@@ -159,6 +243,9 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
                     None if e.field.starts_with("boot.") => {
                         p.push("boot", &e.field["boot.".len()..], e.reason)
                     }
+                    None if e.field.starts_with("handoff.") => {
+                        p.push("handoff", &e.field["handoff.".len()..], e.reason)
+                    }
                     // `interface` was taken out before, so serde's list lacks it.
                     None if e.reason.starts_with("unknown field, expected one of:") => {
                         p.push("-", &e.field, format!("{}, interface", e.reason))
@@ -212,6 +299,7 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
     }
 
     let boot = boot_settings(&w.boot, w.http.listen, &mut p);
+    let handoff = handoff_settings(&w.handoff, &resolve, &mut p);
     match (store, p.list.is_empty()) {
         (Some(store), true) => Ok(Config {
             path: path.to_path_buf(),
@@ -234,6 +322,7 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
                 probe_timeout: Duration::from_millis(w.dhcp.probe_timeout_ms.clamp(10, 5000)),
             },
             boot,
+            handoff,
         }),
         _ => Err(Invalid(p.list)),
     }
@@ -363,4 +452,89 @@ fn boot_settings(w: &BootWire, listen: SocketAddr, p: &mut Problems<'_>) -> Boot
         None => format!("http://{listen}"),
     };
     BootSettings { http_base, files }
+}
+
+/// Validates `[handoff]`. Paths and the executable are checked only when the hand-off is
+/// enabled (a gateway without Ansible installed may still run `bootgate serve`).
+fn handoff_settings(
+    w: &HandoffWire,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    p: &mut Problems<'_>,
+) -> HandoffSettings {
+    let playbooks_dir = resolve(&w.playbooks);
+    let ansible_playbook = if w.ansible_playbook.components().count() > 1 {
+        resolve(&w.ansible_playbook)
+    } else {
+        find_executable(&w.ansible_playbook).unwrap_or_else(|| w.ansible_playbook.clone())
+    };
+    let ssh_key = w.ssh_key.as_deref().map(resolve);
+    if !(1..=64).contains(&w.concurrency) {
+        p.push(
+            "handoff",
+            "concurrency",
+            format!("{}: must be 1 to 64 runs at once", w.concurrency),
+        );
+    }
+    let valid_user = !w.ssh_user.is_empty()
+        && w.ssh_user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if !valid_user {
+        p.push(
+            "handoff",
+            "ssh_user",
+            format!("{:?} is not a user name", w.ssh_user),
+        );
+    }
+    if w.enabled {
+        if !playbooks_dir.join("site.yml").is_file() {
+            p.push(
+                "handoff",
+                "playbooks",
+                format!(
+                    "{} has no site.yml",
+                    playbooks_dir.display()
+                ),
+            );
+        }
+        if !ansible_playbook.is_file() {
+            p.push(
+                "handoff",
+                "ansible_playbook",
+                format!(
+                    "{} not found (a bare name is looked up in $BOOTGATE_VENV/bin, then PATH)",
+                    ansible_playbook.display()
+                ),
+            );
+        }
+        if let Some(k) = &ssh_key
+            && !k.is_file()
+        {
+            p.push(
+                "handoff",
+                "ssh_key",
+                format!("{} does not exist", k.display()),
+            );
+        }
+    }
+    HandoffSettings {
+        enabled: w.enabled,
+        playbooks_dir,
+        ansible_playbook,
+        concurrency: w.concurrency.clamp(1, 64),
+        timeout: w.timeout,
+        ssh_user: w.ssh_user.clone(),
+        ssh_key,
+    }
+}
+
+/// A bare program name looked up in `$BOOTGATE_VENV/bin` (where the Ansible venv is
+/// installed), then in `PATH`.
+fn find_executable(name: &Path) -> Option<PathBuf> {
+    let venv = std::env::var_os("BOOTGATE_VENV").map(|v| PathBuf::from(v).join("bin"));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    venv.into_iter()
+        .chain(std::env::split_paths(&path))
+        .map(|dir| dir.join(name))
+        .find(|c| c.is_file())
 }

@@ -235,6 +235,12 @@ text_enum!(
         PhoneHome => "phone-home",
         /// A phone-home without the right per-boot token.
         PhoneHomeRefused => "phone-home-refused",
+        /// An Ansible hand-off run began (detail: mode, log).
+        HandoffStarted => "handoff-started",
+        /// A hand-off run finished cleanly (detail: mode, recap counts, log).
+        HandoffSucceeded => "handoff-succeeded",
+        /// A hand-off run failed, timed out or was refused (detail: task, reason, log).
+        HandoffFailed => "handoff-failed",
         DaemonStarted => "daemon-started",
         DaemonStopped => "daemon-stopped",
     }
