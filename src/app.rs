@@ -93,6 +93,9 @@ pub struct App {
     pub boot_tokens: std::sync::Mutex<std::collections::HashMap<crate::types::MacAddr, String>>,
     /// Group-written events for the busy HTTP/TFTP boot paths.
     pub events: crate::events::EventSink,
+    /// The Ansible hand-off runner when `[handoff] enabled` (shared: its semaphore bounds
+    /// concurrent runs daemon-wide).
+    pub handoff: Option<Arc<crate::handoff::Runner>>,
 }
 
 /// Loads the inventory named by the config and the boot assets, and checks them against
@@ -158,7 +161,15 @@ impl App {
                 .await
                 .context("loading leases")?,
         );
+        let handoff = config.handoff.enabled.then(|| {
+            Arc::new(crate::handoff::Runner::new(
+                config.handoff.clone(),
+                config.state_dir.clone(),
+                store.clone(),
+            ))
+        });
         let app = App {
+            handoff,
             events: crate::events::EventSink::spawn(store.clone()),
             ipam,
             boot_tokens: Default::default(),
