@@ -538,3 +538,57 @@ fn find_executable(name: &Path) -> Option<PathBuf> {
         .map(|dir| dir.join(name))
         .find(|c| c.is_file())
 }
+
+#[cfg(test)]
+mod handoff_tests {
+    use super::*;
+
+    fn write(dir: &Path, handoff: &str) -> PathBuf {
+        std::fs::create_dir_all(dir.join("inv")).unwrap();
+        std::fs::create_dir_all(dir.join("images")).unwrap();
+        let p = dir.join("bootgate.toml");
+        std::fs::write(
+            &p,
+            format!(
+                "state_dir = \"state\"\ninventory = \"inv\"\nboot_images = \"images\"\n[http]\nlisten = \"127.0.0.1:8080\"\n{handoff}"
+            ),
+        )
+        .unwrap();
+        p
+    }
+
+    #[test]
+    fn handoff_defaults_and_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = load(&write(dir.path(), "")).unwrap();
+        assert!(!cfg.handoff.enabled);
+        assert_eq!(cfg.handoff.concurrency, 4);
+        assert_eq!(cfg.handoff.timeout, Duration::from_secs(1800));
+        assert_eq!(cfg.handoff.ssh_user, "root");
+        assert_eq!(cfg.handoff.playbooks_dir, dir.path().join("playbooks"));
+
+        let p = write(
+            dir.path(),
+            "[handoff]\nenabled = true\nplaybooks = \"nowhere\"\nansible_playbook = \"/nonexistent/ansible-playbook\"\nconcurrency = 0\ntimeout = \"2d\"\nssh_user = \"\"\nssh_key = \"missing_key\"\n",
+        );
+        let Invalid(problems) = load(&p).unwrap_err();
+        let fields: Vec<(&str, &str)> = problems
+            .iter()
+            .map(|p| (p.entry.as_str(), p.field.as_str()))
+            .collect();
+        assert_eq!(fields, [("handoff", "timeout")], "{problems:#?}");
+
+        let p = write(
+            dir.path(),
+            "[handoff]\nenabled = true\nplaybooks = \"nowhere\"\nansible_playbook = \"/nonexistent/ansible-playbook\"\nconcurrency = 0\ntimeout = \"45m\"\nssh_user = \"\"\nssh_key = \"missing_key\"\n",
+        );
+        let Invalid(problems) = load(&p).unwrap_err();
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["concurrency", "ssh_user", "playbooks", "ansible_playbook", "ssh_key"],
+            "{problems:#?}"
+        );
+        assert!(problems[2].reason.contains("has no site.yml"), "{problems:#?}");
+    }
+}

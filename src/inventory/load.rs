@@ -1724,6 +1724,73 @@ mod tests {
         }
     }
 
+    /// The hand-off settings of `[site]`: every bad value is reported with its field.
+    #[test]
+    fn site_settings_are_validated_field_by_field() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("site.toml"),
+            r#"
+[site]
+name = "t"
+domain = "bad domain"
+ntp_servers = ["pool.ntp.org", "not a host"]
+[[site.users]]
+name = "Root"
+ssh_keys = ["ssh-dss AAAAB3NzaC1kc3MAAACBAP"]
+[[site.users]]
+name = "ops"
+ssh_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH3mTQzG ops@x"]
+[site.packages]
+nvidia_repo_url = "ftp://mirror/nvidia"
+nvidia_driver_branch = "r550"
+[site.kubernetes]
+version = "v1.31.4"
+api_endpoint = "cp.example.net"
+gpu_taint = "nvidia.com/gpu=present:Never"
+[site.oidc]
+client_id = "1234-abc.apps.googleusercontent.com"
+issuer_url = "http://accounts.google.com"
+admins = ["alice@example.com", "bob at example.com"]
+viewers = ["carol@localhost"]
+"#,
+        )
+        .unwrap();
+        let Invalid(problems) = load_dir(dir.path()).unwrap_err();
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "domain",
+                "ntp_servers[1]",
+                "users[0].name",
+                "users[0].ssh_keys[0]",
+                "packages.nvidia_repo_url",
+                "packages.nvidia_driver_branch",
+                "kubernetes.version",
+                "kubernetes.api_endpoint",
+                "kubernetes.gpu_taint",
+                "oidc.issuer_url",
+                "oidc.admins[1]",
+                "oidc.viewers[0]",
+            ],
+            "{problems:#?}"
+        );
+        assert!(problems.iter().all(|p| p.entry == "site"));
+        assert!(problems[10].reason.contains("\"bob at example.com\""));
+
+        // Absent settings are fine; oidc claims default to Google's.
+        std::fs::write(
+            dir.path().join("site.toml"),
+            "[site]\nname = \"t\"\n[site.oidc]\nclient_id = \"x.apps.googleusercontent.com\"\n",
+        )
+        .unwrap();
+        let inv = load_dir(dir.path()).unwrap();
+        let oidc = inv.site.settings.oidc.unwrap();
+        assert_eq!(oidc.issuer_url, "https://accounts.google.com");
+        assert_eq!((oidc.username_claim.as_str(), oidc.groups_claim.as_str()), ("email", "groups"));
+    }
+
     #[test]
     fn syntax_errors_have_line_and_column() {
         let src = "a = 1\nb = [1,\nc = 2\n";
