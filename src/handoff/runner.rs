@@ -458,15 +458,72 @@ enum Exit {
     TimedOut,
 }
 
-/// SIGKILLs the process group we created for one run (ansible-playbook, its forks and their
-/// ssh clients), by its id.
+/// SIGKILLs everything one run started: ansible-playbook's process group, and every
+/// descendant of it. Its workers call `setsid()` (leaving the group), so they and their ssh
+/// clients are found by walking the process tree; the tree is frozen (SIGSTOP) first so
+/// nothing forks away while it is being collected.
 async fn kill_group(pgid: u32) {
-    let _ = tokio::process::Command::new("kill")
-        .args(["-KILL", "--", &format!("-{pgid}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await;
+    let signal = |sig: &'static str, pids: Vec<String>| async move {
+        if pids.is_empty() {
+            return;
+        }
+        let _ = tokio::process::Command::new("kill")
+            .arg(sig)
+            .arg("--")
+            .args(pids)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+    };
+    let mut seen: Vec<u32> = Vec::new();
+    for _ in 0..10 {
+        let tree = descendants(pgid);
+        let new: Vec<u32> = tree.iter().copied().filter(|p| !seen.contains(p)).collect();
+        if new.is_empty() {
+            break;
+        }
+        signal("-STOP", new.iter().map(u32::to_string).collect()).await;
+        seen.extend(new);
+    }
+    signal("-KILL", vec![format!("-{pgid}")]).await;
+    signal("-KILL", seen.iter().map(u32::to_string).collect()).await;
+}
+
+/// `root` and its descendants, from /proc/*/stat.
+fn descendants(root: u32) -> Vec<u32> {
+    let mut parent_of: Vec<(u32, u32)> = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            // `pid (comm) state ppid …`; comm may hold spaces and parentheses.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(ppid) = ppid {
+                parent_of.push((pid, ppid));
+            }
+        }
+    }
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        out.extend(
+            parent_of
+                .iter()
+                .filter(|(_, pp)| *pp == p)
+                .map(|(c, _)| *c),
+        );
+        i += 1;
+    }
+    out
 }
 
 fn append_footer(log: &Path, outcome: Outcome, code: Option<i32>, reason: Option<&str>) {
