@@ -2,8 +2,8 @@
 //! `ansible-inventory` reads back from them (groups and vars exactly as the contract says,
 //! YAML 1.1 look-alikes kept as strings), the runner's timeout, and real runs: the daemon,
 //! on a phone-home `installed`, runs the playbooks over SSH against a chrooted sshd in a test
-//! namespace (host keys pinned from the phone-home), to `ready`, idempotently; a failing
-//! task and a mismatched host key end `failed`.
+//! namespace (host keys pinned from the phone-home), to `ready`, idempotently (the real
+//! `playbooks/site.yml`, role `base`); a failing task and a mismatched host key end `failed`.
 //!
 //! Tools: `ansible-playbook` / `ansible-inventory` from `${BOOTGATE_VENV:-/var/tmp/bootgate-venv}/bin`.
 
@@ -551,7 +551,9 @@ fn wait_state(lab: &Lab, host: &str, want: &[&str], secs: u64) -> String {
 
 /// The lab site with `[handoff]` enabled against `playbooks`, logging in with `key`.
 fn handoff_config(site: &Site, name: &str, playbooks: &Path, key: &Path) -> PathBuf {
-    let base = std::fs::read_to_string(site.config()).unwrap();
+    let text = std::fs::read_to_string(site.config()).unwrap();
+    // The daemon's config may already carry a [handoff]: replace it.
+    let base = text.split("\n[handoff]").next().unwrap();
     let cfg = site.dir.path().join(name);
     std::fs::write(
         &cfg,
@@ -588,7 +590,10 @@ fn phone_home_runs_the_playbooks_to_ready_idempotently() {
     lab.rack.ip(&["addr", "add", "10.250.0.10/24", "dev", "eth0"]);
     let sshd = sshd::ChrootSshd::start(&lab.rack, "vm0");
     let site = Site::from_inventory("lab");
-    let cfg = handoff_config(&site, "bootgate.toml", &fixture("ok"), &sshd.client_key);
+    // The real playbooks: site.yml with role base (and kubernetes, which does nothing in a
+    // lab without a control plane) applies to the chroot.
+    let playbooks = repo().join("playbooks");
+    let cfg = handoff_config(&site, "bootgate.toml", &playbooks, &sshd.client_key);
     assert_eq!(cfg, site.config());
     let mut daemon = Daemon::start(&lab, &site);
 
@@ -600,10 +605,17 @@ fn phone_home_runs_the_playbooks_to_ready_idempotently() {
         events(&lab, "vm0"),
         sshd.log()
     );
-    let marker = sshd.written("/etc/bootgate-handoff").expect("marker written");
-    assert!(marker.contains("host: vm0\nsite: lab\nrole: gpu\nrack: lab-r1\naddress: 10.250.0.10\ndomain: lab.internal"), "{marker}");
+    // What base wrote, as the target sees it (the overlay's upper layer).
+    assert_eq!(sshd.written("/etc/hostname").as_deref(), Some("vm0\n"));
     let hosts = sshd.written("/etc/hosts").unwrap();
-    assert!(hosts.contains("10.250.0.13 vm3.lab.internal vm3"), "{hosts}");
+    assert!(hosts.contains("10.250.0.13\tvm3.lab.internal vm3"), "{hosts}");
+    let chrony = sshd.written("/etc/chrony/chrony.conf").unwrap();
+    assert!(chrony.contains("server 10.250.0.1 iburst"), "{chrony}");
+    let keys = sshd.written("/home/ops/.ssh/authorized_keys").unwrap();
+    assert!(keys.contains("ops@lab.internal"), "{keys}");
+    let sudoers = sshd.written("/etc/sudoers.d/bootgate").unwrap();
+    assert!(sudoers.contains("ops ALL=(ALL:ALL) NOPASSWD: ALL"), "{sudoers}");
+    assert!(sshd.written("/etc/sysctl.d/90-bootgate.conf").is_some());
 
     let evs = events(&lab, "vm0");
     let kinds: Vec<&str> = evs.iter().map(|e| e["kind"].as_str().unwrap()).collect();
