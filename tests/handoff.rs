@@ -7,9 +7,9 @@
 //!
 //! Tools: `ansible-playbook` / `ansible-inventory` from `${BOOTGATE_VENV:-/var/tmp/bootgate-venv}/bin`.
 
-mod support;
 #[path = "support/sshd.rs"]
 mod sshd;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -253,8 +253,14 @@ fn ansible_inventory_reads_the_example_contract() {
     assert_eq!(groups["gpu_h100_sxm5_80gb"], groups["gpu_nodes"]);
     assert_eq!(groups["rack_r02"].len(), 16);
     assert_eq!(groups["infiniband"].len(), 64 + 2 + 4);
-    assert_eq!(groups["ib_subnet_managers"], set(&["storage-01", "storage-02"]));
-    assert_eq!(groups["kube_control_plane"], set(&["cp-01", "cp-02", "cp-03"]));
+    assert_eq!(
+        groups["ib_subnet_managers"],
+        set(&["storage-01", "storage-02"])
+    );
+    assert_eq!(
+        groups["kube_control_plane"],
+        set(&["cp-01", "cp-02", "cp-03"])
+    );
     assert_eq!(groups["kube_workers"].len(), 64 + 2 + 4);
     assert!(!groups["kube_workers"].contains("gw-a"));
 
@@ -281,7 +287,10 @@ fn ansible_inventory_reads_the_example_contract() {
     assert_eq!(cp["bootgate_position"], 0);
     assert_eq!(cp["bootgate_ipoib"], serde_json::json!([]));
     assert_eq!(hv["storage-01"]["bootgate_ib_subnet_manager"], true);
-    assert_eq!(cp["bootgate_oidc_client_id"], "1234-abc.apps.googleusercontent.com");
+    assert_eq!(
+        cp["bootgate_oidc_client_id"],
+        "1234-abc.apps.googleusercontent.com"
+    );
     assert_eq!(
         cp["bootgate_oidc_admins"],
         serde_json::json!(["alice@example.com", "bob@example.com"])
@@ -405,19 +414,28 @@ async fn timeout_kills_the_run_and_fails_the_host() {
     );
 
     // Refusals change nothing: wrong state, then no pinned keys.
-    let e = runner.run(&inv, "vm0", Mode::Apply, "test").await.unwrap_err();
+    let e = runner
+        .run(&inv, "vm0", Mode::Apply, "test")
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("is registered"), "{e}");
     store
         .set_host_state("vm0", None, HostState::Provisioned, "test", Value::Null)
         .await
         .unwrap();
-    let e = runner.run(&inv, "vm0", Mode::Apply, "test").await.unwrap_err();
+    let e = runner
+        .run(&inv, "vm0", Mode::Apply, "test")
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("no SSH host keys pinned"), "{e}");
     assert_eq!(
         store.get_host("vm0").await.unwrap().unwrap().state,
         HostState::Provisioned
     );
-    let e = runner.run(&inv, "nope", Mode::Apply, "test").await.unwrap_err();
+    let e = runner
+        .run(&inv, "nope", Mode::Apply, "test")
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("no host named \"nope\""), "{e}");
 
     pin(
@@ -445,7 +463,9 @@ async fn timeout_kills_the_run_and_fails_the_host() {
     assert!(log.contains("TASK [Wait forever]"), "{log}");
     assert!(log.contains("# bootgate: TimedOut"), "{log}");
     // The whole process group went: no sleep of ours outlives the run.
-    let gone = wait_for(Duration::from_secs(5), || (sleepers() <= before).then_some(()));
+    let gone = wait_for(Duration::from_secs(5), || {
+        (sleepers() <= before).then_some(())
+    });
     assert!(gone.is_some(), "the playbook's sleep survived the kill");
 
     let kinds: Vec<EventKind> = store
@@ -587,7 +607,8 @@ fn phone_home_runs_the_playbooks_to_ready_idempotently() {
         return;
     }
     let lab = Lab::new();
-    lab.rack.ip(&["addr", "add", "10.250.0.10/24", "dev", "eth0"]);
+    lab.rack
+        .ip(&["addr", "add", "10.250.0.10/24", "dev", "eth0"]);
     let sshd = sshd::ChrootSshd::start(&lab.rack, "vm0");
     let site = Site::from_inventory("lab");
     // The real playbooks: site.yml with role base (and kubernetes, which does nothing in a
@@ -608,13 +629,19 @@ fn phone_home_runs_the_playbooks_to_ready_idempotently() {
     // What base wrote, as the target sees it (the overlay's upper layer).
     assert_eq!(sshd.written("/etc/hostname").as_deref(), Some("vm0\n"));
     let hosts = sshd.written("/etc/hosts").unwrap();
-    assert!(hosts.contains("10.250.0.13\tvm3.lab.internal vm3"), "{hosts}");
+    assert!(
+        hosts.contains("10.250.0.13\tvm3.lab.internal vm3"),
+        "{hosts}"
+    );
     let chrony = sshd.written("/etc/chrony/chrony.conf").unwrap();
     assert!(chrony.contains("server 10.250.0.1 iburst"), "{chrony}");
     let keys = sshd.written("/home/ops/.ssh/authorized_keys").unwrap();
     assert!(keys.contains("ops@lab.internal"), "{keys}");
     let sudoers = sshd.written("/etc/sudoers.d/bootgate").unwrap();
-    assert!(sudoers.contains("ops ALL=(ALL:ALL) NOPASSWD: ALL"), "{sudoers}");
+    assert!(
+        sudoers.contains("ops ALL=(ALL:ALL) NOPASSWD: ALL"),
+        "{sudoers}"
+    );
     assert!(sshd.written("/etc/sysctl.d/90-bootgate.conf").is_some());
 
     let evs = events(&lab, "vm0");
@@ -634,9 +661,15 @@ fn phone_home_runs_the_playbooks_to_ready_idempotently() {
     );
     let done = evs.last().unwrap();
     assert_eq!(done["detail"]["recap"]["failed"], 0);
-    assert!(done["detail"]["recap"]["changed"].as_u64().unwrap() >= 2, "{done}");
+    assert!(
+        done["detail"]["recap"]["changed"].as_u64().unwrap() >= 2,
+        "{done}"
+    );
     let log = PathBuf::from(done["detail"]["log"].as_str().unwrap());
-    assert!(log.starts_with(site.state_dir().join("handoff/vm0")), "{log:?}");
+    assert!(
+        log.starts_with(site.state_dir().join("handoff/vm0")),
+        "{log:?}"
+    );
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("PLAY RECAP"), "{text}");
     let pinned = std::fs::read_to_string(site.state_dir().join("handoff/vm0/known_hosts")).unwrap();
@@ -688,8 +721,10 @@ fn wrong_or_missing_host_keys_are_never_accepted() {
         return;
     }
     let lab = Lab::new();
-    lab.rack.ip(&["addr", "add", "10.250.0.11/24", "dev", "eth0"]);
-    lab.rack.ip(&["addr", "add", "10.250.0.12/24", "dev", "eth0"]);
+    lab.rack
+        .ip(&["addr", "add", "10.250.0.11/24", "dev", "eth0"]);
+    lab.rack
+        .ip(&["addr", "add", "10.250.0.12/24", "dev", "eth0"]);
     let sshd = sshd::ChrootSshd::start(&lab.rack, "vm1");
     let site = Site::from_inventory("lab");
     handoff_config(&site, "bootgate.toml", &fixture("ok"), &sshd.client_key);

@@ -491,10 +491,7 @@ fn handoff_settings(
             p.push(
                 "handoff",
                 "playbooks",
-                format!(
-                    "{} has no site.yml",
-                    playbooks_dir.display()
-                ),
+                format!("{} has no site.yml", playbooks_dir.display()),
             );
         }
         if !ansible_playbook.is_file() {
@@ -586,9 +583,18 @@ mod handoff_tests {
         let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(
             fields,
-            ["concurrency", "ssh_user", "playbooks", "ansible_playbook", "ssh_key"],
+            [
+                "concurrency",
+                "ssh_user",
+                "playbooks",
+                "ansible_playbook",
+                "ssh_key"
+            ],
             "{problems:#?}"
         );
-        assert!(problems[2].reason.contains("has no site.yml"), "{problems:#?}");
+        assert!(
+            problems[2].reason.contains("has no site.yml"),
+            "{problems:#?}"
+        );
     }
 }

@@ -405,15 +405,31 @@ mod tests {
     fn yaml_quotes_yaml11_lookalikes() {
         let mut m = BTreeMap::new();
         for v in [
-            "yes", "no", "on", "off", "y", "12:30", "2024-01-01", "0x10", "1e3", "~", "null",
-            "true", ".inf", "0o17", "010",
+            "yes",
+            "no",
+            "on",
+            "off",
+            "y",
+            "12:30",
+            "2024-01-01",
+            "0x10",
+            "1e3",
+            "~",
+            "null",
+            "true",
+            ".inf",
+            "0o17",
+            "010",
         ] {
             m.insert(format!("k-{v}"), v.to_string());
         }
         let y = to_yaml(&m).unwrap();
         for line in y.lines().skip(2) {
             let (_, v) = line.split_once(": ").unwrap();
-            assert!(v.starts_with('\'') || v.starts_with('"'), "unquoted: {line}");
+            assert!(
+                v.starts_with('\'') || v.starts_with('"'),
+                "unquoted: {line}"
+            );
         }
     }
 }

@@ -153,7 +153,9 @@ impl Runner {
         let log = dir.join(format!("{stamp}{suffix}.log"));
         let inv_dir = dir.join(format!("{stamp}{suffix}.inventory"));
         let known_hosts = dir.join("known_hosts");
-        let h = inv.host(host).ok_or_else(|| HandoffError::NoSuchHost(host.into()))?;
+        let h = inv
+            .host(host)
+            .ok_or_else(|| HandoffError::NoSuchHost(host.into()))?;
         let address = render::connect_address(inv, h);
         write_private(&known_hosts, &known_hosts_text(&address, host, &keys))?;
         let states: BTreeMap<String, HostState> = self
@@ -196,9 +198,7 @@ impl Runner {
         .await;
 
         let t0 = Instant::now();
-        let result = self
-            .ansible(host, mode, &inv_dir, &known_hosts, &log)
-            .await;
+        let result = self.ansible(host, mode, &inv_dir, &known_hosts, &log).await;
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let summary = parse_log(&text, host);
         let (outcome, exit_code, reason) = match result {
@@ -371,7 +371,10 @@ impl Runner {
         let mut args: Vec<String> = vec![
             "-i".into(),
             inv_dir.to_string_lossy().into_owned(),
-            s.playbooks_dir.join("site.yml").to_string_lossy().into_owned(),
+            s.playbooks_dir
+                .join("site.yml")
+                .to_string_lossy()
+                .into_owned(),
             "--limit".into(),
             host.to_string(),
             "-e".into(),
@@ -393,7 +396,11 @@ impl Runner {
                 Timestamp::now(),
                 s.ansible_playbook.display(),
                 args.join(" "),
-                if cfg.is_file() { cfg.display().to_string() } else { "(none)".into() },
+                if cfg.is_file() {
+                    cfg.display().to_string()
+                } else {
+                    "(none)".into()
+                },
             );
             file.write_all(header.as_bytes()).map_err(io_err(log))?;
         }
@@ -407,7 +414,10 @@ impl Runner {
                 "PATH",
                 std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
             )
-            .env("HOME", std::env::var_os("HOME").unwrap_or_else(|| ansible_home.clone().into()))
+            .env(
+                "HOME",
+                std::env::var_os("HOME").unwrap_or_else(|| ansible_home.clone().into()),
+            )
             .env("LC_ALL", "C.UTF-8")
             .env("LANG", "C.UTF-8")
             .env("ANSIBLE_HOME", &ansible_home)
@@ -515,12 +525,7 @@ fn descendants(root: u32) -> Vec<u32> {
     let mut i = 0;
     while i < out.len() {
         let p = out[i];
-        out.extend(
-            parent_of
-                .iter()
-                .filter(|(_, pp)| *pp == p)
-                .map(|(c, _)| *c),
-        );
+        out.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
         i += 1;
     }
     out
@@ -641,7 +646,9 @@ pub fn parse_log(text: &str, host: &str) -> LogSummary {
             continue;
         }
         if line.starts_with(&fatal) || line.starts_with(&failed) {
-            let msg = line.split_once("=> ").and_then(|(_, json)| failure_message(json));
+            let msg = line
+                .split_once("=> ")
+                .and_then(|(_, json)| failure_message(json));
             if let Some(task) = &current {
                 // Keep the first failure: later ones follow from it.
                 if out.failed_task.is_none() && pending.is_none() {
@@ -742,10 +749,13 @@ vm0                        : ok=2    changed=0    unreachable=0    failed=1    s
         assert!(s.message.unwrap().contains("Host key verification failed"));
         assert_eq!(s.recap.unwrap().unreachable, 1);
         assert_eq!(s.recap.unwrap().ok, 0);
-        assert_eq!(parse_log(log, "vm0"), LogSummary {
-            last_task: Some("Gathering Facts".into()),
-            ..LogSummary::default()
-        });
+        assert_eq!(
+            parse_log(log, "vm0"),
+            LogSummary {
+                last_task: Some("Gathering Facts".into()),
+                ..LogSummary::default()
+            }
+        );
     }
 
     #[test]

@@ -1512,7 +1512,9 @@ fn is_version(s: &str) -> bool {
 /// `host:port` with a DNS name or IPv4 address and a port 1-65535.
 fn check_endpoint(s: &str) -> Result<(), String> {
     let Some((host, port)) = s.rsplit_once(':') else {
-        return Err(format!("{s:?}: expected HOST:PORT like \"cp.example.net:6443\""));
+        return Err(format!(
+            "{s:?}: expected HOST:PORT like \"cp.example.net:6443\""
+        ));
     };
     if host.parse::<Ipv4Addr>().is_err() && !is_dns_name(host) {
         return Err(format!(
@@ -1788,7 +1790,10 @@ viewers = ["carol@localhost"]
         let inv = load_dir(dir.path()).unwrap();
         let oidc = inv.site.settings.oidc.unwrap();
         assert_eq!(oidc.issuer_url, "https://accounts.google.com");
-        assert_eq!((oidc.username_claim.as_str(), oidc.groups_claim.as_str()), ("email", "groups"));
+        assert_eq!(
+            (oidc.username_claim.as_str(), oidc.groups_claim.as_str()),
+            ("email", "groups")
+        );
     }
 
     #[test]

@@ -82,7 +82,11 @@ impl ChrootSshd {
         let ssh_dir = upper.join("root/.ssh");
         std::fs::create_dir_all(&ssh_dir).unwrap();
         std::fs::set_permissions(&ssh_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-        std::fs::copy(client_key.with_extension("pub"), ssh_dir.join("authorized_keys")).unwrap();
+        std::fs::copy(
+            client_key.with_extension("pub"),
+            ssh_dir.join("authorized_keys"),
+        )
+        .unwrap();
         std::fs::write(
             upper.join("etc/ssh/bootgate_test_sshd_config"),
             "ListenAddress 0.0.0.0:22\n\
