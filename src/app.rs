@@ -161,6 +161,14 @@ impl App {
                 .await
                 .context("loading leases")?,
         );
+        if config.handoff.enabled {
+            let interrupted = crate::handoff::fail_interrupted(store.as_ref())
+                .await
+                .context("failing hand-offs the last daemon left running")?;
+            for host in interrupted {
+                tracing::warn!(host, "hand-off interrupted by the last shutdown: host failed");
+            }
+        }
         let handoff = config.handoff.enabled.then(|| {
             Arc::new(crate::handoff::Runner::new(
                 config.handoff.clone(),

@@ -492,6 +492,47 @@ async fn timeout_kills_the_run_and_fails_the_host() {
     );
 }
 
+/// A run cut short by a daemon exit leaves its host `configuring`; the next start fails it.
+#[tokio::test]
+async fn interrupted_runs_fail_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = load_dir(&repo().join("inventory/lab")).unwrap();
+    let store = scratch_store(dir.path()).await;
+    bootgate::inventory::sync::reconcile(store.as_ref(), &inv, "test")
+        .await
+        .unwrap();
+    store
+        .set_host_state("vm1", None, HostState::Configuring, "test", Value::Null)
+        .await
+        .unwrap();
+    let failed = bootgate::handoff::fail_interrupted(store.as_ref())
+        .await
+        .unwrap();
+    assert_eq!(failed, ["vm1"]);
+    let vm1 = store.get_host("vm1").await.unwrap().unwrap();
+    assert_eq!(vm1.state, HostState::Failed);
+    let last = store
+        .query(&EventQuery {
+            host: Some("vm1".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(last.kind, EventKind::HandoffFailed);
+    assert!(
+        last.detail["reason"]
+            .as_str()
+            .unwrap()
+            .contains("daemon stopped")
+    );
+    assert_eq!(
+        store.get_host("vm0").await.unwrap().unwrap().state,
+        HostState::Registered
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Real runs: daemon + chroot sshd in the lab namespaces
 // ---------------------------------------------------------------------------------------

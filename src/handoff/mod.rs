@@ -86,3 +86,40 @@ pub fn on_provisioned(app: &Arc<crate::app::App>, host: &str) {
         }
     });
 }
+
+/// At daemon start: a host left `configuring` had its run cut short by the previous
+/// daemon's exit (runs live in the daemon's process). It goes `failed` with that reason, so
+/// it neither hangs in `configuring` nor blocks `bootgate handoff HOST`.
+pub async fn fail_interrupted(
+    store: &dyn crate::store::Store,
+) -> Result<Vec<String>, HandoffError> {
+    let mut failed = Vec::new();
+    for h in store.list_hosts().await? {
+        if h.state != HostState::Configuring {
+            continue;
+        }
+        let reason = "the daemon stopped during the hand-off; run `bootgate handoff HOST` again";
+        match store
+            .set_host_state(
+                &h.name,
+                Some(HostState::Configuring),
+                HostState::Failed,
+                "handoff",
+                serde_json::json!({ "reason": reason }),
+            )
+            .await
+        {
+            Ok(_) | Err(crate::store::StoreError::StateMismatch { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        store
+            .append(
+                &crate::store::NewEvent::new(crate::store::EventKind::HandoffFailed, "handoff")
+                    .host(h.name.clone())
+                    .detail(serde_json::json!({ "reason": reason })),
+            )
+            .await?;
+        failed.push(h.name);
+    }
+    Ok(failed)
+}
