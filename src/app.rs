@@ -409,6 +409,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     notify(&[sd_notify::NotifyState::Stopping]);
     cancel.cancel();
+    if let Some(handoff) = &app.handoff {
+        // Kills running plays and records their hosts as failed.
+        handoff.shutdown().await;
+    }
     app.events.flush().await;
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await

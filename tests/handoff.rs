@@ -391,11 +391,13 @@ fn settings(playbooks: &Path, timeout: Duration) -> bootgate::config::HandoffSet
     }
 }
 
-fn sleepers() -> usize {
+/// Running `sleep SECS` processes (the sleep fixture sleeps 30000 + rack position).
+fn sleepers(secs: u32) -> usize {
+    let want = format!("sleep\0{secs}\0").into_bytes();
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
-        .filter(|c| c == b"sleep\x0030017\x00")
+        .filter(|c| *c == want)
         .count()
 }
 
@@ -444,7 +446,7 @@ async fn timeout_kills_the_run_and_fails_the_host() {
         &["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZpeHR1cmUga2V5IG5vdCBzZXJ2ZWQ vm0"],
     )
     .await;
-    let before = sleepers();
+    let before = sleepers(30001);
     let t0 = std::time::Instant::now();
     let report = runner.run(&inv, "vm0", Mode::Apply, "test").await.unwrap();
     assert!(t0.elapsed() < Duration::from_secs(60));
@@ -464,7 +466,7 @@ async fn timeout_kills_the_run_and_fails_the_host() {
     assert!(log.contains("# bootgate: TimedOut"), "{log}");
     // The whole process group went: no sleep of ours outlives the run.
     let gone = wait_for(Duration::from_secs(5), || {
-        (sleepers() <= before).then_some(())
+        (sleepers(30001) <= before).then_some(())
     });
     assert!(gone.is_some(), "the playbook's sleep survived the kill");
 
@@ -793,4 +795,42 @@ fn wrong_or_missing_host_keys_are_never_accepted() {
     let reason = refused["detail"]["reason"].as_str().unwrap();
     assert!(reason.contains("no SSH host keys pinned"), "{reason}");
     assert_eq!(host_state(&lab, "vm2"), "provisioned");
+}
+
+/// SIGTERM while a hand-off runs: the daemon still stops promptly, the play is killed and
+/// the host is recorded `failed` (not left `configuring`).
+#[test]
+fn shutdown_kills_running_handoffs_and_fails_their_hosts() {
+    if !root_or_skip("shutdown_kills_running_handoffs_and_fails_their_hosts") {
+        return;
+    }
+    let lab = Lab::new();
+    let site = Site::from_inventory("lab");
+    let key = site.dir.path().join("unused_key");
+    std::fs::write(&key, "not used: the sleep fixture runs on the controller\n").unwrap();
+    handoff_config(&site, "bootgate.toml", &fixture("sleep"), &key);
+    let mut daemon = Daemon::start(&lab, &site);
+    install(
+        &lab,
+        VM2_MAC,
+        &["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZpeHR1cmUga2V5IG5vdCBzZXJ2ZWQ vm2"],
+    );
+    wait_state(&lab, "vm2", &["configuring"], 30);
+    assert!(
+        wait_for(Duration::from_secs(30), || (sleepers(30003) > 0)
+            .then_some(()))
+        .is_some(),
+        "the play never reached its sleep"
+    );
+    let status = daemon.stop();
+    assert!(status.success(), "{status}");
+    let gone = wait_for(Duration::from_secs(5), || {
+        (sleepers(30003) == 0).then_some(())
+    });
+    assert!(gone.is_some(), "the play's sleep survived the daemon");
+    let host = site.cli_json(&["hosts", "show", "vm2"]);
+    assert_eq!(host["state"], "failed", "{host:#}");
+    let evs = site.cli_json(&["events", "--host", "vm2", "--kind", "handoff-failed"]);
+    let reason = evs[0]["detail"]["reason"].as_str().unwrap();
+    assert!(reason.contains("daemon stopped"), "{reason}");
 }

@@ -53,6 +53,8 @@ pub enum HandoffError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the daemon is shutting down; hand-off not started")]
+    ShuttingDown,
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
 }
@@ -73,7 +75,8 @@ pub fn on_provisioned(app: &Arc<crate::app::App>, host: &str) {
     };
     let app = app.clone();
     let host = host.to_string();
-    tokio::spawn(async move {
+    let tracked = runner.clone();
+    tracked.spawn(async move {
         let loaded = app.inventory();
         match runner
             .run(&loaded.inventory, &host, Mode::Apply, "handoff")

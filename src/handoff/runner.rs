@@ -80,6 +80,10 @@ pub struct Runner {
     store: Arc<dyn Store>,
     /// One permit per concurrent run.
     slots: Semaphore,
+    /// Cancelled at daemon shutdown: running plays are killed and their hosts failed.
+    cancel: tokio_util::sync::CancellationToken,
+    /// The daemon's background runs, waited for at shutdown.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 /// What the log of a finished run says (pure parse of the default callback's output).
@@ -96,6 +100,8 @@ impl Runner {
     pub fn new(settings: HandoffSettings, state_dir: PathBuf, store: Arc<dyn Store>) -> Runner {
         Runner {
             slots: Semaphore::new(settings.concurrency.max(1)),
+            cancel: tokio_util::sync::CancellationToken::new(),
+            tasks: tokio_util::task::TaskTracker::new(),
             settings,
             state_dir,
             store,
@@ -115,8 +121,10 @@ impl Runner {
         if inv.host(host).is_none() {
             return Err(HandoffError::NoSuchHost(host.to_string()));
         }
-        // Never closed, so acquire only fails if the runner is gone.
-        let _permit = self.slots.acquire().await.ok();
+        // Closed only at shutdown: then nothing new starts.
+        let Ok(_permit) = self.slots.acquire().await else {
+            return Err(HandoffError::ShuttingDown);
+        };
         let state = self
             .store
             .get_host(host)
@@ -216,6 +224,11 @@ impl Runner {
                     (Outcome::Failed, code, Some(why))
                 }
             }
+            Ok(Exit::Cancelled) => (
+                Outcome::Failed,
+                None,
+                Some("the daemon stopped during the hand-off".to_string()),
+            ),
             Ok(Exit::TimedOut) => {
                 let mut why = format!("timeout after {}", human(self.settings.timeout));
                 if let Some(t) = &summary.last_task {
@@ -291,6 +304,23 @@ impl Runner {
         )
         .await;
         Ok(report)
+    }
+
+    /// Runs `fut` (a hand-off) in the background, tracked for [`Runner::shutdown`].
+    pub fn spawn<F>(&self, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(fut);
+    }
+
+    /// Kills running plays (their hosts go `failed`), refuses queued ones, and waits for
+    /// the background runs to record their end.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        self.slots.close();
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 
     /// The SSH host keys from the host's most recent phone-home that carried any.
@@ -443,29 +473,35 @@ impl Runner {
             source,
         })?;
         let pgid = child.id();
-        match tokio::time::timeout(s.timeout, child.wait()).await {
-            Ok(status) => {
+        let exit = tokio::select! {
+            status = child.wait() => {
                 let status = status.map_err(|source| HandoffError::Spawn {
                     program: s.ansible_playbook.clone(),
                     source,
                 })?;
-                Ok(Exit::Status(status.code()))
+                return Ok(Exit::Status(status.code()));
             }
-            Err(_) => {
-                tracing::warn!(host, timeout = ?s.timeout, "hand-off timed out; killing ansible-playbook's process group");
-                if let Some(pgid) = pgid {
-                    kill_group(pgid).await;
-                }
-                let _ = child.kill().await;
-                Ok(Exit::TimedOut)
+            _ = tokio::time::sleep(s.timeout) => {
+                tracing::warn!(host, timeout = ?s.timeout, "hand-off timed out; killing ansible-playbook and its children");
+                Exit::TimedOut
             }
+            _ = self.cancel.cancelled() => {
+                tracing::warn!(host, "daemon stopping; killing the hand-off");
+                Exit::Cancelled
+            }
+        };
+        if let Some(pgid) = pgid {
+            kill_group(pgid).await;
         }
+        let _ = child.kill().await;
+        Ok(exit)
     }
 }
 
 enum Exit {
     Status(Option<i32>),
     TimedOut,
+    Cancelled,
 }
 
 /// SIGKILLs everything one run started: ansible-playbook's process group, and every
