@@ -313,6 +313,18 @@ listen = "10.20.4.2:8080"
 [[interface]]
 name = "prov0"
 address = "10.20.4.2/24"
+
+# The Ansible hand-off: when a host phones home "installed", run playbooks/site.yml against
+# it (SSH host keys pinned from the phone-home). Uncomment on a gateway with Ansible.
+# [handoff]
+# enabled = true
+# playbooks = "../../playbooks"
+# # a bare name is looked up in $BOOTGATE_VENV/bin, then PATH
+# ansible_playbook = "/opt/bootgate/venv/bin/ansible-playbook"
+# concurrency = 4
+# timeout = "30m"
+# ssh_user = "root"
+# ssh_key = "/etc/bootgate/handoff_ed25519"
 """
 
 
