@@ -53,6 +53,8 @@ pub enum HandoffError {
         #[source]
         source: std::io::Error,
     },
+    #[error("hand-off not set up: {0}")]
+    NotConfigured(String),
     #[error("the daemon is shutting down; hand-off not started")]
     ShuttingDown,
     #[error("store: {0}")]

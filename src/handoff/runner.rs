@@ -121,6 +121,21 @@ impl Runner {
         if inv.host(host).is_none() {
             return Err(HandoffError::NoSuchHost(host.to_string()));
         }
+        // Before any state change: a missing tool or playbook is a setup problem, not the
+        // host's failure.
+        let site_yml = self.settings.playbooks_dir.join("site.yml");
+        if !site_yml.is_file() {
+            return Err(HandoffError::NotConfigured(format!(
+                "no playbook {} ([handoff] playbooks)",
+                site_yml.display()
+            )));
+        }
+        if !self.settings.ansible_playbook.is_file() {
+            return Err(HandoffError::NotConfigured(format!(
+                "{} not found ([handoff] ansible_playbook; a bare name is looked up in $BOOTGATE_VENV/bin, then PATH)",
+                self.settings.ansible_playbook.display()
+            )));
+        }
         // Closed only at shutdown: then nothing new starts.
         let Ok(_permit) = self.slots.acquire().await else {
             return Err(HandoffError::ShuttingDown);
