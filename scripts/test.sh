@@ -11,7 +11,9 @@ cd "$(dirname "$0")/.."
 step "installing test dependencies"
 apt_install iproute2 procps curl systemd ca-certificates gcc \
   busybox-static udhcpc isc-dhcp-client isc-dhcp-relay kea-admin \
-  tftp-hpa atftp nftables python3 qemu-system-x86 ipxe-qemu seabios ovmf cpio gzip openssh-client
+  tftp-hpa atftp nftables python3 qemu-system-x86 ipxe-qemu seabios ovmf cpio gzip openssh-client \
+  python3-venv git postgresql
+venv_install
 
 step "building the test boot image (cached in /var/tmp/bootgate-cache)"
 bash boot-images/build-test-image.sh >/dev/null

@@ -96,6 +96,18 @@ pub struct App {
     /// The Ansible hand-off runner when `[handoff] enabled` (shared: its semaphore bounds
     /// concurrent runs daemon-wide).
     pub handoff: Option<Arc<crate::handoff::Runner>>,
+    /// API bearer tokens (re-read on reload; a bad file keeps the previous set).
+    pub tokens: ArcSwap<crate::http::auth::Tokens>,
+}
+
+/// The API tokens the config names (none configured → an empty set: no mutating API).
+pub fn load_tokens(
+    config: &Config,
+) -> Result<crate::http::auth::Tokens, crate::http::auth::TokensError> {
+    match &config.http.tokens_file {
+        Some(path) => crate::http::auth::Tokens::load(path),
+        None => Ok(Default::default()),
+    }
 }
 
 /// Loads the inventory named by the config and the boot assets, and checks them against
@@ -155,7 +167,8 @@ impl App {
                 ),
             )
             .await?;
-        log_loaded(&store, 1, hosts, &report).await?;
+        log_loaded(&store, "inventory", 1, hosts, &report).await?;
+        let tokens = load_tokens(&config).context("API tokens")?;
         let ipam = Arc::new(
             crate::ipam::Ipam::load(store.clone())
                 .await
@@ -166,7 +179,10 @@ impl App {
                 .await
                 .context("failing hand-offs the last daemon left running")?;
             for host in interrupted {
-                tracing::warn!(host, "hand-off interrupted by the last shutdown: host failed");
+                tracing::warn!(
+                    host,
+                    "hand-off interrupted by the last shutdown: host failed"
+                );
             }
         }
         let handoff = config.handoff.enabled.then(|| {
@@ -186,6 +202,7 @@ impl App {
             inventory: ArcSwap::from_pointee(Loaded::new(inventory, boot, 1)),
             last_failure: ArcSwap::from_pointee(None),
             reload_lock: tokio::sync::Mutex::new(()),
+            tokens: ArcSwap::from_pointee(tokens),
             metrics: crate::http::metrics_handle(),
             started_at: Timestamp::now(),
         };
@@ -217,6 +234,12 @@ impl App {
             removed: vec![],
             problems,
         };
+        match load_tokens(&self.config) {
+            Ok(t) => self.tokens.store(Arc::new(t)),
+            Err(e) => {
+                tracing::error!(error = %e, "API tokens not reloaded; the previous set stays")
+            }
+        }
         let (inventory, boot) = match load_inventory(&self.config) {
             Ok(x) => x,
             Err(Invalid(problems)) => {
@@ -250,7 +273,7 @@ impl App {
         };
         let generation = current.generation + 1;
         let hosts = inventory.hosts.len();
-        if let Err(e) = log_loaded(&self.store, generation, hosts, &report).await {
+        if let Err(e) = log_loaded(&self.store, actor, generation, hosts, &report).await {
             tracing::error!(error = %e, "could not record inventory-loaded event");
         }
         self.inventory
@@ -337,6 +360,7 @@ impl App {
 
 async fn log_loaded(
     store: &Arc<dyn Store>,
+    actor: &str,
     generation: u64,
     hosts: usize,
     report: &SyncReport,
@@ -351,7 +375,7 @@ async fn log_loaded(
     );
     store
         .append(
-            &NewEvent::new(EventKind::InventoryLoaded, "inventory").detail(serde_json::json!({
+            &NewEvent::new(EventKind::InventoryLoaded, actor).detail(serde_json::json!({
                 "generation": generation,
                 "hosts": hosts,
                 "added": report.added,

@@ -35,6 +35,10 @@ pub struct Cli {
     /// the store directly.
     #[arg(long, global = true)]
     pub api: Option<String>,
+    /// File holding the API bearer token for `--api` (else `$BOOTGATE_TOKEN`). Mutating
+    /// requests need an admin token; see `bootgate token new`.
+    #[arg(long, global = true, env = "BOOTGATE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// Log format (logs go to stderr).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -90,6 +94,11 @@ pub enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// API bearer tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -100,6 +109,19 @@ pub enum PlaybookCommand {
         /// Write the inventory directory here (replaced as a whole).
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Make a new random token: prints it once (give it to its user) and the entry to
+    /// append to the tokens file (`[http] tokens`), which stores only its SHA-256.
+    New {
+        /// Who holds it; events record actions as `api:NAME`.
+        name: String,
+        /// `read` (GET endpoints) or `admin` (everything).
+        #[arg(long, default_value = "read")]
+        scope: crate::http::auth::Scope,
     },
 }
 
@@ -156,6 +178,8 @@ pub struct EventArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli);
+    // reqwest is built without a default TLS provider (no aws-lc): ring, once per process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -207,6 +231,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 command: PlaybookCommand::Render { out },
             } => playbook_render(&cli, out.as_deref()).await,
             Command::Handoff { host, check } => handoff(&cli, host, *check).await,
+            Command::Token { command } => token(&cli, command),
         }
     })
 }
@@ -276,8 +301,13 @@ fn check_config(path: &Path, output: Output) -> ExitCode {
 }
 
 async fn reload(cli: &Cli) -> anyhow::Result<ExitCode> {
-    let config = load_config(&cli.config)?;
-    let out = crate::control::request_reload(&config.control_socket).await?;
+    let out: crate::app::ReloadOutcome = match &cli.api {
+        Some(url) => api_client(cli, url)?.post("/api/v1/reload").await?,
+        None => {
+            let config = load_config(&cli.config)?;
+            crate::control::request_reload(&config.control_socket).await?
+        }
+    };
     match cli.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&out)?),
         Output::Table if out.ok => println!(
@@ -315,7 +345,7 @@ enum Source {
 
 async fn source(cli: &Cli) -> anyhow::Result<Source> {
     if let Some(url) = &cli.api {
-        return Ok(Source::Api(ApiClient::new(url)?));
+        return Ok(Source::Api(api_client(cli, url)?));
     }
     let config = load_config(&cli.config)?;
     let store: std::sync::Arc<dyn Store> = match &config.store {
@@ -409,8 +439,17 @@ async fn leases(cli: &Cli, cmd: &LeasesCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn release_lease(cli: &Cli, ip: Ipv4Addr) -> anyhow::Result<ExitCode> {
-    let config = load_config(&cli.config)?;
-    let lease = crate::control::request_release(&config.control_socket, ip).await?;
+    let lease: LeaseView = match &cli.api {
+        Some(url) => {
+            api_client(cli, url)?
+                .post(&format!("/api/v1/leases/{ip}/release"))
+                .await?
+        }
+        None => {
+            let config = load_config(&cli.config)?;
+            crate::control::request_release(&config.control_socket, ip).await?
+        }
+    };
     match cli.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&lease)?),
         Output::Table => println!("released {} (was held by {})", lease.ip, lease.mac),
@@ -466,21 +505,57 @@ async fn events(cli: &Cli, a: &EventArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A small client for the daemon's read API.
+fn token(cli: &Cli, cmd: &TokenCommand) -> anyhow::Result<ExitCode> {
+    let TokenCommand::New { name, scope } = cmd;
+    let (token, entry) =
+        crate::http::auth::new_token(name, *scope).context("no randomness for a token")?;
+    match cli.output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({"name": name, "scope": scope, "token": token, "entry": entry})
+        ),
+        Output::Table => {
+            println!("token for {name} ({scope}), shown once:\n\n  {token}\n");
+            println!("append to the tokens file ([http] tokens), then `bootgate reload`:\n");
+            print!("{entry}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The API client for `--api URL`, with the bearer token from `--token-file` or
+/// `$BOOTGATE_TOKEN` when one is given.
+fn api_client(cli: &Cli, url: &str) -> anyhow::Result<ApiClient> {
+    let token = match &cli.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("--token-file {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var("BOOTGATE_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+    };
+    ApiClient::new(url, token)
+}
+
+/// A small client for the daemon's API.
 struct ApiClient {
     base: reqwest::Url,
     http: reqwest::Client,
+    token: Option<String>,
 }
 
 impl ApiClient {
-    fn new(url: &str) -> anyhow::Result<Self> {
+    fn new(url: &str, token: Option<String>) -> anyhow::Result<Self> {
         let base = reqwest::Url::parse(url).with_context(|| {
             format!("--api {url:?}: expected a URL like http://10.250.0.1:8080")
         })?;
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(10))
             .build()?;
-        Ok(ApiClient { base, http })
+        Ok(ApiClient { base, http, token })
     }
 
     async fn get<T: serde::de::DeserializeOwned>(
@@ -489,23 +564,41 @@ impl ApiClient {
         query: &[(&str, String)],
     ) -> anyhow::Result<T> {
         let url = self.base.join(path)?;
-        let resp = self
-            .http
-            .get(url.clone())
-            .query(query)
-            .send()
+        self.send(reqwest::Method::GET, url, |r| r.query(query))
             .await
-            .with_context(|| format!("GET {url}"))?;
+    }
+
+    async fn post<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let url = self.base.join(path)?;
+        self.send(reqwest::Method::POST, url, |r| r).await
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        url: reqwest::Url,
+        build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> anyhow::Result<T> {
+        let mut req = build(self.http.request(method.clone(), url.clone()));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let what = format!("{method} {url}");
+        let resp = req.send().await.with_context(|| what.clone())?;
         let status = resp.status();
-        let body = resp.text().await.with_context(|| format!("GET {url}"))?;
+        let body = resp.text().await.with_context(|| what.clone())?;
         if !status.is_success() {
             let msg = serde_json::from_str::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
                 .unwrap_or(body);
-            bail!("GET {url}: {status}: {msg}");
+            let hint = match (status.as_u16(), &self.token) {
+                (401, None) => " (pass --token-file or set BOOTGATE_TOKEN)",
+                _ => "",
+            };
+            bail!("{what}: {status}: {msg}{hint}");
         }
-        serde_json::from_str(&body).with_context(|| format!("GET {url}: unexpected response"))
+        serde_json::from_str(&body).with_context(|| format!("{what}: unexpected response"))
     }
 }
 

@@ -3,6 +3,7 @@
 //! [`cli::run`]; everything else lives here.
 
 pub mod app;
+pub mod bmc;
 pub mod boot;
 pub mod cli;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod http;
 pub mod inventory;
 pub mod ipam;
 pub mod pxe;
+pub mod secrets;
 pub mod store;
 pub mod tftp;
 pub mod types;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use bootgate::config::Config;
 use bootgate::inventory::load::{check_against_config, load_dir};
-use bootgate::inventory::{Inventory, Problem, Purpose, Served};
+use bootgate::inventory::{BmcScheme, Inventory, Problem, Purpose, Served};
 use bootgate::store::StoreUrl;
 use bootgate::types::{MacAddr, Role};
 
@@ -61,6 +61,15 @@ fn lab_inventory_loads_and_matches_its_config() {
         assert_eq!(host.rack.as_deref(), Some("lab-r1"));
         assert_eq!(host.position, Some(i as u32 + 1));
         assert_eq!(host.profile.as_deref(), Some("lab-debian"));
+        // Each VM's BMC is its system on the lab's sushy-emulator (gw's 127.0.0.1:8000).
+        let bmc = host
+            .bmc
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name} has a bmc"));
+        assert_eq!(bmc.address, Ipv4Addr::LOCALHOST);
+        assert_eq!((bmc.port, bmc.scheme), (Some(8000), BmcScheme::Http));
+        assert_eq!(bmc.system.as_deref(), Some(*name));
+        assert_eq!(bmc.credential, "lab");
     }
     assert_eq!(inv.host("vm0").unwrap().role, Role::Gpu);
 
@@ -844,6 +853,249 @@ fn bmc_address_anywhere_without_bmc_subnets() {
     let inv = load_ok(dir.path());
     let bmc = inv.host("h2").unwrap().bmc.as_ref().unwrap();
     assert_eq!(bmc.address, Ipv4Addr::new(192, 168, 7, 7));
+}
+
+/// A CA bundle file for the BMC TLS cases (its content is not read by the loader).
+const CA: (&str, Option<&str>) = ("ca.pem", Some("-----BEGIN CERTIFICATE-----\n"));
+
+#[test]
+fn bmc_fields_default_and_paths_resolve() {
+    let dir = write_inventory(&[
+        CA,
+        (
+            "x.toml",
+            Some(host2!(
+                "bmc = { address = \"10.1.0.11\", vendor = \"lenovo\", credential = \"c\", ca_file = \"ca.pem\", system = \"1\" }"
+            )),
+        ),
+    ]);
+    let inv = load_ok(dir.path());
+    let h1 = inv.host("h1").unwrap().bmc.as_ref().unwrap();
+    assert_eq!(h1.scheme, BmcScheme::Https);
+    assert_eq!(
+        (h1.system.as_deref(), h1.ca_file.as_deref(), h1.insecure),
+        (None, None, false)
+    );
+    let h2 = inv.host("h2").unwrap().bmc.as_ref().unwrap();
+    assert_eq!(
+        h2.ca_file.as_deref(),
+        Some(dir.path().join("ca.pem").as_path())
+    );
+    assert_eq!(h2.system.as_deref(), Some("1"));
+    assert_eq!(inv.site.bmc_ca_file, None);
+}
+
+#[test]
+fn bmc_ca_file_missing() {
+    check(&Case {
+        what: "BMC CA file does not exist",
+        changes: &[(
+            "x.toml",
+            Some(host2!(
+                "bmc = { address = \"10.1.0.11\", vendor = \"dell\", credential = \"c\", ca_file = \"no-such-ca.pem\" }"
+            )),
+        )],
+        file: "x.toml",
+        entry: "host \"h2\"",
+        field: "bmc.ca_file",
+        reason: &["no-such-ca.pem", "does not exist"],
+    });
+}
+
+#[test]
+fn bmc_insecure_with_ca_file() {
+    check(&Case {
+        what: "insecure and ca_file together",
+        changes: &[
+            CA,
+            (
+                "x.toml",
+                Some(host2!(
+                    "bmc = { address = \"10.1.0.11\", vendor = \"dell\", credential = \"c\", ca_file = \"ca.pem\", insecure = true }"
+                )),
+            ),
+        ],
+        file: "x.toml",
+        entry: "host \"h2\"",
+        field: "bmc.insecure",
+        reason: &["insecure", "ca_file", "choose one"],
+    });
+}
+
+#[test]
+fn bmc_tls_options_with_http() {
+    check(&Case {
+        what: "insecure with scheme http",
+        changes: &[(
+            "x.toml",
+            Some(host2!(
+                "bmc = { address = \"10.1.0.11\", vendor = \"generic\", credential = \"c\", scheme = \"http\", insecure = true }"
+            )),
+        )],
+        file: "x.toml",
+        entry: "host \"h2\"",
+        field: "bmc.insecure",
+        reason: &["http", "no TLS"],
+    });
+    check(&Case {
+        what: "ca_file with scheme http",
+        changes: &[
+            CA,
+            (
+                "x.toml",
+                Some(host2!(
+                    "bmc = { address = \"10.1.0.11\", vendor = \"generic\", credential = \"c\", scheme = \"http\", ca_file = \"ca.pem\" }"
+                )),
+            ),
+        ],
+        file: "x.toml",
+        entry: "host \"h2\"",
+        field: "bmc.ca_file",
+        reason: &["http", "no TLS"],
+    });
+}
+
+#[test]
+fn bmc_tls_options_with_ipmi() {
+    check(&Case {
+        what: "ca_file for an IPMI BMC",
+        changes: &[
+            CA,
+            (
+                "x.toml",
+                Some(host2!(
+                    "bmc = { address = \"10.1.0.11\", vendor = \"ami\", protocol = \"ipmi\", credential = \"c\", ca_file = \"ca.pem\" }"
+                )),
+            ),
+        ],
+        file: "x.toml",
+        entry: "host \"h2\"",
+        field: "bmc.ca_file",
+        reason: &["IPMI has no TLS"],
+    });
+}
+
+#[test]
+fn bmc_unknown_scheme() {
+    check(&Case {
+        what: "scheme ftp",
+        changes: &[(
+            "x.toml",
+            Some(host2!(
+                "bmc = { address = \"10.1.0.11\", vendor = \"dell\", credential = \"c\", scheme = \"ftp\" }"
+            )),
+        )],
+        file: "x.toml",
+        entry: "host \"h2\"",
+        field: "bmc.scheme",
+        reason: &["ftp", "https"],
+    });
+}
+
+#[test]
+fn bmc_empty_system() {
+    check(&Case {
+        what: "empty system name",
+        changes: &[(
+            "x.toml",
+            Some(host2!(
+                "bmc = { address = \"10.1.0.11\", vendor = \"nvidia\", credential = \"c\", system = \"\" }"
+            )),
+        )],
+        file: "x.toml",
+        entry: "host \"h2\"",
+        field: "bmc.system",
+        reason: &["empty", "Id or Name"],
+    });
+}
+
+#[test]
+fn site_bmc_ca_file_missing() {
+    check(&Case {
+        what: "site CA file does not exist",
+        changes: &[(
+            "site.toml",
+            Some("[site]\nname = \"t\"\nbmc_ca_file = \"site-ca.pem\"\n"),
+        )],
+        file: "site.toml",
+        entry: "site",
+        field: "bmc_ca_file",
+        reason: &["site-ca.pem", "does not exist"],
+    });
+    let dir = write_inventory(&[
+        ("site-ca.pem", Some("x")),
+        (
+            "site.toml",
+            Some("[site]\nname = \"t\"\nbmc_ca_file = \"site-ca.pem\"\n"),
+        ),
+    ]);
+    let inv = load_ok(dir.path());
+    assert_eq!(inv.site.bmc_ca_file, Some(dir.path().join("site-ca.pem")));
+}
+
+#[test]
+fn shared_bmc_needs_a_system_per_host() {
+    // h1's BMC (10.1.0.10) names no system: another host cannot share it.
+    check(&Case {
+        what: "shared BMC without systems",
+        changes: &[(
+            "x.toml",
+            Some(host2!(
+                "bmc = { address = \"10.1.0.10\", vendor = \"dell\", credential = \"c\", system = \"2\" }"
+            )),
+        )],
+        file: "x.toml",
+        entry: "host \"h2\"",
+        field: "bmc.address",
+        reason: &["duplicate reserved address", "host \"h1\"", "bmc.system"],
+    });
+}
+
+#[test]
+fn shared_bmc_same_system_twice() {
+    check(&Case {
+        what: "one BMC system for two hosts",
+        changes: &[(
+            "x.toml",
+            Some(concat!(
+                host2!(
+                    "bmc = { address = \"10.1.0.20\", vendor = \"nvidia\", credential = \"c\", system = \"DGX\" }"
+                ),
+                "[[host]]\nname = \"h3\"\nrole = \"gpu\"\nmacs = [\"02:00:00:00:00:03\"]\n",
+                "bmc = { address = \"10.1.0.20\", vendor = \"nvidia\", credential = \"c\", system = \"DGX\" }\n"
+            )),
+        )],
+        file: "x.toml",
+        entry: "host \"h3\"",
+        field: "bmc.address",
+        reason: &["system \"DGX\"", "host \"h2\""],
+    });
+}
+
+#[test]
+fn shared_bmc_with_one_system_per_host_loads() {
+    let dir = write_inventory(&[(
+        "x.toml",
+        Some(concat!(
+            host2!(
+                "bmc = { address = \"10.1.0.20\", vendor = \"nvidia\", credential = \"c\", system = \"A\" }"
+            ),
+            "[[host]]\nname = \"h3\"\nrole = \"gpu\"\nmacs = [\"02:00:00:00:00:03\"]\n",
+            "bmc = { address = \"10.1.0.20\", vendor = \"nvidia\", credential = \"c\", system = \"B\" }\n"
+        )),
+    )]);
+    let inv = load_ok(dir.path());
+    assert_eq!(inv.hosts.len(), 3);
+}
+
+#[test]
+fn secrets_files_in_the_inventory_dir_are_not_inventory() {
+    let dir = write_inventory(&[(
+        "secrets.example.toml",
+        Some("[bmc.lab]\nusername = \"admin\"\npassword = \"password\"\n"),
+    )]);
+    let inv = load_ok(dir.path());
+    assert_eq!(inv.files.len(), BASE.len());
 }
 
 #[test]

@@ -374,6 +374,7 @@ mod golden {
                 location: None,
                 gateways: vec![],
                 settings: Default::default(),
+                bmc_ca_file: None,
             },
             subnets: vec![],
             racks: vec![],

@@ -32,13 +32,18 @@ pub struct Config {
     pub interfaces: Vec<Interface>,
     /// Where the HTTP listener (iPXE, images, API, metrics) binds.
     pub http_listen: SocketAddr,
+    pub http: HttpSettings,
     /// Daemon state (SQLite database, control socket, run logs).
     pub state_dir: PathBuf,
     pub store: StoreUrl,
     pub inventory_dir: PathBuf,
     pub boot_images_dir: PathBuf,
     /// Root-only file with BMC credentials and API tokens; optional until power control.
+    /// For `secrets = "credential:NAME"` this is `$CREDENTIALS_DIRECTORY/NAME` when systemd
+    /// set that variable, else None: use [`Config::secrets_path`] for the reason.
     pub secrets_file: Option<PathBuf>,
+    /// `secrets` as written (a path made absolute, or a systemd credential name).
+    pub secrets: Option<crate::secrets::SecretsSource>,
     /// Unix socket for local admin commands (`bootgate reload`), mode 0600.
     pub control_socket: PathBuf,
     pub dhcp: DhcpSettings,
@@ -66,6 +71,15 @@ pub struct HandoffSettings {
     pub ssh_user: String,
     /// Private key Ansible logs in with (none: ssh's defaults / agent).
     pub ssh_key: Option<PathBuf>,
+}
+
+/// API access (`[http]`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HttpSettings {
+    /// Root-only file of API bearer tokens (`crate::http::auth`); none → no mutating API.
+    pub tokens_file: Option<PathBuf>,
+    /// Read endpoints answer without a token (they are on the provisioning network only).
+    pub open_reads: bool,
 }
 
 /// What PXE clients are told to fetch (`[boot]`).
@@ -97,5 +111,19 @@ impl Config {
     /// and field.
     pub fn load(path: &Path) -> Result<Config, Invalid> {
         wire::load(path)
+    }
+
+    /// The secrets file to read: None when the config names none; an error naming
+    /// `CREDENTIALS_DIRECTORY` for `credential:NAME` outside systemd.
+    pub fn secrets_path(&self) -> Result<Option<PathBuf>, crate::secrets::SecretsError> {
+        self.secrets.as_ref().map(|s| s.path()).transpose()
+    }
+
+    /// Loads the secrets file the config names (empty secrets when it names none).
+    pub fn load_secrets(&self) -> Result<crate::secrets::Secrets, crate::secrets::SecretsError> {
+        match &self.secrets {
+            Some(s) => s.load(),
+            None => Ok(crate::secrets::Secrets::default()),
+        }
     }
 }

@@ -10,9 +10,10 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
-use super::{BootSettings, Config, DhcpSettings, HandoffSettings, Interface};
+use super::{BootSettings, Config, DhcpSettings, HandoffSettings, HttpSettings, Interface};
 use crate::inventory::load::{MAX_IFNAME_LEN, deserialize_collecting, lease_time, syntax_problem};
 use crate::inventory::{Invalid, Problem};
+use crate::secrets::SecretsSource;
 use crate::store::StoreUrl;
 
 /// The whole file except `[[interface]]`: those are taken out of the table first and
@@ -26,7 +27,8 @@ struct ConfigWire {
     /// Directory of the site's inventory `*.toml`.
     inventory: PathBuf,
     boot_images: PathBuf,
-    secrets: Option<PathBuf>,
+    /// A path, or `credential:NAME` for `$CREDENTIALS_DIRECTORY/NAME` (systemd LoadCredential=).
+    secrets: Option<String>,
     /// Default `{state_dir}/control.sock`.
     control_socket: Option<PathBuf>,
     http: HttpWire,
@@ -186,6 +188,15 @@ fn default_probe_ms() -> u64 {
 #[serde(deny_unknown_fields)]
 struct HttpWire {
     listen: SocketAddr,
+    /// Root-only file of API bearer tokens.
+    tokens: Option<PathBuf>,
+    /// Read endpoints answer without a token.
+    #[serde(default = "default_open_reads")]
+    open_reads: bool,
+}
+
+fn default_open_reads() -> bool {
+    true
 }
 
 /// `[[interface]]`: `address` is the gateway's own address with the subnet's prefix.
@@ -298,6 +309,15 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
         }
     }
 
+    let secrets = match w.secrets.as_deref().map(SecretsSource::parse) {
+        None => None,
+        Some(Ok(SecretsSource::File(f))) => Some(SecretsSource::File(resolve(&f))),
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => {
+            p.push("-", "secrets", e.to_string());
+            None
+        }
+    };
     let boot = boot_settings(&w.boot, w.http.listen, &mut p);
     let handoff = handoff_settings(&w.handoff, &resolve, &mut p);
     match (store, p.list.is_empty()) {
@@ -305,11 +325,16 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
             path: path.to_path_buf(),
             interfaces,
             http_listen: w.http.listen,
+            http: HttpSettings {
+                tokens_file: w.http.tokens.as_deref().map(&resolve),
+                open_reads: w.http.open_reads,
+            },
             control_socket: w
                 .control_socket
                 .as_deref()
                 .map_or_else(|| state_dir.join("control.sock"), &resolve),
-            secrets_file: w.secrets.as_deref().map(&resolve),
+            secrets_file: secrets.as_ref().and_then(|s| s.path().ok()),
+            secrets,
             state_dir,
             store,
             inventory_dir,

@@ -5,11 +5,12 @@
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -19,6 +20,7 @@ use crate::store::{EventKind, EventQuery, LeaseFilter, LeaseState, StoreError};
 use crate::types::{HostState, MacAddr};
 use crate::views::{EventView, HostDetail, HostView, LeaseView};
 
+pub mod auth;
 pub mod boot;
 pub mod query;
 
@@ -29,6 +31,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    /// The request is valid but the state refuses it (e.g. releasing a lease that is not active).
+    #[error("{0}")]
+    Conflict(String),
     #[error("store unavailable: {0}")]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -40,6 +45,7 @@ impl IntoResponse for ApiError {
         let status = match &self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -70,13 +76,29 @@ pub fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
 }
 
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_text))
+    // Reads: open on the provisioning network unless `[http] open_reads = false`.
+    let reads = Router::new()
         .route("/api/v1/hosts", get(list_hosts))
         .route("/api/v1/hosts/{name}", get(show_host))
         .route("/api/v1/leases", get(list_leases))
         .route("/api/v1/events", get(list_events))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            auth::require_read,
+        ));
+    // Every mutating endpoint: an admin token, always.
+    let admin = Router::new()
+        .route("/api/v1/reload", post(reload))
+        .route("/api/v1/leases/{ip}/release", post(release_lease))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            auth::require_admin,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .merge(reads)
+        .merge(admin)
         .merge(boot::routes(app.clone()))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(app)
@@ -278,4 +300,31 @@ async fn list_events(
     app.events.flush().await;
     let events = app.store.query(&q).await?;
     Ok(axum::Json(events.iter().map(EventView::from).collect()))
+}
+
+async fn reload(State(app): State<Arc<App>>, caller: Option<Extension<auth::Caller>>) -> Response {
+    let actor = auth::Caller::actor(caller.as_deref());
+    let out = app.reload(&actor).await;
+    let code = if out.ok {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    (code, axum::Json(out)).into_response()
+}
+
+async fn release_lease(
+    State(app): State<Arc<App>>,
+    caller: Option<Extension<auth::Caller>>,
+    Path(ip): Path<String>,
+) -> Result<axum::Json<LeaseView>, ApiError> {
+    let ip: Ipv4Addr = ip
+        .parse()
+        .map_err(|e| ApiError::BadRequest(format!("{ip:?} is not an IPv4 address: {e}")))?;
+    let actor = auth::Caller::actor(caller.as_deref());
+    let lease = app
+        .release_lease(ip, &actor)
+        .await
+        .map_err(ApiError::Conflict)?;
+    Ok(axum::Json(LeaseView::from(&lease)))
 }

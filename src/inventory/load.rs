@@ -15,15 +15,18 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
 use super::{
-    Bmc, BmcProtocol, BmcVendor, Gpus, Hardware, Host, InfiniBand, Invalid, Inventory, IpRange,
-    Kubernetes, Oidc, Packages, Problem, Profile, Purpose, Rack, Served, Site, SiteSettings,
-    Subnet, Switch, User,
+    Bmc, BmcProtocol, BmcScheme, BmcVendor, Gpus, Hardware, Host, InfiniBand, Invalid, Inventory,
+    IpRange, Kubernetes, Oidc, Packages, Problem, Profile, Purpose, Rack, Served, Site,
+    SiteSettings, Subnet, Switch, User,
 };
 use crate::config::Config;
 use crate::types::{MacAddr, Role};
 
 /// The daemon's own config may sit in the inventory directory; it is not inventory.
 const CONFIG_FILE_NAME: &str = "bootgate.toml";
+
+/// `secrets*.toml` (e.g. the lab's `secrets.example.toml`) holds BMC logins, not inventory.
+const SECRETS_FILE_PREFIX: &str = "secrets";
 
 /// Top-level keys an inventory file may hold: `[site]` and arrays of tables for the rest.
 const TOP_LEVEL_KEYS: &[&str] = &["site", "subnet", "rack", "profile", "host"];
@@ -52,6 +55,8 @@ struct SiteWire {
     #[serde(default)]
     kubernetes: KubernetesWire,
     oidc: Option<OidcWire>,
+    /// CA bundle (PEM) for the site's BMC certificates, relative to the inventory dir.
+    bmc_ca_file: Option<PathBuf>,
 }
 
 /// `[[site.users]]`: an operator account on every host.
@@ -214,6 +219,16 @@ struct BmcWire {
     protocol: BmcProtocol,
     credential: String,
     port: Option<u16>,
+    /// `https` (default) or `http` (emulators only).
+    #[serde(default = "default_bmc_scheme")]
+    scheme: BmcScheme,
+    /// Redfish system Id or Name when the BMC manages several systems.
+    system: Option<String>,
+    /// CA bundle (PEM) for this BMC, relative to the inventory dir.
+    ca_file: Option<PathBuf>,
+    /// Accept any certificate: an explicit, visible choice.
+    #[serde(default)]
+    insecure: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -252,6 +267,10 @@ fn default_template() -> String {
 
 fn default_bmc_protocol() -> BmcProtocol {
     BmcProtocol::Redfish
+}
+
+fn default_bmc_scheme() -> BmcScheme {
+    BmcScheme::Https
 }
 
 /// `lease_time`: either integer seconds, or a string in jiff's "friendly" (`30m`, `12h`,
@@ -527,9 +546,9 @@ impl Problems {
     }
 }
 
-/// Reads every `*.toml` in `dir` (sorted, not recursive, skipping `bootgate.toml`) and
-/// validates the whole inventory. All problems are returned, each naming file, entry and
-/// field.
+/// Reads every `*.toml` in `dir` (sorted, not recursive, skipping `bootgate.toml` and
+/// `secrets*.toml`) and validates the whole inventory. All problems are returned, each
+/// naming file, entry and field.
 pub fn load_dir(dir: &Path) -> Result<Inventory, Invalid> {
     let mut problems = Problems::default();
     let files = match inventory_files(dir) {
@@ -606,15 +625,24 @@ pub fn load_dir(dir: &Path) -> Result<Inventory, Invalid> {
     }
 
     let site = match site {
-        Some((loc, value)) => {
-            deserialize_entry::<SiteWire>(&loc, value, &mut problems).map(|w| Site {
-                settings: site_settings(&loc, &w, &mut problems),
+        Some((loc, value)) => deserialize_entry::<SiteWire>(&loc, value, &mut problems).map(|w| {
+            let settings = site_settings(&loc, &w, &mut problems);
+            let bmc_ca_file = w.bmc_ca_file.map(|f| {
+                let path = dir.join(f);
+                if let Some(why) = not_a_file(&path) {
+                    problems.at(&loc, "bmc_ca_file", why);
+                }
+                path
+            });
+            Site {
+                settings,
                 name: w.name,
                 description: w.description,
                 location: w.location,
                 gateways: w.gateways,
-            })
-        }
+                bmc_ca_file,
+            }
+        }),
         None => {
             // Only worth saying when the files themselves were readable.
             if problems.0.is_empty() {
@@ -628,7 +656,7 @@ pub fn load_dir(dir: &Path) -> Result<Inventory, Invalid> {
     let subnets = v.subnets(&subnets);
     let racks = v.racks(&racks);
     let profiles = v.profiles(&profiles);
-    let hosts = v.hosts(&hosts, &subnets, &racks, &profiles);
+    let hosts = v.hosts(dir, &hosts, &subnets, &racks, &profiles);
 
     match site {
         Some(site) if v.problems.0.is_empty() => Ok(Inventory {
@@ -658,7 +686,11 @@ fn inventory_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
         let path = entry.path();
         let is_toml = path.extension().is_some_and(|e| e == "toml");
         let is_config = path.file_name().is_some_and(|n| n == CONFIG_FILE_NAME);
-        if is_toml && !is_config && path.is_file() {
+        let is_secrets = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(SECRETS_FILE_PREFIX));
+        if is_toml && !is_config && !is_secrets && path.is_file() {
             files.push(path);
         }
     }
@@ -1081,6 +1113,7 @@ impl Validator {
 
     fn hosts(
         &mut self,
+        dir: &Path,
         raw: &Raw<'_>,
         subnets: &[(Loc, Subnet)],
         racks: &[(Loc, Rack)],
@@ -1102,6 +1135,9 @@ impl Validator {
         let mut macs: HashMap<MacAddr, String> = HashMap::new();
         let mut ips: HashMap<Ipv4Addr, String> = HashMap::new();
         let mut slots: HashMap<(String, u32), String> = HashMap::new();
+        // BMC endpoint → (system, who): hosts may share a BMC (one BMC, several systems)
+        // when each names a different system.
+        let mut endpoints: HashMap<(Ipv4Addr, Option<u16>), Vec<SharedBmc>> = HashMap::new();
 
         for (loc, value) in &raw.entries {
             let Some(w) = deserialize_entry::<HostWire>(loc, value, &mut self.problems) else {
@@ -1203,10 +1239,27 @@ impl Validator {
                 {
                     check_reserved(subnet, ip, loc, "bmc.address", p);
                 }
-                claim_ip(&mut ips, ip, loc, "bmc.address", p);
+                let shared = endpoints.entry((ip, bmc.port)).or_default();
+                if shared.is_empty() {
+                    claim_ip(&mut ips, ip, loc, "bmc.address", p);
+                } else if let Some((_, first)) = shared.iter().find(|(system, _)| {
+                    system.is_none() || bmc.system.is_none() || *system == bmc.system
+                }) {
+                    let why = match &bmc.system {
+                        Some(s) if shared.iter().any(|(x, _)| x.as_ref() == Some(s)) => {
+                            format!("BMC {ip} system {s:?} is already {first}'s")
+                        }
+                        _ => format!(
+                            "duplicate reserved address {ip}; also bmc.address of {first} (hosts may share a BMC only when each names a different bmc.system)"
+                        ),
+                    };
+                    p.at(loc, "bmc.address", why);
+                }
+                shared.push((bmc.system.clone(), loc.to_string()));
+                check_bmc_access(dir, bmc, loc, p);
             }
 
-            out.push((loc.clone(), host(w)));
+            out.push((loc.clone(), host(dir, w)));
         }
         out
     }
@@ -1261,7 +1314,58 @@ fn claim_ip(
     }
 }
 
-fn host(w: HostWire) -> Host {
+/// One host's use of a BMC endpoint: the system it names and who it is (for messages).
+type SharedBmc = (Option<String>, String);
+
+/// The TLS and protocol settings of a BMC must agree: a CA file that exists, `insecure`
+/// or `ca_file` (not both), neither for plain HTTP or IPMI, a non-empty system name.
+fn check_bmc_access(dir: &Path, bmc: &BmcWire, loc: &Loc, p: &mut Problems) {
+    if let Some(f) = &bmc.ca_file
+        && let Some(why) = not_a_file(&dir.join(f))
+    {
+        p.at(loc, "bmc.ca_file", why);
+    }
+    if bmc.system.as_deref().is_some_and(|s| s.trim().is_empty()) {
+        p.at(
+            loc,
+            "bmc.system",
+            "empty; give the Redfish system's Id or Name",
+        );
+    }
+    let tls_set = if bmc.insecure { "insecure" } else { "ca_file" };
+    if bmc.protocol == BmcProtocol::Ipmi && (bmc.insecure || bmc.ca_file.is_some()) {
+        p.at(
+            loc,
+            format!("bmc.{tls_set}"),
+            "IPMI has no TLS: insecure and ca_file apply only to Redfish over https",
+        );
+    } else if bmc.scheme == BmcScheme::Http && (bmc.insecure || bmc.ca_file.is_some()) {
+        p.at(
+            loc,
+            format!("bmc.{tls_set}"),
+            "scheme = \"http\" has no TLS: insecure and ca_file apply only to https",
+        );
+    } else if bmc.insecure && bmc.ca_file.is_some() {
+        p.at(
+            loc,
+            "bmc.insecure",
+            "insecure = true together with ca_file: choose one (ca_file verifies the certificate against that CA, insecure verifies nothing)",
+        );
+    }
+}
+
+/// Why `path` cannot serve as a CA file, if it cannot.
+fn not_a_file(path: &Path) -> Option<String> {
+    if path.is_file() {
+        None
+    } else if path.exists() {
+        Some(format!("{} is not a file", path.display()))
+    } else {
+        Some(format!("{} does not exist", path.display()))
+    }
+}
+
+fn host(dir: &Path, w: HostWire) -> Host {
     Host {
         name: w.name,
         role: w.role,
@@ -1276,6 +1380,10 @@ fn host(w: HostWire) -> Host {
             protocol: b.protocol,
             credential: b.credential,
             port: b.port,
+            scheme: b.scheme,
+            system: b.system,
+            ca_file: b.ca_file.map(|f| dir.join(f)),
+            insecure: b.insecure,
         }),
         hardware: Hardware {
             gpus: w.hardware.gpus.map(|g| Gpus {

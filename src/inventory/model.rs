@@ -32,6 +32,9 @@ pub struct Site {
     /// The gateway boxes that serve this site (names of hosts with role `gateway`, or free
     /// names when the gateways are not inventoried as hosts).
     pub gateways: Vec<String>,
+    /// CA bundle (PEM) that signs the site's BMC certificates, unless a BMC names its own
+    /// (`[site] bmc_ca_file`, made absolute relative to the inventory directory).
+    pub bmc_ca_file: Option<PathBuf>,
     /// What the hand-off playbooks configure site-wide (`group_vars/all.yml`).
     pub settings: SiteSettings,
 }
@@ -218,6 +221,15 @@ text_enum!(
 );
 
 text_enum!(
+    /// The Redfish URL scheme of a BMC.
+    BmcScheme {
+        Https => "https",
+        /// Plain HTTP: only emulators and labs (the sushy-emulator) speak it.
+        Http => "http",
+    }
+);
+
+text_enum!(
     /// How bootgate talks to a BMC.
     BmcProtocol {
         Redfish => "redfish",
@@ -234,8 +246,17 @@ pub struct Bmc {
     pub protocol: BmcProtocol,
     /// Name of the credential in the secrets file (never the secret itself).
     pub credential: String,
-    /// TCP port (Redfish HTTPS 443, IPMI 623 by default).
+    /// Port (Redfish HTTPS 443 / HTTP 80, IPMI UDP 623 by default).
     pub port: Option<u16>,
+    /// Redfish URL scheme (default https).
+    pub scheme: BmcScheme,
+    /// Redfish system Id or Name, for a BMC that manages several systems.
+    pub system: Option<String>,
+    /// CA bundle (PEM) for this BMC's certificate, made absolute relative to the inventory
+    /// directory; wins over `[site] bmc_ca_file`.
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate (the operator's explicit choice; warned once per BMC).
+    pub insecure: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

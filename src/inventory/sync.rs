@@ -169,6 +169,7 @@ mod tests {
                 location: None,
                 gateways: vec![],
                 settings: Default::default(),
+                bmc_ca_file: None,
             },
             subnets: vec![],
             racks: vec![],

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::{HostState, MacAddr, Role, text_enum};
 
+pub mod postgres;
 pub mod sqlite;
 
 /// Everything a store backend can fail with. Messages name the IP, MAC or host involved.
@@ -51,6 +52,10 @@ pub enum StoreError {
     /// A group commit failed as a whole (the reason is the batch's error).
     #[error("lease commit failed: {0}")]
     Batch(String),
+    /// The database server could not be reached (or went away mid-call) within the pool's
+    /// acquire timeout. Distinct from `Db` so callers can degrade instead of failing.
+    #[error("store {url} is unreachable: {reason}")]
+    Unavailable { url: String, reason: String },
     #[error("corrupt value in column {column}: {value:?}")]
     Corrupt { column: &'static str, value: String },
 }
@@ -60,7 +65,7 @@ pub enum StoreError {
 pub enum StoreUrl {
     /// `sqlite:/var/lib/bootgate/bootgate.db` (embedded, the default).
     Sqlite(PathBuf),
-    /// `postgres://user@host/db`: accepted now, served by the HA backend.
+    /// `postgres://user@host/db`: the shared store of a two-gateway deployment.
     Postgres(String),
 }
 
@@ -391,11 +396,9 @@ impl<T: HostStore + LeaseStore + EventLog> Store for T {}
 pub async fn open(url: &StoreUrl) -> Result<Arc<dyn Store>, StoreError> {
     match url {
         StoreUrl::Sqlite(path) => Ok(Arc::new(sqlite::SqliteStore::open(path).await?)),
-        StoreUrl::Postgres(_) => Err(StoreError::Open {
-            url: url.to_string(),
-            reason: "the PostgreSQL backend is not built yet (see the HA issue); use sqlite:PATH"
-                .into(),
-        }),
+        StoreUrl::Postgres(raw) => Ok(Arc::new(
+            postgres::PostgresStore::open(raw, &postgres::PgOptions::default()).await?,
+        )),
     }
 }
 

@@ -11,7 +11,9 @@
 //!
 //! The module must be mounted as `contract` at the test crate's root (the expansion calls
 //! `crate::contract::<item>`). The factory runs once per test and must give a fresh, empty
-//! store; the guard (a temp dir, a throwaway database) is dropped when the test ends.
+//! store; the guard (a temp dir, a throwaway database) is dropped when the test ends. The
+//! guard also implements [`Reopen`]: it opens a second, independent handle on the same
+//! database, as a second daemon would (for SQLite, a `TempDir` holding `bootgate.db`).
 //! Timestamps used here are whole milliseconds, the precision every backend keeps.
 
 #![allow(dead_code)]
@@ -63,8 +65,50 @@ macro_rules! store_contract_tests {
                     crate::contract::$item(::std::sync::Arc::new(store)).await;
                 }
             )+
+            // Items that need a second handle on the same database (see `Reopen`).
+            store_contract_tests!(@two_handles $make,
+                two_handles_race_for_one_address,
+            );
         }
     };
+    (@two_handles $make:expr, $($item:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $item() {
+                let (store, guard) = $make.await;
+                let other = crate::contract::Reopen::reopen(&guard).await;
+                crate::contract::$item(
+                    ::std::sync::Arc::new(store),
+                    ::std::sync::Arc::new(other),
+                )
+                .await;
+            }
+        )+
+    };
+}
+
+/// Opens another handle (its own pool) on the database a factory's guard stands for.
+pub trait Reopen {
+    type Store: Store + 'static;
+    fn reopen(&self) -> impl std::future::Future<Output = Self::Store>;
+}
+
+/// The file name the SQLite factories use inside their temp dir.
+pub const SQLITE_FILE: &str = "bootgate.db";
+
+impl Reopen for tempfile::TempDir {
+    type Store = bootgate::store::sqlite::SqliteStore;
+    async fn reopen(&self) -> Self::Store {
+        let path = self.path().join(SQLITE_FILE);
+        assert!(
+            path.exists(),
+            "the SQLite factory must create {}",
+            path.display()
+        );
+        bootgate::store::sqlite::SqliteStore::open(&path)
+            .await
+            .expect("second handle on the SQLite store")
+    }
 }
 
 // ---- fixtures ----------------------------------------------------------------------------
@@ -821,6 +865,92 @@ pub async fn lease_concurrent_commits_never_share_an_address<S: Store + 'static>
             "every success is logged"
         );
         assert!(logged.iter().all(|e| e.mac == Some(winner)));
+    }
+}
+
+/// Two handles on one database (two daemons: two pools, or two opens of one SQLite file)
+/// race for the same new address from different MACs, 200 rounds. Each round exactly one
+/// wins, the other gets a `Conflict` naming the winner, the store holds the winner's
+/// lease, and no address ever has committed events from two MACs. Odd rounds use the
+/// group commit on the second handle, so both write paths are raced.
+pub async fn two_handles_race_for_one_address<A: Store + 'static, B: Store + 'static>(
+    a: Arc<A>,
+    b: Arc<B>,
+) {
+    const ROUNDS: u16 = 200;
+    let ends = now() + secs(3600);
+    let addr = |r: u16| Ipv4Addr::new(10, 1, (r / 200) as u8, (r % 200) as u8 + 1);
+    for r in 0..ROUNDS {
+        let la = lease(addr(r), mac(2 * r), LeaseState::Active, ends);
+        let lb = lease(addr(r), mac(2 * r + 1), LeaseState::Offered, ends);
+        let (ta, tb) = (a.clone(), b.clone());
+        let (wa, wb) = (la.clone(), lb.clone());
+        let ja = tokio::spawn(async move { ta.commit_lease(&wa, &committed(&wa)).await });
+        let jb = tokio::spawn(async move {
+            if r % 2 == 0 {
+                tb.commit_lease(&wb, &committed(&wb)).await
+            } else {
+                let mut out = tb
+                    .commit_leases(&[(wb.clone(), committed(&wb))])
+                    .await
+                    .expect("group commit");
+                out.pop().expect("one result per item")
+            }
+        });
+        let (ra, rb) = (ja.await.expect("task a"), jb.await.expect("task b"));
+        let (winner, loser_result) = match (&ra, &rb) {
+            (Ok(()), Err(_)) => (la.mac, rb),
+            (Err(_), Ok(())) => (lb.mac, ra),
+            _ => panic!(
+                "round {r} on {}: exactly one must win: {ra:?} / {rb:?}",
+                la.ip
+            ),
+        };
+        match loser_result {
+            Err(StoreError::Conflict { holder, ip: i, .. }) => {
+                assert_eq!(holder, winner, "round {r}: conflict names the winner");
+                assert_eq!(i, la.ip);
+            }
+            other => panic!("round {r}: the loser must get a Conflict, got {other:?}"),
+        }
+        for store in [&*a as &dyn Store, &*b as &dyn Store] {
+            let held = store
+                .get_lease(la.ip)
+                .await
+                .unwrap()
+                .expect("winner stored");
+            assert_eq!(held.mac, winner, "round {r}: both handles see the winner");
+        }
+    }
+    let leases = a.list_leases(&LeaseFilter::default()).await.unwrap();
+    assert_eq!(leases.len(), usize::from(ROUNDS));
+    let committed_events = events(
+        &*b,
+        EventQuery {
+            kind: Some(EventKind::LeaseCommitted),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        committed_events.len(),
+        usize::from(ROUNDS),
+        "one event per win"
+    );
+    let mut macs_by_ip: BTreeMap<Ipv4Addr, BTreeSet<MacAddr>> = BTreeMap::new();
+    for e in &committed_events {
+        macs_by_ip
+            .entry(e.ip.expect("event ip"))
+            .or_default()
+            .insert(e.mac.expect("event mac"));
+    }
+    for l in &leases {
+        assert_eq!(
+            macs_by_ip.get(&l.ip),
+            Some(&BTreeSet::from([l.mac])),
+            "{} committed for one MAC only",
+            l.ip
+        );
     }
 }
 

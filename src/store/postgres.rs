@@ -1,0 +1,985 @@
+//! The shared PostgreSQL backend, for two gateways writing one store. Same traits, same
+//! semantics and the same contract battery as SQLite; what differs is how exclusivity is
+//! won: SQLite has one writer, here several pools (several daemons) write at once, so every
+//! decision that must not race is made inside one statement or under a row/advisory lock.
+
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use serde_json::json;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, QueryBuilder, Row};
+
+use super::{
+    Event, EventKind, EventLog, EventQuery, HostChange, HostRecord, HostStore, Lease, LeaseFilter,
+    LeaseState, LeaseStore, NewEvent, RelayInfo, StoreError, StoreUrl,
+};
+use crate::types::{HostState, MacAddr};
+
+/// The schema, embedded at build time from `migrations/postgres/`. sqlx takes an advisory
+/// lock while migrating, so two daemons starting together do not both migrate.
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The `actor` of the `lease-expired` events `expire_leases` writes.
+const EXPIRY_ACTOR: &str = "expiry";
+
+/// Key of the transaction-scoped advisory lock that serialises host writes across daemons
+/// (ASCII "bootgate"). Host writes are rare (inventory reloads, lifecycle moves); taking
+/// one lock keeps `MacTaken` checks and compare-and-set exact without row-lock ordering.
+const HOSTS_LOCK: i64 = 0x626f_6f74_6761_7465;
+
+/// First key of the per-address advisory locks a group commit takes (ASCII "ipv4"); the
+/// second key is the address as a 32-bit integer.
+const LEASES_LOCK_CLASS: i32 = 0x6970_7634;
+
+/// How often a transaction PostgreSQL aborted to break a deadlock (two batches locking the
+/// same leases in different orders) is replayed before the error goes to the caller.
+const DEADLOCK_RETRIES: u32 = 3;
+
+/// Rows per INSERT statement in `append_many` (7 parameters a row; PostgreSQL allows 65535).
+const EVENTS_PER_INSERT: usize = 1000;
+
+/// Pool settings. The defaults suit one gateway daemon.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// Upper bound on connections this daemon opens (PostgreSQL's `max_connections` is
+    /// shared by both gateways and the operators' tools).
+    pub max_connections: u32,
+    /// How long a store call waits for a connection, including (re)connecting to a server
+    /// that is down: the bound on how long a call can hang while PostgreSQL is unreachable.
+    pub acquire_timeout: Duration,
+    /// Server-side `statement_timeout` (and `lock_timeout`): a statement stuck behind a
+    /// lock another daemon holds fails instead of tying up a connection for ever.
+    pub statement_timeout: Duration,
+    /// Client-side bound on a whole store call (all its statements and its commit): a
+    /// server that stops answering on an open connection fails the call with
+    /// `Unavailable` after this long instead of hanging it.
+    pub call_timeout: Duration,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(10),
+            call_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The PostgreSQL store. Cheap to share behind an `Arc`; the pool reconnects by itself.
+pub struct PostgresStore {
+    /// Every read and write. Reads are single statements (one MVCC snapshot each); writes
+    /// are transactions whose conflicts PostgreSQL resolves with row and advisory locks.
+    pool: PgPool,
+    /// The URL as displayed (password hidden), for error messages.
+    url: String,
+    /// Upper bound on one store call (see [`PgOptions::call_timeout`]).
+    call_timeout: Duration,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The URL as it may be shown: `postgres://***@host/db`.
+fn shown(url: &str) -> String {
+    StoreUrl::Postgres(url.to_string()).to_string()
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user:password@host:port/db`), waiting up to
+    /// `acquire_timeout` for the server, and migrates the schema to the current version.
+    /// Errors name the URL without its password.
+    pub async fn open(url: &str, options: &PgOptions) -> Result<Self, StoreError> {
+        let open_error = |reason: String| StoreError::Open {
+            url: shown(url),
+            reason,
+        };
+        let timeout_ms = options.statement_timeout.as_millis().to_string();
+        let connect = PgConnectOptions::from_str(url)
+            .map_err(|e| open_error(format!("bad URL: {e}")))?
+            .application_name("bootgate")
+            .options([
+                ("statement_timeout", timeout_ms.as_str()),
+                ("lock_timeout", timeout_ms.as_str()),
+                // The default, stated: a commit returns only once it is durable, which is
+                // what makes an ACKed lease survive a crash of the daemon or the server.
+                ("synchronous_commit", "on"),
+            ]);
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .acquire_timeout(options.acquire_timeout)
+            // Idle connections are pinged before use: after a server restart the dead ones
+            // are replaced instead of failing the first call.
+            .test_before_acquire(true)
+            .connect_with(connect)
+            .await
+            .map_err(|e| open_error(e.to_string()))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| open_error(format!("migrating the schema: {e}")))?;
+        Ok(PostgresStore {
+            pool,
+            url: shown(url),
+            call_timeout: options.call_timeout,
+        })
+    }
+
+    /// Closes the pool, waiting for checked-out connections to come back.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Turns connection-level failures into [`StoreError::Unavailable`] naming the server,
+    /// so callers can tell "PostgreSQL is down" from a refused or broken write.
+    fn classify<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        match result {
+            Err(StoreError::Db(e)) if is_unavailable(&e) => Err(StoreError::Unavailable {
+                url: self.url.clone(),
+                reason: e.to_string(),
+            }),
+            other => other,
+        }
+    }
+
+    /// Runs one store call under the call timeout and classifies its failure: the bound on
+    /// how long a caller waits, even for a server that stops answering on an open
+    /// connection (a partition, a hung host), where neither the acquire timeout nor the
+    /// server's statement_timeout can help. A call cut off mid-commit may or may not have
+    /// committed; the caller sees `Unavailable` and must not report success (no ACK).
+    async fn run<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.call_timeout, call).await {
+            Ok(result) => self.classify(result),
+            Err(_) => Err(StoreError::Unavailable {
+                url: self.url.clone(),
+                reason: format!("no answer within {:?}", self.call_timeout),
+            }),
+        }
+    }
+
+    /// Runs a whole transaction (each attempt under [`Self::run`]), replaying it when
+    /// PostgreSQL aborted it to break a deadlock (nothing of it was committed, so a replay
+    /// is safe).
+    async fn with_retry<T, F, Fut>(&self, mut attempt: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mut tries = 0;
+        loop {
+            match self.run(attempt()).await {
+                Err(StoreError::Db(e)) if is_deadlock(&e) && tries < DEADLOCK_RETRIES => {
+                    tries += 1;
+                    // Let the winner of the deadlock finish before replaying.
+                    tokio::time::sleep(Duration::from_millis(10 * u64::from(tries))).await;
+                    tracing::debug!(store = %self.url, tries, "transaction replayed after a deadlock");
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// SQLSTATE of a database error, if it is one.
+fn sqlstate(e: &sqlx::Error) -> Option<String> {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .map(|c| c.into_owned())
+}
+
+/// 40P01 deadlock_detected, 40001 serialization_failure: the transaction was rolled back.
+fn is_deadlock(e: &sqlx::Error) -> bool {
+    matches!(sqlstate(e).as_deref(), Some("40P01" | "40001"))
+}
+
+/// The server could not be reached or went away mid-call.
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+        // class 08: connection exception; 57P01-03: admin/crash shutdown, cannot connect now
+        sqlx::Error::Database(_) => sqlstate(e).is_some_and(|c| {
+            c.starts_with("08") || matches!(c.as_str(), "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}
+
+// ---- value conversions -------------------------------------------------------------------
+
+fn corrupt(column: &'static str, value: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        column,
+        value: value.into(),
+    }
+}
+
+fn millis(t: Timestamp) -> i64 {
+    t.as_millisecond()
+}
+
+/// Now, at the precision the store keeps (milliseconds). Taken from this daemon's clock,
+/// as SQLite does: both gateways must keep their clocks in step (NTP), as DHCP failover
+/// peers must anyway.
+fn now() -> Timestamp {
+    let now = Timestamp::now();
+    Timestamp::from_millisecond(now.as_millisecond()).unwrap_or(now)
+}
+
+fn timestamp(row: &PgRow, column: &'static str) -> Result<Timestamp, StoreError> {
+    let ms: i64 = row.try_get(column)?;
+    Timestamp::from_millisecond(ms).map_err(|_| corrupt(column, ms.to_string()))
+}
+
+/// A text column parsed into a typed value (enum, MAC, IP); unparsable text is `Corrupt`.
+fn parsed<T: FromStr>(row: &PgRow, column: &'static str) -> Result<T, StoreError> {
+    let text: String = row.try_get(column)?;
+    text.parse().map_err(|_| corrupt(column, text))
+}
+
+fn parsed_opt<T: FromStr>(row: &PgRow, column: &'static str) -> Result<Option<T>, StoreError> {
+    let text: Option<String> = row.try_get(column)?;
+    text.map(|t| t.parse().map_err(|_| corrupt(column, t)))
+        .transpose()
+}
+
+/// A `json` column, selected as `col::text AS col`.
+fn json_column(row: &PgRow, column: &'static str) -> Result<serde_json::Value, StoreError> {
+    let text: String = row.try_get(column)?;
+    serde_json::from_str(&text).map_err(|_| corrupt(column, text))
+}
+
+/// The lease states that keep their address until `ends`, as the SQL array the conflict
+/// check compares against (derived from [`LeaseState::holds_address`], not restated).
+fn holding_states() -> Vec<String> {
+    LeaseState::ALL
+        .iter()
+        .filter(|s| s.holds_address())
+        .map(|s| s.as_str().to_string())
+        .collect()
+}
+
+// ---- hosts -------------------------------------------------------------------------------
+
+/// Selects hosts with their MACs (in declared order) in one statement, hence one snapshot.
+macro_rules! host_select {
+    () => {
+        "SELECT h.name, h.state, h.source, h.ip, h.rack, h.role, h.spec::text AS spec, \
+         h.created, h.updated, \
+         ARRAY(SELECT m.mac FROM host_macs m WHERE m.host = h.name ORDER BY m.position) \
+         AS macs \
+         FROM hosts h"
+    };
+}
+
+fn host_from_row(row: &PgRow) -> Result<HostRecord, StoreError> {
+    let macs: Vec<String> = row.try_get("macs")?;
+    let macs = macs
+        .into_iter()
+        .map(|m| m.parse().map_err(|_| corrupt("mac", m)))
+        .collect::<Result<Vec<MacAddr>, _>>()?;
+    Ok(HostRecord {
+        name: row.try_get("name")?,
+        state: parsed(row, "state")?,
+        source: parsed(row, "source")?,
+        macs,
+        ip: parsed_opt(row, "ip")?,
+        rack: row.try_get("rack")?,
+        role: parsed_opt(row, "role")?,
+        spec: json_column(row, "spec")?,
+        created: timestamp(row, "created")?,
+        updated: timestamp(row, "updated")?,
+    })
+}
+
+async fn fetch_host(conn: &mut PgConnection, name: &str) -> Result<Option<HostRecord>, StoreError> {
+    sqlx::query(concat!(host_select!(), " WHERE h.name = $1"))
+        .bind(name)
+        .fetch_optional(conn)
+        .await?
+        .map(|row| host_from_row(&row))
+        .transpose()
+}
+
+/// The MACs of a record in order, each once.
+fn unique_macs(macs: &[MacAddr]) -> Vec<MacAddr> {
+    let mut out: Vec<MacAddr> = Vec::with_capacity(macs.len());
+    for mac in macs {
+        if !out.contains(mac) {
+            out.push(*mac);
+        }
+    }
+    out
+}
+
+/// Opens a host write: a transaction holding the hosts advisory lock, so host writes from
+/// both gateways are strictly ordered (as SQLite's single writer orders them).
+async fn begin_hosts(pool: &PgPool) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(HOSTS_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+/// Refuses any MAC that already belongs to a host other than `host`.
+async fn check_macs_free(
+    conn: &mut PgConnection,
+    host: &str,
+    macs: &[MacAddr],
+) -> Result<(), StoreError> {
+    for mac in macs {
+        let owner: Option<String> = sqlx::query_scalar("SELECT host FROM host_macs WHERE mac = $1")
+            .bind(mac.to_string())
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some(owner) = owner
+            && owner != host
+        {
+            return Err(StoreError::MacTaken {
+                mac: *mac,
+                owner,
+                host: host.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn insert_macs(
+    conn: &mut PgConnection,
+    host: &str,
+    macs: &[MacAddr],
+) -> Result<(), StoreError> {
+    for (position, mac) in (0_i64..).zip(macs) {
+        sqlx::query("INSERT INTO host_macs (mac, host, position) VALUES ($1, $2, $3)")
+            .bind(mac.to_string())
+            .bind(host)
+            .bind(position)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn add_host(
+    conn: &mut PgConnection,
+    host: &HostRecord,
+    actor: &str,
+) -> Result<(), StoreError> {
+    let macs = unique_macs(&host.macs);
+    check_macs_free(conn, &host.name, &macs).await?;
+    sqlx::query(
+        "INSERT INTO hosts (name, state, source, ip, rack, role, spec, created, updated) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7::json, $8, $9)",
+    )
+    .bind(&host.name)
+    .bind(host.state.as_str())
+    .bind(host.source.as_str())
+    .bind(host.ip.map(|ip| ip.to_string()))
+    .bind(&host.rack)
+    .bind(host.role.map(|r| r.as_str()))
+    .bind(host.spec.to_string())
+    .bind(millis(host.created))
+    .bind(millis(host.updated))
+    .execute(&mut *conn)
+    .await?;
+    insert_macs(conn, &host.name, &macs).await?;
+    let event = host_event(EventKind::HostAdded, host, actor)
+        .detail(json!({ "state": host.state, "source": host.source }));
+    insert_event(conn, &event).await?;
+    Ok(())
+}
+
+async fn update_host(
+    conn: &mut PgConnection,
+    host: &HostRecord,
+    fields: &[String],
+    actor: &str,
+) -> Result<(), StoreError> {
+    if fetch_host(conn, &host.name).await?.is_none() {
+        return Err(StoreError::NoSuchHost(host.name.clone()));
+    }
+    let macs = unique_macs(&host.macs);
+    check_macs_free(conn, &host.name, &macs).await?;
+    // `state` and `created` are the store's, not the declaration's: left as stored.
+    sqlx::query(
+        "UPDATE hosts SET source = $1, ip = $2, rack = $3, role = $4, spec = $5::json, \
+         updated = $6 WHERE name = $7",
+    )
+    .bind(host.source.as_str())
+    .bind(host.ip.map(|ip| ip.to_string()))
+    .bind(&host.rack)
+    .bind(host.role.map(|r| r.as_str()))
+    .bind(host.spec.to_string())
+    .bind(millis(now()))
+    .bind(&host.name)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM host_macs WHERE host = $1")
+        .bind(&host.name)
+        .execute(&mut *conn)
+        .await?;
+    insert_macs(conn, &host.name, &macs).await?;
+    let event = host_event(EventKind::HostChanged, host, actor).detail(json!({ "fields": fields }));
+    insert_event(conn, &event).await?;
+    Ok(())
+}
+
+async fn remove_host(conn: &mut PgConnection, name: &str, actor: &str) -> Result<(), StoreError> {
+    let Some(host) = fetch_host(conn, name).await? else {
+        return Err(StoreError::NoSuchHost(name.to_string()));
+    };
+    // host_macs rows go with it (ON DELETE CASCADE); events have no foreign key and stay.
+    sqlx::query("DELETE FROM hosts WHERE name = $1")
+        .bind(name)
+        .execute(&mut *conn)
+        .await?;
+    let event =
+        host_event(EventKind::HostRemoved, &host, actor).detail(json!({ "state": host.state }));
+    insert_event(conn, &event).await?;
+    Ok(())
+}
+
+/// An event about `host`, naming its first MAC and its address when it has them.
+fn host_event(kind: EventKind, host: &HostRecord, actor: &str) -> NewEvent {
+    let mut event = NewEvent::new(kind, actor).host(host.name.clone());
+    event.mac = host.macs.first().copied();
+    event.ip = host.ip;
+    event
+}
+
+/// `{"from": .., "to": ..}` plus the caller's detail: an object's keys are merged in (the
+/// transition itself wins a clash), any other non-null value is kept under `"detail"`.
+fn state_change_detail(
+    from: HostState,
+    to: HostState,
+    extra: serde_json::Value,
+) -> serde_json::Value {
+    let mut out = match extra {
+        serde_json::Value::Object(map) => map,
+        serde_json::Value::Null => serde_json::Map::new(),
+        other => {
+            let mut map = serde_json::Map::new();
+            map.insert("detail".into(), other);
+            map
+        }
+    };
+    out.insert("from".into(), json!(from));
+    out.insert("to".into(), json!(to));
+    serde_json::Value::Object(out)
+}
+
+impl PostgresStore {
+    async fn try_apply_host_changes(
+        &self,
+        changes: &[HostChange],
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = begin_hosts(&self.pool).await?;
+        for change in changes {
+            // Any error returns early and drops `tx`, which rolls the whole batch back.
+            match change {
+                HostChange::Add(host) => add_host(&mut tx, host, actor).await?,
+                HostChange::Update { host, fields } => {
+                    update_host(&mut tx, host, fields, actor).await?
+                }
+                HostChange::Remove { name } => remove_host(&mut tx, name, actor).await?,
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn try_set_host_state(
+        &self,
+        name: &str,
+        from: Option<HostState>,
+        to: HostState,
+        actor: &str,
+        detail: serde_json::Value,
+    ) -> Result<HostRecord, StoreError> {
+        let mut tx = begin_hosts(&self.pool).await?;
+        let Some(mut host) = fetch_host(&mut tx, name).await? else {
+            return Err(StoreError::NoSuchHost(name.to_string()));
+        };
+        if let Some(expected) = from
+            && expected != host.state
+        {
+            return Err(StoreError::StateMismatch {
+                host: name.to_string(),
+                expected,
+                actual: host.state,
+            });
+        }
+        let previous = host.state;
+        host.state = to;
+        host.updated = now();
+        sqlx::query("UPDATE hosts SET state = $1, updated = $2 WHERE name = $3")
+            .bind(to.as_str())
+            .bind(millis(host.updated))
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        let event = host_event(EventKind::HostStateChanged, &host, actor)
+            .detail(state_change_detail(previous, to, detail));
+        insert_event(&mut tx, &event).await?;
+        tx.commit().await?;
+        Ok(host)
+    }
+}
+
+#[async_trait]
+impl HostStore for PostgresStore {
+    async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        let rows = sqlx::query(concat!(host_select!(), " ORDER BY h.name")).fetch_all(&self.pool);
+        self.run(async { Ok(rows.await?) })
+            .await?
+            .iter()
+            .map(host_from_row)
+            .collect()
+    }
+
+    async fn get_host(&self, name: &str) -> Result<Option<HostRecord>, StoreError> {
+        self.run(async {
+            let mut conn = self.pool.acquire().await?;
+            fetch_host(&mut conn, name).await
+        })
+        .await
+    }
+
+    async fn host_by_mac(&self, mac: MacAddr) -> Result<Option<HostRecord>, StoreError> {
+        let row = sqlx::query(concat!(
+            host_select!(),
+            " WHERE h.name = (SELECT host FROM host_macs WHERE mac = $1)"
+        ))
+        .bind(mac.to_string())
+        .fetch_optional(&self.pool);
+        self.run(async { Ok(row.await?) })
+            .await?
+            .map(|row| host_from_row(&row))
+            .transpose()
+    }
+
+    async fn apply_host_changes(
+        &self,
+        changes: &[HostChange],
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        self.with_retry(|| self.try_apply_host_changes(changes, actor))
+            .await
+    }
+
+    async fn set_host_state(
+        &self,
+        name: &str,
+        from: Option<HostState>,
+        to: HostState,
+        actor: &str,
+        detail: serde_json::Value,
+    ) -> Result<HostRecord, StoreError> {
+        self.with_retry(|| self.try_set_host_state(name, from, to, actor, detail.clone()))
+            .await
+    }
+}
+
+// ---- leases ------------------------------------------------------------------------------
+
+/// Writes one lease and its event on `conn` (inside the caller's transaction), refusing an
+/// address another MAC still holds.
+///
+/// The check and the write are one statement: `ON CONFLICT (ip) DO UPDATE … WHERE` takes
+/// the row lock of an existing lease, re-reads its latest committed version and updates it
+/// only if it is the same MAC's or no longer holds the address. Two daemons racing for a
+/// new address serialise on the primary key's unique index (the loser waits for the winner
+/// to commit, then sees its row); racing for an existing row they serialise on its lock. So
+/// of two commits through two pools at once, at most one can win — with no window between
+/// a SELECT and a write, and no error that would poison a group commit's transaction.
+/// When nothing was written the row is still locked by us, so reading the holder for the
+/// `Conflict` error sees exactly the lease that refused us.
+async fn write_lease(
+    conn: &mut PgConnection,
+    lease: &Lease,
+    event: &NewEvent,
+) -> Result<(), StoreError> {
+    let written = sqlx::query(
+        "INSERT INTO leases (ip, mac, client_id, state, starts, ends, host, subnet, giaddr, \
+             circuit_id, remote_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+         ON CONFLICT (ip) DO UPDATE SET mac = EXCLUDED.mac, client_id = EXCLUDED.client_id, \
+             state = EXCLUDED.state, starts = EXCLUDED.starts, ends = EXCLUDED.ends, \
+             host = EXCLUDED.host, subnet = EXCLUDED.subnet, giaddr = EXCLUDED.giaddr, \
+             circuit_id = EXCLUDED.circuit_id, remote_id = EXCLUDED.remote_id \
+         WHERE leases.mac = EXCLUDED.mac OR leases.state <> ALL($12) OR leases.ends <= $13",
+    )
+    .bind(lease.ip.to_string())
+    .bind(lease.mac.to_string())
+    .bind(&lease.client_id)
+    .bind(lease.state.as_str())
+    .bind(millis(lease.starts))
+    .bind(millis(lease.ends))
+    .bind(&lease.host)
+    .bind(&lease.subnet)
+    .bind(lease.relay.giaddr.map(|ip| ip.to_string()))
+    .bind(&lease.relay.circuit_id)
+    .bind(&lease.relay.remote_id)
+    .bind(holding_states())
+    .bind(millis(now()))
+    .execute(&mut *conn)
+    .await?;
+    if written.rows_affected() == 0 {
+        let row = sqlx::query("SELECT mac, ends FROM leases WHERE ip = $1")
+            .bind(lease.ip.to_string())
+            .fetch_one(&mut *conn)
+            .await?;
+        return Err(StoreError::Conflict {
+            ip: lease.ip,
+            holder: parsed(&row, "mac")?,
+            until: timestamp(&row, "ends")?,
+            requester: lease.mac,
+        });
+    }
+    insert_event(conn, event).await?;
+    Ok(())
+}
+
+const LEASE_COLUMNS: &str =
+    "ip, mac, client_id, state, starts, ends, host, subnet, giaddr, circuit_id, remote_id";
+
+fn lease_from_row(row: &PgRow) -> Result<Lease, StoreError> {
+    Ok(Lease {
+        ip: parsed(row, "ip")?,
+        mac: parsed(row, "mac")?,
+        client_id: row.try_get("client_id")?,
+        state: parsed(row, "state")?,
+        starts: timestamp(row, "starts")?,
+        ends: timestamp(row, "ends")?,
+        host: row.try_get("host")?,
+        subnet: row.try_get("subnet")?,
+        relay: RelayInfo {
+            giaddr: parsed_opt(row, "giaddr")?,
+            circuit_id: row.try_get("circuit_id")?,
+            remote_id: row.try_get("remote_id")?,
+        },
+    })
+}
+
+impl PostgresStore {
+    async fn try_commit_lease(&self, lease: &Lease, event: &NewEvent) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        write_lease(&mut tx, lease, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn try_commit_leases(
+        &self,
+        batch: &[(Lease, NewEvent)],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await?;
+        // Items must lock their addresses in the caller's order (the first of two items for
+        // one address wins), and two batches crossing orders would deadlock. So first take
+        // one advisory lock per address, in address order: two batches sharing addresses
+        // then queue instead of deadlocking. Single commits lock one row and need none.
+        let mut keys: Vec<i32> = batch
+            .iter()
+            .map(|(l, _)| u32::from(l.ip).cast_signed())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        sqlx::query("SELECT pg_advisory_xact_lock($1, k) FROM unnest($2::int4[]) AS k")
+            .bind(LEASES_LOCK_CLASS)
+            .bind(keys)
+            .execute(&mut *tx)
+            .await?;
+        let mut out = Vec::with_capacity(batch.len());
+        for (lease, event) in batch {
+            // A conflict raises no SQL error (the upsert just writes nothing), so the
+            // transaction stays usable for the rest of the batch: no savepoints needed.
+            match write_lease(&mut tx, lease, event).await {
+                Err(e @ StoreError::Conflict { .. }) => out.push(Err(e)),
+                Err(e) => return Err(e),
+                Ok(()) => out.push(Ok(())),
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn try_expire_leases(&self, now: Timestamp) -> Result<Vec<Lease>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // One statement picks and marks: `FOR UPDATE` re-checks each row after waiting for
+        // its lock, so a lease another daemon renewed meanwhile is not expired, and two
+        // daemons sweeping at once expire (and log) each lease once. Locking in address
+        // order keeps two sweeps from deadlocking each other.
+        let rows = sqlx::query(
+            "WITH due AS (SELECT ip, state AS was FROM leases \
+                 WHERE state IN ('offered', 'active') AND ends <= $1 ORDER BY ip FOR UPDATE) \
+             UPDATE leases l SET state = 'expired' FROM due WHERE l.ip = due.ip \
+             RETURNING l.ip, l.mac, l.client_id, l.state, l.starts, l.ends, l.host, l.subnet, \
+                 l.giaddr, l.circuit_id, l.remote_id, due.was",
+        )
+        .bind(millis(now))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut expired = rows
+            .iter()
+            .map(|row| Ok((lease_from_row(row)?, parsed::<LeaseState>(row, "was")?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        expired.sort_by_key(|(l, _)| (l.ends, l.ip));
+        for (lease, was) in &expired {
+            let mut event = NewEvent::new(EventKind::LeaseExpired, EXPIRY_ACTOR)
+                .ip(lease.ip)
+                .mac(lease.mac)
+                .detail(json!({
+                    "was": was,
+                    "ends": lease.ends.to_string(),
+                    "subnet": lease.subnet,
+                }));
+            event.host = lease.host.clone();
+            insert_event(&mut tx, &event).await?;
+        }
+        tx.commit().await?;
+        Ok(expired.into_iter().map(|(l, _)| l).collect())
+    }
+}
+
+#[async_trait]
+impl LeaseStore for PostgresStore {
+    async fn commit_lease(&self, lease: &Lease, event: &NewEvent) -> Result<(), StoreError> {
+        // One row lock per transaction: it cannot deadlock, but the retry costs nothing.
+        self.with_retry(|| self.try_commit_lease(lease, event))
+            .await
+    }
+
+    /// One transaction, one WAL flush, for the whole batch (group commit). A conflict
+    /// fails only its own item. Batches queue on per-address advisory locks taken in
+    /// address order; should PostgreSQL still abort one to break a deadlock (against an
+    /// expiry sweep), it is replayed whole.
+    async fn commit_leases(
+        &self,
+        batch: &[(Lease, NewEvent)],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        self.with_retry(|| self.try_commit_leases(batch)).await
+    }
+
+    async fn get_lease(&self, ip: Ipv4Addr) -> Result<Option<Lease>, StoreError> {
+        let row = sqlx::query(
+            "SELECT ip, mac, client_id, state, starts, ends, host, subnet, giaddr, circuit_id, \
+             remote_id FROM leases WHERE ip = $1",
+        )
+        .bind(ip.to_string())
+        .fetch_optional(&self.pool);
+        self.run(async { Ok(row.await?) })
+            .await?
+            .map(|row| lease_from_row(&row))
+            .transpose()
+    }
+
+    async fn list_leases(&self, filter: &LeaseFilter) -> Result<Vec<Lease>, StoreError> {
+        let mut q = QueryBuilder::<Postgres>::new(format!(
+            "SELECT {LEASE_COLUMNS} FROM leases WHERE 1 = 1"
+        ));
+        if let Some(subnet) = &filter.subnet {
+            q.push(" AND subnet = ").push_bind(subnet.clone());
+        }
+        if let Some(mac) = filter.mac {
+            q.push(" AND mac = ").push_bind(mac.to_string());
+        }
+        if let Some(state) = filter.state {
+            q.push(" AND state = ").push_bind(state.as_str());
+        }
+        let rows = q.build().fetch_all(&self.pool);
+        let mut leases = self
+            .run(async { Ok(rows.await?) })
+            .await?
+            .iter()
+            .map(lease_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        // Text order would put 10.0.0.10 before 10.0.0.2: sort by the address itself.
+        leases.sort_by_key(|l| l.ip);
+        Ok(leases)
+    }
+
+    async fn expire_leases(&self, now: Timestamp) -> Result<Vec<Lease>, StoreError> {
+        self.with_retry(|| self.try_expire_leases(now)).await
+    }
+}
+
+// ---- events ------------------------------------------------------------------------------
+
+/// Appends an event on `conn` (inside the caller's transaction, if any); returns its id.
+async fn insert_event(conn: &mut PgConnection, event: &NewEvent) -> Result<i64, StoreError> {
+    let time = event.time.unwrap_or_else(now);
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO events (time, kind, ip, mac, host, actor, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7::json) RETURNING id",
+    )
+    .bind(millis(time))
+    .bind(event.kind.as_str())
+    .bind(event.ip.map(|ip| ip.to_string()))
+    .bind(event.mac.map(|mac| mac.to_string()))
+    .bind(&event.host)
+    .bind(&event.actor)
+    .bind(event.detail.to_string())
+    .fetch_one(conn)
+    .await?;
+    Ok(id)
+}
+
+fn event_from_row(row: &PgRow) -> Result<Event, StoreError> {
+    Ok(Event {
+        id: row.try_get("id")?,
+        time: timestamp(row, "time")?,
+        kind: parsed(row, "kind")?,
+        ip: parsed_opt(row, "ip")?,
+        mac: parsed_opt(row, "mac")?,
+        host: row.try_get("host")?,
+        actor: row.try_get("actor")?,
+        detail: json_column(row, "detail")?,
+    })
+}
+
+impl PostgresStore {
+    async fn try_append(&self, event: &NewEvent) -> Result<i64, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        insert_event(&mut conn, event).await
+    }
+
+    /// Multi-row INSERTs in one transaction: ids follow the VALUES order, so the batch
+    /// keeps its order in the log.
+    async fn try_append_many(&self, events: &[NewEvent]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let stamp = now();
+        let mut tx = self.pool.begin().await?;
+        for chunk in events.chunks(EVENTS_PER_INSERT) {
+            let mut q = QueryBuilder::<Postgres>::new(
+                "INSERT INTO events (time, kind, ip, mac, host, actor, detail) ",
+            );
+            q.push_values(chunk, |mut row, e| {
+                row.push_bind(millis(e.time.unwrap_or(stamp)))
+                    .push_bind(e.kind.as_str())
+                    .push_bind(e.ip.map(|ip| ip.to_string()))
+                    .push_bind(e.mac.map(|mac| mac.to_string()))
+                    .push_bind(e.host.clone())
+                    .push_bind(e.actor.clone())
+                    .push_bind(e.detail.to_string())
+                    .push_unseparated("::json");
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn try_query(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        // With a limit: the newest N by id, re-sorted oldest first by the outer SELECT.
+        let mut q = QueryBuilder::<Postgres>::new(
+            "SELECT id, time, kind, ip, mac, host, actor, detail FROM (SELECT id, time, kind, \
+             ip, mac, host, actor, detail::text AS detail FROM events WHERE 1 = 1",
+        );
+        if let Some(ip) = query.ip {
+            q.push(" AND ip = ").push_bind(ip.to_string());
+        }
+        if let Some(mac) = query.mac {
+            q.push(" AND mac = ").push_bind(mac.to_string());
+        }
+        if let Some(host) = &query.host {
+            q.push(" AND host = ").push_bind(host.clone());
+        }
+        if let Some(kind) = query.kind {
+            q.push(" AND kind = ").push_bind(kind.as_str());
+        }
+        if let Some(since) = query.since {
+            q.push(" AND time >= ").push_bind(millis(since));
+        }
+        if let Some(until) = query.until {
+            q.push(" AND time < ").push_bind(millis(until));
+        }
+        q.push(" ORDER BY id DESC");
+        if let Some(limit) = query.limit {
+            q.push(" LIMIT ").push_bind(i64::from(limit));
+        }
+        q.push(") AS newest ORDER BY id");
+        q.build()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(event_from_row)
+            .collect()
+    }
+}
+
+#[async_trait]
+impl EventLog for PostgresStore {
+    async fn append(&self, event: &NewEvent) -> Result<i64, StoreError> {
+        self.run(self.try_append(event)).await
+    }
+
+    async fn append_many(&self, events: &[NewEvent]) -> Result<(), StoreError> {
+        self.run(self.try_append_many(events)).await
+    }
+
+    async fn query(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        self.run(self.try_query(query)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holding_states_follow_holds_address() {
+        assert_eq!(holding_states(), vec!["offered", "active", "declined"]);
+    }
+
+    #[test]
+    fn connection_failures_are_unavailable_others_are_not() {
+        assert!(is_unavailable(&sqlx::Error::PoolTimedOut));
+        assert!(is_unavailable(&sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused
+        ))));
+        assert!(!is_unavailable(&sqlx::Error::RowNotFound));
+        assert!(!is_deadlock(&sqlx::Error::RowNotFound));
+    }
+
+    #[test]
+    fn open_errors_hide_the_password() {
+        assert_eq!(
+            shown("postgres://bg:hunter2@db1:5432/bootgate"),
+            "postgres://***@db1:5432/bootgate"
+        );
+    }
+
+    #[test]
+    fn state_change_detail_merges_the_callers_detail() {
+        let d = state_change_detail(
+            HostState::Registered,
+            HostState::Ready,
+            json!({ "reason": "phone-home", "to": "forged" }),
+        );
+        assert_eq!(
+            d,
+            json!({ "reason": "phone-home", "from": "registered", "to": "ready" })
+        );
+    }
+}
