@@ -179,7 +179,7 @@ fn ansible_inventory_reads_the_lab_contract() {
         "bootgate_role": "storage",
         "bootgate_state": "registered",
         "bootgate_provisioning_ip": "10.250.0.13",
-        "bootgate_bmc_ip": "",
+        "bootgate_bmc_ip": "127.0.0.1",
         "bootgate_addresses": {"provisioning": "10.250.0.13"},
         "bootgate_ipoib": [],
         "bootgate_gpu_model": "",
