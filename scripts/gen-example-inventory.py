@@ -104,6 +104,45 @@ name = "dc1"
 description = "GPU training cluster: 64 eight-GPU nodes on an NDR InfiniBand fabric"
 location = "Example DC, hall 1, rows A-B"
 gateways = ["gw-a", "gw-b"]
+
+# Site-wide settings for the Ansible hand-off (bootgate playbook render -> group_vars/all.yml).
+domain = "dc1.example.net"
+ntp_servers = ["ntp1.dc1.example.net", "ntp2.dc1.example.net"]
+
+[[site.users]]
+name = "ops"
+ssh_keys = [
+  "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE4xampleOpsKeyOnlyForDocsAndTestsAAAAAAAAA alice@example.com",
+  "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE4xampleOpsKeyOnlyForDocsAndTestsBBBBBBBBB bob@example.com",
+]
+sudo = true
+
+[[site.users]]
+name = "ml-ci"
+ssh_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE4xampleCiKeyOnlyForDocsAndTestsCCCCCCCCCC ci@example.com"]
+sudo = false
+
+[site.packages]
+nvidia_repo_url = "https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2404/x86_64/"
+nvidia_driver_branch = "550"
+nvidia_container_toolkit_repo_url = "https://nvidia.github.io/libnvidia-container/stable/deb/"
+doca_repo_url = "https://linux.mellanox.com/public/repo/doca/2.9.1/ubuntu24.04/x86_64/"
+kubernetes_repo_url = "https://pkgs.k8s.io/core:/stable:/v1.31/deb/"
+
+[site.kubernetes]
+version = "1.31.4"
+# the control plane's load-balanced API address (kube-vip on cp-01..03)
+api_endpoint = "api.dc1.example.net:6443"
+gpu_taint = "nvidia.com/gpu=present:NoSchedule"
+
+# kube-apiserver sign-in with the company's Google accounts.
+[site.oidc]
+client_id = "1234-abc.apps.googleusercontent.com"
+issuer_url = "https://accounts.google.com"
+username_claim = "email"
+groups_claim = "groups"
+admins = ["alice@example.com", "bob@example.com"]
+viewers = ["carol@example.com", "ml-team@example.com"]
 """
 
 
@@ -229,7 +268,7 @@ def gpu_hosts(r):
             {"provisioning": f"10.20.{r - 1}.{n + 10}", "ipoib": f"10.30.{r}.{n + 10}"},
             bmc(f"10.21.{r - 1}.{n + 10}", mac(0x0B, r, n), vendor, name),
             "gpu-node", rack=f"r{r:02d}", position=n,
-            hardware={"gpus": {"model": "H100-SXM5-80GB", "count": 8},
+            hardware={"gpus": {"model": "H100-SXM5-80GB", "count": 8, "nvswitch": True},
                       "infiniband": {"hca_count": 8, "rate_gbps": 400,
                                      "subnet_manager": False}},
             labels={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
@@ -274,6 +313,18 @@ listen = "10.20.4.2:8080"
 [[interface]]
 name = "prov0"
 address = "10.20.4.2/24"
+
+# The Ansible hand-off: when a host phones home "installed", run playbooks/site.yml against
+# it (SSH host keys pinned from the phone-home). Uncomment on a gateway with Ansible.
+# [handoff]
+# enabled = true
+# playbooks = "../../playbooks"
+# # a bare name is looked up in $BOOTGATE_VENV/bin, then PATH
+# ansible_playbook = "/opt/bootgate/venv/bin/ansible-playbook"
+# concurrency = 4
+# timeout = "30m"
+# ssh_user = "root"
+# ssh_key = "/etc/bootgate/handoff_ed25519"
 """
 
 

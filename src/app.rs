@@ -93,6 +93,9 @@ pub struct App {
     pub boot_tokens: std::sync::Mutex<std::collections::HashMap<crate::types::MacAddr, String>>,
     /// Group-written events for the busy HTTP/TFTP boot paths.
     pub events: crate::events::EventSink,
+    /// The Ansible hand-off runner when `[handoff] enabled` (shared: its semaphore bounds
+    /// concurrent runs daemon-wide).
+    pub handoff: Option<Arc<crate::handoff::Runner>>,
     /// API bearer tokens (re-read on reload; a bad file keeps the previous set).
     pub tokens: ArcSwap<crate::http::auth::Tokens>,
     /// BMC credentials (re-read on reload; a bad file keeps the previous set).
@@ -176,7 +179,26 @@ impl App {
                 .await
                 .context("loading leases")?,
         );
+        if config.handoff.enabled {
+            let interrupted = crate::handoff::fail_interrupted(store.as_ref())
+                .await
+                .context("failing hand-offs the last daemon left running")?;
+            for host in interrupted {
+                tracing::warn!(
+                    host,
+                    "hand-off interrupted by the last shutdown: host failed"
+                );
+            }
+        }
+        let handoff = config.handoff.enabled.then(|| {
+            Arc::new(crate::handoff::Runner::new(
+                config.handoff.clone(),
+                config.state_dir.clone(),
+                store.clone(),
+            ))
+        });
         let app = App {
+            handoff,
             events: crate::events::EventSink::spawn(store.clone()),
             ipam,
             boot_tokens: Default::default(),
@@ -418,6 +440,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     notify(&[sd_notify::NotifyState::Stopping]);
     cancel.cancel();
+    if let Some(handoff) = &app.handoff {
+        // Kills running plays and records their hosts as failed.
+        handoff.shutdown().await;
+    }
     app.events.flush().await;
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await

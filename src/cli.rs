@@ -87,6 +87,18 @@ pub enum Command {
     /// Reset a hung node and wait for proof it came back (DHCP, then phone-home or SSH);
     /// exit 0 only if it did. Escalates GracefulRestart → ForceRestart → ForceOff+On.
     Reset(ResetArgs),
+    /// Ansible inventory for the hand-off playbooks.
+    Playbook {
+        #[command(subcommand)]
+        command: PlaybookCommand,
+    },
+    /// Run the hand-off playbooks (site.yml) against one host now, from this process.
+    Handoff {
+        host: String,
+        /// Check mode: report what would change; the host's state is left alone.
+        #[arg(long)]
+        check: bool,
+    },
     /// API bearer tokens.
     Token {
         #[command(subcommand)]
@@ -123,6 +135,17 @@ pub struct ResetArgs {
     /// How long each escalation step may take to show a DHCP request.
     #[arg(long, default_value = "2m", value_parser = crate::types::parse_duration)]
     pub step_wait: std::time::Duration,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PlaybookCommand {
+    /// Render the Ansible inventory (hosts.yml, group_vars/all.yml) from the inventory and
+    /// the store's host states; prints hosts.yml without --out.
+    Render {
+        /// Write the inventory directory here (replaced as a whole).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -240,6 +263,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Hosts { command } => hosts(&cli, command).await,
             Command::Leases { command } => leases(&cli, command).await,
             Command::Events(args) => events(&cli, args).await,
+            Command::Playbook {
+                command: PlaybookCommand::Render { out },
+            } => playbook_render(&cli, out.as_deref()).await,
+            Command::Handoff { host, check } => handoff(&cli, host, *check).await,
             Command::Token { command } => token(&cli, command),
             Command::Power(args) => power(&cli, args).await,
             Command::Reset(args) => reset(&cli, args).await,
@@ -744,4 +771,102 @@ impl ApiClient {
         }
         serde_json::from_str(&body).with_context(|| format!("{what}: unexpected response"))
     }
+}
+
+// ---- hand-off (src/handoff/) ----
+
+async fn playbook_render(cli: &Cli, out: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let config = load_config(&cli.config)?;
+    let inv = load_inventory_only(&config)?;
+    let states = host_states(&config).await?;
+    let rendered = crate::handoff::render(&inv, &states)?;
+    match (out, cli.output) {
+        (Some(dir), output) => {
+            rendered.write_dir(dir)?;
+            let summary = serde_json::json!({
+                "out": dir,
+                "hosts": rendered.hosts.all.hosts.len(),
+                "groups": rendered.hosts.all.children.keys().collect::<Vec<_>>(),
+            });
+            print(output, &summary, || {
+                format!(
+                    "wrote {} ({} hosts, {} groups)",
+                    dir.display(),
+                    rendered.hosts.all.hosts.len(),
+                    rendered.hosts.all.children.len()
+                )
+            });
+        }
+        (None, Output::Json) => println!("{}", serde_json::to_string_pretty(&rendered.hosts)?),
+        (None, Output::Table) => print!("{}", crate::handoff::render::to_yaml(&rendered.hosts)?),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn handoff(cli: &Cli, host: &str, check: bool) -> anyhow::Result<ExitCode> {
+    let config = load_config(&cli.config)?;
+    let inv = load_inventory_only(&config)?;
+    let store = store::open(&config.store)
+        .await
+        .with_context(|| format!("opening store {}", config.store))?;
+    let runner =
+        crate::handoff::Runner::new(config.handoff.clone(), config.state_dir.clone(), store);
+    let mode = if check {
+        crate::handoff::Mode::Check
+    } else {
+        crate::handoff::Mode::Apply
+    };
+    let report = runner.run(&inv, host, mode, "cli").await?;
+    print(cli.output, &report, || {
+        let recap = report.recap.map_or("no recap".to_string(), |r| {
+            format!(
+                "ok={} changed={} unreachable={} failed={}",
+                r.ok, r.changed, r.unreachable, r.failed
+            )
+        });
+        let mut text = format!(
+            "{host}: {:?} ({recap}), state {}, log {}",
+            report.outcome,
+            report.state,
+            report.log.display()
+        );
+        if let Some(t) = &report.failed_task {
+            text.push_str(&format!("\nfailed task: {t}"));
+        }
+        if let Some(r) = &report.reason {
+            text.push_str(&format!("\nreason: {r}"));
+        }
+        text
+    });
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn load_inventory_only(config: &Config) -> anyhow::Result<crate::inventory::Inventory> {
+    crate::inventory::load::load_dir(&config.inventory_dir).map_err(|Invalid(problems)| {
+        let lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        anyhow::anyhow!("invalid inventory:\n{}", lines.join("\n"))
+    })
+}
+
+/// Host states from the store; an SQLite store not created yet means every host is new.
+async fn host_states(
+    config: &Config,
+) -> anyhow::Result<std::collections::BTreeMap<String, crate::types::HostState>> {
+    let store: std::sync::Arc<dyn Store> = match &config.store {
+        StoreUrl::Sqlite(path) if !path.exists() => return Ok(Default::default()),
+        StoreUrl::Sqlite(path) => {
+            std::sync::Arc::new(store::sqlite::SqliteStore::open_read_only(path).await?)
+        }
+        other => store::open(other).await?,
+    };
+    Ok(store
+        .list_hosts()
+        .await?
+        .into_iter()
+        .map(|h| (h.name, h.state))
+        .collect())
 }

@@ -373,6 +373,7 @@ mod golden {
                 description: None,
                 location: None,
                 gateways: vec![],
+                settings: Default::default(),
                 bmc_ca_file: None,
             },
             subnets: vec![],

@@ -10,7 +10,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
-use super::{BootSettings, Config, DhcpSettings, HttpSettings, Interface};
+use super::{BootSettings, Config, DhcpSettings, HandoffSettings, HttpSettings, Interface};
 use crate::inventory::load::{MAX_IFNAME_LEN, deserialize_collecting, lease_time, syntax_problem};
 use crate::inventory::{Invalid, Problem};
 use crate::secrets::SecretsSource;
@@ -36,6 +36,90 @@ struct ConfigWire {
     dhcp: DhcpWire,
     #[serde(default)]
     boot: BootWire,
+    #[serde(default)]
+    handoff: HandoffWire,
+}
+
+/// `[handoff]`: the Ansible run after provisioning. Off unless `enabled = true`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HandoffWire {
+    #[serde(default)]
+    enabled: bool,
+    /// Directory holding `site.yml` (and `ansible.cfg`); default `playbooks` next to the
+    /// config.
+    #[serde(default = "default_playbooks")]
+    playbooks: PathBuf,
+    #[serde(default = "default_ansible_playbook")]
+    ansible_playbook: PathBuf,
+    #[serde(default = "default_handoff_concurrency")]
+    concurrency: usize,
+    #[serde(default = "default_handoff_timeout", deserialize_with = "run_timeout")]
+    timeout: Duration,
+    #[serde(default = "default_ssh_user")]
+    ssh_user: String,
+    ssh_key: Option<PathBuf>,
+}
+
+impl Default for HandoffWire {
+    fn default() -> Self {
+        HandoffWire {
+            enabled: false,
+            playbooks: default_playbooks(),
+            ansible_playbook: default_ansible_playbook(),
+            concurrency: default_handoff_concurrency(),
+            timeout: default_handoff_timeout(),
+            ssh_user: default_ssh_user(),
+            ssh_key: None,
+        }
+    }
+}
+
+fn default_playbooks() -> PathBuf {
+    PathBuf::from("playbooks")
+}
+fn default_ansible_playbook() -> PathBuf {
+    PathBuf::from("ansible-playbook")
+}
+fn default_handoff_concurrency() -> usize {
+    4
+}
+fn default_handoff_timeout() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+fn default_ssh_user() -> String {
+    "root".to_string()
+}
+
+/// A run timeout: `"30m"`, `"2h"` or integer seconds, between 1 s and 24 h.
+fn run_timeout<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(i64),
+        Text(String),
+    }
+    let bad = |why: String| {
+        serde::de::Error::custom(format!(
+            "{why}; expected a duration like \"30m\" or \"2h\" (1s to 24h), or integer seconds"
+        ))
+    };
+    let d = match Raw::deserialize(d)? {
+        Raw::Secs(s) => Duration::from_secs(u64::try_from(s).map_err(|_| bad(format!("{s}")))?),
+        Raw::Text(t) => {
+            let span: jiff::Span = t
+                .parse()
+                .map_err(|e: jiff::Error| bad(format!("{t:?}: {e}")))?;
+            span.to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+                .ok()
+                .and_then(|d| Duration::try_from(d).ok())
+                .ok_or_else(|| bad(format!("{t:?}")))?
+        }
+    };
+    if d < Duration::from_secs(1) || d > Duration::from_secs(24 * 3600) {
+        return Err(bad(format!("{}s is out of range", d.as_secs())));
+    }
+    Ok(d)
 }
 
 /// `[boot]`: what PXE clients are told to fetch. File names are relative to boot_images.
@@ -170,6 +254,9 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
                     None if e.field.starts_with("boot.") => {
                         p.push("boot", &e.field["boot.".len()..], e.reason)
                     }
+                    None if e.field.starts_with("handoff.") => {
+                        p.push("handoff", &e.field["handoff.".len()..], e.reason)
+                    }
                     // `interface` was taken out before, so serde's list lacks it.
                     None if e.reason.starts_with("unknown field, expected one of:") => {
                         p.push("-", &e.field, format!("{}, interface", e.reason))
@@ -232,6 +319,7 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
         }
     };
     let boot = boot_settings(&w.boot, w.http.listen, &mut p);
+    let handoff = handoff_settings(&w.handoff, &resolve, &mut p);
     match (store, p.list.is_empty()) {
         (Some(store), true) => Ok(Config {
             path: path.to_path_buf(),
@@ -259,6 +347,7 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
                 probe_timeout: Duration::from_millis(w.dhcp.probe_timeout_ms.clamp(10, 5000)),
             },
             boot,
+            handoff,
         }),
         _ => Err(Invalid(p.list)),
     }
@@ -388,4 +477,149 @@ fn boot_settings(w: &BootWire, listen: SocketAddr, p: &mut Problems<'_>) -> Boot
         None => format!("http://{listen}"),
     };
     BootSettings { http_base, files }
+}
+
+/// Validates `[handoff]`. Paths and the executable are checked only when the hand-off is
+/// enabled (a gateway without Ansible installed may still run `bootgate serve`).
+fn handoff_settings(
+    w: &HandoffWire,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    p: &mut Problems<'_>,
+) -> HandoffSettings {
+    let playbooks_dir = resolve(&w.playbooks);
+    let ansible_playbook = if w.ansible_playbook.components().count() > 1 {
+        resolve(&w.ansible_playbook)
+    } else {
+        find_executable(&w.ansible_playbook).unwrap_or_else(|| w.ansible_playbook.clone())
+    };
+    let ssh_key = w.ssh_key.as_deref().map(resolve);
+    if !(1..=64).contains(&w.concurrency) {
+        p.push(
+            "handoff",
+            "concurrency",
+            format!("{}: must be 1 to 64 runs at once", w.concurrency),
+        );
+    }
+    let valid_user = !w.ssh_user.is_empty()
+        && w.ssh_user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if !valid_user {
+        p.push(
+            "handoff",
+            "ssh_user",
+            format!("{:?} is not a user name", w.ssh_user),
+        );
+    }
+    if w.enabled {
+        if !playbooks_dir.join("site.yml").is_file() {
+            p.push(
+                "handoff",
+                "playbooks",
+                format!("{} has no site.yml", playbooks_dir.display()),
+            );
+        }
+        if !ansible_playbook.is_file() {
+            p.push(
+                "handoff",
+                "ansible_playbook",
+                format!(
+                    "{} not found (a bare name is looked up in $BOOTGATE_VENV/bin, then PATH)",
+                    ansible_playbook.display()
+                ),
+            );
+        }
+        if let Some(k) = &ssh_key
+            && !k.is_file()
+        {
+            p.push(
+                "handoff",
+                "ssh_key",
+                format!("{} does not exist", k.display()),
+            );
+        }
+    }
+    HandoffSettings {
+        enabled: w.enabled,
+        playbooks_dir,
+        ansible_playbook,
+        concurrency: w.concurrency.clamp(1, 64),
+        timeout: w.timeout,
+        ssh_user: w.ssh_user.clone(),
+        ssh_key,
+    }
+}
+
+/// A bare program name looked up in `$BOOTGATE_VENV/bin` (where the Ansible venv is
+/// installed), then in `PATH`.
+fn find_executable(name: &Path) -> Option<PathBuf> {
+    let venv = std::env::var_os("BOOTGATE_VENV").map(|v| PathBuf::from(v).join("bin"));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    venv.into_iter()
+        .chain(std::env::split_paths(&path))
+        .map(|dir| dir.join(name))
+        .find(|c| c.is_file())
+}
+
+#[cfg(test)]
+mod handoff_tests {
+    use super::*;
+
+    fn write(dir: &Path, handoff: &str) -> PathBuf {
+        std::fs::create_dir_all(dir.join("inv")).unwrap();
+        std::fs::create_dir_all(dir.join("images")).unwrap();
+        let p = dir.join("bootgate.toml");
+        std::fs::write(
+            &p,
+            format!(
+                "state_dir = \"state\"\ninventory = \"inv\"\nboot_images = \"images\"\n[http]\nlisten = \"127.0.0.1:8080\"\n{handoff}"
+            ),
+        )
+        .unwrap();
+        p
+    }
+
+    #[test]
+    fn handoff_defaults_and_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = load(&write(dir.path(), "")).unwrap();
+        assert!(!cfg.handoff.enabled);
+        assert_eq!(cfg.handoff.concurrency, 4);
+        assert_eq!(cfg.handoff.timeout, Duration::from_secs(1800));
+        assert_eq!(cfg.handoff.ssh_user, "root");
+        assert_eq!(cfg.handoff.playbooks_dir, dir.path().join("playbooks"));
+
+        let p = write(
+            dir.path(),
+            "[handoff]\nenabled = true\nplaybooks = \"nowhere\"\nansible_playbook = \"/nonexistent/ansible-playbook\"\nconcurrency = 0\ntimeout = \"2d\"\nssh_user = \"\"\nssh_key = \"missing_key\"\n",
+        );
+        let Invalid(problems) = load(&p).unwrap_err();
+        let fields: Vec<(&str, &str)> = problems
+            .iter()
+            .map(|p| (p.entry.as_str(), p.field.as_str()))
+            .collect();
+        assert_eq!(fields, [("handoff", "timeout")], "{problems:#?}");
+
+        let p = write(
+            dir.path(),
+            "[handoff]\nenabled = true\nplaybooks = \"nowhere\"\nansible_playbook = \"/nonexistent/ansible-playbook\"\nconcurrency = 0\ntimeout = \"45m\"\nssh_user = \"\"\nssh_key = \"missing_key\"\n",
+        );
+        let Invalid(problems) = load(&p).unwrap_err();
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "concurrency",
+                "ssh_user",
+                "playbooks",
+                "ansible_playbook",
+                "ssh_key"
+            ],
+            "{problems:#?}"
+        );
+        assert!(
+            problems[2].reason.contains("has no site.yml"),
+            "{problems:#?}"
+        );
+    }
 }

@@ -347,6 +347,9 @@ async fn phone_home(
             )
             .await?;
     }
+    if to == HostState::Provisioned && current != to {
+        crate::handoff::on_provisioned(&app, &host);
+    }
     metrics::counter!("bootgate_phone_home_total", "result" => "ok").increment(1);
     tracing::info!(%mac, host, event = ?report.event, state = %to, "phone-home");
     Ok(axum::Json(serde_json::json!({"host": host, "state": to})).into_response())

@@ -16,7 +16,8 @@ use serde::{Deserialize, Deserializer};
 
 use super::{
     Bmc, BmcProtocol, BmcScheme, BmcVendor, Gpus, Hardware, Host, InfiniBand, Invalid, Inventory,
-    IpRange, Problem, Profile, Purpose, Rack, Served, Site, Subnet, Switch,
+    IpRange, Kubernetes, Oidc, Packages, Problem, Profile, Purpose, Rack, Served, Site,
+    SiteSettings, Subnet, Switch, User,
 };
 use crate::config::Config;
 use crate::types::{MacAddr, Role};
@@ -43,8 +44,77 @@ struct SiteWire {
     location: Option<String>,
     #[serde(default)]
     gateways: Vec<String>,
+    // Site-wide settings for the Ansible hand-off (group_vars/all.yml).
+    domain: Option<String>,
+    #[serde(default)]
+    ntp_servers: Vec<String>,
+    #[serde(default)]
+    users: Vec<UserWire>,
+    #[serde(default)]
+    packages: PackagesWire,
+    #[serde(default)]
+    kubernetes: KubernetesWire,
+    oidc: Option<OidcWire>,
     /// CA bundle (PEM) for the site's BMC certificates, relative to the inventory dir.
     bmc_ca_file: Option<PathBuf>,
+}
+
+/// `[[site.users]]`: an operator account on every host.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserWire {
+    name: String,
+    #[serde(default)]
+    ssh_keys: Vec<String>,
+    #[serde(default)]
+    sudo: bool,
+}
+
+/// `[site.packages]`: vendor repositories and the driver branch.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PackagesWire {
+    nvidia_repo_url: Option<String>,
+    nvidia_driver_branch: Option<String>,
+    nvidia_container_toolkit_repo_url: Option<String>,
+    doca_repo_url: Option<String>,
+    kubernetes_repo_url: Option<String>,
+}
+
+/// `[site.kubernetes]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KubernetesWire {
+    version: Option<String>,
+    api_endpoint: Option<String>,
+    gpu_taint: Option<String>,
+}
+
+/// `[site.oidc]`: Google sign-in for kube-apiserver.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OidcWire {
+    client_id: String,
+    #[serde(default = "default_issuer")]
+    issuer_url: String,
+    #[serde(default = "default_username_claim")]
+    username_claim: String,
+    #[serde(default = "default_groups_claim")]
+    groups_claim: String,
+    #[serde(default)]
+    admins: Vec<String>,
+    #[serde(default)]
+    viewers: Vec<String>,
+}
+
+fn default_issuer() -> String {
+    "https://accounts.google.com".to_string()
+}
+fn default_username_claim() -> String {
+    "email".to_string()
+}
+fn default_groups_claim() -> String {
+    "groups".to_string()
 }
 
 /// `[[subnet]]`. Served on `interface` (directly attached) or behind `relay_addresses`
@@ -173,6 +243,9 @@ struct HardwareWire {
 struct GpusWire {
     model: String,
     count: u32,
+    /// HGX-style NVSwitch board (the hand-off installs nvidia-fabricmanager).
+    #[serde(default)]
+    nvswitch: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -554,6 +627,7 @@ pub fn load_dir(dir: &Path) -> Result<Inventory, Invalid> {
 
     let site = match site {
         Some((loc, value)) => deserialize_entry::<SiteWire>(&loc, value, &mut problems).map(|w| {
+            let settings = site_settings(&loc, &w, &mut problems);
             let bmc_ca_file = w.bmc_ca_file.map(|f| {
                 let path = dir.join(f);
                 if let Some(why) = not_a_file(&path) {
@@ -562,6 +636,7 @@ pub fn load_dir(dir: &Path) -> Result<Inventory, Invalid> {
                 path
             });
             Site {
+                settings,
                 name: w.name,
                 description: w.description,
                 location: w.location,
@@ -1315,6 +1390,7 @@ fn host(dir: &Path, w: HostWire) -> Host {
             gpus: w.hardware.gpus.map(|g| Gpus {
                 model: g.model,
                 count: g.count,
+                nvswitch: g.nvswitch,
             }),
             infiniband: w.hardware.infiniband.map(|ib| InfiniBand {
                 hca_count: ib.hca_count,
@@ -1326,6 +1402,288 @@ fn host(dir: &Path, w: HostWire) -> Host {
         labels: w.labels,
         boot_file: w.boot_file,
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Site-wide hand-off settings ([site] domain, ntp_servers, users, packages, kubernetes, oidc)
+// ---------------------------------------------------------------------------------------
+
+/// Validates the hand-off settings of `[site]`; every problem names its field.
+fn site_settings(loc: &Loc, w: &SiteWire, p: &mut Problems) -> SiteSettings {
+    if let Some(d) = &w.domain
+        && !is_dns_name(d)
+    {
+        p.at(loc, "domain", format!("{d:?} is not a DNS name"));
+    }
+    for (i, s) in w.ntp_servers.iter().enumerate() {
+        if s.parse::<Ipv4Addr>().is_err() && !is_dns_name(s) {
+            p.at(
+                loc,
+                format!("ntp_servers[{i}]"),
+                format!("{s:?} is neither an IPv4 address nor a DNS name"),
+            );
+        }
+    }
+    let mut users = Vec::with_capacity(w.users.len());
+    let mut seen: HashSet<&str> = HashSet::new();
+    for (i, u) in w.users.iter().enumerate() {
+        let f = |field: &str| format!("users[{i}].{field}");
+        if !is_user_name(&u.name) {
+            p.at(
+                loc,
+                f("name"),
+                format!(
+                    "{:?} is not a Linux user name (1-32 of a-z, 0-9, '_' and '-', starting with a letter or '_')",
+                    u.name
+                ),
+            );
+        } else if !seen.insert(&u.name) {
+            p.at(loc, f("name"), format!("duplicate user {:?}", u.name));
+        }
+        for (k, key) in u.ssh_keys.iter().enumerate() {
+            if let Err(why) = check_ssh_public_key(key) {
+                p.at(loc, f(&format!("ssh_keys[{k}]")), why);
+            }
+        }
+        users.push(User {
+            name: u.name.clone(),
+            ssh_keys: u.ssh_keys.clone(),
+            sudo: u.sudo,
+        });
+    }
+
+    let pk = &w.packages;
+    for (field, url) in [
+        ("packages.nvidia_repo_url", &pk.nvidia_repo_url),
+        (
+            "packages.nvidia_container_toolkit_repo_url",
+            &pk.nvidia_container_toolkit_repo_url,
+        ),
+        ("packages.doca_repo_url", &pk.doca_repo_url),
+        ("packages.kubernetes_repo_url", &pk.kubernetes_repo_url),
+    ] {
+        if let Some(u) = url
+            && !is_http_url(u)
+        {
+            p.at(
+                loc,
+                field,
+                format!("{u:?}: expected an http:// or https:// URL"),
+            );
+        }
+    }
+    if let Some(b) = &pk.nvidia_driver_branch
+        && (!(1..=4).contains(&b.len()) || !b.bytes().all(|c| c.is_ascii_digit()))
+    {
+        p.at(
+            loc,
+            "packages.nvidia_driver_branch",
+            format!("{b:?}: expected a driver branch number like \"550\""),
+        );
+    }
+
+    let k = &w.kubernetes;
+    if let Some(v) = &k.version
+        && !is_version(v)
+    {
+        p.at(
+            loc,
+            "kubernetes.version",
+            format!("{v:?}: expected MAJOR.MINOR.PATCH like \"1.31.4\" (no leading v)"),
+        );
+    }
+    if let Some(e) = &k.api_endpoint
+        && let Err(why) = check_endpoint(e)
+    {
+        p.at(loc, "kubernetes.api_endpoint", why);
+    }
+    if let Some(t) = &k.gpu_taint
+        && let Err(why) = check_taint(t)
+    {
+        p.at(loc, "kubernetes.gpu_taint", why);
+    }
+
+    let oidc = w.oidc.as_ref().map(|o| {
+        if o.client_id.trim().is_empty() {
+            p.at(loc, "oidc.client_id", "empty client id");
+        }
+        if !o.issuer_url.starts_with("https://") || o.issuer_url.len() <= "https://".len() {
+            p.at(
+                loc,
+                "oidc.issuer_url",
+                format!(
+                    "{:?}: kube-apiserver accepts only an https:// issuer",
+                    o.issuer_url
+                ),
+            );
+        }
+        for (field, claim) in [
+            ("oidc.username_claim", &o.username_claim),
+            ("oidc.groups_claim", &o.groups_claim),
+        ] {
+            if claim.is_empty() || claim.contains(char::is_whitespace) {
+                p.at(loc, field, format!("{claim:?} is not a claim name"));
+            }
+        }
+        for (list, emails) in [("admins", &o.admins), ("viewers", &o.viewers)] {
+            for (i, e) in emails.iter().enumerate() {
+                if !is_email(e) {
+                    p.at(
+                        loc,
+                        format!("oidc.{list}[{i}]"),
+                        format!("{e:?} is not an e-mail address"),
+                    );
+                }
+            }
+        }
+        Oidc {
+            client_id: o.client_id.clone(),
+            issuer_url: o.issuer_url.clone(),
+            username_claim: o.username_claim.clone(),
+            groups_claim: o.groups_claim.clone(),
+            admins: o.admins.clone(),
+            viewers: o.viewers.clone(),
+        }
+    });
+
+    SiteSettings {
+        domain: w.domain.clone(),
+        ntp_servers: w.ntp_servers.clone(),
+        users,
+        packages: Packages {
+            nvidia_repo_url: pk.nvidia_repo_url.clone(),
+            nvidia_driver_branch: pk.nvidia_driver_branch.clone(),
+            nvidia_container_toolkit_repo_url: pk.nvidia_container_toolkit_repo_url.clone(),
+            doca_repo_url: pk.doca_repo_url.clone(),
+            kubernetes_repo_url: pk.kubernetes_repo_url.clone(),
+        },
+        kubernetes: Kubernetes {
+            version: k.version.clone(),
+            api_endpoint: k.api_endpoint.clone(),
+            gpu_taint: k.gpu_taint.clone(),
+        },
+        oidc,
+    }
+}
+
+/// A dotted DNS name of labels (upper case allowed, as resolvers are case-blind).
+fn is_dns_name(s: &str) -> bool {
+    s.len() <= 253
+        && !s.is_empty()
+        && s.trim_end_matches('.').split('.').all(|l| {
+            (1..=63).contains(&l.len())
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+/// What `useradd` accepts by default (Debian's NAME_REGEX, without the trailing `$`).
+fn is_user_name(s: &str) -> bool {
+    (1..=32).contains(&s.len())
+        && s.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// `local@domain.tld`: what Google puts in the `email` claim. Not RFC 5322 in full, but
+/// rejects the typos that matter (no `@`, spaces, a domain without a dot).
+fn is_email(s: &str) -> bool {
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && local.len() <= 64
+        && !local.contains(char::is_whitespace)
+        && !local.contains(['@', ',', ';', '<', '>', '"'])
+        && domain.contains('.')
+        && is_dns_name(domain)
+}
+
+fn is_http_url(s: &str) -> bool {
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"));
+    rest.is_some_and(|r| !r.is_empty() && !r.contains(char::is_whitespace))
+}
+
+/// `1.31.4`: three numbers, no `v` (the Debian packages are `1.31.4-1.1`).
+fn is_version(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 4 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// `host:port` with a DNS name or IPv4 address and a port 1-65535.
+fn check_endpoint(s: &str) -> Result<(), String> {
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!(
+            "{s:?}: expected HOST:PORT like \"cp.example.net:6443\""
+        ));
+    };
+    if host.parse::<Ipv4Addr>().is_err() && !is_dns_name(host) {
+        return Err(format!(
+            "{s:?}: {host:?} is neither an IPv4 address nor a DNS name"
+        ));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("{s:?}: port {port:?} is not in 1-65535")),
+    }
+}
+
+/// `key=value:Effect` or `key:Effect`, as `kubectl taint` takes it.
+fn check_taint(s: &str) -> Result<(), String> {
+    let expected = "expected KEY[=VALUE]:EFFECT like \"nvidia.com/gpu=present:NoSchedule\"";
+    let Some((kv, effect)) = s.rsplit_once(':') else {
+        return Err(format!("{s:?}: {expected}"));
+    };
+    if !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect) {
+        return Err(format!(
+            "{s:?}: effect {effect:?} is not NoSchedule, PreferNoSchedule or NoExecute"
+        ));
+    }
+    let key = kv.split_once('=').map_or(kv, |(k, _)| k);
+    if key.is_empty() || key.contains(char::is_whitespace) {
+        return Err(format!("{s:?}: {expected}"));
+    }
+    Ok(())
+}
+
+/// One OpenSSH public key line: `TYPE BASE64 [comment]`.
+pub(crate) fn check_ssh_public_key(line: &str) -> Result<(), String> {
+    const TYPES: &[&str] = &[
+        "ssh-ed25519",
+        "ssh-rsa",
+        "ecdsa-sha2-nistp256",
+        "ecdsa-sha2-nistp384",
+        "ecdsa-sha2-nistp521",
+        "sk-ssh-ed25519@openssh.com",
+        "sk-ecdsa-sha2-nistp256@openssh.com",
+    ];
+    let mut words = line.split_whitespace();
+    let (Some(kind), Some(blob)) = (words.next(), words.next()) else {
+        return Err(format!(
+            "{line:?}: expected an OpenSSH public key line (TYPE BASE64 [comment])"
+        ));
+    };
+    if !TYPES.contains(&kind) {
+        return Err(format!(
+            "{line:?}: unknown key type {kind:?}, expected one of: {}",
+            TYPES.join(", ")
+        ));
+    }
+    let base64 = blob
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=');
+    if blob.len() < 16 || !base64 {
+        return Err(format!("{line:?}: the key is not base64"));
+    }
+    Ok(())
 }
 
 /// Checks the inventory against the daemon config: every subnet served on an interface
@@ -1475,6 +1833,76 @@ mod tests {
         for bad in ["", "VM0", "vm_0", "-vm", "vm-", "vm.0", &"a".repeat(64)] {
             assert!(!is_dns_label(bad), "{bad}");
         }
+    }
+
+    /// The hand-off settings of `[site]`: every bad value is reported with its field.
+    #[test]
+    fn site_settings_are_validated_field_by_field() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("site.toml"),
+            r#"
+[site]
+name = "t"
+domain = "bad domain"
+ntp_servers = ["pool.ntp.org", "not a host"]
+[[site.users]]
+name = "Root"
+ssh_keys = ["ssh-dss AAAAB3NzaC1kc3MAAACBAP"]
+[[site.users]]
+name = "ops"
+ssh_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH3mTQzG ops@x"]
+[site.packages]
+nvidia_repo_url = "ftp://mirror/nvidia"
+nvidia_driver_branch = "r550"
+[site.kubernetes]
+version = "v1.31.4"
+api_endpoint = "cp.example.net"
+gpu_taint = "nvidia.com/gpu=present:Never"
+[site.oidc]
+client_id = "1234-abc.apps.googleusercontent.com"
+issuer_url = "http://accounts.google.com"
+admins = ["alice@example.com", "bob at example.com"]
+viewers = ["carol@localhost"]
+"#,
+        )
+        .unwrap();
+        let Invalid(problems) = load_dir(dir.path()).unwrap_err();
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "domain",
+                "ntp_servers[1]",
+                "users[0].name",
+                "users[0].ssh_keys[0]",
+                "packages.nvidia_repo_url",
+                "packages.nvidia_driver_branch",
+                "kubernetes.version",
+                "kubernetes.api_endpoint",
+                "kubernetes.gpu_taint",
+                "oidc.issuer_url",
+                "oidc.admins[1]",
+                "oidc.viewers[0]",
+            ],
+            "{problems:#?}"
+        );
+        assert!(problems.iter().all(|p| p.entry == "site"));
+        assert!(problems[10].reason.contains("\"bob at example.com\""));
+
+        // Absent settings are fine; oidc claims default to Google's.
+        std::fs::write(
+            dir.path().join("site.toml"),
+            "[site]\nname = \"t\"\n[site.oidc]\nclient_id = \"x.apps.googleusercontent.com\"\n",
+        )
+        .unwrap();
+        let inv = load_dir(dir.path()).unwrap();
+        let oidc = inv.site.settings.oidc.unwrap();
+        assert_eq!(oidc.issuer_url, "https://accounts.google.com");
+        assert_eq!(
+            (oidc.username_claim.as_str(), oidc.groups_claim.as_str()),
+            ("email", "groups")
+        );
     }
 
     #[test]

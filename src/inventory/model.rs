@@ -35,6 +35,71 @@ pub struct Site {
     /// CA bundle (PEM) that signs the site's BMC certificates, unless a BMC names its own
     /// (`[site] bmc_ca_file`, made absolute relative to the inventory directory).
     pub bmc_ca_file: Option<PathBuf>,
+    /// What the hand-off playbooks configure site-wide (`group_vars/all.yml`).
+    pub settings: SiteSettings,
+}
+
+/// The site-level settings the Ansible hand-off needs: `[site]`'s `domain`, `ntp_servers`,
+/// `[[site.users]]`, `[site.packages]`, `[site.kubernetes]` and `[site.oidc]`. Absent
+/// parts take the defaults the playbooks assume (see `handoff::render`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct SiteSettings {
+    /// DNS domain of the hosts (`/etc/hosts`, FQDNs).
+    pub domain: Option<String>,
+    /// chrony servers (host names or addresses).
+    pub ntp_servers: Vec<String>,
+    /// Operator accounts created on every host.
+    pub users: Vec<User>,
+    pub packages: Packages,
+    pub kubernetes: Kubernetes,
+    pub oidc: Option<Oidc>,
+}
+
+/// A login account on every host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    pub name: String,
+    /// Public keys for `authorized_keys`, one OpenSSH line each.
+    pub ssh_keys: Vec<String>,
+    /// Passwordless sudo.
+    pub sudo: bool,
+}
+
+/// Where the hosts install vendor packages from (`None`: the playbooks' defaults).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Packages {
+    pub nvidia_repo_url: Option<String>,
+    /// NVIDIA driver branch, e.g. `550`.
+    pub nvidia_driver_branch: Option<String>,
+    pub nvidia_container_toolkit_repo_url: Option<String>,
+    /// DOCA-OFED repository; unset means Debian's rdma-core.
+    pub doca_repo_url: Option<String>,
+    pub kubernetes_repo_url: Option<String>,
+}
+
+/// How the hosts join Kubernetes.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Kubernetes {
+    /// kubelet/kubeadm version pinned on the hosts, e.g. `1.31.4`.
+    pub version: Option<String>,
+    /// The API server the workers join, `host:port`.
+    pub api_endpoint: Option<String>,
+    /// Taint put on GPU nodes, `key=value:Effect` (default `nvidia.com/gpu=present:NoSchedule`).
+    pub gpu_taint: Option<String>,
+}
+
+/// kube-apiserver OpenID Connect sign-in (the company's Google accounts) and who gets which
+/// RBAC role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Oidc {
+    pub client_id: String,
+    pub issuer_url: String,
+    pub username_claim: String,
+    pub groups_claim: String,
+    /// E-mail addresses bound to `cluster-admin`.
+    pub admins: Vec<String>,
+    /// E-mail addresses bound to `view`.
+    pub viewers: Vec<String>,
 }
 
 text_enum!(
@@ -198,6 +263,8 @@ pub struct Bmc {
 pub struct Gpus {
     pub model: String,
     pub count: u32,
+    /// An NVSwitch system (HGX): needs `nvidia-fabricmanager`.
+    pub nvswitch: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -168,6 +168,7 @@ mod tests {
                 description: None,
                 location: None,
                 gateways: vec![],
+                settings: Default::default(),
                 bmc_ca_file: None,
             },
             subnets: vec![],

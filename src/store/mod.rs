@@ -247,6 +247,12 @@ text_enum!(
         ResetStep => "reset-step",
         /// Whether the node came back, and how long it took.
         ResetFinished => "reset-finished",
+        /// An Ansible hand-off run began (detail: mode, log).
+        HandoffStarted => "handoff-started",
+        /// A hand-off run finished cleanly (detail: mode, recap counts, log).
+        HandoffSucceeded => "handoff-succeeded",
+        /// A hand-off run failed, timed out or was refused (detail: task, reason, log).
+        HandoffFailed => "handoff-failed",
         DaemonStarted => "daemon-started",
         DaemonStopped => "daemon-stopped",
     }
