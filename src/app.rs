@@ -150,7 +150,7 @@ impl App {
     pub async fn start(config: Config) -> anyhow::Result<Arc<App>> {
         let (inventory, boot) = load_inventory(&config)
             .with_context(|| format!("inventory {}", config.inventory_dir.display()))?;
-        let store = store::open(&config.store)
+        let store = store::open_with(&config.store, &config.postgres.pg_options())
             .await
             .with_context(|| format!("opening store {}", config.store))?;
         let report = reconcile(store.as_ref(), &inventory, "inventory")
