@@ -166,13 +166,19 @@ impl App {
             .await?;
         log_loaded(&store, "inventory", 1, hosts, &report).await?;
         let tokens = load_tokens(&config).context("API tokens")?;
-        let ipam = Arc::new(
-            crate::ipam::Ipam::load(store.clone())
-                .await
-                .context("loading leases")?,
-        );
+        let health = Arc::new(crate::ha::StoreHealth::new());
+        let ipam = crate::ipam::Ipam::start(
+            store.clone(),
+            crate::ipam::IpamOptions {
+                shared: matches!(config.store, store::StoreUrl::Postgres(_)),
+                sync_interval: config.postgres.sync_interval,
+                health: health.clone(),
+            },
+        )
+        .await
+        .context("loading leases")?;
         let app = App {
-            events: crate::events::EventSink::spawn(store.clone()),
+            events: crate::events::EventSink::spawn_with(store.clone(), health),
             ipam,
             boot_tokens: Default::default(),
             config,
@@ -411,6 +417,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     notify(&[sd_notify::NotifyState::Stopping]);
     cancel.cancel();
+    // Returns at once while the store is down (degraded): queued events are then lost.
     app.events.flush().await;
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await

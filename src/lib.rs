@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod dhcp;
 pub mod events;
+pub mod ha;
 pub mod http;
 pub mod inventory;
 pub mod ipam;
