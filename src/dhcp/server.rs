@@ -298,7 +298,7 @@ impl DhcpServer {
                         let known = reservation == Some(*ip) || binding.is_some();
                         if degraded
                             && reservation != Some(*ip)
-                            && !binding.is_some_and(|b| !b.offered)
+                            && binding.is_none_or(|b| b.offered)
                         {
                             drop(book);
                             metrics::counter!("bootgate_dhcp_dropped_total", "reason" => "store-unavailable")

@@ -953,3 +953,95 @@ mod reclaim_tests {
         assert!(again.book().claim(ip).is_none());
     }
 }
+
+#[cfg(test)]
+mod ha_tests {
+    use super::*;
+    use crate::store::{EventKind, RelayInfo};
+
+    fn lease(ip: &str, mac: u8, state: LeaseState, ends: Timestamp) -> Lease {
+        Lease {
+            ip: ip.parse().unwrap(),
+            mac: MacAddr([2, 0, 0, 0, 0, mac]),
+            client_id: None,
+            state,
+            starts: Timestamp::now(),
+            ends,
+            host: None,
+            subnet: "prov".into(),
+            relay: RelayInfo::default(),
+        }
+    }
+
+    #[test]
+    fn merge_learns_the_other_gateways_leases_and_forgets_released_ones() {
+        let later = Timestamp::now() + Duration::from_secs(600);
+        let mut book = Book::new();
+        let mine = ClientKey::Mac(MacAddr([2, 0, 0, 0, 0, 9]));
+        // Our offer on .100 loses to the other gateway's lease there.
+        book.put(
+            "10.250.0.100".parse().unwrap(),
+            Claim {
+                client: mine.clone(),
+                mac: MacAddr([2, 0, 0, 0, 0, 9]),
+                kind: ClaimKind::Offer,
+                until: later,
+            },
+        );
+        book.merge(&[
+            lease("10.250.0.100", 1, LeaseState::Active, later),
+            lease("10.250.0.101", 2, LeaseState::Active, later),
+        ]);
+        let ip100 = "10.250.0.100".parse().unwrap();
+        assert_eq!(
+            book.holder(ip100, &mine),
+            Some(Holder::Client {
+                mac: MacAddr([2, 0, 0, 0, 0, 1])
+            })
+        );
+        assert!(book.claim("10.250.0.101".parse().unwrap()).is_some());
+        // Released by the other gateway: the address is free again.
+        book.merge(&[lease(
+            "10.250.0.101",
+            2,
+            LeaseState::Released,
+            Timestamp::now(),
+        )]);
+        assert!(book.claim("10.250.0.101".parse().unwrap()).is_none());
+    }
+
+    #[tokio::test]
+    async fn degraded_commits_defer_only_what_may_wait_and_flush_on_return() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            crate::store::sqlite::SqliteStore::open(&dir.path().join("s.db"))
+                .await
+                .unwrap(),
+        );
+        let ipam = Ipam::load(store.clone()).await.unwrap();
+        ipam.health().mark_down("test: server gone");
+        let later = Timestamp::now() + Duration::from_secs(600);
+        let l = lease("10.250.0.10", 1, LeaseState::Active, later);
+        let client = client_of(&l);
+        let ev = NewEvent::new(EventKind::LeaseCommitted, "dhcp").ip(l.ip);
+        // A fresh dynamic lease must not be ACKed on a promise.
+        let prev = Ipam::begin_commit(&mut ipam.book(), l.ip, client.clone(), l.mac);
+        let r = ipam
+            .commit_or_defer(&l, client.clone(), prev, &ev, false)
+            .await;
+        assert!(matches!(r, Err(StoreError::Unavailable { .. })), "{r:?}");
+        assert!(ipam.book().claim(l.ip).is_none());
+        // A reservation may: queued, and in the book.
+        let prev = Ipam::begin_commit(&mut ipam.book(), l.ip, client.clone(), l.mac);
+        let r = ipam.commit_or_defer(&l, client, prev, &ev, true).await;
+        assert_eq!(r.unwrap(), Committed::Deferred);
+        assert_eq!(ipam.book().claim(l.ip).unwrap().kind, ClaimKind::Lease);
+        assert_eq!(ipam.deferred_len(), 1);
+        assert!(store.get_lease(l.ip).await.unwrap().is_none());
+        // The store is back: the sync writes the queue and ends degraded mode.
+        ipam.sync().await.unwrap();
+        assert!(ipam.health().is_up());
+        assert_eq!(ipam.deferred_len(), 0);
+        assert_eq!(store.get_lease(l.ip).await.unwrap().unwrap().mac, l.mac);
+    }
+}
