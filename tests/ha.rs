@@ -286,3 +286,84 @@ fn postgres_restart_degrades_both_and_they_recover() {
     let ip: Ipv4Addr = lease.ip.parse().unwrap();
     assert!(ip >= Ipv4Addr::new(10, 250, 0, 100), "{ip}");
 }
+
+/// A QEMU VM (SeaBIOS + iPXE ROM, inventory host vm0) network-boots the test image while
+/// gateway A is dead: B alone answers DHCP, serves the iPXE script and image, takes the
+/// phone-home, and the shared store ends with vm0 `provisioned`.
+#[test]
+fn vm_network_boots_while_one_gateway_is_dead() {
+    if skip() {
+        return;
+    }
+    use support::qemu::{self, Firmware, Vm};
+    let missing = qemu::missing_host_files();
+    assert!(missing.is_empty(), "install: {missing:?}");
+    let image = qemu::test_image();
+    let cluster = PgCluster::shared();
+    let url = rt().block_on(cluster.fresh_db());
+    let sock = ha::socket_url(&url, cluster.socket_dir(), cluster.port());
+    let lab = HaLab::new();
+    let (site_a, site_b) = (
+        ha::gateway_site(ha::GWA_IP, &sock),
+        ha::gateway_site(ha::GWB_IP, &sock),
+    );
+    for site in [&site_a, &site_b] {
+        let images = site.boot_images();
+        std::fs::create_dir_all(images.join("test")).unwrap();
+        std::fs::copy(&image.vmlinuz, images.join("test/vmlinuz")).unwrap();
+        std::fs::copy(&image.initrd, images.join("test/initrd.gz")).unwrap();
+        for f in [&image.undionly, &image.ipxe_efi, &image.snponly] {
+            std::fs::copy(f, images.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    // iPXE waits ~13 s for IPv6 autoconf unless a router says "no IPv6 here".
+    let _ = lab
+        .gwb
+        .cmd("sysctl")
+        .args(["-qw", "net.ipv6.conf.gw0.accept_dad=0"])
+        .status();
+    lab.gwb.background(
+        lab.gwb
+            .cmd("python3")
+            .arg(support::repo().join("tests/support/ra.py"))
+            .arg("gw0")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    let mut a = GwDaemon::start(&lab.gwa, &site_a);
+    let _b = GwDaemon::start(&lab.gwb, &site_b);
+    a.kill9();
+    let work = tempfile::tempdir().unwrap();
+    let mut vm = Vm::start(
+        &lab.rack.name,
+        "vm0",
+        &qemu::mac_for("vm0"),
+        Firmware::Bios,
+        work.path(),
+    );
+    assert!(
+        vm.wait_serial(
+            "BOOTGATE-MARKER: INSTALLED status=ok",
+            Duration::from_secs(240)
+        ),
+        "vm0 did not finish:\n{}\nB:\n{}",
+        vm.diagnostics(),
+        ha::daemon_log(&site_b)
+    );
+    vm.wait_exit(Duration::from_secs(30));
+    let host = rt().block_on(async {
+        use bootgate::store::HostStore;
+        let s = PostgresStore::open(&url, &PgOptions::default())
+            .await
+            .unwrap();
+        s.get_host("vm0").await.unwrap().unwrap()
+    });
+    assert_eq!(host.state.as_str(), "provisioned", "{host:?}");
+    let leases = store_leases(&url);
+    assert!(
+        leases
+            .iter()
+            .any(|l| l.ip == Ipv4Addr::new(10, 250, 0, 10) && l.state == LeaseState::Active),
+        "{leases:?}"
+    );
+}

@@ -296,9 +296,7 @@ impl DhcpServer {
                     (Decision::Offer { ip, .. }, Some(s)) => {
                         let binding = book.binding_of(s, &client).filter(|b| b.ip == *ip);
                         let known = reservation == Some(*ip) || binding.is_some();
-                        if degraded
-                            && reservation != Some(*ip)
-                            && binding.is_none_or(|b| b.offered)
+                        if degraded && reservation != Some(*ip) && binding.is_none_or(|b| b.offered)
                         {
                             drop(book);
                             metrics::counter!("bootgate_dhcp_dropped_total", "reason" => "store-unavailable")
