@@ -14,7 +14,7 @@ apt_install iproute2 procps curl systemd ca-certificates gcc \
   tftp-hpa atftp nftables python3 qemu-system-x86 ipxe-qemu seabios ovmf cpio gzip openssh-client \
   python3-venv git postgresql \
   ipmitool openipmi openssl libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients \
-  libvirt-dev pkg-config
+  libvirt-dev pkg-config tcpdump debootstrap util-linux
 id libvirt-qemu >/dev/null 2>&1 || useradd --system --user-group --no-create-home \
   --home-dir /var/lib/libvirt --shell /usr/sbin/nologin libvirt-qemu
 venv_install

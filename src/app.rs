@@ -157,7 +157,7 @@ impl App {
     pub async fn start(config: Config) -> anyhow::Result<Arc<App>> {
         let (inventory, boot) = load_inventory(&config)
             .with_context(|| format!("inventory {}", config.inventory_dir.display()))?;
-        let store = store::open(&config.store)
+        let store = store::open_with(&config.store, &config.postgres.pg_options())
             .await
             .with_context(|| format!("opening store {}", config.store))?;
         let report = reconcile(store.as_ref(), &inventory, "inventory")
@@ -174,11 +174,17 @@ impl App {
         log_loaded(&store, "inventory", 1, hosts, &report).await?;
         let tokens = load_tokens(&config).context("API tokens")?;
         let secrets = config.load_secrets().context("BMC secrets")?;
-        let ipam = Arc::new(
-            crate::ipam::Ipam::load(store.clone())
-                .await
-                .context("loading leases")?,
-        );
+        let health = Arc::new(crate::ha::StoreHealth::new());
+        let ipam = crate::ipam::Ipam::start(
+            store.clone(),
+            crate::ipam::IpamOptions {
+                shared: matches!(config.store, store::StoreUrl::Postgres(_)),
+                sync_interval: config.postgres.sync_interval,
+                health: health.clone(),
+            },
+        )
+        .await
+        .context("loading leases")?;
         if config.handoff.enabled {
             let interrupted = crate::handoff::fail_interrupted(store.as_ref())
                 .await
@@ -199,7 +205,7 @@ impl App {
         });
         let app = App {
             handoff,
-            events: crate::events::EventSink::spawn(store.clone()),
+            events: crate::events::EventSink::spawn_with(store.clone(), health),
             ipam,
             boot_tokens: Default::default(),
             config,
@@ -444,6 +450,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         // Kills running plays and records their hosts as failed.
         handoff.shutdown().await;
     }
+    // Returns at once while the store is down (degraded): queued events are then lost.
     app.events.flush().await;
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await

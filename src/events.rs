@@ -2,19 +2,33 @@
 //! request queues its event and goes on; one writer task appends whatever queued up in one
 //! transaction. A synchronous append per request capped scripts at ~2.4k/s on one SQLite
 //! writer (bench/http.sh). Readers that must see everything call [`EventSink::flush`] first.
+//! While the store is unreachable (degraded mode) events wait in memory and are written,
+//! in order, when it returns.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{NewEvent, Store};
+use crate::ha::StoreHealth;
+use crate::store::{NewEvent, Store, StoreError};
 
 /// Events written per transaction at most.
 const MAX_BATCH: usize = 1024;
 
+/// Events kept in memory at most while the store is unreachable; beyond, the oldest are
+/// dropped and counted (`bootgate_events_dropped_total{kind="queue-full"}`).
+const MAX_QUEUED: usize = 100_000;
+
+/// First and longest wait between attempts while the store is unreachable.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
 enum Msg {
     Event(NewEvent),
-    /// Answered once every event queued before it is in the store.
+    /// Answered once every event queued before it is in the store, or once the store was
+    /// found unreachable (a flush never hangs on a dead database).
     Flush(oneshot::Sender<()>),
 }
 
@@ -27,19 +41,27 @@ pub struct EventSink {
 impl EventSink {
     /// Starts the writer task for `store`.
     pub fn spawn(store: Arc<dyn Store>) -> EventSink {
+        EventSink::spawn_with(store, Arc::new(StoreHealth::new()))
+    }
+
+    /// Starts the writer task for `store`, reporting an unreachable store to `health`.
+    pub fn spawn_with(store: Arc<dyn Store>, health: Arc<StoreHealth>) -> EventSink {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(write(store, rx));
+        tokio::spawn(write(store, health, rx));
         EventSink { tx }
     }
 
-    /// Queues `event`. Waits only when the queue is full (back-pressure, never loss).
+    /// Queues `event`. Waits only when the queue is full (back-pressure; while the store is
+    /// down the writer keeps draining into its bounded memory queue, so this never blocks
+    /// for long).
     pub async fn record(&self, event: NewEvent) {
         if self.tx.send(Msg::Event(event)).await.is_err() {
             tracing::error!("event writer stopped; event lost");
         }
     }
 
-    /// Returns once everything queued before the call is stored.
+    /// Returns once everything queued before the call is stored, or the store was found
+    /// unreachable (the events stay queued and are written when it returns).
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         if self.tx.send(Msg::Flush(done)).await.is_ok() {
@@ -48,33 +70,105 @@ impl EventSink {
     }
 }
 
-async fn write(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Msg>) {
+/// The writer: appends queued events in batches; while the store is unreachable it keeps
+/// them (bounded) and retries with backoff, so events of a degraded period arrive, in
+/// order, once the database is back.
+async fn write(store: Arc<dyn Store>, health: Arc<StoreHealth>, mut rx: mpsc::Receiver<Msg>) {
+    let mut pending: VecDeque<NewEvent> = VecDeque::new();
+    let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
     let mut msgs = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut msgs, MAX_BATCH).await > 0 {
-        let mut events = Vec::new();
-        let mut flushes = Vec::new();
-        for m in msgs.drain(..) {
-            match m {
-                Msg::Event(e) => events.push(e),
-                Msg::Flush(done) => flushes.push(done),
-            }
+    let mut retry: Option<tokio::time::Instant> = None;
+    let mut backoff = RETRY_FIRST;
+    let mut open = true;
+    loop {
+        if !open && pending.is_empty() {
+            return;
         }
-        if !events.is_empty() {
-            metrics::histogram!("bootgate_event_batch").record(events.len() as f64);
-            if let Err(e) = store.append_many(&events).await {
-                // Keep what can be kept: one by one, so one bad event doesn't lose the rest.
-                tracing::warn!(error = %e, "event batch failed; writing one by one");
-                for ev in &events {
-                    if let Err(e) = store.append(ev).await {
-                        tracing::error!(error = %e, kind = %ev.kind, "event lost");
+        match (open, retry) {
+            (true, None) if pending.is_empty() => {
+                if rx.recv_many(&mut msgs, MAX_BATCH).await == 0 {
+                    open = false;
+                }
+            }
+            (true, Some(at)) => {
+                tokio::select! {
+                    n = rx.recv_many(&mut msgs, MAX_BATCH) => if n == 0 { open = false },
+                    _ = tokio::time::sleep_until(at) => retry = None,
+                }
+            }
+            (true, None) => {
+                while msgs.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(m) => msgs.push(m),
+                        Err(_) => break,
                     }
                 }
             }
+            (false, Some(at)) => {
+                tokio::time::sleep_until(at).await;
+                retry = None;
+            }
+            (false, None) => {}
         }
-        for done in flushes {
+        for m in msgs.drain(..) {
+            match m {
+                Msg::Event(e) => pending.push_back(e),
+                Msg::Flush(done) => flushes.push(done),
+            }
+        }
+        if pending.len() > MAX_QUEUED {
+            let n = pending.len() - MAX_QUEUED;
+            pending.drain(..n);
+            metrics::counter!("bootgate_events_dropped_total", "kind" => "queue-full")
+                .increment(n as u64);
+        }
+        if retry.is_none() {
+            match drain(store.as_ref(), &mut pending).await {
+                Ok(()) => backoff = RETRY_FIRST,
+                Err(reason) => {
+                    health.mark_down(&reason);
+                    retry = Some(tokio::time::Instant::now() + backoff);
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+            }
+        }
+        metrics::gauge!("bootgate_events_queued").set(pending.len() as f64);
+        // Answered after an attempt: stored, or the store is known to be down.
+        for done in flushes.drain(..) {
             let _ = done.send(());
         }
     }
+}
+
+/// Writes `pending` in batches. Stops at the first "unreachable" (returning its reason,
+/// the unwritten events still queued); an event the store refuses for another reason is
+/// logged and dropped, so one bad event doesn't hold up the rest.
+async fn drain(store: &dyn Store, pending: &mut VecDeque<NewEvent>) -> Result<(), String> {
+    while !pending.is_empty() {
+        let n = pending.len().min(MAX_BATCH);
+        let batch: Vec<NewEvent> = pending.range(..n).cloned().collect();
+        metrics::histogram!("bootgate_event_batch").record(batch.len() as f64);
+        match store.append_many(&batch).await {
+            Ok(()) => {
+                pending.drain(..n);
+            }
+            Err(StoreError::Unavailable { url, reason }) => return Err(format!("{url}: {reason}")),
+            Err(e) => {
+                tracing::warn!(error = %e, "event batch failed; writing one by one");
+                for ev in batch {
+                    match store.append(&ev).await {
+                        Ok(_) => {}
+                        Err(StoreError::Unavailable { url, reason }) => {
+                            return Err(format!("{url}: {reason}"));
+                        }
+                        Err(e) => tracing::error!(error = %e, kind = %ev.kind, "event lost"),
+                    }
+                    pending.pop_front();
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

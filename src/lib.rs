@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod dhcp;
 pub mod events;
+pub mod ha;
 pub mod handoff;
 pub mod http;
 pub mod inventory;

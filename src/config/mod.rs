@@ -49,6 +49,8 @@ pub struct Config {
     pub dhcp: DhcpSettings,
     pub boot: BootSettings,
     pub handoff: HandoffSettings,
+    /// Pool and timing of a `postgres://` store (`[postgres]`); ignored for SQLite.
+    pub postgres: PostgresSettings,
 }
 
 /// The Ansible hand-off (`[handoff]`): how `ansible-playbook` is run against a host once it
@@ -71,6 +73,49 @@ pub struct HandoffSettings {
     pub ssh_user: String,
     /// Private key Ansible logs in with (none: ssh's defaults / agent).
     pub ssh_key: Option<PathBuf>,
+}
+
+/// A shared PostgreSQL store's pool and timings (`[postgres]`): how long a DHCP request
+/// can wait on a database that went away, and how often this gateway learns the other's
+/// leases.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PostgresSettings {
+    /// Connections this daemon opens at most (the server's limit is shared by both gateways).
+    pub max_connections: u32,
+    /// How long a store call waits for a connection (a server that is down fails calls,
+    /// and the daemon degrades, after this long).
+    pub acquire_timeout: Duration,
+    /// Server-side statement and lock timeout.
+    pub statement_timeout: Duration,
+    /// Client-side bound on a whole store call (a server that stops answering).
+    pub call_timeout: Duration,
+    /// How often the address book reloads the leases the other gateway wrote.
+    pub sync_interval: Duration,
+}
+
+impl Default for PostgresSettings {
+    fn default() -> Self {
+        let o = crate::store::postgres::PgOptions::default();
+        PostgresSettings {
+            max_connections: o.max_connections,
+            acquire_timeout: o.acquire_timeout,
+            statement_timeout: o.statement_timeout,
+            call_timeout: o.call_timeout,
+            sync_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl PostgresSettings {
+    /// The pool options `store::open_with` takes.
+    pub fn pg_options(&self) -> crate::store::postgres::PgOptions {
+        crate::store::postgres::PgOptions {
+            max_connections: self.max_connections,
+            acquire_timeout: self.acquire_timeout,
+            statement_timeout: self.statement_timeout,
+            call_timeout: self.call_timeout,
+        }
+    }
 }
 
 /// API access (`[http]`).

@@ -10,7 +10,9 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
-use super::{BootSettings, Config, DhcpSettings, HandoffSettings, HttpSettings, Interface};
+use super::{
+    BootSettings, Config, DhcpSettings, HandoffSettings, HttpSettings, Interface, PostgresSettings,
+};
 use crate::inventory::load::{MAX_IFNAME_LEN, deserialize_collecting, lease_time, syntax_problem};
 use crate::inventory::{Invalid, Problem};
 use crate::secrets::SecretsSource;
@@ -38,6 +40,7 @@ struct ConfigWire {
     boot: BootWire,
     #[serde(default)]
     handoff: HandoffWire,
+    postgres: PostgresWire,
 }
 
 /// `[handoff]`: the Ansible run after provisioning. Off unless `enabled = true`.
@@ -120,6 +123,17 @@ fn run_timeout<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Er
         return Err(bad(format!("{}s is out of range", d.as_secs())));
     }
     Ok(d)
+}
+
+/// `[postgres]`: pool and timings of a shared `postgres://` store, in milliseconds.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostgresWire {
+    max_connections: Option<u32>,
+    acquire_timeout_ms: Option<u64>,
+    statement_timeout_ms: Option<u64>,
+    call_timeout_ms: Option<u64>,
+    sync_interval_ms: Option<u64>,
 }
 
 /// `[boot]`: what PXE clients are told to fetch. File names are relative to boot_images.
@@ -257,6 +271,9 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
                     None if e.field.starts_with("handoff.") => {
                         p.push("handoff", &e.field["handoff.".len()..], e.reason)
                     }
+                    None if e.field.starts_with("postgres.") => {
+                        p.push("postgres", &e.field["postgres.".len()..], e.reason)
+                    }
                     // `interface` was taken out before, so serde's list lacks it.
                     None if e.reason.starts_with("unknown field, expected one of:") => {
                         p.push("-", &e.field, format!("{}, interface", e.reason))
@@ -320,6 +337,7 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
     };
     let boot = boot_settings(&w.boot, w.http.listen, &mut p);
     let handoff = handoff_settings(&w.handoff, &resolve, &mut p);
+    let postgres = postgres_settings(&w.postgres, &mut p);
     match (store, p.list.is_empty()) {
         (Some(store), true) => Ok(Config {
             path: path.to_path_buf(),
@@ -348,8 +366,74 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
             },
             boot,
             handoff,
+            postgres,
         }),
         _ => Err(Invalid(p.list)),
+    }
+}
+
+/// Validates `[postgres]`: each value within a range where the daemon still behaves (a
+/// zero timeout would fail every call; an hour-long one would hang DHCP for an hour).
+fn postgres_settings(w: &PostgresWire, p: &mut Problems<'_>) -> PostgresSettings {
+    let d = PostgresSettings::default();
+    let mut ms = |field: &str, v: Option<u64>, min: u64, max: u64, default: Duration| match v {
+        None => default,
+        Some(v) if (min..=max).contains(&v) => Duration::from_millis(v),
+        Some(v) => {
+            p.push(
+                "postgres",
+                field,
+                format!("{v} ms is out of range ({min} ..= {max} ms)"),
+            );
+            default
+        }
+    };
+    let acquire_timeout = ms(
+        "acquire_timeout_ms",
+        w.acquire_timeout_ms,
+        100,
+        60_000,
+        d.acquire_timeout,
+    );
+    let statement_timeout = ms(
+        "statement_timeout_ms",
+        w.statement_timeout_ms,
+        100,
+        600_000,
+        d.statement_timeout,
+    );
+    let call_timeout = ms(
+        "call_timeout_ms",
+        w.call_timeout_ms,
+        100,
+        600_000,
+        d.call_timeout,
+    );
+    let sync_interval = ms(
+        "sync_interval_ms",
+        w.sync_interval_ms,
+        100,
+        3_600_000,
+        d.sync_interval,
+    );
+    let max_connections = match w.max_connections {
+        None => d.max_connections,
+        Some(n @ 2..=1000) => n,
+        Some(n) => {
+            p.push(
+                "postgres",
+                "max_connections",
+                format!("{n} is out of range (2 ..= 1000: the lease writer and the readers need one each)"),
+            );
+            d.max_connections
+        }
+    };
+    PostgresSettings {
+        max_connections,
+        acquire_timeout,
+        statement_timeout,
+        call_timeout,
+        sync_interval,
     }
 }
 
@@ -621,5 +705,61 @@ mod handoff_tests {
             problems[2].reason.contains("has no site.yml"),
             "{problems:#?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_with(extra: &str) -> Result<Config, Invalid> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("inv")).unwrap();
+        std::fs::create_dir_all(dir.path().join("img")).unwrap();
+        let path = dir.path().join("bootgate.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "state_dir = \"state\"\nstore = \"postgres://bg@db1/bootgate\"\ninventory = \"inv\"\nboot_images = \"img\"\n[http]\nlisten = \"10.250.0.1:8080\"\n{extra}"
+            ),
+        )
+        .unwrap();
+        Config::load(&path)
+    }
+
+    #[test]
+    fn postgres_section_sets_the_pool_options() {
+        let c = config_with(
+            "[postgres]\nmax_connections = 4\nacquire_timeout_ms = 1500\nstatement_timeout_ms = 2000\ncall_timeout_ms = 3000\nsync_interval_ms = 250\n",
+        )
+        .unwrap();
+        let o = c.postgres.pg_options();
+        assert_eq!(o.max_connections, 4);
+        assert_eq!(o.acquire_timeout, Duration::from_millis(1500));
+        assert_eq!(o.statement_timeout, Duration::from_secs(2));
+        assert_eq!(o.call_timeout, Duration::from_secs(3));
+        assert_eq!(c.postgres.sync_interval, Duration::from_millis(250));
+        // Absent: the defaults.
+        assert_eq!(
+            config_with("").unwrap().postgres,
+            PostgresSettings::default()
+        );
+    }
+
+    #[test]
+    fn postgres_section_refuses_unknown_keys_and_bad_values() {
+        let Invalid(problems) = config_with("[postgres]\npool = 3\n").unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].entry, "postgres");
+        assert_eq!(problems[0].field, "pool");
+        let Invalid(problems) =
+            config_with("[postgres]\nacquire_timeout_ms = 0\nmax_connections = 1\n").unwrap_err();
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["acquire_timeout_ms", "max_connections"],
+            "{problems:?}"
+        );
+        assert!(problems[0].reason.contains("out of range"), "{problems:?}");
     }
 }

@@ -42,6 +42,9 @@ const DISCOVERY_REFRESH: Duration = Duration::from_secs(60);
 const PER_MAC_PER_SECOND: u32 = 20;
 /// Addresses probed per DISCOVER before giving up (a subnet full of squatters).
 const MAX_PROBES: u32 = 3;
+/// Store look-ups per DISCOVER on a shared store (each may show the other gateway's lease
+/// on the candidate); past this the offer goes out and a conflict at commit NAKs.
+const MAX_STORE_CHECKS: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DhcpError {
@@ -268,6 +271,11 @@ impl DhcpServer {
         // SHOULD probe the reused address before allocating the address"); one that
         // answers is quarantined and the decision is taken again.
         let mut probes = 0;
+        let mut store_checks = 0;
+        // Degraded (the store is unreachable): known hosts and leases already in the book
+        // are served; a fresh dynamic address is not offered (the other gateway could hand
+        // it out too, and no store can tell us).
+        let degraded = !self.ipam.health().is_up();
         let (mut decision, previous) = loop {
             let (decision, previous, probe) = {
                 let mut book = self.ipam.book();
@@ -286,8 +294,16 @@ impl DhcpServer {
                 let mut probe = None;
                 match (&decision, subnet) {
                     (Decision::Offer { ip, .. }, Some(s)) => {
-                        let known = reservation == Some(*ip)
-                            || book.binding_of(s, &client).map(|b| b.ip) == Some(*ip);
+                        let binding = book.binding_of(s, &client).filter(|b| b.ip == *ip);
+                        let known = reservation == Some(*ip) || binding.is_some();
+                        if degraded && reservation != Some(*ip) && binding.is_none_or(|b| b.offered)
+                        {
+                            drop(book);
+                            metrics::counter!("bootgate_dhcp_dropped_total", "reason" => "store-unavailable")
+                                .increment(1);
+                            tracing::debug!(%ip, "degraded: dynamic allocation paused");
+                            return;
+                        }
                         if !known {
                             probe = Some(*ip);
                         }
@@ -306,6 +322,24 @@ impl DhcpServer {
                 }
                 (decision, previous, probe)
             };
+            // A shared store may know better than our book (the other gateway's leases):
+            // ask it before offering a fresh address, and decide again if it does.
+            if let (Some(ip), Some(s)) = (probe, subnet)
+                && store_checks < MAX_STORE_CHECKS
+            {
+                store_checks += 1;
+                match self.ipam.check_offer(s, ip, req.mac).await {
+                    Ok(false) => {}
+                    Ok(true) => continue,
+                    Err(e) => {
+                        self.ipam.book().withdraw(&client);
+                        metrics::counter!("bootgate_dhcp_dropped_total", "reason" => "store-unavailable")
+                            .increment(1);
+                        tracing::warn!(error = %e, %ip, "cannot check the store before offering; no offer");
+                        return;
+                    }
+                }
+            }
             let Some(ip) = probe.filter(|_| probes < MAX_PROBES) else {
                 break (decision, previous);
             };
@@ -346,12 +380,29 @@ impl DhcpServer {
                 obj.insert("rack".into(), rack.name.clone().into());
                 obj.insert("position".into(), pos.into());
             }
+            // Without the store, only what no other gateway can hand out may be ACKed on a
+            // promise to write it later: the host's reservation, a renewal of a lease the
+            // book already holds for this client, and giving an address back.
+            let reserved = found.and_then(|(_, ip)| ip) == Some(lease.ip);
+            let renewal = previous.as_ref().is_some_and(|c| {
+                c.client == client && c.kind == crate::ipam::ClaimKind::Lease && c.until > now
+            });
+            let may_defer = reserved
+                || renewal
+                || matches!(
+                    decision,
+                    Decision::Release { .. } | Decision::Decline { .. }
+                );
             match self
                 .ipam
-                .commit(&lease, client.clone(), previous, &event)
+                .commit_or_defer(&lease, client.clone(), previous, &event, may_defer)
                 .await
             {
-                Ok(()) => {}
+                Ok(crate::ipam::Committed::Durable) => {}
+                Ok(crate::ipam::Committed::Deferred) => {
+                    metrics::counter!("bootgate_dhcp_deferred_total").increment(1);
+                    tracing::info!(ip = %lease.ip, "degraded: ACK with the lease write queued");
+                }
                 Err(crate::store::StoreError::Conflict { holder, .. }) => {
                     tracing::warn!(ip = %lease.ip, %holder, "address taken meanwhile; NAK");
                     if matches!(decision, Decision::Ack { .. }) {
@@ -361,6 +412,13 @@ impl DhcpServer {
                     } else {
                         return;
                     }
+                }
+                Err(e @ crate::store::StoreError::Unavailable { .. }) => {
+                    // Degraded and nothing that may wait: no ACK, the client retries.
+                    tracing::warn!(error = %e, ip = %lease.ip, "store unreachable; not answering");
+                    metrics::counter!("bootgate_dhcp_dropped_total", "reason" => "store-unavailable")
+                        .increment(1);
+                    return;
                 }
                 Err(e) => {
                     // Not durable, so no ACK: the client retries.
@@ -397,9 +455,7 @@ impl DhcpServer {
                 if let Some(h) = host {
                     ev = ev.host(h.name.clone());
                 }
-                if let Err(e) = self.ipam.store().append(&ev).await {
-                    tracing::error!(error = %e, "could not record dhcp-nak event");
-                }
+                self.app.events.record(ev).await;
             }
             _ => {}
         }
@@ -469,9 +525,7 @@ impl DhcpServer {
                 "quarantined_for_s": quarantine.as_secs(),
                 "while_offering_to": mac,
             }));
-        if let Err(e) = self.ipam.store().append(&ev).await {
-            tracing::error!(error = %e, "could not record address-conflict event");
-        }
+        self.app.events.record(ev).await;
     }
 
     /// PXE boot information for a network-boot client.

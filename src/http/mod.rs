@@ -133,6 +133,10 @@ pub struct Health {
     pub version: String,
     pub started_at: Timestamp,
     pub store: String,
+    /// Set while the store is unreachable: since when and why (degraded mode: known hosts
+    /// and renewals are served, dynamic allocation is paused, events and lease writes queue).
+    #[serde(default)]
+    pub degraded: Option<crate::ha::Degraded>,
     pub inventory: InventoryHealth,
 }
 
@@ -149,13 +153,19 @@ pub struct InventoryHealth {
 
 async fn healthz(State(app): State<Arc<App>>) -> Response {
     let loaded = app.inventory();
-    let store_ok = app
-        .store
-        .query(&EventQuery {
-            limit: Some(1),
-            ..Default::default()
-        })
-        .await;
+    let degraded = app.ipam.health().degraded();
+    // Degraded: answer at once instead of waiting out the pool's timeout on a dead store.
+    let store_ok = match &degraded {
+        Some(d) => Err(d.reason.clone()),
+        None => app
+            .store
+            .query(&EventQuery {
+                limit: Some(1),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string()),
+    };
     let failure = app.last_failure();
     let health = Health {
         status: if store_ok.is_ok() && failure.is_none() {
@@ -170,6 +180,7 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
             Ok(_) => "ok".into(),
             Err(e) => format!("error: {e}"),
         },
+        degraded,
         inventory: InventoryHealth {
             site: loaded.inventory.site.name.clone(),
             generation: loaded.generation,
@@ -189,14 +200,22 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn metrics_text(State(app): State<Arc<App>>) -> Response {
-    // Host and lease gauges are computed at scrape time from the store, so they can't drift.
-    if let Ok(hosts) = app.store.list_hosts().await {
+    let health = app.ipam.health();
+    health.degraded_seconds();
+    metrics::gauge!("bootgate_deferred_lease_writes").set(app.ipam.deferred_len() as f64);
+    // Host and lease gauges are computed at scrape time from the store, so they can't drift
+    // (and are left as they were while the store is unreachable).
+    if health.is_up()
+        && let Ok(hosts) = app.store.list_hosts().await
+    {
         for s in HostState::ALL {
             let n = hosts.iter().filter(|h| h.state == *s).count();
             metrics::gauge!("bootgate_hosts", "state" => s.as_str()).set(n as f64);
         }
     }
-    if let Ok(leases) = app.store.list_leases(&LeaseFilter::default()).await {
+    if health.is_up()
+        && let Ok(leases) = app.store.list_leases(&LeaseFilter::default()).await
+    {
         for s in LeaseState::ALL {
             let n = leases.iter().filter(|l| l.state == *s).count();
             metrics::gauge!("bootgate_leases", "state" => s.as_str()).set(n as f64);

@@ -9,12 +9,13 @@
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use jiff::Timestamp;
 
 use crate::dhcp::policy::{AddressBook, Binding, ClientKey, Holder};
+use crate::ha::StoreHealth;
 use crate::inventory::Subnet;
 use crate::store::{Lease, LeaseFilter, LeaseState, NewEvent, Store, StoreError};
 use crate::types::MacAddr;
@@ -116,6 +117,54 @@ impl Book {
         }
     }
 
+    /// Records that the store says `lease` holds its address (another gateway wrote it, or
+    /// a commit of ours was refused because of it). Our own claim in the middle of a commit
+    /// is left alone: that commit's answer decides.
+    pub fn learn(&mut self, lease: &Lease) {
+        let kind = match lease.state {
+            LeaseState::Active | LeaseState::Offered => ClaimKind::Lease,
+            LeaseState::Declined => ClaimKind::Quarantine,
+            LeaseState::Released | LeaseState::Expired => return,
+        };
+        if lease.ends <= self.now() {
+            return;
+        }
+        match self.claims.get(&lease.ip) {
+            Some(c) if c.kind == ClaimKind::Committing => {}
+            // Our offer to the same client: the client may still take it.
+            Some(c) if c.kind == ClaimKind::Offer && c.mac == lease.mac => {}
+            Some(c) if c.kind == kind && c.mac == lease.mac && c.until >= lease.ends => {}
+            _ => self.put(
+                lease.ip,
+                Claim {
+                    client: client_of(lease),
+                    mac: lease.mac,
+                    kind,
+                    until: lease.ends,
+                },
+            ),
+        }
+    }
+
+    /// Brings the book in step with the store's lease table (every row: one per address):
+    /// live leases are learned, and leases the store no longer holds (released or expired,
+    /// maybe by the other gateway) are dropped. Offers and probe quarantines are memory
+    /// only and stay.
+    pub fn merge(&mut self, leases: &[Lease]) {
+        for l in leases {
+            let holds = l.state.holds_address() && l.ends > self.now();
+            if holds {
+                self.learn(l);
+            } else if self
+                .claims
+                .get(&l.ip)
+                .is_some_and(|c| c.kind == ClaimKind::Lease)
+            {
+                self.remove(l.ip);
+            }
+        }
+    }
+
     /// Addresses currently claimed (live), for metrics and audits.
     pub fn live_claims(&self) -> impl Iterator<Item = (&Ipv4Addr, &Claim)> {
         self.claims.iter().filter(|(_, c)| self.live(c))
@@ -196,6 +245,33 @@ struct CommitJob {
     done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
 }
 
+/// Lease writes that degraded ACKs may queue at most; beyond, degraded requests go
+/// unanswered rather than ACKed without a record.
+const MAX_DEFERRED: usize = 8192;
+
+/// How often the sync loop retries a store that is down.
+const RETRY_DOWN: Duration = Duration::from_secs(1);
+
+/// How a lease write went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// In the store, durably.
+    Durable,
+    /// The store is unreachable: queued in memory, written when it returns (degraded mode).
+    Deferred,
+}
+
+/// How the service runs.
+#[derive(Debug, Clone)]
+pub struct IpamOptions {
+    /// The store is shared with another gateway (PostgreSQL): our book can be stale, so a
+    /// fresh address is checked against the store before it is offered and the book is
+    /// re-read every `sync_interval`.
+    pub shared: bool,
+    pub sync_interval: Duration,
+    pub health: Arc<StoreHealth>,
+}
+
 /// Applies DHCP decisions: offers in memory, leases in the store first.
 pub struct Ipam {
     book: Mutex<Book>,
@@ -204,6 +280,14 @@ pub struct Ipam {
     /// has queued up in one transaction (one fsync), so durability costs one sync per batch
     /// rather than per ACK. Under light load a batch is one lease and nothing waits.
     jobs: tokio::sync::mpsc::Sender<CommitJob>,
+    /// See [`IpamOptions::shared`].
+    shared: bool,
+    /// Up, or degraded since when and why.
+    health: Arc<StoreHealth>,
+    /// Lease writes (with their events) of degraded ACKs, in order, waiting for the store.
+    deferred: Mutex<Vec<(Lease, NewEvent)>>,
+    /// Wakes the sync loop early (a conflict showed the book is stale).
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// The group-commit writer: takes the first waiting job, everything queued behind it (up
@@ -222,6 +306,15 @@ async fn group_commit(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::Receiver
                     let _ = job.done.send(r);
                 }
             }
+            // Keep "unreachable" recognisable: callers degrade on it.
+            Err(StoreError::Unavailable { url, reason }) => {
+                for job in jobs.drain(..) {
+                    let _ = job.done.send(Err(StoreError::Unavailable {
+                        url: url.clone(),
+                        reason: reason.clone(),
+                    }));
+                }
+            }
             Err(e) => {
                 let why = e.to_string();
                 for job in jobs.drain(..) {
@@ -233,36 +326,195 @@ async fn group_commit(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::Receiver
 }
 
 impl Ipam {
-    /// Loads every live lease and quarantine from the store into a fresh book.
+    /// Loads every live lease and quarantine from the store into a fresh book (a service
+    /// with its own store, no sync loop).
     pub async fn load(store: Arc<dyn Store>) -> Result<Ipam, StoreError> {
+        Ipam::load_with(
+            store,
+            IpamOptions {
+                shared: false,
+                sync_interval: Duration::from_secs(5),
+                health: Arc::new(StoreHealth::new()),
+            },
+        )
+        .await
+    }
+
+    async fn load_with(store: Arc<dyn Store>, options: IpamOptions) -> Result<Ipam, StoreError> {
         let mut book = Book::new();
-        let now = Timestamp::now();
-        for l in store.list_leases(&LeaseFilter::default()).await? {
-            let kind = match l.state {
-                LeaseState::Active => ClaimKind::Lease,
-                LeaseState::Declined => ClaimKind::Quarantine,
-                // Offers are not persisted as claims; released/expired hold nothing.
-                _ => continue,
-            };
-            if l.ends > now {
-                book.put(
-                    l.ip,
-                    Claim {
-                        client: client_of(&l),
-                        mac: l.mac,
-                        kind,
-                        until: l.ends,
-                    },
-                );
-            }
-        }
+        book.merge(&store.list_leases(&LeaseFilter::default()).await?);
+        book.now = None;
         let (jobs, rx) = tokio::sync::mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(group_commit(store.clone(), rx));
         Ok(Ipam {
             book: Mutex::new(book),
             store,
             jobs,
+            shared: options.shared,
+            health: options.health,
+            deferred: Mutex::new(Vec::new()),
+            wake: Arc::new(tokio::sync::Notify::new()),
         })
+    }
+
+    /// Loads the book and starts its sync loop (flushes deferred writes once the store is
+    /// back; on a shared store, re-reads the other gateway's leases every `sync_interval`).
+    /// The loop ends when the service is dropped.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        options: IpamOptions,
+    ) -> Result<Arc<Ipam>, StoreError> {
+        let interval = options.sync_interval;
+        let ipam = Arc::new(Ipam::load_with(store, options).await?);
+        tokio::spawn(sync_loop(Arc::downgrade(&ipam), interval));
+        Ok(ipam)
+    }
+
+    pub fn health(&self) -> &Arc<StoreHealth> {
+        &self.health
+    }
+
+    /// Whether the store is shared with another gateway.
+    pub fn shared(&self) -> bool {
+        self.shared
+    }
+
+    /// Lease writes waiting for the store.
+    pub fn deferred_len(&self) -> usize {
+        self.deferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// Notes a store failure: `Unavailable` starts (or continues) degraded mode.
+    fn observe<T>(&self, r: &Result<T, StoreError>) {
+        if let Err(StoreError::Unavailable { reason, url }) = r {
+            self.health.mark_down(&format!("{url}: {reason}"));
+        }
+    }
+
+    /// One sync round: queued lease writes first (in order), then, on a shared store, the
+    /// whole lease table into the book. Success ends degraded mode.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let r = self.sync_inner().await;
+        self.observe(&r);
+        if r.is_ok() {
+            self.health.mark_up();
+        }
+        r
+    }
+
+    async fn sync_inner(&self) -> Result<(), StoreError> {
+        loop {
+            let batch: Vec<(Lease, NewEvent)> = {
+                let mut d = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+                let n = d.len().min(MAX_BATCH);
+                d.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                break;
+            }
+            match self.store.commit_leases(&batch).await {
+                Ok(results) => {
+                    let mut book = self.book();
+                    book.now = None;
+                    for ((lease, _), r) in batch.iter().zip(results) {
+                        if let Err(e) = r {
+                            // Only a store restored from an old backup could get here: the
+                            // address went to another MAC while we served degraded.
+                            tracing::error!(error = %e, ip = %lease.ip, mac = %lease.mac, "a degraded ACK's lease was refused when written");
+                            metrics::counter!("bootgate_deferred_conflicts_total").increment(1);
+                            if let StoreError::Conflict { holder, until, .. } = e {
+                                book.learn(&Lease {
+                                    mac: holder,
+                                    ends: until,
+                                    state: LeaseState::Active,
+                                    ..lease.clone()
+                                });
+                            }
+                        }
+                    }
+                    metrics::gauge!("bootgate_deferred_lease_writes")
+                        .set(self.deferred_len() as f64);
+                }
+                Err(e) => {
+                    // Nothing was written: put the batch back in front, in order.
+                    let mut d = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+                    d.splice(0..0, batch);
+                    return Err(e);
+                }
+            }
+        }
+        if self.shared {
+            let leases = self.store.list_leases(&LeaseFilter::default()).await?;
+            let mut book = self.book();
+            book.now = None;
+            book.merge(&leases);
+        }
+        Ok(())
+    }
+
+    /// On a shared store, before offering `ip` (a fresh address) to `mac`: does the store
+    /// know better? Learns a live lease the client already has in `subnet` (it is offered
+    /// that one instead) and another MAC's live lease on `ip`. Returns whether the
+    /// decision must be taken again. Unshared stores: never.
+    pub async fn check_offer(
+        &self,
+        subnet: &Subnet,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+    ) -> Result<bool, StoreError> {
+        if !self.shared {
+            return Ok(false);
+        }
+        let r = self.check_offer_inner(subnet, ip, mac).await;
+        self.observe(&r);
+        r
+    }
+
+    async fn check_offer_inner(
+        &self,
+        subnet: &Subnet,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+    ) -> Result<bool, StoreError> {
+        let now = Timestamp::now();
+        let own = self
+            .store
+            .list_leases(&LeaseFilter {
+                mac: Some(mac),
+                ..Default::default()
+            })
+            .await?;
+        if let Some(l) = own.iter().find(|l| {
+            l.ip != ip
+                && l.state == LeaseState::Active
+                && l.ends > now
+                && subnet.cidr.contains(&l.ip)
+        }) {
+            let mut book = self.book();
+            book.now = None;
+            // Drop our hold on `ip` first: the client's lease becomes its binding.
+            if book
+                .claims
+                .get(&ip)
+                .is_some_and(|c| c.mac == mac && c.kind == ClaimKind::Offer)
+            {
+                book.remove(ip);
+            }
+            book.learn(l);
+            return Ok(true);
+        }
+        match self.store.get_lease(ip).await? {
+            Some(l) if l.mac != mac && l.state.holds_address() && l.ends > now => {
+                let mut book = self.book();
+                book.now = None;
+                book.learn(&l);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     /// Locks the book for one synchronous decision. Never held across an `.await`.
@@ -334,27 +586,92 @@ impl Ipam {
         previous: Option<Claim>,
         event: &NewEvent,
     ) -> Result<(), StoreError> {
+        self.commit_or_defer(lease, client, previous, event, false)
+            .await
+            .map(|_| ())
+    }
+
+    /// As [`Ipam::commit`]; but when the store is unreachable and `may_defer` (the caller
+    /// has checked that no other gateway can hand out this address: the host's reservation,
+    /// a renewal of a lease already in the book, a release), the write is queued in memory
+    /// and the lease recorded in the book: [`Committed::Deferred`], the caller may ACK.
+    ///
+    /// A `Conflict` (another gateway holds the address) teaches the book the real holder,
+    /// so the address is not offered again, and wakes the sync loop.
+    pub async fn commit_or_defer(
+        &self,
+        lease: &Lease,
+        client: ClientKey,
+        previous: Option<Claim>,
+        event: &NewEvent,
+        may_defer: bool,
+    ) -> Result<Committed, StoreError> {
+        let result = if self.health.is_up() {
+            let r = self.write(lease, event).await;
+            self.observe(&r);
+            r
+        } else {
+            Err(StoreError::Unavailable {
+                url: "store".into(),
+                reason: self
+                    .health
+                    .degraded()
+                    .map_or_else(String::new, |d| d.reason),
+            })
+        };
+        let result = match result {
+            Err(e @ StoreError::Unavailable { .. }) if may_defer => {
+                let mut d = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+                if d.len() < MAX_DEFERRED {
+                    d.push((lease.clone(), event.clone()));
+                    metrics::gauge!("bootgate_deferred_lease_writes").set(d.len() as f64);
+                    Ok(Committed::Deferred)
+                } else {
+                    metrics::counter!("bootgate_deferred_refused_total").increment(1);
+                    Err(e)
+                }
+            }
+            Ok(()) => Ok(Committed::Durable),
+            Err(e) => Err(e),
+        };
+        self.settle(lease, client, previous, &result);
+        result
+    }
+
+    /// Sends one lease through the group commit and waits for its answer.
+    async fn write(&self, lease: &Lease, event: &NewEvent) -> Result<(), StoreError> {
         let (done, wait) = tokio::sync::oneshot::channel();
         let job = CommitJob {
             lease: lease.clone(),
             event: event.clone(),
             done,
         };
-        let result = match self.jobs.send(job).await {
+        match self.jobs.send(job).await {
             Ok(()) => wait
                 .await
                 .unwrap_or_else(|_| Err(StoreError::Batch("lease writer stopped".into()))),
             Err(_) => Err(StoreError::Batch("lease writer stopped".into())),
-        };
+        }
+    }
+
+    /// Records the outcome of a lease write in the book.
+    fn settle(
+        &self,
+        lease: &Lease,
+        client: ClientKey,
+        previous: Option<Claim>,
+        result: &Result<Committed, StoreError>,
+    ) {
         let mut book = self.book();
-        match &result {
-            Ok(()) => {
+        book.now = None;
+        match result {
+            Ok(_) => {
                 let kind = match lease.state {
                     LeaseState::Declined => ClaimKind::Quarantine,
                     LeaseState::Active | LeaseState::Offered => ClaimKind::Lease,
                     LeaseState::Released | LeaseState::Expired => {
                         book.remove(lease.ip);
-                        return result;
+                        return;
                     }
                 };
                 book.put(
@@ -367,6 +684,17 @@ impl Ipam {
                     },
                 );
             }
+            Err(StoreError::Conflict { holder, until, .. }) => {
+                book.remove(lease.ip);
+                book.learn(&Lease {
+                    mac: *holder,
+                    state: LeaseState::Active,
+                    ends: *until,
+                    ..lease.clone()
+                });
+                metrics::counter!("bootgate_lease_conflicts_total").increment(1);
+                self.wake.notify_one();
+            }
             Err(_) => match previous {
                 Some(c) => book.put(lease.ip, c),
                 None => {
@@ -374,12 +702,13 @@ impl Ipam {
                 }
             },
         }
-        result
     }
 
     /// Marks expired leases in the store (with events) and drops them from the book.
     pub async fn reclaim(&self) -> Result<usize, StoreError> {
-        let expired = self.store.expire_leases(Timestamp::now()).await?;
+        let r = self.store.expire_leases(Timestamp::now()).await;
+        self.observe(&r);
+        let expired = r?;
         let mut book = self.book();
         for l in &expired {
             if book
@@ -403,6 +732,38 @@ impl Ipam {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+}
+
+/// Runs [`Ipam::sync`] every `interval` (every second while the store is down, at once
+/// when woken by a conflict) until the service is dropped.
+async fn sync_loop(ipam: Weak<Ipam>, interval: Duration) {
+    loop {
+        let Some(this) = ipam.upgrade() else { return };
+        let pause = if this.health.is_up() {
+            interval
+        } else {
+            RETRY_DOWN
+        };
+        let idle = this.health.is_up() && !this.shared && this.deferred_len() == 0;
+        // Hold no strong reference while sleeping, so a dropped service ends the loop.
+        let wake = this.wake.clone();
+        drop(this);
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(pause) => {}
+        }
+        if idle {
+            continue;
+        }
+        let Some(this) = ipam.upgrade() else { return };
+        match this.sync().await {
+            Ok(()) => {}
+            Err(StoreError::Unavailable { .. }) => {
+                tracing::debug!("store still unreachable; retrying")
+            }
+            Err(e) => tracing::warn!(error = %e, "address book sync failed"),
+        }
     }
 }
 
@@ -590,5 +951,97 @@ mod reclaim_tests {
         // A reload of the book from the store no longer sees it.
         let again = Ipam::load(store).await.unwrap();
         assert!(again.book().claim(ip).is_none());
+    }
+}
+
+#[cfg(test)]
+mod ha_tests {
+    use super::*;
+    use crate::store::{EventKind, RelayInfo};
+
+    fn lease(ip: &str, mac: u8, state: LeaseState, ends: Timestamp) -> Lease {
+        Lease {
+            ip: ip.parse().unwrap(),
+            mac: MacAddr([2, 0, 0, 0, 0, mac]),
+            client_id: None,
+            state,
+            starts: Timestamp::now(),
+            ends,
+            host: None,
+            subnet: "prov".into(),
+            relay: RelayInfo::default(),
+        }
+    }
+
+    #[test]
+    fn merge_learns_the_other_gateways_leases_and_forgets_released_ones() {
+        let later = Timestamp::now() + Duration::from_secs(600);
+        let mut book = Book::new();
+        let mine = ClientKey::Mac(MacAddr([2, 0, 0, 0, 0, 9]));
+        // Our offer on .100 loses to the other gateway's lease there.
+        book.put(
+            "10.250.0.100".parse().unwrap(),
+            Claim {
+                client: mine.clone(),
+                mac: MacAddr([2, 0, 0, 0, 0, 9]),
+                kind: ClaimKind::Offer,
+                until: later,
+            },
+        );
+        book.merge(&[
+            lease("10.250.0.100", 1, LeaseState::Active, later),
+            lease("10.250.0.101", 2, LeaseState::Active, later),
+        ]);
+        let ip100 = "10.250.0.100".parse().unwrap();
+        assert_eq!(
+            book.holder(ip100, &mine),
+            Some(Holder::Client {
+                mac: MacAddr([2, 0, 0, 0, 0, 1])
+            })
+        );
+        assert!(book.claim("10.250.0.101".parse().unwrap()).is_some());
+        // Released by the other gateway: the address is free again.
+        book.merge(&[lease(
+            "10.250.0.101",
+            2,
+            LeaseState::Released,
+            Timestamp::now(),
+        )]);
+        assert!(book.claim("10.250.0.101".parse().unwrap()).is_none());
+    }
+
+    #[tokio::test]
+    async fn degraded_commits_defer_only_what_may_wait_and_flush_on_return() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            crate::store::sqlite::SqliteStore::open(&dir.path().join("s.db"))
+                .await
+                .unwrap(),
+        );
+        let ipam = Ipam::load(store.clone()).await.unwrap();
+        ipam.health().mark_down("test: server gone");
+        let later = Timestamp::now() + Duration::from_secs(600);
+        let l = lease("10.250.0.10", 1, LeaseState::Active, later);
+        let client = client_of(&l);
+        let ev = NewEvent::new(EventKind::LeaseCommitted, "dhcp").ip(l.ip);
+        // A fresh dynamic lease must not be ACKed on a promise.
+        let prev = Ipam::begin_commit(&mut ipam.book(), l.ip, client.clone(), l.mac);
+        let r = ipam
+            .commit_or_defer(&l, client.clone(), prev, &ev, false)
+            .await;
+        assert!(matches!(r, Err(StoreError::Unavailable { .. })), "{r:?}");
+        assert!(ipam.book().claim(l.ip).is_none());
+        // A reservation may: queued, and in the book.
+        let prev = Ipam::begin_commit(&mut ipam.book(), l.ip, client.clone(), l.mac);
+        let r = ipam.commit_or_defer(&l, client, prev, &ev, true).await;
+        assert_eq!(r.unwrap(), Committed::Deferred);
+        assert_eq!(ipam.book().claim(l.ip).unwrap().kind, ClaimKind::Lease);
+        assert_eq!(ipam.deferred_len(), 1);
+        assert!(store.get_lease(l.ip).await.unwrap().is_none());
+        // The store is back: the sync writes the queue and ends degraded mode.
+        ipam.sync().await.unwrap();
+        assert!(ipam.health().is_up());
+        assert_eq!(ipam.deferred_len(), 0);
+        assert_eq!(store.get_lease(l.ip).await.unwrap().unwrap().mac, l.mac);
     }
 }

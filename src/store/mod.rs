@@ -399,13 +399,21 @@ pub trait EventLog: Send + Sync {
 pub trait Store: HostStore + LeaseStore + EventLog {}
 impl<T: HostStore + LeaseStore + EventLog> Store for T {}
 
-/// Opens (creating and migrating when needed) the store a URL names.
+/// Opens (creating and migrating when needed) the store a URL names, with default pool
+/// options.
 pub async fn open(url: &StoreUrl) -> Result<Arc<dyn Store>, StoreError> {
+    open_with(url, &postgres::PgOptions::default()).await
+}
+
+/// Opens the store a URL names; `pg` sets the pool of a `postgres://` store (the config's
+/// `[postgres]`), and is ignored for SQLite.
+pub async fn open_with(
+    url: &StoreUrl,
+    pg: &postgres::PgOptions,
+) -> Result<Arc<dyn Store>, StoreError> {
     match url {
         StoreUrl::Sqlite(path) => Ok(Arc::new(sqlite::SqliteStore::open(path).await?)),
-        StoreUrl::Postgres(raw) => Ok(Arc::new(
-            postgres::PostgresStore::open(raw, &postgres::PgOptions::default()).await?,
-        )),
+        StoreUrl::Postgres(raw) => Ok(Arc::new(postgres::PostgresStore::open(raw, pg).await?)),
     }
 }
 

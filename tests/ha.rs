@@ -1,0 +1,369 @@
+//! Two gateways on one segment sharing one PostgreSQL store (issue 8): both answer, an
+//! address never goes to two MACs, every ACK is durable through `kill -9`s, and a
+//! PostgreSQL restart puts both daemons into degraded mode and back without a restart of
+//! their own. Real peers: Debian's PostgreSQL (tests/support/postgres.rs), Kea's perfdhcp
+//! as the client load, tcpdump on the client segment as the witness of what was ACKed.
+
+#[path = "support/ha.rs"]
+mod ha;
+#[path = "support/postgres.rs"]
+mod pg;
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use bootgate::store::postgres::{PgOptions, PostgresStore};
+use bootgate::store::{
+    EventKind, EventLog, EventQuery, Lease, LeaseFilter, LeaseState, LeaseStore,
+};
+use ha::{Ack, Capture, GwDaemon, HaLab};
+use pg::PgCluster;
+use support::wait_for;
+
+/// Skips only where the rules allow: not root and `CI` unset.
+fn skip() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false);
+    if !root && std::env::var_os("CI").is_none() {
+        eprintln!("skipping: needs root for network namespaces");
+        return true;
+    }
+    false
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Every lease row of the database behind `url` (host side, over TCP).
+fn store_leases(url: &str) -> Vec<Lease> {
+    rt().block_on(async {
+        let s = PostgresStore::open(url, &PgOptions::default())
+            .await
+            .unwrap();
+        let l = s.list_leases(&LeaseFilter::default()).await.unwrap();
+        s.close().await;
+        l
+    })
+}
+
+fn store_events(url: &str, kind: EventKind) -> Vec<bootgate::store::Event> {
+    rt().block_on(async {
+        let s = PostgresStore::open(url, &PgOptions::default())
+            .await
+            .unwrap();
+        let e = s
+            .query(&EventQuery {
+                kind: Some(kind),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        s.close().await;
+        e
+    })
+}
+
+/// The two invariants over what the wire saw and what the store holds:
+/// no address was ACKed to two MACs (leases are 12 h and perfdhcp never releases, so
+/// every ACK still stands), and every ACKed (MAC, address) is an active lease in the store.
+fn check_acks(acks: &[Ack], leases: &[Lease]) {
+    let mut by_ip: BTreeMap<Ipv4Addr, BTreeSet<String>> = BTreeMap::new();
+    for a in acks {
+        by_ip.entry(a.ip).or_default().insert(a.mac_text());
+    }
+    let doubles: Vec<_> = by_ip.iter().filter(|(_, m)| m.len() > 1).collect();
+    assert!(
+        doubles.is_empty(),
+        "addresses ACKed to two MACs: {doubles:?}"
+    );
+    let stored: BTreeMap<Ipv4Addr, &Lease> = leases.iter().map(|l| (l.ip, l)).collect();
+    for a in acks {
+        let l = stored
+            .get(&a.ip)
+            .unwrap_or_else(|| panic!("ACK of {} to {} is not in the store", a.ip, a.mac_text()));
+        assert_eq!(l.mac.to_string(), a.mac_text(), "ACK of {} vs {l:?}", a.ip);
+        assert_eq!(l.state, LeaseState::Active, "{l:?}");
+    }
+}
+
+/// The end of perfdhcp's run (its child exits by itself after -p seconds).
+fn finish(mut child: std::process::Child) -> String {
+    let out = wait_for(Duration::from_secs(60), || child.try_wait().ok().flatten());
+    assert!(out.is_some(), "perfdhcp did not finish");
+    let mut text = String::new();
+    use std::io::Read;
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut text);
+    }
+    text
+}
+
+/// Load spread over both daemons; gateway A is `kill -9`ed midway and B carries on:
+/// both ACKed, no address went to two MACs, every ACK is an active lease in the store.
+#[test]
+fn two_gateways_share_load_and_survive_a_kill_9() {
+    if skip() {
+        return;
+    }
+    let cluster = PgCluster::shared();
+    let url = rt().block_on(cluster.fresh_db());
+    let sock = ha::socket_url(&url, cluster.socket_dir(), cluster.port());
+    let lab = HaLab::new();
+    let (site_a, site_b) = (
+        ha::gateway_site(ha::GWA_IP, &sock),
+        ha::gateway_site(ha::GWB_IP, &sock),
+    );
+    let mut a = GwDaemon::start(&lab.gwa, &site_a);
+    let _b = GwDaemon::start(&lab.gwb, &site_b);
+    lab.rack.ip(&[
+        "addr",
+        "add",
+        &format!("{}/24", ha::CLIENT_IP),
+        "dev",
+        "eth0",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let cap = Capture::start(&lab.rack, "br0", dir.path());
+    let perf = ha::perfdhcp(&lab.rack, 40, 120, 8);
+    std::thread::sleep(Duration::from_secs(3));
+    a.kill9();
+    let text = finish(perf);
+    std::thread::sleep(Duration::from_millis(300));
+    let acks = cap.stop();
+    let servers: BTreeSet<_> = acks.iter().filter_map(|a| a.server).collect();
+    assert!(acks.len() >= 50, "only {} ACKs:\n{text}", acks.len());
+    assert_eq!(
+        servers.len(),
+        2,
+        "ACKs from {servers:?} only; both gateways should answer:\n{text}\nA:\n{}\nB:\n{}",
+        ha::daemon_log(&site_a),
+        ha::daemon_log(&site_b)
+    );
+    check_acks(&acks, &store_leases(&url));
+}
+
+/// Crash loop: 20 rounds of `kill -9` (alternating gateways, each restarted at once)
+/// during a perfdhcp storm, then both up: every address perfdhcp saw ACKed is an active
+/// lease in the store, held by the MAC it was ACKed to, and none went to two MACs.
+#[test]
+fn crash_loop_of_kill_9_loses_no_acked_lease() {
+    if skip() {
+        return;
+    }
+    let cluster = PgCluster::shared();
+    let url = rt().block_on(cluster.fresh_db());
+    let sock = ha::socket_url(&url, cluster.socket_dir(), cluster.port());
+    let lab = HaLab::new();
+    let sites = [
+        ha::gateway_site(ha::GWA_IP, &sock),
+        ha::gateway_site(ha::GWB_IP, &sock),
+    ];
+    let nss = [&lab.gwa, &lab.gwb];
+    let mut daemons = [
+        GwDaemon::start(nss[0], &sites[0]),
+        GwDaemon::start(nss[1], &sites[1]),
+    ];
+    lab.rack.ip(&[
+        "addr",
+        "add",
+        &format!("{}/24", ha::CLIENT_IP),
+        "dev",
+        "eth0",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let cap = Capture::start(&lab.rack, "br0", dir.path());
+    let perf = ha::perfdhcp(&lab.rack, 50, 120, 25);
+    for round in 0..20 {
+        let i = round % 2;
+        std::thread::sleep(Duration::from_millis(250));
+        daemons[i].kill9();
+        daemons[i] = GwDaemon::start(nss[i], &sites[i]);
+    }
+    let text = finish(perf);
+    std::thread::sleep(Duration::from_millis(300));
+    let acks = cap.stop();
+    assert!(acks.len() >= 50, "only {} ACKs:\n{text}", acks.len());
+    check_acks(&acks, &store_leases(&url));
+}
+
+/// PostgreSQL stops under load: both daemons go degraded (/healthz says so with the
+/// reason, /metrics has bootgate_store_up 0), a known host still gets its reserved
+/// address, a new client gets nothing; PostgreSQL starts again: both recover by
+/// themselves, the degraded ACK's lease and event arrive in the store, and dynamic
+/// allocation resumes.
+#[test]
+fn postgres_restart_degrades_both_and_they_recover() {
+    if skip() {
+        return;
+    }
+    let cluster = PgCluster::start();
+    let url = rt().block_on(cluster.fresh_db());
+    let sock = ha::socket_url(&url, cluster.socket_dir(), cluster.port());
+    let lab = HaLab::new();
+    let (site_a, site_b) = (
+        ha::gateway_site(ha::GWA_IP, &sock),
+        ha::gateway_site(ha::GWB_IP, &sock),
+    );
+    let _a = GwDaemon::start(&lab.gwa, &site_a);
+    let _b = GwDaemon::start(&lab.gwb, &site_b);
+    // The client NIC is inventory host vm0 (reserved 10.250.0.10).
+    lab.rack
+        .ip(&["link", "set", "eth0", "address", "52:54:00:d7:8e:1d"]);
+    let dir = tempfile::tempdir().unwrap();
+    let health = |ns: &support::Netns, ip: &str| {
+        ha::get(ns, &format!("http://{ip}:8080/healthz"))
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+    };
+    cluster.stop();
+    for (ns, ip) in [(&lab.gwa, ha::GWA_IP), (&lab.gwb, ha::GWB_IP)] {
+        let h = wait_for(Duration::from_secs(15), || {
+            health(ns, ip).filter(|h| h["status"] == "degraded" && !h["degraded"].is_null())
+        })
+        .unwrap_or_else(|| panic!("{ip} never reported degraded: {:?}", health(ns, ip)));
+        assert!(
+            h["degraded"]["reason"]
+                .as_str()
+                .is_some_and(|r| !r.is_empty()),
+            "{h}"
+        );
+        let (_, metrics) = ha::get(ns, &format!("http://{ip}:8080/metrics")).unwrap();
+        assert!(metrics.contains("bootgate_store_up 0"), "{metrics}");
+    }
+    // The known host is served its reservation from memory.
+    let lease = support::udhcpc(&lab.rack, "eth0", dir.path(), &[])
+        .expect("known host got no lease while degraded");
+    assert_eq!(lease.ip, "10.250.0.10");
+    // A new client gets no dynamic address while allocation is paused.
+    lab.rack
+        .ip(&["link", "set", "eth0", "address", "02:00:00:00:be:ef"]);
+    lab.rack.ip(&["-4", "addr", "flush", "dev", "eth0"]);
+    assert!(
+        support::udhcpc(&lab.rack, "eth0", dir.path(), &["-t", "2"]).is_none(),
+        "a dynamic address was handed out while the store was down"
+    );
+
+    cluster.start_again();
+    for (ns, ip) in [(&lab.gwa, ha::GWA_IP), (&lab.gwb, ha::GWB_IP)] {
+        wait_for(Duration::from_secs(20), || {
+            health(ns, ip).filter(|h| h["status"] == "ok")
+        })
+        .unwrap_or_else(|| panic!("{ip} did not recover: {:?}", health(ns, ip)));
+        let (_, metrics) = ha::get(ns, &format!("http://{ip}:8080/metrics")).unwrap();
+        assert!(metrics.contains("bootgate_store_up 1"), "{metrics}");
+        assert!(
+            metrics.contains("bootgate_degraded_seconds_total"),
+            "{metrics}"
+        );
+    }
+    // The degraded ACK's lease write and its event arrived.
+    let leases = store_leases(&url);
+    let l = leases
+        .iter()
+        .find(|l| l.ip == Ipv4Addr::new(10, 250, 0, 10))
+        .unwrap_or_else(|| panic!("the degraded ACK's lease is missing: {leases:?}"));
+    assert_eq!(l.mac.to_string(), "52:54:00:d7:8e:1d");
+    assert_eq!(l.state, LeaseState::Active);
+    let commits = store_events(&url, EventKind::LeaseCommitted);
+    assert!(
+        commits
+            .iter()
+            .any(|e| e.ip == Some(Ipv4Addr::new(10, 250, 0, 10))),
+        "{commits:?}"
+    );
+    // And dynamic allocation is back.
+    let lease = support::udhcpc(&lab.rack, "eth0", dir.path(), &[])
+        .expect("no dynamic lease after the store came back");
+    let ip: Ipv4Addr = lease.ip.parse().unwrap();
+    assert!(ip >= Ipv4Addr::new(10, 250, 0, 100), "{ip}");
+}
+
+/// A QEMU VM (SeaBIOS + iPXE ROM, inventory host vm0) network-boots the test image while
+/// gateway A is dead: B alone answers DHCP, serves the iPXE script and image, takes the
+/// phone-home, and the shared store ends with vm0 `provisioned`.
+#[test]
+fn vm_network_boots_while_one_gateway_is_dead() {
+    if skip() {
+        return;
+    }
+    use support::qemu::{self, Firmware, Vm};
+    let missing = qemu::missing_host_files();
+    assert!(missing.is_empty(), "install: {missing:?}");
+    let image = qemu::test_image();
+    let cluster = PgCluster::shared();
+    let url = rt().block_on(cluster.fresh_db());
+    let sock = ha::socket_url(&url, cluster.socket_dir(), cluster.port());
+    let lab = HaLab::new();
+    let (site_a, site_b) = (
+        ha::gateway_site(ha::GWA_IP, &sock),
+        ha::gateway_site(ha::GWB_IP, &sock),
+    );
+    for site in [&site_a, &site_b] {
+        let images = site.boot_images();
+        std::fs::create_dir_all(images.join("test")).unwrap();
+        std::fs::copy(&image.vmlinuz, images.join("test/vmlinuz")).unwrap();
+        std::fs::copy(&image.initrd, images.join("test/initrd.gz")).unwrap();
+        for f in [&image.undionly, &image.ipxe_efi, &image.snponly] {
+            std::fs::copy(f, images.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    // iPXE waits ~13 s for IPv6 autoconf unless a router says "no IPv6 here".
+    let _ = lab
+        .gwb
+        .cmd("sysctl")
+        .args(["-qw", "net.ipv6.conf.gw0.accept_dad=0"])
+        .status();
+    lab.gwb.background(
+        lab.gwb
+            .cmd("python3")
+            .arg(support::repo().join("tests/support/ra.py"))
+            .arg("gw0")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    let mut a = GwDaemon::start(&lab.gwa, &site_a);
+    let _b = GwDaemon::start(&lab.gwb, &site_b);
+    a.kill9();
+    let work = tempfile::tempdir().unwrap();
+    let mut vm = Vm::start(
+        &lab.rack.name,
+        "vm0",
+        &qemu::mac_for("vm0"),
+        Firmware::Bios,
+        work.path(),
+    );
+    assert!(
+        vm.wait_serial(
+            "BOOTGATE-MARKER: INSTALLED status=ok",
+            Duration::from_secs(240)
+        ),
+        "vm0 did not finish:\n{}\nB:\n{}",
+        vm.diagnostics(),
+        ha::daemon_log(&site_b)
+    );
+    vm.wait_exit(Duration::from_secs(30));
+    let host = rt().block_on(async {
+        use bootgate::store::HostStore;
+        let s = PostgresStore::open(&url, &PgOptions::default())
+            .await
+            .unwrap();
+        s.get_host("vm0").await.unwrap().unwrap()
+    });
+    assert_eq!(host.state.as_str(), "provisioned", "{host:?}");
+    let leases = store_leases(&url);
+    assert!(
+        leases
+            .iter()
+            .any(|l| l.ip == Ipv4Addr::new(10, 250, 0, 10) && l.state == LeaseState::Active),
+        "{leases:?}"
+    );
+}
