@@ -551,6 +551,17 @@ struct Local {
     power: std::sync::Arc<dyn crate::bmc::PowerControl>,
 }
 
+impl Local {
+    fn fleet(&self) -> crate::power::Fleet<'_> {
+        crate::power::Fleet {
+            pc: self.power.clone(),
+            store: self.store.clone(),
+            inventory: &self.inventory,
+            secrets: &self.secrets,
+        }
+    }
+}
+
 async fn local(cli: &Cli) -> anyhow::Result<Local> {
     let config = load_config(&cli.config)?;
     let (inventory, _) = crate::app::load_inventory(&config).map_err(|Invalid(problems)| {
@@ -583,10 +594,7 @@ async fn power(cli: &Cli, a: &PowerArgs) -> anyhow::Result<ExitCode> {
     let hosts = crate::power::select(&l.inventory, &sel)?;
     let bar = progress_bar(cli, hosts.len() as u64, &format!("power {}", a.action));
     let results = crate::power::run_many(
-        l.power.clone(),
-        l.store.clone(),
-        &l.inventory,
-        &l.secrets,
+        &l.fleet(),
         &hosts,
         a.action,
         a.concurrency,
@@ -651,16 +659,7 @@ async fn reset(cli: &Cli, a: &ResetArgs) -> anyhow::Result<ExitCode> {
                 step_wait: a.step_wait,
                 ..Default::default()
             };
-            crate::power::reset(
-                l.power.as_ref(),
-                l.store.as_ref(),
-                &l.inventory,
-                &l.secrets,
-                &a.host,
-                &opts,
-                "cli:reset",
-            )
-            .await?
+            crate::power::reset(&l.fleet(), &a.host, &opts, "cli:reset").await?
         }
     };
     print(cli.output, &report, || views::reset_table(&report));

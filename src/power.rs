@@ -30,9 +30,24 @@ pub enum PowerError {
     #[error("no host matches {0}")]
     NoMatch(String),
     #[error(transparent)]
-    Bmc(#[from] BmcError),
+    Bmc(Box<BmcError>),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+}
+
+impl From<BmcError> for PowerError {
+    fn from(e: BmcError) -> Self {
+        PowerError::Bmc(Box::new(e))
+    }
+}
+
+/// What power commands work with: the BMC client, the store (events, proof), the
+/// inventory in force and the BMC logins.
+pub struct Fleet<'a> {
+    pub pc: Arc<dyn PowerControl>,
+    pub store: Arc<dyn Store>,
+    pub inventory: &'a Inventory,
+    pub secrets: &'a Secrets,
 }
 
 text_enum!(
@@ -172,16 +187,14 @@ async fn apply(
 /// gateway's total too), calling `progress` as each finishes; one `power-action` event per
 /// host. Results come back in the hosts' order.
 pub async fn run_many(
-    pc: Arc<dyn PowerControl>,
-    store: Arc<dyn Store>,
-    inv: &Inventory,
-    secrets: &Secrets,
+    fleet: &Fleet<'_>,
     hosts: &[&Host],
     action: PowerAction,
     concurrency: usize,
     actor: &str,
     progress: impl Fn(&ActionResult),
 ) -> Vec<ActionResult> {
+    let (pc, store, inv, secrets) = (&fleet.pc, &fleet.store, fleet.inventory, fleet.secrets);
     let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let mut set = tokio::task::JoinSet::new();
     for (i, h) in hosts.iter().enumerate() {
@@ -348,18 +361,16 @@ fn dhcp_proof(kind: EventKind) -> bool {
 /// fetch) from one of its MACs, then its phone-home or an SSH banner on its address.
 /// Each step is an event; the report's timeline is the same story with timestamps.
 pub async fn reset(
-    pc: &dyn PowerControl,
-    store: &dyn Store,
-    inv: &Inventory,
-    secrets: &Secrets,
+    fleet: &Fleet<'_>,
     name: &str,
     opts: &ResetOptions,
     actor: &str,
 ) -> Result<ResetReport, PowerError> {
+    let (pc, store, inv) = (fleet.pc.as_ref(), fleet.store.as_ref(), fleet.inventory);
     let host = inv
         .host(name)
         .ok_or_else(|| PowerError::UnknownHost(name.to_string()))?;
-    let target = BmcTarget::resolve(host, inv, secrets)?;
+    let target = BmcTarget::resolve(host, inv, fleet.secrets)?;
     let start = Timestamp::now();
     let deadline = tokio::time::Instant::now() + opts.timeout;
     let mut tl = Timeline {

@@ -161,6 +161,18 @@ text_enum!(
     }
 );
 
+/// A duration as operators write it: `90s`, `15m`, `2h`, `1d`, `1h30m` (jiff's friendly
+/// format; days are 24 hours). For CLI flags and API parameters.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let span: jiff::Span = s.parse().map_err(|e: jiff::Error| {
+        format!("invalid duration {s:?} ({e}); expected e.g. 90s, 15m, 2h")
+    })?;
+    let d = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|_| format!("invalid duration {s:?}: months and years have no fixed length"))?;
+    std::time::Duration::try_from(d).map_err(|_| format!("invalid duration {s:?}: negative"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,16 +208,4 @@ mod tests {
         let e = "gpux".parse::<Role>().unwrap_err().to_string();
         assert!(e.contains("gpu, storage"), "{e}");
     }
-}
-
-/// A duration as operators write it: `90s`, `15m`, `2h`, `1d`, `1h30m` (jiff's friendly
-/// format; days are 24 hours). For CLI flags and API parameters.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let span: jiff::Span = s.parse().map_err(|e: jiff::Error| {
-        format!("invalid duration {s:?} ({e}); expected e.g. 90s, 15m, 2h")
-    })?;
-    let d = span
-        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
-        .map_err(|_| format!("invalid duration {s:?}: months and years have no fixed length"))?;
-    std::time::Duration::try_from(d).map_err(|_| format!("invalid duration {s:?}: negative"))
 }

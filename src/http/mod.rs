@@ -366,11 +366,14 @@ async fn power(
         .host(&name)
         .ok_or_else(|| ApiError::NotFound(format!("no host named {name:?} in the inventory")))?;
     let secrets = app.secrets.load_full();
+    let fleet = crate::power::Fleet {
+        pc: app.power.clone(),
+        store: app.store.clone(),
+        inventory: &loaded.inventory,
+        secrets: &secrets,
+    };
     let mut results = crate::power::run_many(
-        app.power.clone(),
-        app.store.clone(),
-        &loaded.inventory,
-        &secrets,
+        &fleet,
         &[host],
         action,
         1,
@@ -415,11 +418,14 @@ async fn reset(
     }
     let loaded = app.inventory();
     let secrets = app.secrets.load_full();
+    let fleet = crate::power::Fleet {
+        pc: app.power.clone(),
+        store: app.store.clone(),
+        inventory: &loaded.inventory,
+        secrets: &secrets,
+    };
     let report = crate::power::reset(
-        app.power.as_ref(),
-        app.store.as_ref(),
-        &loaded.inventory,
-        &secrets,
+        &fleet,
         &name,
         &opts,
         &auth::Caller::actor(caller.as_deref()),
