@@ -40,6 +40,7 @@ struct ConfigWire {
     boot: BootWire,
     #[serde(default)]
     handoff: HandoffWire,
+    #[serde(default)]
     postgres: PostgresWire,
 }
 

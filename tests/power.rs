@@ -1,0 +1,255 @@
+//! `bootgate power` and `bootgate reset` against real Redfish BMCs: sushy-emulator's fake
+//! driver for the fleet commands, and its libvirt driver in front of a QEMU VM that
+//! PXE-boots through a real daemon for `reset --reprovision` with its proof.
+
+#[allow(dead_code)]
+#[path = "support/libvirt.rs"]
+mod libvirt;
+mod support;
+#[allow(dead_code)]
+#[path = "support/sushy.rs"]
+mod sushy;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use serde_json::Value;
+use support::qemu;
+use support::*;
+
+/// Points the lab site's BMCs at `port` and installs the lab secrets (mode 0600).
+fn bmc_site(site: &Site, port: u16, password: &str) {
+    let hosts = site.inventory_file("hosts.toml");
+    let text = std::fs::read_to_string(&hosts).unwrap();
+    assert!(text.contains("port = 8000"), "lab BMCs moved? {text}");
+    std::fs::write(
+        &hosts,
+        text.replace("port = 8000", &format!("port = {port}")),
+    )
+    .unwrap();
+    let secrets = site.dir.path().join("secrets.toml");
+    std::fs::write(
+        &secrets,
+        format!("[bmc.lab]\nusername = \"admin\"\npassword = \"{password}\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = std::fs::read_to_string(site.config()).unwrap();
+    std::fs::write(
+        site.config(),
+        format!("secrets = \"{}\"\n{cfg}", secrets.display()),
+    )
+    .unwrap();
+}
+
+fn power(site: &Site, args: &[&str]) -> (Option<i32>, Value, String) {
+    let out = Command::new(bootgate_bin())
+        .args([
+            "--config",
+            path_str(&site.config()),
+            "--output",
+            "json",
+            "power",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    let json = serde_json::from_str(&stdout(&out)).unwrap_or(Value::Null);
+    (out.status.code(), json, stderr(&out))
+}
+
+fn by_host(v: &Value) -> std::collections::BTreeMap<String, Value> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|r| (r["host"].as_str().unwrap().to_string(), r.clone()))
+        .collect()
+}
+
+#[test]
+fn power_commands_drive_a_fleet_of_redfish_systems() {
+    let bmc = sushy::Sushy::start(&["vm0", "vm1", "vm2", "vm3"]);
+    let site = Site::from_inventory("lab");
+    site.write_config("127.0.0.1:0");
+    bmc_site(&site, bmc.port, sushy::PASSWORD);
+
+    let (code, v, err) = power(&site, &["status", "--rack", "lab-r1"]);
+    assert_eq!(code, Some(0), "{err}\n{}", bmc.log());
+    let r = by_host(&v);
+    assert_eq!(r.len(), 4);
+    for h in ["vm0", "vm1", "vm2", "vm3"] {
+        assert_eq!(r[h]["state"], "off", "{v}");
+        assert_eq!(r[h]["ok"], true);
+        assert_eq!(r[h]["bmc"], format!("http://127.0.0.1:{}", bmc.port));
+    }
+
+    // on: the emulator applies power changes after a delay; the command waits for them
+    let (code, v, err) = power(&site, &["on", "vm0", "vm1", "--concurrency", "2"]);
+    assert_eq!(code, Some(0), "{err}");
+    let r = by_host(&v);
+    assert_eq!(r["vm0"]["state"], "on", "{v}");
+    assert_eq!(r["vm0"]["applied"], "On");
+    // already on: nothing sent
+    let (_, v, _) = power(&site, &["on", "vm0"]);
+    assert_eq!(v[0]["applied"], Value::Null, "{v}");
+
+    let (code, v, _) = power(&site, &["cycle", "vm1"]);
+    assert_eq!(code, Some(0), "{v}");
+    let applied = v[0]["applied"].as_str().unwrap();
+    assert!(
+        ["PowerCycle", "ForceRestart", "ForceOff+On"].contains(&applied),
+        "{v}"
+    );
+
+    let (code, v, _) = power(&site, &["pxe-once", "vm2"]);
+    assert_eq!(code, Some(0), "{v}");
+    assert!(
+        ["Once", "Continuous"].contains(&v[0]["applied"].as_str().unwrap()),
+        "{v}"
+    );
+
+    // --role selects from the inventory: vm3 is the only storage host
+    let (code, v, _) = power(&site, &["off", "--role", "storage"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(by_host(&v).keys().collect::<Vec<_>>(), ["vm3"]);
+    let (_, v, _) = power(&site, &["off", "vm0"]);
+    assert_eq!(v[0]["state"], "off", "{v}");
+
+    // every action is an event naming the host
+    let out = Command::new(bootgate_bin())
+        .args(["--config", path_str(&site.config()), "--output", "json"])
+        .args(["events", "--kind", "power-action", "--host", "vm2"])
+        .output()
+        .unwrap();
+    let evs: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let actions: Vec<&str> = evs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["detail"]["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["status", "pxe-once"], "{evs}");
+
+    // selection errors name what is wrong
+    let (code, _, err) = power(&site, &["status", "vm9"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("\"vm9\""), "{err}");
+    let (code, _, err) = power(&site, &["status"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--rack"), "{err}");
+    let (code, _, err) = power(&site, &["status", "--rack", "r99"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("r99"), "{err}");
+}
+
+#[test]
+fn wrong_bmc_password_fails_each_host_clearly_and_never_prints_it() {
+    let bmc = sushy::Sushy::start(&["vm0", "vm1", "vm2", "vm3"]);
+    let site = Site::from_inventory("lab");
+    site.write_config("127.0.0.1:0");
+    let wrong = "hunter2-not-it";
+    bmc_site(&site, bmc.port, wrong);
+    let (code, v, err) = power(&site, &["status", "vm0", "vm1"]);
+    assert_eq!(code, Some(1), "{err}");
+    for r in v.as_array().unwrap() {
+        assert_eq!(r["ok"], false);
+        let e = r["error"].as_str().unwrap();
+        assert!(e.contains("401") && e.contains("\"admin\""), "{e}");
+        assert!(e.starts_with(r["host"].as_str().unwrap()), "{e}");
+    }
+    assert!(!v.to_string().contains(wrong) && !err.contains(wrong));
+    // the secrets file must be private
+    let secrets = site.dir.path().join("secrets.toml");
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let (code, _, err) = power(&site, &["status", "vm0"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("secrets.toml") && err.contains("0640"),
+        "{err}"
+    );
+}
+
+/// The boot e2e topology plus a private libvirtd whose domain `vm0` (vm0's MAC and UUID)
+/// is the node; sushy-emulator's libvirt driver is its BMC. `bootgate reset vm0
+/// --reprovision` powers it on with PXE once; it boots through the daemon, phones home,
+/// and the command reports the proof.
+#[test]
+fn reset_reprovision_brings_a_vm_back_and_proves_it() {
+    let missing = qemu::missing_host_files();
+    assert!(missing.is_empty(), "install: {missing:?}");
+    let image = qemu::test_image();
+    let lab = Lab::new();
+    let site = Site::from_inventory("lab");
+    let images = site.boot_images();
+    std::fs::create_dir_all(images.join("test")).unwrap();
+    std::fs::copy(&image.vmlinuz, images.join("test/vmlinuz")).unwrap();
+    std::fs::copy(&image.initrd, images.join("test/initrd.gz")).unwrap();
+    for f in [&image.undionly, &image.ipxe_efi, &image.snponly] {
+        std::fs::copy(f, images.join(f.file_name().unwrap())).unwrap();
+    }
+    let lv = libvirt::Libvirt::start(&lab.rack);
+    lv.define_vm(&lab.rack, "br0", "vm0");
+    let bmc = sushy::Sushy::start_libvirt(&lv.uri);
+    bmc_site(&site, bmc.port, sushy::PASSWORD);
+    // iPXE waits for IPv6 router adverts on every boot without one
+    let ra = lab.gw.background(
+        lab.gw
+            .cmd("python3")
+            .arg(repo().join("tests/support/ra.py"))
+            .arg("gw0"),
+    );
+    let _daemon = Daemon::start(&lab, &site);
+
+    let out = Command::new(bootgate_bin())
+        .args(["--config", path_str(&site.config()), "--output", "json"])
+        .args([
+            "reset",
+            "vm0",
+            "--reprovision",
+            "--timeout",
+            "6m",
+            "--step-wait",
+            "3m",
+        ])
+        .output()
+        .unwrap();
+    kill_pid(ra);
+    let report: Value = serde_json::from_str(&stdout(&out))
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}\n{}", stdout(&out), stderr(&out), bmc.log()));
+    assert_eq!(out.status.code(), Some(0), "{report:#}\n{}", stderr(&out));
+    assert_eq!(report["came_back"], true, "{report:#}");
+    let whats: Vec<&str> = report["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["what"].as_str().unwrap())
+        .collect();
+    let pos = |needle: &str| {
+        whats
+            .iter()
+            .position(|w| w.contains(needle))
+            .unwrap_or_else(|| panic!("{needle:?} not in the timeline {whats:#?}"))
+    };
+    assert!(pos("power state off") < pos("boot override Pxe"));
+    assert!(pos("boot override Pxe") < pos("On sent"));
+    assert!(pos("On sent") < pos("phone-home"));
+    assert!(
+        whats
+            .iter()
+            .any(|w| w.starts_with("lease-") || w.starts_with("boot-script-served")),
+        "{whats:#?}"
+    );
+
+    // the event log tells the same story
+    let evs = site.cli_json(&["events", "--host", "vm0"]);
+    let kinds: Vec<&str> = evs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    let at = |k: &str| kinds.iter().position(|x| *x == k).unwrap_or(usize::MAX);
+    assert!(at("reset-started") < at("phone-home"), "{kinds:?}");
+    assert!(at("phone-home") < at("reset-finished"), "{kinds:?}");
+    assert!(kinds.contains(&"reset-step"), "{kinds:?}");
+}
