@@ -2,7 +2,6 @@
 //! driver for the fleet commands, and its libvirt driver in front of a QEMU VM that
 //! PXE-boots through a real daemon for `reset --reprovision` with its proof.
 
-#[allow(dead_code)]
 #[path = "support/libvirt.rs"]
 mod libvirt;
 mod support;
