@@ -252,3 +252,142 @@ fn reset_reprovision_brings_a_vm_back_and_proves_it() {
     assert!(at("phone-home") < at("reset-finished"), "{kinds:?}");
     assert!(kinds.contains(&"reset-step"), "{kinds:?}");
 }
+
+/// The escalation, against a scripted BMC: a hung node ignores GracefulRestart; the
+/// ForceRestart "reboots" it (the scripted BMC records the DHCP request the node would
+/// make), then it phones home. The report and events show each step in order, and a BMC
+/// that advertises no usable step is refused up front.
+mod escalation {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use bootgate::bmc::{
+        BmcError, BmcTarget, BootSource, OverrideMode, PowerControl, PowerState, ResetType,
+    };
+    use bootgate::power::{Fleet, ResetOptions, reset};
+    use bootgate::secrets::Secrets;
+    use bootgate::store::{EventKind, NewEvent, Store, sqlite::SqliteStore};
+
+    /// A node that stays hung until `reboots_on` is sent, then DHCPs and phones home.
+    struct Scripted {
+        store: Arc<dyn Store>,
+        advertised: Vec<ResetType>,
+        reboots_on: ResetType,
+        sent: Mutex<Vec<ResetType>>,
+    }
+
+    #[async_trait::async_trait]
+    impl PowerControl for Scripted {
+        async fn power_state(&self, _: &BmcTarget) -> Result<PowerState, BmcError> {
+            Ok(PowerState::On)
+        }
+        async fn reset_types(&self, _: &BmcTarget) -> Result<Vec<ResetType>, BmcError> {
+            Ok(self.advertised.clone())
+        }
+        async fn reset(&self, t: &BmcTarget, kind: ResetType) -> Result<(), BmcError> {
+            self.sent.lock().unwrap().push(kind);
+            if kind == self.reboots_on {
+                let mac = "52:54:00:d7:8e:1d".parse().unwrap();
+                let ip = "10.250.0.10".parse().unwrap();
+                let ev = |k| {
+                    NewEvent::new(k, "test")
+                        .mac(mac)
+                        .ip(ip)
+                        .host(t.host.clone())
+                };
+                self.store
+                    .append(&ev(EventKind::LeaseCommitted))
+                    .await
+                    .unwrap();
+                self.store.append(&ev(EventKind::PhoneHome)).await.unwrap();
+            }
+            Ok(())
+        }
+        async fn set_boot_override(
+            &self,
+            _: &BmcTarget,
+            _: BootSource,
+        ) -> Result<OverrideMode, BmcError> {
+            Ok(OverrideMode::Once)
+        }
+        async fn clear_boot_override(&self, _: &BmcTarget) -> Result<(), BmcError> {
+            Ok(())
+        }
+    }
+
+    async fn run(advertised: Vec<ResetType>) -> (bootgate::power::ResetReport, Vec<ResetType>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("s.db")).await.unwrap());
+        let inv = bootgate::inventory::load::load_dir(&super::repo().join("inventory/lab"))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let secrets = Secrets::default().with_bmc("lab", "admin", "password");
+        let pc = Arc::new(Scripted {
+            store: store.clone(),
+            advertised,
+            reboots_on: ResetType::ForceRestart,
+            sent: Mutex::new(vec![]),
+        });
+        let fleet = Fleet {
+            pc: pc.clone(),
+            store: store.clone(),
+            inventory: &inv,
+            secrets: &secrets,
+        };
+        let opts = ResetOptions {
+            timeout: Duration::from_secs(5),
+            step_wait: Duration::from_millis(300),
+            poll: Duration::from_millis(50),
+            ..Default::default()
+        };
+        let report = reset(&fleet, "vm0", &opts, "test").await.unwrap();
+        let sent = pc.sent.lock().unwrap().clone();
+        (report, sent)
+    }
+
+    #[tokio::test]
+    async fn a_hung_node_gets_escalated_until_it_reboots() {
+        let (report, sent) = run(vec![
+            ResetType::On,
+            ResetType::ForceOff,
+            ResetType::GracefulRestart,
+            ResetType::ForceRestart,
+        ])
+        .await;
+        assert!(report.came_back, "{report:#?}");
+        assert_eq!(sent, [ResetType::GracefulRestart, ResetType::ForceRestart]);
+        let whats: Vec<&str> = report.timeline.iter().map(|m| m.what.as_str()).collect();
+        let pos = |n: &str| {
+            whats
+                .iter()
+                .position(|w| w.contains(n))
+                .unwrap_or(usize::MAX)
+        };
+        assert!(
+            pos("GracefulRestart sent") < pos("escalating"),
+            "{whats:#?}"
+        );
+        assert!(pos("escalating") < pos("ForceRestart sent"), "{whats:#?}");
+        assert!(
+            pos("ForceRestart sent") < pos("lease-committed"),
+            "{whats:#?}"
+        );
+        assert!(pos("lease-committed") < pos("phone-home"), "{whats:#?}");
+    }
+
+    #[tokio::test]
+    async fn steps_the_bmc_does_not_advertise_are_skipped() {
+        // no GracefulRestart: ForceRestart is the first step
+        let (report, sent) = run(vec![ResetType::ForceRestart]).await;
+        assert!(report.came_back, "{report:#?}");
+        assert_eq!(sent, [ResetType::ForceRestart]);
+    }
+
+    #[tokio::test]
+    async fn a_bmc_with_no_usable_step_is_refused() {
+        let (report, sent) = run(vec![ResetType::Nmi]).await;
+        assert!(!report.came_back);
+        assert!(sent.is_empty());
+        assert!(report.outcome.contains("Nmi"), "{}", report.outcome);
+    }
+}
