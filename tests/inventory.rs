@@ -1696,3 +1696,20 @@ fn config_relative_paths_resolve_against_its_directory() {
         StoreUrl::Sqlite(etc.join("state/bootgate.db"))
     );
 }
+
+#[test]
+fn bmcs_on_one_address_with_different_ports_are_different_bmcs() {
+    // e.g. emulators or port forwards: 10.1.0.20:623 and 10.1.0.20:624 each power one host
+    let dir = write_inventory(&[(
+        "x.toml",
+        Some(concat!(
+            host2!(
+                "bmc = { address = \"10.1.0.20\", port = 623, vendor = \"generic\", protocol = \"ipmi\", credential = \"c\" }"
+            ),
+            "[[host]]\nname = \"h3\"\nrole = \"gpu\"\nmacs = [\"02:00:00:00:00:03\"]\n",
+            "bmc = { address = \"10.1.0.20\", port = 624, vendor = \"generic\", protocol = \"ipmi\", credential = \"c\" }\n"
+        )),
+    )]);
+    let inv = load_ok(dir.path());
+    assert_eq!(inv.hosts.len(), 3);
+}

@@ -391,3 +391,95 @@ mod escalation {
         assert!(report.outcome.contains("Nmi"), "{}", report.outcome);
     }
 }
+
+/// VirtualBMC (pip `virtualbmc`, the IPMI BMC OpenStack uses) in front of a libvirt VM,
+/// driven through bootgate's ipmitool edge: status, on, pxe-once, off.
+#[test]
+fn ipmi_power_through_virtualbmc_drives_a_libvirt_vm() {
+    let bin = std::path::Path::new(sushy::VENV).join("bin");
+    assert!(
+        bin.join("vbmcd").exists(),
+        "{}/vbmcd missing: pip install -r scripts/requirements-test.txt",
+        bin.display()
+    );
+    let lab = Lab::new();
+    let lv = libvirt::Libvirt::start(&lab.rack);
+    lv.define_vm(&lab.rack, "br0", "vm3");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("vbmc")).unwrap();
+    let conf = dir.path().join("virtualbmc.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[default]\nconfig_dir = {d}/vbmc\npid_file = {d}/vbmcd.pid\nserver_port = {p}\n[log]\nlogfile = {d}/vbmcd.log\n",
+            d = dir.path().display(),
+            p = sushy::free_port()
+        ),
+    )
+    .unwrap();
+    let vbmc_try = |args: &[&str]| {
+        Command::new(bin.join("vbmc"))
+            .args(args)
+            .env("VIRTUALBMC_CONFIG", &conf)
+            .output()
+            .unwrap()
+    };
+    let vbmc = |args: &[&str]| {
+        let out = vbmc_try(args);
+        assert!(out.status.success(), "vbmc {args:?}: {}", stderr(&out));
+    };
+    let mut vbmcd = Command::new(bin.join("vbmcd"))
+        .arg("--foreground")
+        .env("VIRTUALBMC_CONFIG", &conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = wait_for(std::time::Duration::from_secs(30), || {
+        vbmc_try(&["list"]).status.success().then_some(())
+    });
+    assert!(up.is_some(), "vbmcd did not come up");
+    let port = sushy::free_port();
+    vbmc(&[
+        "add",
+        "vm3",
+        "--address",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--username",
+        "admin",
+        "--password",
+        sushy::PASSWORD,
+        "--libvirt-uri",
+        &lv.uri,
+    ]);
+    vbmc(&["start", "vm3"]);
+
+    let site = Site::from_inventory("lab");
+    site.write_config("127.0.0.1:0");
+    let hosts = site.inventory_file("hosts.toml");
+    let text = std::fs::read_to_string(&hosts).unwrap().replace(
+        "bmc = { address = \"127.0.0.1\", port = 8000, scheme = \"http\", system = \"vm3\", vendor = \"generic\", protocol = \"redfish\", credential = \"lab\" }",
+        &format!("bmc = {{ address = \"127.0.0.1\", port = {port}, vendor = \"generic\", protocol = \"ipmi\", credential = \"lab\" }}"),
+    );
+    std::fs::write(&hosts, text).unwrap();
+    bmc_site(&site, 8000, sushy::PASSWORD);
+
+    let (code, v, err) = power(&site, &["status", "vm3"]);
+    assert_eq!(code, Some(0), "{err}\n{v}");
+    assert_eq!(v[0]["state"], "off", "{v}");
+    assert_eq!(v[0]["bmc"], format!("ipmi://127.0.0.1:{port}"), "{v}");
+    let (code, v, err) = power(&site, &["on", "vm3"]);
+    assert_eq!(code, Some(0), "{err}\n{v}");
+    assert_eq!(v[0]["state"], "on", "{v}");
+    assert_eq!(lv.domstate("vm3"), "running");
+    let (code, v, err) = power(&site, &["pxe-once", "vm3"]);
+    assert_eq!(code, Some(0), "{err}\n{v}");
+    let (code, v, err) = power(&site, &["off", "vm3"]);
+    assert_eq!(code, Some(0), "{err}\n{v}");
+    assert_eq!(v[0]["state"], "off", "{v}");
+    assert_eq!(lv.domstate("vm3"), "shut off");
+    let _ = vbmcd.kill();
+    let _ = vbmcd.wait();
+}

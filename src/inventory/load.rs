@@ -1240,9 +1240,14 @@ impl Validator {
                 {
                     check_reserved(subnet, ip, loc, "bmc.address", p);
                 }
+                // Another port on the same address is another BMC (emulators, port
+                // forwards): the address is claimed once, by the first.
+                let address_claimed = endpoints.keys().any(|(a, _)| *a == ip);
                 let shared = endpoints.entry((ip, bmc.port)).or_default();
                 if shared.is_empty() {
-                    claim_ip(&mut ips, ip, loc, "bmc.address", p);
+                    if !address_claimed {
+                        claim_ip(&mut ips, ip, loc, "bmc.address", p);
+                    }
                 } else if let Some((_, first)) = shared.iter().find(|(system, _)| {
                     system.is_none() || bmc.system.is_none() || *system == bmc.system
                 }) {
