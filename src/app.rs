@@ -203,6 +203,7 @@ impl App {
                 store.clone(),
             ))
         });
+        let power = Arc::new(crate::bmc::Bmcs::new(config.bmc.clone()));
         let app = App {
             handoff,
             events: crate::events::EventSink::spawn_with(store.clone(), health),
@@ -215,7 +216,7 @@ impl App {
             reload_lock: tokio::sync::Mutex::new(()),
             tokens: ArcSwap::from_pointee(tokens),
             secrets: ArcSwap::from_pointee(secrets),
-            power: Arc::new(crate::bmc::Bmcs::new(Default::default())),
+            power,
             metrics: crate::http::metrics_handle(),
             started_at: Timestamp::now(),
         };

@@ -580,7 +580,7 @@ async fn local(cli: &Cli) -> anyhow::Result<Local> {
         inventory,
         secrets,
         store,
-        power: std::sync::Arc::new(crate::bmc::Bmcs::new(Default::default())),
+        power: std::sync::Arc::new(crate::bmc::Bmcs::new(config.bmc.clone())),
     })
 }
 

@@ -383,8 +383,8 @@ pub trait PowerControl: Send + Sync {
     async fn clear_boot_override(&self, t: &BmcTarget) -> Result<(), BmcError>;
 }
 
-/// Tunables for [`Bmcs`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Tunables for [`Bmcs`] (`[bmc]` in bootgate.toml).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BmcSettings {
     /// Deadline for each request to a BMC (and for each ipmitool run).
     pub timeout: Duration,

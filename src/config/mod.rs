@@ -49,6 +49,8 @@ pub struct Config {
     pub dhcp: DhcpSettings,
     pub boot: BootSettings,
     pub handoff: HandoffSettings,
+    /// BMC calls: per-call timeout, retries, concurrency per gateway (`[bmc]`).
+    pub bmc: crate::bmc::BmcSettings,
     /// Pool and timing of a `postgres://` store (`[postgres]`); ignored for SQLite.
     pub postgres: PostgresSettings,
 }

@@ -41,7 +41,70 @@ struct ConfigWire {
     #[serde(default)]
     handoff: HandoffWire,
     #[serde(default)]
+    bmc: BmcWire,
+    #[serde(default)]
     postgres: PostgresWire,
+}
+
+/// `[bmc]`: how BMCs are called (all optional).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BmcWire {
+    /// Deadline of each BMC request (and each ipmitool run).
+    #[serde(default = "default_bmc_timeout", deserialize_with = "run_timeout")]
+    timeout: Duration,
+    /// Extra attempts after a connection error or a 503 (never for a reset that may have landed).
+    #[serde(default = "default_bmc_retries")]
+    retries: u32,
+    /// BMC operations in flight at once from this gateway.
+    #[serde(default = "default_bmc_concurrency")]
+    concurrency: usize,
+    /// How long a Redfish task (202 + task monitor) may run.
+    #[serde(default = "default_task_timeout", deserialize_with = "run_timeout")]
+    task_timeout: Duration,
+}
+
+impl Default for BmcWire {
+    fn default() -> Self {
+        BmcWire {
+            timeout: default_bmc_timeout(),
+            retries: default_bmc_retries(),
+            concurrency: default_bmc_concurrency(),
+            task_timeout: default_task_timeout(),
+        }
+    }
+}
+
+fn default_bmc_timeout() -> Duration {
+    crate::bmc::BmcSettings::default().timeout
+}
+fn default_bmc_retries() -> u32 {
+    crate::bmc::BmcSettings::default().retries
+}
+fn default_bmc_concurrency() -> usize {
+    crate::bmc::BmcSettings::default().concurrency
+}
+fn default_task_timeout() -> Duration {
+    crate::bmc::BmcSettings::default().task_timeout
+}
+
+fn bmc_settings(w: &BmcWire, p: &mut Problems<'_>) -> crate::bmc::BmcSettings {
+    if !(1..=1024).contains(&w.concurrency) {
+        p.push(
+            "bmc",
+            "concurrency",
+            format!("{}: must be 1 to 1024 BMC calls at once", w.concurrency),
+        );
+    }
+    if w.retries > 10 {
+        p.push("bmc", "retries", format!("{}: at most 10", w.retries));
+    }
+    crate::bmc::BmcSettings {
+        timeout: w.timeout,
+        retries: w.retries.min(10),
+        concurrency: w.concurrency.clamp(1, 1024),
+        task_timeout: w.task_timeout,
+    }
 }
 
 /// `[handoff]`: the Ansible run after provisioning. Off unless `enabled = true`.
@@ -269,6 +332,9 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
                     None if e.field.starts_with("boot.") => {
                         p.push("boot", &e.field["boot.".len()..], e.reason)
                     }
+                    None if e.field.starts_with("bmc.") => {
+                        p.push("bmc", &e.field["bmc.".len()..], e.reason)
+                    }
                     None if e.field.starts_with("handoff.") => {
                         p.push("handoff", &e.field["handoff.".len()..], e.reason)
                     }
@@ -338,6 +404,7 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
     };
     let boot = boot_settings(&w.boot, w.http.listen, &mut p);
     let handoff = handoff_settings(&w.handoff, &resolve, &mut p);
+    let bmc = bmc_settings(&w.bmc, &mut p);
     let postgres = postgres_settings(&w.postgres, &mut p);
     match (store, p.list.is_empty()) {
         (Some(store), true) => Ok(Config {
@@ -367,6 +434,7 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
             },
             boot,
             handoff,
+            bmc,
             postgres,
         }),
         _ => Err(Invalid(p.list)),
@@ -726,6 +794,33 @@ mod tests {
         )
         .unwrap();
         Config::load(&path)
+    }
+
+    #[test]
+    fn bmc_section_sets_the_client_and_refuses_bad_values() {
+        let c = config_with("[bmc]\ntimeout = \"5s\"\nconcurrency = 64\n").unwrap();
+        assert_eq!(c.bmc.timeout, Duration::from_secs(5));
+        assert_eq!(c.bmc.concurrency, 64);
+        assert_eq!(c.bmc.retries, crate::bmc::BmcSettings::default().retries);
+        assert_eq!(
+            config_with("").unwrap().bmc,
+            crate::bmc::BmcSettings::default()
+        );
+        let Invalid(problems) = config_with("[bmc]\nconcurrency = 0\nretries = 99\n").unwrap_err();
+        let fields: Vec<(&str, &str)> = problems
+            .iter()
+            .map(|p| (p.entry.as_str(), p.field.as_str()))
+            .collect();
+        assert_eq!(
+            fields,
+            [("bmc", "concurrency"), ("bmc", "retries")],
+            "{problems:?}"
+        );
+        let Invalid(problems) = config_with("[bmc]\npassword = \"x\"\n").unwrap_err();
+        assert_eq!(
+            (problems[0].entry.as_str(), problems[0].field.as_str()),
+            ("bmc", "password")
+        );
     }
 
     #[test]
