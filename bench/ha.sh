@@ -258,7 +258,7 @@ start_one() {
 # CPU ticks of our servers plus the postmaster and every backend (children of PG_PID)
 cpu_ticks() {
   local pids=("${SRV_PIDS[@]}" "$PG_PID") p t=0
-  pids+=($(pgrep -P "$PG_PID" || true))
+  mapfile -t -O "${#pids[@]}" pids < <(pgrep -P "$PG_PID" || true)
   for p in "${pids[@]}"; do
     [ -r "/proc/$p/stat" ] && t=$(( t + $(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12 + $13}') ))
   done

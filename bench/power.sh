@@ -6,7 +6,11 @@
 #
 # i.e. what a perfect client with `concurrency` requests in flight would take if every BMC
 # answered in the latency measured here. Everything runs on the host's loopback (no
-# namespaces are needed: nothing but TCP to 127.0.0.1 .. 127.0.0.K is sent, K = emulators).
+# namespaces are needed: nothing but TCP to 127.0.0.1 is sent).
+#
+# bootgate also bounds BMC calls per process ([bmc] concurrency, default 32). The bench
+# config sets it to --concurrency, so `--concurrency 64` really means 64 in flight; pass
+# --bmc-concurrency K to set it apart (e.g. 32, the default, to see its effect).
 #
 # Two emulator layouts are measured in one run, interleaved round by round:
 #   one   one sushy-emulator holding all N systems (a Flask/Werkzeug server: threaded, but
@@ -34,7 +38,8 @@
 # run (near 1.0 CPU-s/s per process = the emulator is the bottleneck).
 #
 # Usage: bench/power.sh [--hosts N] [--concurrency C] [--rounds R] [--samples S]
-#                       [--per-emulator M] [--delay MS] [--serial-hosts K] [--quick] [--keep]
+#                       [--per-emulator M] [--delay MS] [--serial-hosts K] [--bmc-concurrency K]
+#                       [--quick] [--keep]
 #   --quick        N=100, 2 rounds, 10 samples: a smoke test (about 1 min)
 #   --delay MS     every emulator request sleeps MS ms before it is handled (a Flask
 #                  before_request hook added by the emulator's config file; the sleep holds
@@ -53,7 +58,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=/var/tmp/bootgate-venv
-N=500 CONC=64 ROUNDS=3 SAMPLES=30 PER_EMU=100 KEEP=0 DELAY_MS=0 NSERIAL=50
+N=500 CONC=64 ROUNDS=3 SAMPLES=30 PER_EMU=100 KEEP=0 DELAY_MS=0 NSERIAL=50 BMC_CONC=""
 usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -64,6 +69,7 @@ while [ $# -gt 0 ]; do
     --per-emulator) PER_EMU=${2:?}; shift ;;
     --delay) DELAY_MS=${2:?}; shift ;;
     --serial-hosts) NSERIAL=${2:?}; shift ;;
+    --bmc-concurrency) BMC_CONC=${2:?}; shift ;;
     --quick) N=100 ROUNDS=2 SAMPLES=10; PER_EMU=50 ;;
     --keep) KEEP=1 ;;
     -h|--help) usage; exit 0 ;;
@@ -71,7 +77,8 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-[ "$N" -ge 1 ] && [ "$N" -le 1000 ] || { echo "--hosts must be 1..1000" >&2; exit 2; }
+if [ "$N" -lt 1 ] || [ "$N" -gt 1000 ]; then echo "--hosts must be 1..1000" >&2; exit 2; fi
+BMC_CONC=${BMC_CONC:-$CONC}
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -160,6 +167,10 @@ secrets = "$TMP/secrets.toml"
 
 [http]
 listen = "127.0.0.1:0"
+
+[bmc]
+# BMC calls in flight from this process (bootgate's own bound; default 32)
+concurrency = $BMC_CONC
 EOF
 host_name() { printf 'h%03d' "$1"; }
 # endpoint_of I: "ip port" of host I's emulator in the current layout
@@ -168,7 +179,7 @@ endpoint_of() { echo "${LAYOUT_EPS[$(( ${#LAYOUT_EPS[@]} == 1 ? 0 : $1 / PER_EMU
 write_hosts() {
   local i ep
   for ((i = 0; i < N; i++)); do
-    ep=($(endpoint_of "$i"))
+    read -r -a ep <<<"$(endpoint_of "$i")"
     printf '[[host]]\nname = "%s"\nrole = "gpu"\nrack = "%s"\nposition = %d\nmacs = ["02:bb:00:00:%02x:%02x"]\nprofile = "%s"\naddresses = { provisioning = "10.250.%d.%d" }\nbmc = { address = "%s", port = %d, scheme = "http", system = "%s", vendor = "generic", protocol = "redfish", credential = "bench" }\n\n' \
       "$(host_name "$i")" "$RACK" $((i + 1)) $((i / 256)) $((i % 256)) "$PROFILE" \
       $((1 + i / 250)) $((1 + i % 250)) "${ep[0]}" "${ep[1]}" "$(host_name "$i")"
@@ -180,11 +191,10 @@ write_hosts() {
   >"$TMP/htpasswd" || die "bcrypt htpasswd failed"
 free_port() { "$VENV/bin/python" -c 'import socket,sys;s=socket.socket();s.bind((sys.argv[1],0));print(s.getsockname()[1])' "$1"; }
 # start_emulator ID FIRST LAST -> EMU_EP "ip port"; systems h(FIRST)..h(LAST-1), all Off.
-# Emulator ID listens on 127.0.0.(ID+1): bootgate's inventory check refuses two BMC
-# endpoints on one address with different ports (it claims the address for the first one),
-# so each emulator gets its own loopback address.
+# All emulators listen on 127.0.0.1, each on its own port (bootgate >= b4f98b9 treats one
+# address with different ports as different BMCs; older binaries fail check-config here).
 start_emulator() {
-  local id=$1 first=$2 last=$3 ip="127.0.0.$(( $1 + 1 ))" port dir="$TMP/emu-$1" pid
+  local id=$1 first=$2 last=$3 ip=127.0.0.1 port dir="$TMP/emu-$1" pid
   for _attempt in 1 2 3; do
     port=$(free_port "$ip")
     mkdir -p "$dir"
@@ -246,7 +256,7 @@ start_layout() {
   # the first and last system of every emulator answer
   for ((i = 0; i < N; i++)); do
     if [ $((i % PER_EMU)) = 0 ] || [ $(((i + 1) % PER_EMU)) = 0 ] || [ $((i + 1)) = "$N" ]; then
-      ep=($(endpoint_of "$i"))
+      read -r -a ep <<<"$(endpoint_of "$i")"
       curl -sf -o /dev/null -u admin:password "http://${ep[0]}:${ep[1]}/redfish/v1/Systems/$(host_name "$i")" \
         || die "emulator on ${ep[0]}:${ep[1]} has no system $(host_name "$i")"
     fi
@@ -285,7 +295,7 @@ EOF
 write_curl_config() {
   local i ep
   for ((i = 0; i < N; i++)); do
-    ep=($(endpoint_of "$i"))
+    read -r -a ep <<<"$(endpoint_of "$i")"
     printf 'url = "http://%s:%d/redfish/v1/"\noutput = "/dev/null"\nurl = "http://%s:%d/redfish/v1/Systems/%s"\noutput = "/dev/null"\n' \
       "${ep[0]}" "${ep[1]}" "${ep[0]}" "${ep[1]}" "$(host_name "$i")"
   done >"$TMP/curl-$1.cfg"
@@ -298,7 +308,7 @@ SERIAL_HOSTS=()
 for ((i = 0; i < NSERIAL; i++)); do SERIAL_HOSTS+=("$(host_name $(( i * N / NSERIAL )))"); done
 NEMU=$(( (N + PER_EMU - 1) / PER_EMU ))
 WAVES=$(( (N + CONC - 1) / CONC ))
-log "bootgate $BOOTGATE_COMMIT; $N hosts, concurrency $CONC, delay $DELAY_MS ms (ceil(N/C) = $WAVES), $ROUNDS round(s), $SAMPLES latency samples; layouts: one emulator, $NEMU emulators x $PER_EMU; tmp $TMP"
+log "bootgate $BOOTGATE_COMMIT; $N hosts, concurrency $CONC ([bmc] concurrency $BMC_CONC), delay $DELAY_MS ms (ceil(N/C) = $WAVES), $ROUNDS round(s), $SAMPLES latency samples; layouts: one emulator, $NEMU emulators x $PER_EMU; tmp $TMP"
 log "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 LAYOUTS=(one split)
 declare -A LCURL LONE LSEQ LHOST WALLS PEERS CPU SERIAL REQS FLAT BCPU PCPU
@@ -309,7 +319,7 @@ for l in "${LAYOUTS[@]}"; do
   start_layout "$l"
   "$TMP/bootgate" --config "$TMP/bootgate.toml" check-config >"$TMP/check-$l.log" 2>&1 \
     || { cat "$TMP/check-$l.log" >&2; die "bootgate check-config rejected the bench inventory"; }
-  ep=($(endpoint_of 0))
+  read -r -a ep <<<"$(endpoint_of 0)"
   : >"$TMP/lat-curl-$l.txt"; : >"$TMP/lat-one-$l.txt"
   # sushy redirects a system's name to its UUID: time one GET of the resource itself
   sys_url=$(curl -sf -o /dev/null -u admin:password -w '%{url_effective}' -L \
@@ -377,7 +387,7 @@ med_of() { tr ' ' '\n' <<<"$1" | grep . | median; }
 r2() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 {
   echo
-  echo "== bootgate power status: $N hosts, concurrency $CONC, ceil(N/C) = $WAVES, emulator delay $DELAY_MS ms/request; bootgate $BOOTGATE_COMMIT =="
+  echo "== bootgate power status: $N hosts, concurrency $CONC ([bmc] concurrency $BMC_CONC), ceil(N/C) = $WAVES, emulator delay $DELAY_MS ms/request; bootgate $BOOTGATE_COMMIT =="
   echo "sushy-tools $("$VENV/bin/pip" show sushy-tools 2>/dev/null | sed -n 's/^Version: //p') (fake driver, Werkzeug threaded dev server), $(curl --version | head -1 | awk '{print $1, $2}'); $(nproc) CPUs; $ROUNDS round(s) (medians); $(( $(date +%s) - T0 )) s; load average now $(cut -d' ' -f1-3 /proc/loadavg)"
   echo
   printf '| %-20s | %-9s | %-9s | %-9s | %-8s | %-8s | %-10s | %-10s | %-9s | %-10s | %-8s | %-8s |\n' \

@@ -135,6 +135,13 @@ pub struct ResetArgs {
     /// How long each escalation step may take to show a DHCP request.
     #[arg(long, default_value = "2m", value_parser = crate::types::parse_duration)]
     pub step_wait: std::time::Duration,
+    /// The escalation, in order (steps the BMC does not advertise are skipped).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "GracefulRestart,ForceRestart,ForceOff+On"
+    )]
+    pub escalation: Vec<crate::power::Step>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -642,12 +649,14 @@ async fn reset(cli: &Cli, a: &ResetArgs) -> anyhow::Result<ExitCode> {
         Some(url) => {
             let mut c = api_client(cli, url)?;
             c.timeout = a.timeout + std::time::Duration::from_secs(30);
+            let steps: Vec<String> = a.escalation.iter().map(|s| s.to_string()).collect();
             let path = format!(
-                "/api/v1/hosts/{}/reset?reprovision={}&timeout={}s&step_wait={}s",
+                "/api/v1/hosts/{}/reset?reprovision={}&timeout={}s&step_wait={}s&escalation={}",
                 a.host,
                 a.reprovision,
                 a.timeout.as_secs(),
-                a.step_wait.as_secs()
+                a.step_wait.as_secs(),
+                steps.join(",").replace('+', "%2B")
             );
             c.post(&path).await?
         }
@@ -657,6 +666,7 @@ async fn reset(cli: &Cli, a: &ResetArgs) -> anyhow::Result<ExitCode> {
                 reprovision: a.reprovision,
                 timeout: a.timeout,
                 step_wait: a.step_wait,
+                escalation: a.escalation.clone(),
                 ..Default::default()
             };
             crate::power::reset(&l.fleet(), &a.host, &opts, "cli:reset").await?

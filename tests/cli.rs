@@ -152,3 +152,14 @@ fn systemd_unit_verifies_and_keeps_privileges_small() {
         stderr(&out)
     );
 }
+
+#[test]
+fn reset_refuses_an_unknown_escalation_step_naming_it() {
+    let out = bootgate(&["reset", "vm0", "--escalation", "ForceRestart,Reboot"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("\"Reboot\"") && err.contains("ForceOff+On"),
+        "{err}"
+    );
+}

@@ -392,6 +392,8 @@ struct ResetParams {
     reprovision: Option<bool>,
     timeout: Option<String>,
     step_wait: Option<String>,
+    /// Comma-separated steps, e.g. `ForceRestart,ForceOff+On`.
+    escalation: Option<String>,
 }
 
 /// Synchronous: answers when the node came back or the deadline passed (the report says
@@ -415,6 +417,13 @@ async fn reset(
     }
     if let Some(t) = &p.step_wait {
         opts.step_wait = dur("step_wait", t)?;
+    }
+    if let Some(e) = &p.escalation {
+        opts.escalation = e
+            .split(',')
+            .map(|s| s.trim().parse::<crate::power::Step>())
+            .collect::<Result<_, _>>()
+            .map_err(|e| ApiError::BadRequest(format!("parameter escalation: {e}")))?;
     }
     let loaded = app.inventory();
     let secrets = app.secrets.load_full();
