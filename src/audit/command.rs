@@ -82,18 +82,32 @@ async fn snapshot(cli: &Cli) -> anyhow::Result<Snapshot> {
 }
 
 pub async fn run(cli: &Cli, a: &AuditArgs) -> anyhow::Result<ExitCode> {
+    let t = std::time::Instant::now();
     let snap = snapshot(cli).await?;
+    tracing::debug!(
+        ms = t.elapsed().as_millis() as u64,
+        hosts = snap.inventory.hosts.len(),
+        "audit: config, inventory and store opened"
+    );
     if let Some(h) = &a.history {
         return history(cli, &snap, h).await;
     }
-    let leases = snap.store.list_leases(&LeaseFilter::default()).await?;
-    let seen = snap
-        .store
-        .query(&EventQuery {
-            kind: Some(EventKind::LeaseCommitted),
-            ..Default::default()
-        })
-        .await?;
+    // Two reads at once: SQLite decodes each on its own connection thread.
+    let lease_filter = LeaseFilter::default();
+    let seen_query = EventQuery {
+        kind: Some(EventKind::LeaseCommitted),
+        ..Default::default()
+    };
+    let (leases, seen) = tokio::try_join!(
+        snap.store.list_leases(&lease_filter),
+        snap.store.query(&seen_query)
+    )?;
+    tracing::debug!(
+        ms = t.elapsed().as_millis() as u64,
+        leases = leases.len(),
+        events = seen.len(),
+        "audit: store read"
+    );
     let opts = Options {
         scope: match &a.subnet {
             None => Scope::All,
@@ -109,6 +123,11 @@ pub async fn run(cli: &Cli, a: &AuditArgs) -> anyhow::Result<ExitCode> {
         jiff::Timestamp::now(),
         &opts,
     )?;
+    tracing::debug!(
+        ms = t.elapsed().as_millis() as u64,
+        findings = report.findings.len(),
+        "audit: report made"
+    );
     if a.csv {
         print!("{}", findings_csv(&report));
     } else {

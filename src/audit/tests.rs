@@ -216,7 +216,14 @@ fn stale_hosts_count_history_events() {
         actor: "dhcp".into(),
         detail: serde_json::Value::Null,
     };
-    let r = audit(&inv, &leases, &[old.clone()], t(NOW), &Options::default()).unwrap();
+    let r = audit(
+        &inv,
+        &leases,
+        std::slice::from_ref(&old),
+        t(NOW),
+        &Options::default(),
+    )
+    .unwrap();
     assert_eq!(codes(&r), vec!["host-not-seen-recently", "host-never-seen"]);
     assert_eq!(r.findings[0].hosts, vec!["vm2"]);
     // A wider window forgives vm2.
