@@ -82,6 +82,9 @@ pub enum Command {
     },
     /// The event log: every change to hosts, leases and the inventory.
     Events(EventArgs),
+    /// IP address audit: per-subnet usage and findings (exit 1 on a warning or worse), or
+    /// the history of one address, MAC or host.
+    Audit(crate::audit::command::AuditArgs),
     /// BMC power: status, on, off, cycle or pxe-once for one or many hosts.
     Power(PowerArgs),
     /// Reset a hung node and wait for proof it came back (DHCP, then phone-home or SSH);
@@ -270,6 +273,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Hosts { command } => hosts(&cli, command).await,
             Command::Leases { command } => leases(&cli, command).await,
             Command::Events(args) => events(&cli, args).await,
+            Command::Audit(args) => crate::audit::command::run(&cli, args).await,
             Command::Playbook {
                 command: PlaybookCommand::Render { out },
             } => playbook_render(&cli, out.as_deref()).await,

@@ -3,6 +3,7 @@
 //! [`cli::run`]; everything else lives here.
 
 pub mod app;
+pub mod audit;
 pub mod bmc;
 pub mod boot;
 pub mod cli;
