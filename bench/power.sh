@@ -47,6 +47,9 @@
 #                  with a delay the bound is latency-dominated, as in production, instead of
 #                  being set by how much CPU the Python emulators get on a small machine.
 #   --keep         keep the temporary directory (configs, emulator logs, JSON outputs)
+# The runs in bench/RESULTS.md: `bench/power.sh --delay 100`, `bench/power.sh` and
+# `bench/power.sh --delay 500 --serial-hosts 10 --samples 10 --rounds 2` (the last one is the
+# one where bootgate's concurrency, not the emulators' CPU, decides the wall time).
 #   BGBENCH_TMPDIR where the temporary directory goes (default /tmp)
 # Needs: the release binary target/release/bootgate (built with `cargo build --release
 # --bin bootgate` only when missing), the venv /var/tmp/bootgate-venv with sushy-tools 2.2.0
@@ -269,7 +272,7 @@ emu_ticks() {   # utime+stime of all our emulators (all threads)
 }
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", b - a }'; }
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.6f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.6g\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 ms() { awk -v x="$1" 'BEGIN { printf "%.1f", x * 1000 }'; }
 # elapsed_median FILE: median of the rows' elapsed_ms, in seconds
