@@ -160,9 +160,22 @@ impl App {
         let store = store::open_with(&config.store, &config.postgres.pg_options())
             .await
             .with_context(|| format!("opening store {}", config.store))?;
-        let report = reconcile(store.as_ref(), &inventory, "inventory")
-            .await
-            .context("reconciling the inventory into the store")?;
+        // Two gateways starting together on one shared store race to add the same hosts;
+        // the loser's transaction fails as a whole. Its plan is then stale: plan again.
+        let mut attempt = 0;
+        let report = loop {
+            match reconcile(store.as_ref(), &inventory, "inventory").await {
+                Ok(r) => break r,
+                Err(e) if attempt < 3 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "reconciling the inventory failed; planning again");
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+                }
+                Err(e) => {
+                    return Err(e).context("reconciling the inventory into the store");
+                }
+            }
+        };
         let hosts = inventory.hosts.len();
         store
             .append(
