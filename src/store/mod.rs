@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::{HostState, MacAddr, Role, text_enum};
 
+mod common;
 pub mod postgres;
 pub mod sqlite;
 

@@ -3,6 +3,7 @@
 //! won: SQLite has one writer, here several pools (several daemons) write at once, so every
 //! decision that must not race is made inside one statement or under a row/advisory lock.
 
+use super::common::{corrupt, host_event, millis, now, state_change_detail, unique_macs};
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 use std::time::Duration;
@@ -220,25 +221,6 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
 
 // ---- value conversions -------------------------------------------------------------------
 
-fn corrupt(column: &'static str, value: impl Into<String>) -> StoreError {
-    StoreError::Corrupt {
-        column,
-        value: value.into(),
-    }
-}
-
-fn millis(t: Timestamp) -> i64 {
-    t.as_millisecond()
-}
-
-/// Now, at the precision the store keeps (milliseconds). Taken from this daemon's clock,
-/// as SQLite does: both gateways must keep their clocks in step (NTP), as DHCP failover
-/// peers must anyway.
-fn now() -> Timestamp {
-    let now = Timestamp::now();
-    Timestamp::from_millisecond(now.as_millisecond()).unwrap_or(now)
-}
-
 fn timestamp(row: &PgRow, column: &'static str) -> Result<Timestamp, StoreError> {
     let ms: i64 = row.try_get(column)?;
     Timestamp::from_millisecond(ms).map_err(|_| corrupt(column, ms.to_string()))
@@ -312,17 +294,6 @@ async fn fetch_host(conn: &mut PgConnection, name: &str) -> Result<Option<HostRe
         .await?
         .map(|row| host_from_row(&row))
         .transpose()
-}
-
-/// The MACs of a record in order, each once.
-fn unique_macs(macs: &[MacAddr]) -> Vec<MacAddr> {
-    let mut out: Vec<MacAddr> = Vec::with_capacity(macs.len());
-    for mac in macs {
-        if !out.contains(mac) {
-            out.push(*mac);
-        }
-    }
-    out
 }
 
 /// Opens a host write: a transaction holding the hosts advisory lock, so host writes from
@@ -453,35 +424,6 @@ async fn remove_host(conn: &mut PgConnection, name: &str, actor: &str) -> Result
         host_event(EventKind::HostRemoved, &host, actor).detail(json!({ "state": host.state }));
     insert_event(conn, &event).await?;
     Ok(())
-}
-
-/// An event about `host`, naming its first MAC and its address when it has them.
-fn host_event(kind: EventKind, host: &HostRecord, actor: &str) -> NewEvent {
-    let mut event = NewEvent::new(kind, actor).host(host.name.clone());
-    event.mac = host.macs.first().copied();
-    event.ip = host.ip;
-    event
-}
-
-/// `{"from": .., "to": ..}` plus the caller's detail: an object's keys are merged in (the
-/// transition itself wins a clash), any other non-null value is kept under `"detail"`.
-fn state_change_detail(
-    from: HostState,
-    to: HostState,
-    extra: serde_json::Value,
-) -> serde_json::Value {
-    let mut out = match extra {
-        serde_json::Value::Object(map) => map,
-        serde_json::Value::Null => serde_json::Map::new(),
-        other => {
-            let mut map = serde_json::Map::new();
-            map.insert("detail".into(), other);
-            map
-        }
-    };
-    out.insert("from".into(), json!(from));
-    out.insert("to".into(), json!(to));
-    serde_json::Value::Object(out)
 }
 
 impl PostgresStore {

@@ -3,6 +3,7 @@
 //! pool serves reads from WAL snapshots. Every write commits with `synchronous=FULL`: an
 //! acknowledged lease survives `kill -9` and power loss.
 
+use super::common::{corrupt, host_event, millis, now, state_change_detail, unique_macs};
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::str::FromStr;
@@ -141,23 +142,6 @@ impl SqliteStore {
 
 // ---- value conversions -------------------------------------------------------------------
 
-fn corrupt(column: &'static str, value: impl Into<String>) -> StoreError {
-    StoreError::Corrupt {
-        column,
-        value: value.into(),
-    }
-}
-
-fn millis(t: Timestamp) -> i64 {
-    t.as_millisecond()
-}
-
-/// Now, at the precision the store keeps (milliseconds).
-fn now() -> Timestamp {
-    let now = Timestamp::now();
-    Timestamp::from_millisecond(now.as_millisecond()).unwrap_or(now)
-}
-
 fn timestamp(row: &SqliteRow, column: &'static str) -> Result<Timestamp, StoreError> {
     let ms: i64 = row.try_get(column)?;
     Timestamp::from_millisecond(ms).map_err(|_| corrupt(column, ms.to_string()))
@@ -225,17 +209,6 @@ async fn fetch_host(
         .await?
         .map(|row| host_from_row(&row))
         .transpose()
-}
-
-/// The MACs of a record in order, each once.
-fn unique_macs(macs: &[MacAddr]) -> Vec<MacAddr> {
-    let mut out: Vec<MacAddr> = Vec::with_capacity(macs.len());
-    for mac in macs {
-        if !out.contains(mac) {
-            out.push(*mac);
-        }
-    }
-    out
 }
 
 /// Refuses any MAC that already belongs to a host other than `host`.
@@ -361,14 +334,6 @@ async fn remove_host(
     Ok(())
 }
 
-/// An event about `host`, naming its first MAC and its address when it has them.
-fn host_event(kind: EventKind, host: &HostRecord, actor: &str) -> NewEvent {
-    let mut event = NewEvent::new(kind, actor).host(host.name.clone());
-    event.mac = host.macs.first().copied();
-    event.ip = host.ip;
-    event
-}
-
 #[async_trait]
 impl HostStore for SqliteStore {
     async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
@@ -453,27 +418,6 @@ impl HostStore for SqliteStore {
         tx.commit().await?;
         Ok(host)
     }
-}
-
-/// `{"from": .., "to": ..}` plus the caller's detail: an object's keys are merged in (the
-/// transition itself wins a clash), any other non-null value is kept under `"detail"`.
-fn state_change_detail(
-    from: HostState,
-    to: HostState,
-    extra: serde_json::Value,
-) -> serde_json::Value {
-    let mut out = match extra {
-        serde_json::Value::Object(map) => map,
-        serde_json::Value::Null => serde_json::Map::new(),
-        other => {
-            let mut map = serde_json::Map::new();
-            map.insert("detail".into(), other);
-            map
-        }
-    };
-    out.insert("from".into(), json!(from));
-    out.insert("to".into(), json!(to));
-    serde_json::Value::Object(out)
 }
 
 // ---- leases ------------------------------------------------------------------------------
