@@ -49,6 +49,10 @@ pub struct RelayAgent {
     pub remote_id: Option<Vec<u8>>,
     /// Sub-option 5 (RFC 3527): the subnet to allocate from, overriding giaddr.
     pub link_selection: Option<Ipv4Addr>,
+    /// The whole option as received, every sub-option (e.g. 151 VSS, 11 server-id
+    /// override, vendor sub-options) included: RFC 3046 §2.2 wants it echoed entire.
+    #[serde(skip)]
+    pub raw: Vec<u8>,
 }
 
 /// Where a datagram arrived: the interface (from IP_PKTINFO) and the local port.

@@ -6,9 +6,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use dhcproto::Encodable;
-use dhcproto::v4::relay::{RelayAgentInformation, RelayInfo};
 use dhcproto::v4::{
-    DhcpOption, EncodeError, Flags, HType, Message, MessageType, Opcode, OptionCode,
+    DhcpOption, EncodeError, Flags, HType, Message, MessageType, Opcode, OptionCode, UnknownOption,
 };
 
 use super::Request;
@@ -269,23 +268,16 @@ fn echo_client_options(m: &mut Message, req: &Request) {
     }
     // RFC 3046 §2.2: "DHCP servers claiming to support the Relay Agent Information option
     // SHALL echo the entire contents of the Relay Agent Information option in all
-    // replies." `Request` keeps sub-options 1, 2 and 5 (all a relay needs to forward the
-    // reply to the right port); others (e.g. 151 VSS, 11 server-id override) are not
-    // kept, so they are not echoed. dhcproto writes option 82 last, as RFC 3046 §2.1 wants.
-    if let Some(relay) = &req.relay {
-        let mut info = RelayAgentInformation::default();
-        if let Some(c) = &relay.circuit_id {
-            info.insert(RelayInfo::AgentCircuitId(c.clone()));
-        }
-        if let Some(r) = &relay.remote_id {
-            info.insert(RelayInfo::AgentRemoteId(r.clone()));
-        }
-        if let Some(l) = relay.link_selection {
-            info.insert(RelayInfo::LinkSelection(l));
-        }
-        if !info.is_empty() {
-            o.insert(DhcpOption::RelayAgentInformation(info));
-        }
+    // replies." So the bytes go back as received, sub-options we don't interpret (151 VSS,
+    // 11 server-id override, vendor ones) included. dhcproto writes option 82 last, as
+    // RFC 3046 §2.1 wants.
+    if let Some(relay) = &req.relay
+        && !relay.raw.is_empty()
+    {
+        o.insert(DhcpOption::Unknown(UnknownOption::new(
+            OptionCode::RelayAgentInformation,
+            relay.raw.clone(),
+        )));
     }
 }
 
@@ -365,7 +357,7 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, ReplyError> {
 mod tests {
     use std::net::SocketAddrV4;
 
-    use dhcproto::v4::relay::RelayCode;
+    use dhcproto::v4::relay::{RelayCode, RelayInfo};
     use dhcproto::{Decodable, Decoder};
 
     use super::*;
@@ -707,13 +699,23 @@ mod tests {
     }
 
     #[test]
-    fn rfc3046_2_2_option82_echoed() {
+    fn rfc3046_2_2_option82_echoed_entire() {
+        // Circuit-id, remote-id, a vendor-specific sub-option 9 and RFC 6607's VSS (151)
+        // in the relay's own order: every byte goes back, in that order.
+        let raw: Vec<u8> = [
+            &b"\x01\x0cEthernet1/12"[..],
+            b"\x09\x06\x00\x00\x0d\xe9\x01\x07",
+            b"\x02\x06\x00\x01\x02\x03\x04\x05",
+            b"\x97\x04\x01red",
+        ]
+        .concat();
         let mut r = req(ClientMessage::Discover);
         r.giaddr = Ipv4Addr::new(10, 1, 0, 1);
         r.relay = Some(RelayAgent {
             circuit_id: Some(b"Ethernet1/12".to_vec()),
             remote_id: Some(vec![0, 1, 2, 3, 4, 5]),
-            link_selection: Some(Ipv4Addr::new(10, 0, 0, 0)),
+            link_selection: None,
+            raw: raw.clone(),
         });
         for d in [offer(), ack(), nak()] {
             let bytes = encode(&build_plain(&r, &d)).unwrap();
@@ -727,22 +729,20 @@ mod tests {
                 info.get(RelayCode::AgentCircuitId),
                 Some(&RelayInfo::AgentCircuitId(b"Ethernet1/12".to_vec()))
             );
-            assert_eq!(
-                info.get(RelayCode::AgentRemoteId),
-                Some(&RelayInfo::AgentRemoteId(vec![0, 1, 2, 3, 4, 5]))
-            );
-            assert_eq!(
-                info.get(RelayCode::LinkSelection),
-                Some(&RelayInfo::LinkSelection(Ipv4Addr::new(10, 0, 0, 0)))
-            );
             // RFC 3046 §2.1: the relay agent option is the last one before End.
             let at = bytes.iter().rposition(|&b| b == 255).unwrap();
-            let sub =
-                b"\x01\x0cEthernet1/12\x02\x06\x00\x01\x02\x03\x04\x05\x05\x04\x0a\x00\x00\x00";
-            let start = at - sub.len() - 2;
-            assert_eq!(&bytes[start..start + 2], &[82, sub.len() as u8]);
-            assert_eq!(&bytes[start + 2..at], sub);
+            let start = at - raw.len() - 2;
+            assert_eq!(&bytes[start..start + 2], &[82, raw.len() as u8]);
+            assert_eq!(&bytes[start + 2..at], &raw[..]);
         }
+    }
+
+    #[test]
+    fn no_option82_without_a_relay_agent() {
+        let r = req(ClientMessage::Discover);
+        let bytes = encode(&build_plain(&r, &offer())).unwrap();
+        let m = Message::decode(&mut Decoder::new(&bytes)).unwrap();
+        assert!(opt(&m, OptionCode::RelayAgentInformation).is_none());
     }
 
     fn pxe_boot() -> BootInfo {

@@ -300,7 +300,10 @@ fn user_class_is_ipxe(v: &[u8]) -> bool {
 /// sub-option ends the walk; what was read before it is kept (the relay still vouches for
 /// it). The first instance of each sub-option wins.
 fn relay_agent(v: &[u8]) -> RelayAgent {
-    let mut agent = RelayAgent::default();
+    let mut agent = RelayAgent {
+        raw: v.to_vec(),
+        ..RelayAgent::default()
+    };
     let mut rest = v;
     while let Some((&code, tail)) = rest.split_first() {
         let Some((&len, tail)) = tail.split_first() else {
@@ -517,6 +520,7 @@ mod tests {
         info.insert(RelayInfo::AgentRemoteId(vec![0, 1, 2, 3, 4, 5]));
         info.insert(RelayInfo::LinkSelection(Ipv4Addr::new(10, 2, 0, 0)));
         info.insert(RelayInfo::SubscriberId(b"ignored".to_vec()));
+        let raw = info.to_vec().unwrap();
         m.opts_mut().insert(DhcpOption::RelayAgentInformation(info));
         let req = decode_msg(&m).unwrap();
         assert!(req.relayed());
@@ -527,6 +531,8 @@ mod tests {
                 circuit_id: Some(b"Ethernet1/12".to_vec()),
                 remote_id: Some(vec![0, 1, 2, 3, 4, 5]),
                 link_selection: Some(Ipv4Addr::new(10, 2, 0, 0)),
+                // Sub-option 6 (subscriber id) is not interpreted but kept for the echo.
+                raw,
             })
         );
     }
@@ -849,11 +855,13 @@ mod tests {
                 }
                 // An empty option 82 encodes to nothing at all.
                 if !info.is_empty() {
+                    let raw = info.to_vec().unwrap();
                     opts.insert(DhcpOption::RelayAgentInformation(info));
                     agent = Some(RelayAgent {
                         circuit_id: circuit.clone(),
                         remote_id: remote.clone(),
                         link_selection: link.map(Ipv4Addr::from),
+                        raw,
                     });
                 }
             }
