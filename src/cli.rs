@@ -560,6 +560,8 @@ struct Local {
     secrets: crate::secrets::Secrets,
     store: std::sync::Arc<dyn Store>,
     power: std::sync::Arc<dyn crate::bmc::PowerControl>,
+    /// `[bmc] concurrency`: the BMC layer never runs more calls than this at once.
+    bmc_concurrency: usize,
 }
 
 impl Local {
@@ -592,6 +594,7 @@ async fn local(cli: &Cli) -> anyhow::Result<Local> {
         secrets,
         store,
         power: std::sync::Arc::new(crate::bmc::Bmcs::new(config.bmc.clone())),
+        bmc_concurrency: config.bmc.concurrency,
     })
 }
 
@@ -603,6 +606,15 @@ async fn power(cli: &Cli, a: &PowerArgs) -> anyhow::Result<ExitCode> {
         role: a.role,
     };
     let hosts = crate::power::select(&l.inventory, &sel)?;
+    if a.concurrency > l.bmc_concurrency {
+        eprintln!(
+            "note: --concurrency {} is above `[bmc] concurrency = {}` in {}: at most {} BMC calls run at once",
+            a.concurrency,
+            l.bmc_concurrency,
+            cli.config.display(),
+            l.bmc_concurrency
+        );
+    }
     let bar = progress_bar(cli, hosts.len() as u64, &format!("power {}", a.action));
     let results = crate::power::run_many(
         &l.fleet(),

@@ -142,6 +142,21 @@ fn power_commands_drive_a_fleet_of_redfish_systems() {
 }
 
 #[test]
+fn a_concurrency_above_the_configured_bmc_bound_is_named_not_silently_capped() {
+    let site = Site::from_inventory("lab");
+    // Nothing listens there: the BMCs fail at once, the note is what matters.
+    bmc_site(&site, sushy::free_port(), "password");
+    let (code, json, err) = power(&site, &["status", "vm0", "--concurrency", "5000"]);
+    assert_eq!(code, Some(1), "{json} {err}");
+    assert!(
+        err.contains("--concurrency 5000 is above `[bmc] concurrency = 32`"),
+        "{err}"
+    );
+    let (_, _, err) = power(&site, &["status", "vm0", "--concurrency", "4"]);
+    assert!(!err.contains("note: --concurrency"), "{err}");
+}
+
+#[test]
 fn wrong_bmc_password_fails_each_host_clearly_and_never_prints_it() {
     let bmc = sushy::Sushy::start(&["vm0", "vm1", "vm2", "vm3"]);
     let site = Site::from_inventory("lab");
