@@ -189,7 +189,10 @@ fn rack_r3(site: &Site, port: u16, dead: u16) {
 fn scripted_node(site: &Site, port: u16) -> std::thread::JoinHandle<bool> {
     let db = site.state_dir().join("bootgate.db");
     std::thread::spawn(move || {
-        let url = format!("http://127.0.0.1:{port}/redfish/v1/Systems/vm7");
+        let url = format!(
+            "http://127.0.0.1:{port}/redfish/v1/Systems/{}",
+            sushy::uuid_of("vm7")
+        );
         let on = wait_for(Duration::from_secs(60), || {
             let out = Command::new("curl")
                 .args(["-s", "-m", "5", "-u", "admin:password", &url])

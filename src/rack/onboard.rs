@@ -531,6 +531,9 @@ impl HostCtx {
     }
 }
 
+/// How long past its deadline an attempt may hang in a BMC call before it is abandoned.
+const HUNG_GRACE: Duration = Duration::from_secs(60);
+
 /// One host, up to `attempts` times; always ends with its report.
 async fn run_host(ctx: HostCtx) -> HostReport {
     let t0 = Instant::now();
@@ -541,7 +544,7 @@ async fn run_host(ctx: HostCtx) -> HostReport {
         let result = tokio::select! {
             biased;
             _ = ctx.cancel.cancelled() => None,
-            r = tokio::time::timeout(ctx.opts.timeout, try_once(&ctx, &cur, attempt)) => Some(r),
+            r = tokio::time::timeout(ctx.opts.timeout + HUNG_GRACE, try_once(&ctx, &cur, attempt)) => Some(r),
         };
         let stage = *cur.lock().unwrap_or_else(|p| p.into_inner());
         let failure = match result {
