@@ -608,7 +608,11 @@ async fn wait_event(
     want: impl Fn(&crate::store::Event) -> bool,
 ) -> Option<(Timestamp, String)> {
     loop {
-        if let Some(e) = host_events(store, host, since).await.iter().find(|e| want(e)) {
+        if let Some(e) = host_events(store, host, since)
+            .await
+            .iter()
+            .find(|e| want(e))
+        {
             let ip = e.ip.map_or(String::new(), |ip| format!(" {ip}"));
             let mac = e.mac.map_or(String::new(), |m| format!(" from {m}"));
             return Some((e.time, format!("{}{ip}{mac}", e.kind)));

@@ -94,7 +94,11 @@ fn a_three_vm_rack_is_onboarded_interrupted_resumed_and_skipped() {
     std::thread::sleep(Duration::from_secs(3));
     sh(Command::new("kill").args(["-INT", &child.id().to_string()]));
     let out = child.wait_with_output().unwrap();
-    assert!(provisioning.is_some(), "vm4 never went provisioning: {}", stderr(&out));
+    assert!(
+        provisioning.is_some(),
+        "vm4 never went provisioning: {}",
+        stderr(&out)
+    );
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
     let report: Value = serde_json::from_str(&stdout(&out))
         .unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(&out), stderr(&out)));
@@ -176,7 +180,14 @@ fn rack_r3(site: &Site, port: u16, dead: u16) {
     let text = [
         "[[rack]]\nname = \"lab-r3\"\nlocation = \"fake BMCs only\"\n\n".to_string(),
         host("vm7", 1, "52:54:00:00:03:07", "10.250.0.30", "vm7", port),
-        host("vm8", 2, "52:54:00:00:03:08", "10.250.0.31", "no-such-system", port),
+        host(
+            "vm8",
+            2,
+            "52:54:00:00:03:08",
+            "10.250.0.31",
+            "no-such-system",
+            port,
+        ),
         host("vm9", 3, "52:54:00:00:03:09", "10.250.0.32", "vm9", dead),
         host("vm10", 4, "52:54:00:00:03:0a", "10.250.0.33", "vm10", port),
     ]
@@ -209,20 +220,32 @@ fn scripted_node(site: &Site, port: u16) -> std::thread::JoinHandle<bool> {
             .build()
             .unwrap();
         rt.block_on(async {
-            use bootgate::store::{EventKind, HostStore, NewEvent, sqlite::SqliteStore};
             use bootgate::store::EventLog;
+            use bootgate::store::{EventKind, HostStore, NewEvent, sqlite::SqliteStore};
             use bootgate::types::HostState;
             let store = SqliteStore::open(&db).await.unwrap();
             let mac = "52:54:00:00:03:07".parse().unwrap();
             let ev = |k| NewEvent::new(k, "test-node").mac(mac).host("vm7");
-            store.append(&ev(EventKind::LeaseCommitted).ip("10.250.0.30".parse().unwrap())).await.unwrap();
-            store.append(&ev(EventKind::BootScriptServed)).await.unwrap();
+            store
+                .append(&ev(EventKind::LeaseCommitted).ip("10.250.0.30".parse().unwrap()))
+                .await
+                .unwrap();
+            store
+                .append(&ev(EventKind::BootScriptServed))
+                .await
+                .unwrap();
             store
                 .append(&ev(EventKind::PhoneHome).detail(serde_json::json!({"event": "installed"})))
                 .await
                 .unwrap();
             store
-                .set_host_state("vm7", None, HostState::Provisioned, "phone-home", Value::Null)
+                .set_host_state(
+                    "vm7",
+                    None,
+                    HostState::Provisioned,
+                    "phone-home",
+                    Value::Null,
+                )
                 .await
                 .unwrap();
         });
@@ -241,7 +264,9 @@ fn seed_store(site: &Site) {
         .build()
         .unwrap()
         .block_on(async {
-            let store = bootgate::store::sqlite::SqliteStore::open(&db).await.unwrap();
+            let store = bootgate::store::sqlite::SqliteStore::open(&db)
+                .await
+                .unwrap();
             bootgate::inventory::sync::reconcile(&store, &inv, "test")
                 .await
                 .unwrap();
@@ -257,16 +282,25 @@ fn unreachable_bmcs_and_a_silent_host_are_reported_while_the_others_finish() {
     rack_r3(&site, bmc.port, dead);
     site.use_bmc_port(bmc.port, sushy::PASSWORD);
     // before the daemon (here: the test) has put the rack's hosts in the store
-    let out = onboard_cmd(&site, &["lab-r3", "--no-handoff"]).output().unwrap();
+    let out = onboard_cmd(&site, &["lab-r3", "--no-handoff"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("not in the store"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not in the store"),
+        "{}",
+        stderr(&out)
+    );
     seed_store(&site);
     let node = scripted_node(&site, bmc.port);
     let (code, report, err) = onboard(
         &site,
         &["lab-r3", "--wave", "4", "--no-handoff", "--timeout", "6s"],
     );
-    assert!(node.join().unwrap(), "vm7's BMC never reported power on:\n{err}");
+    assert!(
+        node.join().unwrap(),
+        "vm7's BMC never reported power on:\n{err}"
+    );
     assert_eq!(code, Some(1), "{report:#}\n{err}");
     assert_eq!(report["ok"], false);
     let r = by_host(&report);
@@ -289,7 +323,10 @@ fn unreachable_bmcs_and_a_silent_host_are_reported_while_the_others_finish() {
         );
     }
     assert!(
-        r["vm9"]["reason"].as_str().unwrap().contains(&dead.to_string()),
+        r["vm9"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&dead.to_string()),
         "{report:#}"
     );
     // vm10 powers on but never asks for an address: failed at dhcp after one retry
@@ -311,7 +348,14 @@ fn unreachable_bmcs_and_a_silent_host_are_reported_while_the_others_finish() {
     // table output names each outcome
     let out = Command::new(bootgate_bin())
         .args(["--config", path_str(&site.config())])
-        .args(["rack", "onboard", "lab-r3", "--no-handoff", "--timeout", "3s"])
+        .args([
+            "rack",
+            "onboard",
+            "lab-r3",
+            "--no-handoff",
+            "--timeout",
+            "3s",
+        ])
         .output()
         .unwrap();
     let table = stdout(&out);

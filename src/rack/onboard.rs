@@ -24,7 +24,9 @@ use crate::types::{HostState, text_enum};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OnboardError {
-    #[error("no inventory host has rack = {0:?} (a rack's hosts are inventory hosts with `rack` and `position`)")]
+    #[error(
+        "no inventory host has rack = {0:?} (a rack's hosts are inventory hosts with `rack` and `position`)"
+    )]
     EmptyRack(String),
     #[error(
         "rack {rack}: {} not in the store yet: is the daemon running with this inventory? (`bootgate reload`)",
@@ -700,7 +702,10 @@ pub struct Lines;
 impl Progress for Lines {
     fn stage(&self, host: &str, stage: Stage, note: &str) {
         let sep = if note.is_empty() { "" } else { ": " };
-        eprintln!("{} {host}: {stage}{sep}{note}", Timestamp::now().strftime("%H:%M:%S"));
+        eprintln!(
+            "{} {host}: {stage}{sep}{note}",
+            Timestamp::now().strftime("%H:%M:%S")
+        );
     }
     fn finished(&self, r: &HostReport) {
         eprintln!(
@@ -726,8 +731,9 @@ impl Bars {
     /// One line per host, in the order given.
     pub fn new(hosts: &[String]) -> Bars {
         let multi = indicatif::MultiProgress::new();
-        let style = indicatif::ProgressStyle::with_template("{spinner} {prefix:<12} {elapsed:>4} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+        let style =
+            indicatif::ProgressStyle::with_template("{spinner} {prefix:<12} {elapsed:>4} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
         let bars = hosts
             .iter()
             .map(|h| {
@@ -834,18 +840,58 @@ mod tests {
         let table: &[(Stage, Seen, bool, Next)] = &[
             (S::Dhcp, Seen::Dhcp, false, Next::Go(S::BootScript)),
             (S::Dhcp, Seen::BootScript, false, Next::Go(S::PhoneHome)),
-            (S::BootScript, Seen::BootScript, false, Next::Go(S::PhoneHome)),
+            (
+                S::BootScript,
+                Seen::BootScript,
+                false,
+                Next::Go(S::PhoneHome),
+            ),
             (S::PhoneHome, ph("booted"), false, Next::Go(S::PhoneHome)),
-            (S::PhoneHome, ph("installed"), false, Next::Done(Outcome::Provisioned)),
+            (
+                S::PhoneHome,
+                ph("installed"),
+                false,
+                Next::Done(Outcome::Provisioned),
+            ),
             (S::PhoneHome, ph("installed"), true, Next::Go(S::Handoff)),
-            (S::PhoneHome, Seen::State(HostState::Provisioned), false, Next::Done(Outcome::Provisioned)),
-            (S::PhoneHome, Seen::State(HostState::Configuring), true, Next::Go(S::Handoff)),
-            (S::Handoff, Seen::State(HostState::Ready), true, Next::Done(Outcome::Ready)),
+            (
+                S::PhoneHome,
+                Seen::State(HostState::Provisioned),
+                false,
+                Next::Done(Outcome::Provisioned),
+            ),
+            (
+                S::PhoneHome,
+                Seen::State(HostState::Configuring),
+                true,
+                Next::Go(S::Handoff),
+            ),
+            (
+                S::Handoff,
+                Seen::State(HostState::Ready),
+                true,
+                Next::Done(Outcome::Ready),
+            ),
             // a fast daemon: ready before we saw provisioned
-            (S::BootScript, Seen::State(HostState::Ready), true, Next::Done(Outcome::Ready)),
+            (
+                S::BootScript,
+                Seen::State(HostState::Ready),
+                true,
+                Next::Done(Outcome::Ready),
+            ),
             // nothing new
-            (S::Dhcp, Seen::State(HostState::Provisioning), false, Next::Stay),
-            (S::Handoff, Seen::State(HostState::Configuring), true, Next::Stay),
+            (
+                S::Dhcp,
+                Seen::State(HostState::Provisioning),
+                false,
+                Next::Stay,
+            ),
+            (
+                S::Handoff,
+                Seen::State(HostState::Configuring),
+                true,
+                Next::Stay,
+            ),
             (S::PhoneHome, Seen::Dhcp, false, Next::Stay),
         ];
         for (stage, seen, handoff, want) in table {
@@ -868,7 +914,11 @@ mod tests {
             Next::Fail("timeout waiting for the phone-home".into())
         );
         assert_eq!(
-            step(Stage::Handoff, &Seen::HandoffFailed("ssh: no route".into()), true),
+            step(
+                Stage::Handoff,
+                &Seen::HandoffFailed("ssh: no route".into()),
+                true
+            ),
             Next::Fail("hand-off failed: ssh: no route".into())
         );
         assert!(matches!(

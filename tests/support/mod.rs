@@ -562,8 +562,7 @@ impl Site {
             let p = entry.unwrap().path();
             let text = std::fs::read_to_string(&p).unwrap();
             if text.contains("port = 8000") {
-                std::fs::write(&p, text.replace("port = 8000", &format!("port = {port}")))
-                    .unwrap();
+                std::fs::write(&p, text.replace("port = 8000", &format!("port = {port}"))).unwrap();
             }
         }
         let secrets = self.dir.path().join("secrets.toml");
