@@ -686,10 +686,7 @@ async fn try_once(ctx: &HostCtx, cur: &Mutex<Stage>, attempt: u32) -> Result<Out
                     }
                 }
                 Next::Fail(reason) => return Err(fail(stage, reason)),
-                Next::Done(o) => {
-                    ctx.at(cur, Stage::Done, o.as_str());
-                    return Ok(o);
-                }
+                Next::Done(o) => return Ok(o),
             }
         }
         tokio::time::sleep(ctx.opts.poll).await;
