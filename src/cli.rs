@@ -90,6 +90,12 @@ pub enum Command {
     /// Reset a hung node and wait for proof it came back (DHCP, then phone-home or SSH);
     /// exit 0 only if it did. Escalates GracefulRestart → ForceRestart → ForceOff+On.
     Reset(ResetArgs),
+    /// Racks: `onboard` powers a rack's hosts on in waves with PXE-once and follows each
+    /// to provisioned / ready, with a rack report (exit 0 only if every host got there).
+    Rack {
+        #[command(subcommand)]
+        command: RackCommand,
+    },
     /// Ansible inventory for the hand-off playbooks.
     Playbook {
         #[command(subcommand)]
@@ -145,6 +151,29 @@ pub struct ResetArgs {
         default_value = "GracefulRestart,ForceRestart,ForceOff+On"
     )]
     pub escalation: Vec<crate::power::Step>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RackCommand {
+    /// Power on the rack's inventory hosts (`rack = "RACK"`) in position order, in waves,
+    /// with PXE-once; follow each through DHCP, boot script, phone-home and hand-off; retry a
+    /// failed host once. Ctrl-C stops and records where each host stood; run it again to
+    /// resume (hosts already at their target are skipped).
+    Onboard(OnboardArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct OnboardArgs {
+    pub rack: String,
+    /// Hosts powered on together.
+    #[arg(long, default_value_t = 4)]
+    pub wave: usize,
+    /// One attempt of one host, from the BMC check to its target state.
+    #[arg(long, default_value = "20m", value_parser = crate::types::parse_duration)]
+    pub timeout: std::time::Duration,
+    /// Stop at `provisioned` (no Ansible hand-off).
+    #[arg(long)]
+    pub no_handoff: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -281,6 +310,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Token { command } => token(&cli, command),
             Command::Power(args) => power(&cli, args).await,
             Command::Reset(args) => reset(&cli, args).await,
+            Command::Rack {
+                command: RackCommand::Onboard(args),
+            } => rack_onboard(&cli, args).await,
         }
     })
 }
@@ -691,6 +723,61 @@ async fn reset(cli: &Cli, a: &ResetArgs) -> anyhow::Result<ExitCode> {
     print(cli.output, &report, || views::reset_table(&report));
     Ok(if report.came_back {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn rack_onboard(cli: &Cli, a: &OnboardArgs) -> anyhow::Result<ExitCode> {
+    use crate::rack::onboard::{self, Handoff};
+    use std::io::IsTerminal;
+    let config = load_config(&cli.config)?;
+    let l = local(cli).await?;
+    let handoff = if a.no_handoff {
+        Handoff::Skip("--no-handoff".into())
+    } else if !config.handoff.enabled {
+        Handoff::Skip("[handoff] is not enabled in the config".into())
+    } else {
+        Handoff::Follow
+    };
+    let opts = onboard::Options {
+        wave: a.wave,
+        timeout: a.timeout,
+        handoff,
+        ..Default::default()
+    };
+    let progress: std::sync::Arc<dyn onboard::Progress> =
+        if cli.output == Output::Table && std::io::stderr().is_terminal() {
+            let mut hosts: Vec<&crate::inventory::Host> = l
+                .inventory
+                .hosts
+                .iter()
+                .filter(|h| h.rack.as_deref() == Some(a.rack.as_str()))
+                .collect();
+            hosts.sort_by_key(|h| (h.position.unwrap_or(u32::MAX), h.name.clone()));
+            let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+            std::sync::Arc::new(onboard::Bars::new(&names))
+        } else {
+            std::sync::Arc::new(onboard::Lines)
+        };
+    // Ctrl-C / SIGTERM: every host stops where it is; the partial report is still printed.
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let on_signal = cancel.clone();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("interrupted: stopping every host where it is");
+        on_signal.cancel();
+    });
+    let report = onboard::onboard(&l.fleet(), &a.rack, &opts, cancel, progress).await?;
+    print(cli.output, &report, || onboard::render_table(&report));
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else if report.interrupted {
+        ExitCode::from(130)
     } else {
         ExitCode::from(1)
     })

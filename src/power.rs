@@ -129,7 +129,8 @@ pub struct ActionResult {
 const SETTLE: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(500);
 
-async fn apply(
+/// Does `action` to one host's BMC; the power state after it, and what was sent.
+pub(crate) async fn apply(
     pc: &dyn PowerControl,
     t: &BmcTarget,
     action: PowerAction,
@@ -350,7 +351,7 @@ impl Timeline {
 }
 
 /// What proves a step worked: the host asked for an address, or fetched its boot script.
-fn dhcp_proof(kind: EventKind) -> bool {
+pub(crate) fn dhcp_proof(kind: EventKind) -> bool {
     matches!(
         kind,
         EventKind::LeaseOffered | EventKind::LeaseCommitted | EventKind::BootScriptServed
@@ -607,39 +608,50 @@ async fn wait_event(
     want: impl Fn(&crate::store::Event) -> bool,
 ) -> Option<(Timestamp, String)> {
     loop {
-        let mut found = None;
-        // By MAC (DHCP events may lack the host name) and by host (phone-home).
-        let mut queries = vec![EventQuery {
-            host: Some(host.name.clone()),
-            since: Some(since),
-            ..Default::default()
-        }];
-        queries.extend(host.macs.iter().map(|m: &MacAddr| EventQuery {
-            mac: Some(*m),
-            since: Some(since),
-            ..Default::default()
-        }));
-        for q in &queries {
-            match store.query(q).await {
-                Ok(events) => {
-                    if let Some(e) = events.iter().find(|e| want(e)) {
-                        let ip = e.ip.map_or(String::new(), |ip| format!(" {ip}"));
-                        let mac = e.mac.map_or(String::new(), |m| format!(" from {m}"));
-                        found = Some((e.time, format!("{}{ip}{mac}", e.kind)));
-                        break;
-                    }
-                }
-                Err(err) => tracing::warn!(error = %err, "reading events for proof"),
-            }
-        }
-        if found.is_some() {
-            return found;
+        if let Some(e) = host_events(store, host, since)
+            .await
+            .iter()
+            .find(|e| want(e))
+        {
+            let ip = e.ip.map_or(String::new(), |ip| format!(" {ip}"));
+            let mac = e.mac.map_or(String::new(), |m| format!(" from {m}"));
+            return Some((e.time, format!("{}{ip}{mac}", e.kind)));
         }
         if tokio::time::Instant::now() >= until {
             return None;
         }
         tokio::time::sleep(poll).await;
     }
+}
+
+/// The host's events since `since`, in append order: by host name (phone-home, state
+/// changes) and by each of its MACs (DHCP events may lack the host name), without
+/// duplicates. A store error is logged and reads as "nothing yet" (the caller polls again).
+pub(crate) async fn host_events(
+    store: &dyn Store,
+    host: &Host,
+    since: Timestamp,
+) -> Vec<crate::store::Event> {
+    let mut queries = vec![EventQuery {
+        host: Some(host.name.clone()),
+        since: Some(since),
+        ..Default::default()
+    }];
+    queries.extend(host.macs.iter().map(|m: &MacAddr| EventQuery {
+        mac: Some(*m),
+        since: Some(since),
+        ..Default::default()
+    }));
+    let mut all: Vec<crate::store::Event> = Vec::new();
+    for q in &queries {
+        match store.query(q).await {
+            Ok(events) => all.extend(events),
+            Err(err) => tracing::warn!(host = %host.name, error = %err, "reading events"),
+        }
+    }
+    all.sort_by_key(|e| e.id);
+    all.dedup_by_key(|e| e.id);
+    all
 }
 
 /// The first line an SSH server sends (`SSH-2.0-…`), if port 22 answers within 2 s.

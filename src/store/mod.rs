@@ -254,6 +254,13 @@ text_enum!(
         HandoffSucceeded => "handoff-succeeded",
         /// A hand-off run failed, timed out or was refused (detail: task, reason, log).
         HandoffFailed => "handoff-failed",
+        /// `bootgate rack onboard` began (detail: rack, hosts, wave size, hand-off).
+        OnboardStarted => "onboard-started",
+        /// One host of an onboarding moved on: retried, finished, or stood here when the
+        /// run was interrupted (detail: step, outcome, reason, attempt).
+        OnboardHost => "onboard-host",
+        /// The end of a `bootgate rack onboard` run (detail: the whole report as JSON).
+        RackReport => "rack-report",
         DaemonStarted => "daemon-started",
         DaemonStopped => "daemon-stopped",
     }

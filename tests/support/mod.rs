@@ -545,3 +545,52 @@ impl Site {
             .unwrap_or_else(|e| panic!("bootgate {args:?}: not JSON ({e}): {}", stdout(&out)))
     }
 }
+
+impl Site {
+    /// Copies `file` (e.g. a fixture rack file) into the scratch inventory, keeping its name.
+    pub fn add_inventory_file(&self, file: &Path) -> PathBuf {
+        let to = self.inventory_file(path_str(Path::new(file.file_name().expect("a file"))));
+        std::fs::copy(file, &to).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        to
+    }
+
+    /// Points every lab BMC of the scratch inventory (`port = 8000` in any of its files) at
+    /// `port`, and installs a private secrets file with the `lab` login.
+    pub fn use_bmc_port(&self, port: u16, password: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        for entry in std::fs::read_dir(self.dir.path().join("inventory")).unwrap() {
+            let p = entry.unwrap().path();
+            let text = std::fs::read_to_string(&p).unwrap();
+            if text.contains("port = 8000") {
+                std::fs::write(&p, text.replace("port = 8000", &format!("port = {port}"))).unwrap();
+            }
+        }
+        let secrets = self.dir.path().join("secrets.toml");
+        std::fs::write(
+            &secrets,
+            format!("[bmc.lab]\nusername = \"admin\"\npassword = \"{password}\"\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let cfg = std::fs::read_to_string(self.config()).unwrap();
+        if !cfg.contains("secrets = ") {
+            std::fs::write(
+                self.config(),
+                format!("secrets = \"{}\"\n{cfg}", secrets.display()),
+            )
+            .unwrap();
+        }
+    }
+
+    /// Puts the test boot image (kernel, phone-home initrd, iPXE binaries) where this site's
+    /// `lab-debian` profile and firmware stage expect them.
+    pub fn install_test_image(&self, image: &qemu::TestImage) {
+        let images = self.boot_images();
+        std::fs::create_dir_all(images.join("test")).unwrap();
+        std::fs::copy(&image.vmlinuz, images.join("test/vmlinuz")).unwrap();
+        std::fs::copy(&image.initrd, images.join("test/initrd.gz")).unwrap();
+        for f in [&image.undionly, &image.ipxe_efi, &image.snponly] {
+            std::fs::copy(f, images.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+}

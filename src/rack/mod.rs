@@ -1,0 +1,3 @@
+//! Racks: onboarding a rack's hosts.
+
+pub mod onboard;
