@@ -290,7 +290,9 @@ impl Shared {
             "TFTP transfer starts"
         );
         let (blksize, windowsize) = (neg.blksize, neg.windowsize);
+        let gso = super::session::enable_gso(&sock, blksize);
         let transfer = Transfer {
+            gso: std::sync::atomic::AtomicBool::new(gso),
             sock,
             source,
             rto: Rto::new(
