@@ -88,9 +88,6 @@ pub struct App {
     pub started_at: Timestamp,
     /// Address book + lease commits, shared by DHCP and admin commands.
     pub ipam: Arc<crate::ipam::Ipam>,
-    /// The per-boot token each installing host must present when it phones home. Kept in
-    /// memory: a daemon restart mid-install refuses the phone-home (the host is re-run).
-    pub boot_tokens: std::sync::Mutex<std::collections::HashMap<crate::types::MacAddr, String>>,
     /// Group-written events for the busy HTTP/TFTP boot paths.
     pub events: crate::events::EventSink,
     /// The Ansible hand-off runner when `[handoff] enabled` (shared: its semaphore bounds
@@ -221,7 +218,6 @@ impl App {
             handoff,
             events: crate::events::EventSink::spawn_with(store.clone(), health),
             ipam,
-            boot_tokens: Default::default(),
             config,
             store,
             inventory: ArcSwap::from_pointee(Loaded::new(inventory, boot, 1)),
@@ -472,6 +468,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     {
         tracing::warn!("listeners did not stop within {SHUTDOWN_GRACE:?}; exiting anyway");
     }
+    // Events of requests that finished during the grace period.
+    app.events.flush().await;
     let _ = app
         .store
         .append(&NewEvent::new(EventKind::DaemonStopped, "daemon"))
@@ -508,7 +506,7 @@ fn start_tftp(
             iface.address.addr(),
             crate::tftp::TFTP_PORT,
             cfg,
-            None,
+            Some(Arc::new(crate::boot::serve::TftpScripts::new(app))),
         )
         .with_context(|| format!("starting TFTP on {}", iface.name))?;
         tracker.spawn(server.run(cancel.clone()));

@@ -1,6 +1,8 @@
 //! The HTTP boot side against a running daemon in a namespace, with curl as the client:
 //! per-host iPXE scripts by host state, images with HEAD/Range/ETag, and the phone-home
-//! endpoint with its per-boot token (refusals recorded).
+//! endpoint with its per-boot token (refusals recorded; the token lives in the store, so a
+//! restart between script and phone-home is harmless). Also the same scripts as generated
+//! TFTP files, fetched with tftp-hpa's `tftp` and `atftp`.
 
 mod support;
 
@@ -183,4 +185,209 @@ fn install_script_token_and_phone_home_drive_the_host_state() {
         "ssh-ed25519 AAAAC3Nza test"
     );
     assert_eq!(booted["ip"], "10.250.0.10");
+}
+
+/// A test lab whose kernel and initrd exist (the install plan needs the image files).
+fn site_with_image() -> Site {
+    let site = Site::from_inventory("lab");
+    let test_dir = site.boot_images().join("test");
+    std::fs::create_dir_all(&test_dir).unwrap();
+    std::fs::write(test_dir.join("vmlinuz"), b"kernel").unwrap();
+    std::fs::write(test_dir.join("initrd.gz"), b"initrd").unwrap();
+    site
+}
+
+fn token_of(script: &str) -> String {
+    script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("bootgate.token="))
+        .unwrap_or_else(|| panic!("no token in {script}"))
+        .to_string()
+}
+
+fn event_kinds(lab: &Lab, host: &str) -> Vec<(String, String)> {
+    let (_, body) = curl_args(lab, &[&format!("{}/api/v1/events?host={host}", base())]);
+    serde_json::from_str::<Value>(&body)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_string(),
+                e["actor"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn phone_home_token_survives_a_daemon_restart() {
+    let lab = Lab::new();
+    let site = site_with_image();
+    let mut daemon = Daemon::start(&lab, &site);
+    let (code, script) = curl_args(&lab, &[&format!("{}/ipxe/mac/{VM0_MAC}", base())]);
+    assert_eq!(code, 200, "{script}");
+    let token = token_of(&script);
+    assert_eq!(host(&lab, "vm0")["state"], "provisioning");
+    assert!(daemon.stop().success());
+    drop(daemon);
+
+    // A new process: the token it knows is the one in the store.
+    let _daemon = Daemon::start(&lab, &site);
+    let (code, body) = phone_home(
+        &lab,
+        VM0_MAC,
+        r#"{"event":"booted","token":"00000000000000000000000000000000"}"#,
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("wrong token"), "{body}");
+    let (code, body) = phone_home(
+        &lab,
+        VM0_MAC,
+        &format!(r#"{{"event":"booted","token":"{token}"}}"#),
+    );
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = phone_home(
+        &lab,
+        VM0_MAC,
+        &format!(r#"{{"event":"installed","token":"{token}"}}"#),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(host(&lab, "vm0")["state"], "provisioned");
+    // Used up by `installed`.
+    let (code, body) = phone_home(
+        &lab,
+        VM0_MAC,
+        &format!(r#"{{"event":"installed","token":"{token}"}}"#),
+    );
+    assert_eq!(code, 403, "{body}");
+    let kinds: Vec<String> = event_kinds(&lab, "vm0").into_iter().map(|k| k.0).collect();
+    let tail = &kinds[kinds.len() - 5..];
+    assert_eq!(
+        tail,
+        [
+            "phone-home-refused",
+            "phone-home",
+            "phone-home",
+            "host-state-changed",
+            "phone-home-refused"
+        ],
+        "{kinds:?}"
+    );
+}
+
+/// Fetches `remote` from the daemon's TFTP server with `client` ("tftp" = tftp-hpa, or
+/// "atftp") from the rack namespace; returns the file's text.
+fn tftp_get(lab: &Lab, client: &str, remote: &str, dir: &std::path::Path) -> Option<String> {
+    let local = dir.join(format!("{client}.out"));
+    let _ = std::fs::remove_file(&local);
+    let out = match client {
+        "tftp" => lab
+            .rack
+            .cmd("timeout")
+            .args(["10", "tftp", "-m", "binary", GW_IP, "-c", "get", remote])
+            .arg(&local)
+            .output()
+            .unwrap(),
+        _ => lab
+            .rack
+            .cmd("timeout")
+            .args([
+                "10",
+                "atftp",
+                "--option",
+                "blksize 1468",
+                "-g",
+                "-r",
+                remote,
+                "-l",
+            ])
+            .arg(&local)
+            .arg(GW_IP)
+            .output()
+            .unwrap(),
+    };
+    if !out.status.success() {
+        eprintln!("{client} get {remote}: {}", stderr(&out));
+    }
+    std::fs::read_to_string(&local)
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+#[test]
+fn tftp_serves_the_same_scripts_and_rescue_boots_carry_a_token() {
+    let lab = Lab::new();
+    lab.rack
+        .ip(&["addr", "add", "10.250.0.50/24", "dev", "eth0"]);
+    let site = site_with_image();
+    let dir = tempfile::tempdir().unwrap();
+
+    // vm0 in maintenance (as an operator would leave it), before the daemon starts.
+    {
+        let mut daemon = Daemon::start(&lab, &site);
+        assert!(daemon.stop().success());
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store =
+            bootgate::store::sqlite::SqliteStore::open(&site.state_dir().join("bootgate.db"))
+                .await
+                .unwrap();
+        use bootgate::store::HostStore;
+        store
+            .set_host_state(
+                "vm0",
+                None,
+                bootgate::types::HostState::Maintenance,
+                "test",
+                serde_json::Value::Null,
+            )
+            .await
+            .unwrap();
+        store.close().await;
+    });
+    let _daemon = Daemon::start(&lab, &site);
+
+    // tftp-hpa: the rescue script, with a token, exactly what HTTP would render. (Dashes:
+    // tftp-hpa reads `name:file` as host and file.)
+    let script = tftp_get(
+        &lab,
+        "tftp",
+        &format!("hosts/{}.ipxe", VM0_MAC.replace(':', "-")),
+        dir.path(),
+    )
+    .expect("tftp-hpa fetched the generated script");
+    assert!(script.starts_with("#!ipxe"), "{script}");
+    assert!(script.contains("rescue bootgate.url="), "{script}");
+    let token = token_of(&script);
+    assert_eq!(token.len(), 32);
+    // The rescue boot phones home with it; the host stays in maintenance.
+    let (code, body) = phone_home(
+        &lab,
+        VM0_MAC,
+        &format!(r#"{{"event":"booted","token":"{token}"}}"#),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(host(&lab, "vm0")["state"], "maintenance");
+    let (code, _) = phone_home(&lab, VM0_MAC, r#"{"event":"booted","token":"nope"}"#);
+    assert_eq!(code, 403);
+
+    // atftp, with the MAC as iPXE's ${mac} spells it: an unknown machine gets discovery.
+    let script = tftp_get(&lab, "atftp", "hosts/02:00:00:00:00:99.ipxe", dir.path())
+        .expect("atftp fetched the generated script");
+    assert!(
+        script.contains("unknown machine 02:00:00:00:00:99"),
+        "{script}"
+    );
+    // Names that are not a host script still come from the directory (here: absent).
+    assert!(tftp_get(&lab, "tftp", "hosts/not-a-mac.ipxe", dir.path()).is_none());
+
+    let evs = event_kinds(&lab, "vm0");
+    assert!(
+        evs.contains(&("boot-script-served".into(), "tftp".into())),
+        "{evs:?}"
+    );
+    assert!(evs.iter().any(|e| e.0 == "phone-home-refused"), "{evs:?}");
 }

@@ -1038,8 +1038,9 @@ fn over_max_sessions_is_server_busy() {
 /// Per-client files, as the daemon will make them.
 struct PerHost;
 
+#[async_trait::async_trait]
 impl Generated for PerHost {
-    fn get(&self, path: &str, client: SocketAddrV4) -> Option<Vec<u8>> {
+    async fn get(&self, path: &str, client: SocketAddrV4) -> Option<Vec<u8>> {
         match path {
             p if p == format!("hosts/{}.ipxe", client.ip()) => {
                 Some(format!("#!ipxe\necho hello {}\n", client.ip()).into_bytes())

@@ -8,6 +8,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub mod serve;
+
 use crate::inventory::{Host, Inventory, Problem, Profile};
 use crate::types::{HostState, MacAddr};
 
@@ -33,6 +35,23 @@ pub struct BootAssets {
     /// Not fatal, but worth a look (`check-config` prints them): e.g. an image file that is
     /// not built yet. Hosts that need it get a script that says so.
     pub warnings: Vec<String>,
+    /// The templates compiled once at load: parsing a template per request cost more than
+    /// rendering it (bench/http.sh, script path).
+    compiled: std::sync::Arc<minijinja::Environment<'static>>,
+}
+
+/// The environment every script renders in: strict about undefined variables (a typo in a
+/// template is an error, not an empty kernel argument) and keeping the final newline.
+fn environment() -> minijinja::Environment<'static> {
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
+        .keep_trailing_newline(true)
+        .build()
+    {
+        env.set_syntax(syntax);
+    }
+    env
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,12 +131,13 @@ pub fn load(dir: &Path) -> Result<BootAssets, Vec<Problem>> {
         },
     }
     let tdir = dir.join("ipxe");
+    let mut compiled = environment();
     for name in TEMPLATES {
         let path = tdir.join(format!("{name}.ipxe"));
         match std::fs::read_to_string(&path) {
             Ok(src) => {
                 // Compile now so a template error is a load error, not a boot failure.
-                if let Err(e) = minijinja::Environment::new().template_from_str(&src) {
+                if let Err(e) = compiled.add_template_owned(name.to_string(), src.clone()) {
                     problems.push(Problem {
                         file: path.clone(),
                         entry: format!("template {name}"),
@@ -135,6 +155,7 @@ pub fn load(dir: &Path) -> Result<BootAssets, Vec<Problem>> {
             }),
         }
     }
+    assets.compiled = std::sync::Arc::new(compiled);
     if problems.is_empty() {
         Ok(assets)
     } else {
@@ -316,20 +337,13 @@ pub fn render(
             _ => None,
         },
     };
-    let mut env = minijinja::Environment::new();
-    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-    if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
-        .keep_trailing_newline(true)
-        .build()
-    {
-        env.set_syntax(syntax);
+    match assets.compiled.get_template(plan.template()) {
+        Ok(t) => t.render(minijinja::value::Serde(&ctx)),
+        Err(e) if e.kind() == minijinja::ErrorKind::TemplateNotFound => {
+            Ok("#!ipxe\necho bootgate: template missing\nexit\n".to_string())
+        }
+        Err(e) => Err(e),
     }
-    let src = assets
-        .templates
-        .get(plan.template())
-        .map(String::as_str)
-        .unwrap_or("#!ipxe\necho bootgate: template missing\nexit\n");
-    env.render_str(src, minijinja::value::Serde(&ctx))
 }
 
 #[cfg(test)]
@@ -425,7 +439,7 @@ mod golden {
                 "rescue",
                 Plan::Rescue { image: Some(image) },
                 Some(host),
-                None,
+                Some("fedcba9876543210fedcba9876543210"),
             ),
             (
                 "rescue-without-image",

@@ -15,16 +15,18 @@ use serde::{Deserialize, Serialize};
 
 use super::ApiError;
 use crate::app::App;
-use crate::boot::{self, Plan};
-use crate::store::{EventKind, NewEvent, StoreError};
+use crate::boot;
+use crate::store::{BootPurpose, EventKind, NewEvent, TokenCheck, TokenUse};
 use crate::types::{HostState, MacAddr};
 
 pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
-    // 256 KiB reads: fewer syscalls and wakeups per image than the 64 KiB default (the
-    // HTTP bench measured 0.49× → 0.73× nginx on a 256 MiB image).
+    // 1 MiB reads: each chunk is one trip through tokio's blocking pool, so fewer, larger
+    // reads cut the per-GB CPU (64 KiB default → 256 KiB took a 256 MiB image from 0.49× to
+    // 0.73× nginx; see docs/boot-perf.md for 1 MiB). At most one chunk per response is in
+    // memory.
     let images = tower_http::services::ServeDir::new(&app.config.boot_images_dir)
         .append_index_html_on_directories(false)
-        .with_buf_chunk_size(256 * 1024);
+        .with_buf_chunk_size(1024 * 1024);
     Router::new()
         .route("/ipxe/mac/{mac}", get(script_by_mac))
         .route("/ipxe/uuid/{uuid}", get(script_by_uuid))
@@ -143,76 +145,13 @@ fn swap_uuid(u: &str) -> Option<String> {
     ))
 }
 
-/// Chooses, renders and records the script for `mac`; an install moves the host to
-/// `provisioning` and mints the per-boot token its phone-home must carry.
+/// The script for `mac` (see [`boot::serve::serve_script`]), as an HTTP response.
 async fn serve_script(app: &App, mac: MacAddr) -> Result<Response, ApiError> {
-    let loaded = app.inventory();
-    let inv = &loaded.inventory;
-    let host = inv.host_by_boot_mac(&loaded.macs, mac);
-    let record = app.store.host_by_mac(mac).await?;
-    let state = record.as_ref().map_or(HostState::Unknown, |r| r.state);
-    let profile = host.and_then(|h| inv.profile(h));
-    let plan = boot::plan(state, profile, &loaded.boot);
-    let token = match (&plan, host) {
-        (Plan::Install { .. }, Some(h)) => {
-            let token = new_token();
-            app.boot_tokens
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(mac, token.clone());
-            if state != HostState::Provisioning {
-                match app
-                    .store
-                    .set_host_state(
-                        &h.name,
-                        Some(state),
-                        HostState::Provisioning,
-                        "http",
-                        serde_json::json!({"reason": "install script served"}),
-                    )
-                    .await
-                {
-                    Ok(_) | Err(StoreError::StateMismatch { .. }) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Some(token)
-        }
-        _ => None,
-    };
-    let text = boot::render(
-        &loaded.boot,
-        &plan,
-        &app.config.boot.http_base,
-        mac,
-        host,
-        inv,
-        token.as_deref(),
-    )
-    .map_err(|e| ApiError::Internal(format!("rendering the {} script: {e}", plan.template())))?;
-    let mut ev = NewEvent::new(EventKind::BootScriptServed, "http")
-        .mac(mac)
-        .detail(serde_json::json!({
-            "template": plan.template(),
-            "state": state,
-            "reason": match &plan { Plan::Broken { reason } => Some(reason.clone()), _ => None },
-        }));
-    if let Some(h) = host {
-        ev = ev.host(h.name.clone());
+    match boot::serve::serve_script(app, mac, boot::serve::Via::Http).await {
+        Ok(served) => Ok(script(served.text)),
+        Err(boot::serve::ServeError::Store(e)) => Err(e.into()),
+        Err(e) => Err(ApiError::Internal(e.to_string())),
     }
-    app.events.record(ev).await;
-    metrics::counter!("bootgate_ipxe_scripts_total", "template" => plan.template()).increment(1);
-    Ok(script(text))
-}
-
-fn new_token() -> String {
-    let mut b = [0u8; 16];
-    // The OS RNG only fails on broken systems; a zero token would then still be unique per
-    // boot only by luck, so refuse to hand one out (every phone-home will be refused).
-    if getrandom::fill(&mut b).is_err() {
-        tracing::error!("no OS randomness: boot tokens unavailable");
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// What a booted host reports.
@@ -262,20 +201,38 @@ async fn phone_home(
         .inventory
         .host_by_boot_mac(&loaded.macs, mac)
         .map(|h| h.name.clone());
-    let expected = app
-        .boot_tokens
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&mac)
-        .cloned();
-    let refusal = match (&expected, &offered, &host) {
-        (_, _, None) => Some("not an inventory host"),
-        (None, _, _) => Some("no boot in progress for this MAC"),
-        (_, None, _) => Some("missing token"),
-        (Some(want), Some(got), _) if !constant_time_eq(want.as_bytes(), got.as_bytes()) => {
-            Some("wrong token")
-        }
+    // A `booted` report keeps the token (the same boot reports again); `installed` and
+    // `failed` end the boot, so the token is used up and replays are refused.
+    let use_ = match report.event {
+        PhoneHomeEvent::Booted => TokenUse::Keep,
+        PhoneHomeEvent::Installed | PhoneHomeEvent::Failed => TokenUse::Consume,
+    };
+    let check = match (&host, &offered) {
+        (Some(_), Some(token)) => Some(
+            app.store
+                .check_boot_token(mac, token, jiff::Timestamp::now(), use_)
+                .await?,
+        ),
         _ => None,
+    };
+    let mut purpose = BootPurpose::Install;
+    let refusal = match (&host, &offered, &check) {
+        (None, _, _) => Some("not an inventory host"),
+        (_, None, _) => Some("missing token"),
+        (_, _, Some(TokenCheck::NoBoot)) | (_, _, None) => Some("no boot in progress for this MAC"),
+        (_, _, Some(TokenCheck::Wrong)) => Some("wrong token"),
+        (_, _, Some(TokenCheck::Expired { .. })) => Some("token expired"),
+        (
+            Some(h),
+            _,
+            Some(TokenCheck::Accepted {
+                host: issued_to, ..
+            }),
+        ) if issued_to != h => Some("token was issued to another host"),
+        (_, _, Some(TokenCheck::Accepted { purpose: p, .. })) => {
+            purpose = *p;
+            None
+        }
     };
     if let Some(reason) = refusal {
         let mut ev = NewEvent::new(EventKind::PhoneHomeRefused, "http")
@@ -301,18 +258,11 @@ async fn phone_home(
     let Some(host) = host else {
         return Err(ApiError::Internal("host vanished".into()));
     };
-    let to = match report.event {
+    let target = match report.event {
         PhoneHomeEvent::Booted => HostState::Provisioning,
         PhoneHomeEvent::Installed => HostState::Provisioned,
         PhoneHomeEvent::Failed => HostState::Failed,
     };
-    if report.event != PhoneHomeEvent::Booted {
-        // The token is for one boot: once it ends, replays are refused.
-        app.boot_tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&mac);
-    }
     let ip = report.ip.or(match peer.ip() {
         std::net::IpAddr::V4(ip) => Some(ip),
         std::net::IpAddr::V6(_) => None,
@@ -325,6 +275,7 @@ async fn phone_home(
             "ssh_host_keys": report.ssh_host_keys,
             "message": report.message,
             "peer": peer.ip(),
+            "purpose": purpose,
         }));
     if let Some(ip) = ip {
         ev = ev.ip(ip);
@@ -336,6 +287,12 @@ async fn phone_home(
         .get_host(&host)
         .await?
         .map_or(HostState::Unknown, |h| h.state);
+    // A rescue boot reports what it does, but the host stays in maintenance: only an
+    // operator takes it out.
+    let to = match purpose {
+        BootPurpose::Install => target,
+        BootPurpose::Rescue => current,
+    };
     if current != to {
         app.store
             .set_host_state(
@@ -355,10 +312,6 @@ async fn phone_home(
     Ok(axum::Json(serde_json::json!({"host": host, "state": to})).into_response())
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,12 +323,5 @@ mod tests {
             Some("33221100-5544-7766-8899-aabbccddeeff")
         );
         assert_eq!(swap_uuid("nonsense"), None);
-    }
-
-    #[test]
-    fn tokens_compare_in_constant_time_shape() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

@@ -403,9 +403,112 @@ pub trait EventLog: Send + Sync {
     async fn query(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
 }
 
+text_enum!(
+    /// Why a boot token was issued; decides what its phone-home may do.
+    BootPurpose {
+        /// The install script: the phone-home moves the host (provisioning → provisioned
+        /// or failed).
+        Install => "install",
+        /// The rescue script of a host in maintenance: the phone-home is recorded, the
+        /// state stays.
+        Rescue => "rescue",
+    }
+);
+
+/// A per-boot phone-home token, as issued when a script is rendered. The store keeps only
+/// its SHA-256, so reading the database does not let anyone phone home as the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootToken {
+    pub mac: MacAddr,
+    pub host: String,
+    /// The token as handed to the host (on its kernel command line).
+    pub token: String,
+    pub purpose: BootPurpose,
+    pub issued: Timestamp,
+    /// After this the token is refused (and may be pruned).
+    pub expires: Timestamp,
+}
+
+/// What a phone-home's token turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenCheck {
+    /// It matches the live token of that MAC.
+    Accepted { host: String, purpose: BootPurpose },
+    /// There is a live token for the MAC but this is not it.
+    Wrong,
+    /// The MAC's token expired at the given time.
+    Expired { at: Timestamp },
+    /// No token was ever issued for the MAC, or it was consumed.
+    NoBoot,
+}
+
+/// Whether an accepted token stays valid (a `booted` report: more reports of the same
+/// boot follow) or is used up (`installed`/`failed`: the boot is over, replays are refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenUse {
+    Keep,
+    Consume,
+}
+
+/// Per-boot phone-home tokens, kept in the store so a daemon restart (or the other
+/// gateway) between the script fetch and the phone-home still accepts it.
+#[async_trait]
+pub trait BootTokenStore: Send + Sync {
+    /// Stores `token` as the one its MAC must present, replacing any earlier token of that
+    /// MAC (a new boot); also drops tokens that expired. Durable when it returns.
+    async fn issue_boot_token(&self, token: &BootToken) -> Result<(), StoreError>;
+    /// Checks `offered` for `mac` at `now`; with [`TokenUse::Consume`] an accepted token is
+    /// deleted in the same transaction, so two concurrent reports cannot both use it.
+    async fn check_boot_token(
+        &self,
+        mac: MacAddr,
+        offered: &str,
+        now: Timestamp,
+        use_: TokenUse,
+    ) -> Result<TokenCheck, StoreError>;
+}
+
+/// The stored form of a token: hex SHA-256.
+pub fn boot_token_hash(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Compares two stored hashes without an early exit on the first difference.
+pub(crate) fn hashes_equal(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// The decision `check_boot_token` makes from the stored row (pure; shared by backends).
+pub(crate) fn decide_token(
+    row: Option<(String, String, BootPurpose, Timestamp)>,
+    offered: &str,
+    now: Timestamp,
+) -> TokenCheck {
+    match row {
+        None => TokenCheck::NoBoot,
+        Some((hash, host, purpose, expires)) => {
+            if !hashes_equal(&hash, &boot_token_hash(offered)) {
+                TokenCheck::Wrong
+            } else if expires <= now {
+                TokenCheck::Expired { at: expires }
+            } else {
+                TokenCheck::Accepted { host, purpose }
+            }
+        }
+    }
+}
+
 /// A whole backend.
-pub trait Store: HostStore + LeaseStore + EventLog {}
-impl<T: HostStore + LeaseStore + EventLog> Store for T {}
+pub trait Store: HostStore + LeaseStore + EventLog + BootTokenStore {}
+impl<T: HostStore + LeaseStore + EventLog + BootTokenStore> Store for T {}
 
 /// Opens (creating and migrating when needed) the store a URL names, with default pool
 /// options.

@@ -679,6 +679,85 @@ impl EventLog for SqliteStore {
     }
 }
 
+// ---- boot tokens -------------------------------------------------------------------------
+
+/// The stored row of a MAC's token: (hash, host, purpose, expires).
+type TokenRow = (String, String, crate::store::BootPurpose, Timestamp);
+
+fn token_row(row: &SqliteRow) -> Result<TokenRow, StoreError> {
+    Ok((
+        row.try_get("token_sha256")?,
+        row.try_get("host")?,
+        parsed(row, "purpose")?,
+        timestamp(row, "expires")?,
+    ))
+}
+
+#[async_trait]
+impl crate::store::BootTokenStore for SqliteStore {
+    async fn issue_boot_token(&self, token: &crate::store::BootToken) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM boot_tokens WHERE expires <= ?")
+            .bind(millis(token.issued))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO boot_tokens (mac, host, token_sha256, purpose, issued, expires) \
+             VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (mac) DO UPDATE SET host = excluded.host, \
+             token_sha256 = excluded.token_sha256, purpose = excluded.purpose, \
+             issued = excluded.issued, expires = excluded.expires",
+        )
+        .bind(token.mac.to_string())
+        .bind(&token.host)
+        .bind(crate::store::boot_token_hash(&token.token))
+        .bind(token.purpose.as_str())
+        .bind(millis(token.issued))
+        .bind(millis(token.expires))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn check_boot_token(
+        &self,
+        mac: MacAddr,
+        offered: &str,
+        now: Timestamp,
+        use_: crate::store::TokenUse,
+    ) -> Result<crate::store::TokenCheck, StoreError> {
+        const SELECT: &str =
+            "SELECT token_sha256, host, purpose, expires FROM boot_tokens WHERE mac = ?";
+        if use_ == crate::store::TokenUse::Keep {
+            let row = sqlx::query(SELECT)
+                .bind(mac.to_string())
+                .fetch_optional(&self.reader)
+                .await?;
+            return Ok(crate::store::decide_token(
+                row.as_ref().map(token_row).transpose()?,
+                offered,
+                now,
+            ));
+        }
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(SELECT)
+            .bind(mac.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let check =
+            crate::store::decide_token(row.as_ref().map(token_row).transpose()?, offered, now);
+        if matches!(check, crate::store::TokenCheck::Accepted { .. }) {
+            sqlx::query("DELETE FROM boot_tokens WHERE mac = ?")
+                .bind(mac.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(check)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

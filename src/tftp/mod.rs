@@ -40,10 +40,11 @@ pub const TFTP_PORT: u16 = 69;
 /// Files made on demand (per-host iPXE scripts, configs), consulted before the filesystem.
 ///
 /// `path` is the jailed, cleaned name (no leading `/`, no `.`/empty components, never
-/// `..`). Called on the async runtime for every request: it must not block (read from an
-/// in-memory snapshot, not a database).
+/// `..`). Called in the request's own session task (never on the port-69 loop), so it may
+/// await the store; it must not block the thread.
+#[async_trait::async_trait]
 pub trait Generated: Send + Sync {
-    fn get(&self, path: &str, client: SocketAddrV4) -> Option<Vec<u8>>;
+    async fn get(&self, path: &str, client: SocketAddrV4) -> Option<Vec<u8>>;
 }
 
 /// Called once per request with its outcome (so the daemon can write an event).

@@ -290,7 +290,9 @@ impl Shared {
             "TFTP transfer starts"
         );
         let (blksize, windowsize) = (neg.blksize, neg.windowsize);
+        let gso = super::session::enable_gso(&sock, blksize);
         let transfer = Transfer {
+            gso: std::sync::atomic::AtomicBool::new(gso),
             sock,
             source,
             rto: Rto::new(
@@ -331,7 +333,7 @@ impl Shared {
     async fn open(&self, requested: &str, peer: SocketAddrV4) -> Result<(Source, u64), TftpError> {
         let rel = jail::normalize(requested)?;
         if let Some(g) = &self.generated
-            && let Some(data) = g.get(&rel, peer)
+            && let Some(data) = g.get(&rel, peer).await
         {
             let len = data.len() as u64;
             return Ok((Source::Memory(data), len));

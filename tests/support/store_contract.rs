@@ -52,6 +52,8 @@ macro_rules! store_contract_tests {
             events_since_until_limit,
             events_append_many_in_order,
             every_write_produces_an_event,
+            boot_token_issue_check_consume,
+            boot_token_replaced_by_a_new_boot_and_expires,
         );
     };
     (@items $backend:ident, $make:expr, $($item:ident),+ $(,)?) => {
@@ -68,6 +70,7 @@ macro_rules! store_contract_tests {
             // Items that need a second handle on the same database (see `Reopen`).
             store_contract_tests!(@two_handles $make,
                 two_handles_race_for_one_address,
+                boot_token_survives_a_restart_and_is_used_once,
             );
         }
     };
@@ -1274,4 +1277,185 @@ pub async fn every_write_produces_an_event<S: Store>(store: Arc<S>) {
         ]
     );
     assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+}
+
+// ---- boot tokens -------------------------------------------------------------------------
+
+fn boot_token(
+    m: MacAddr,
+    host: &str,
+    token: &str,
+    purpose: bootgate::store::BootPurpose,
+    issued: Timestamp,
+) -> bootgate::store::BootToken {
+    bootgate::store::BootToken {
+        mac: m,
+        host: host.into(),
+        token: token.into(),
+        purpose,
+        issued,
+        expires: issued + secs(3600),
+    }
+}
+
+/// A token is accepted for its MAC only, kept by `Keep`, gone after `Consume`; a wrong or
+/// foreign token is refused without using up the real one.
+pub async fn boot_token_issue_check_consume<S: Store>(store: Arc<S>) {
+    use bootgate::store::{BootPurpose, TokenCheck, TokenUse};
+    let t = now();
+    let tok = "0123456789abcdef0123456789abcdef";
+    assert_eq!(
+        store
+            .check_boot_token(mac(1), tok, t, TokenUse::Keep)
+            .await
+            .unwrap(),
+        TokenCheck::NoBoot
+    );
+    store
+        .issue_boot_token(&boot_token(mac(1), "gpu-a01", tok, BootPurpose::Install, t))
+        .await
+        .unwrap();
+    let accepted = TokenCheck::Accepted {
+        host: "gpu-a01".into(),
+        purpose: BootPurpose::Install,
+    };
+    for _ in 0..2 {
+        assert_eq!(
+            store
+                .check_boot_token(mac(1), tok, t, TokenUse::Keep)
+                .await
+                .unwrap(),
+            accepted
+        );
+    }
+    assert_eq!(
+        store
+            .check_boot_token(
+                mac(1),
+                "ffffffffffffffffffffffffffffffff",
+                t,
+                TokenUse::Consume
+            )
+            .await
+            .unwrap(),
+        TokenCheck::Wrong
+    );
+    // Another MAC never matches this token.
+    assert_eq!(
+        store
+            .check_boot_token(mac(2), tok, t, TokenUse::Keep)
+            .await
+            .unwrap(),
+        TokenCheck::NoBoot
+    );
+    assert_eq!(
+        store
+            .check_boot_token(mac(1), tok, t, TokenUse::Consume)
+            .await
+            .unwrap(),
+        accepted
+    );
+    assert_eq!(
+        store
+            .check_boot_token(mac(1), tok, t, TokenUse::Consume)
+            .await
+            .unwrap(),
+        TokenCheck::NoBoot
+    );
+}
+
+/// A new boot's token replaces the old one (with its purpose); a token past its expiry is
+/// refused as expired, and pruned when another token is issued.
+pub async fn boot_token_replaced_by_a_new_boot_and_expires<S: Store>(store: Arc<S>) {
+    use bootgate::store::{BootPurpose, TokenCheck, TokenUse};
+    let t = now();
+    let (old, new) = (
+        "11111111111111111111111111111111",
+        "22222222222222222222222222222222",
+    );
+    store
+        .issue_boot_token(&boot_token(mac(1), "gpu-a01", old, BootPurpose::Install, t))
+        .await
+        .unwrap();
+    store
+        .issue_boot_token(&boot_token(mac(1), "gpu-a01", new, BootPurpose::Rescue, t))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .check_boot_token(mac(1), old, t, TokenUse::Keep)
+            .await
+            .unwrap(),
+        TokenCheck::Wrong
+    );
+    assert_eq!(
+        store
+            .check_boot_token(mac(1), new, t, TokenUse::Keep)
+            .await
+            .unwrap(),
+        TokenCheck::Accepted {
+            host: "gpu-a01".into(),
+            purpose: BootPurpose::Rescue
+        }
+    );
+    let later = t + secs(3600);
+    assert_eq!(
+        store
+            .check_boot_token(mac(1), new, later, TokenUse::Consume)
+            .await
+            .unwrap(),
+        TokenCheck::Expired { at: later }
+    );
+    // Issuing any token prunes the expired ones.
+    store
+        .issue_boot_token(&boot_token(
+            mac(2),
+            "gpu-a02",
+            old,
+            BootPurpose::Install,
+            later,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .check_boot_token(mac(1), new, later, TokenUse::Keep)
+            .await
+            .unwrap(),
+        TokenCheck::NoBoot
+    );
+}
+
+/// What a daemon restart (or the other gateway) sees: a token issued through one handle is
+/// accepted through another, and consumed exactly once when both try at the same time.
+pub async fn boot_token_survives_a_restart_and_is_used_once<
+    A: Store + 'static,
+    B: Store + 'static,
+>(
+    store: Arc<A>,
+    other: Arc<B>,
+) {
+    use bootgate::store::{BootPurpose, TokenCheck, TokenUse};
+    let t = now();
+    let tok = "0123456789abcdef0123456789abcdef";
+    store
+        .issue_boot_token(&boot_token(mac(7), "gpu-a07", tok, BootPurpose::Install, t))
+        .await
+        .unwrap();
+    assert!(matches!(
+        other
+            .check_boot_token(mac(7), tok, t, TokenUse::Keep)
+            .await
+            .unwrap(),
+        TokenCheck::Accepted { .. }
+    ));
+    let (a, b) = tokio::join!(
+        store.check_boot_token(mac(7), tok, t, TokenUse::Consume),
+        other.check_boot_token(mac(7), tok, t, TokenUse::Consume),
+    );
+    let accepted = [a.unwrap(), b.unwrap()]
+        .iter()
+        .filter(|c| matches!(c, TokenCheck::Accepted { .. }))
+        .count();
+    assert_eq!(accepted, 1, "a consumed token was accepted twice");
 }

@@ -1,0 +1,229 @@
+//! Serving a host its boot script, for both transports: HTTP (`/ipxe/mac/{mac}`) and TFTP
+//! (the generated file `hosts/{mac}.ipxe`). Choosing and rendering are pure (`super::plan`,
+//! `super::render`); this is the edge around them: the host's state from the store, the
+//! per-boot token written to the store before the script leaves, the state move, the event.
+
+use std::net::SocketAddrV4;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use super::Plan;
+use crate::app::App;
+use crate::store::{BootPurpose, BootToken, EventKind, NewEvent, StoreError};
+use crate::types::{HostState, MacAddr};
+
+/// How long a per-boot token stays valid: an install (image download, partitioning, package
+/// installation) on a slow mirror can take hours; a day-old boot is over in any case.
+pub const BOOT_TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
+
+/// Why a script could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("rendering the {template} script for {mac}: {source}")]
+    Render {
+        template: &'static str,
+        mac: MacAddr,
+        source: minijinja::Error,
+    },
+}
+
+/// Which transport fetched the script (the event's actor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Http,
+    Tftp,
+}
+
+impl Via {
+    fn as_str(self) -> &'static str {
+        match self {
+            Via::Http => "http",
+            Via::Tftp => "tftp",
+        }
+    }
+}
+
+/// A rendered script and the template it came from.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub template: &'static str,
+    pub text: String,
+}
+
+/// Which token purpose a plan needs (pure): install and rescue boots phone home.
+pub fn token_purpose(plan: &Plan) -> Option<BootPurpose> {
+    match plan {
+        Plan::Install { .. } => Some(BootPurpose::Install),
+        Plan::Rescue { image: Some(_) } => Some(BootPurpose::Rescue),
+        _ => None,
+    }
+}
+
+/// Chooses, renders and records the script for `mac`. An install or rescue script carries
+/// a fresh per-boot token, stored (durably) before the script is returned; an install also
+/// moves the host to `provisioning`.
+pub async fn serve_script(app: &App, mac: MacAddr, via: Via) -> Result<Served, ServeError> {
+    let loaded = app.inventory();
+    let inv = &loaded.inventory;
+    let host = inv.host_by_boot_mac(&loaded.macs, mac);
+    let record = app.store.host_by_mac(mac).await?;
+    let state = record.as_ref().map_or(HostState::Unknown, |r| r.state);
+    let profile = host.and_then(|h| inv.profile(h));
+    let plan = super::plan(state, profile, &loaded.boot);
+    let token = match (token_purpose(&plan), host) {
+        (Some(purpose), Some(h)) => {
+            let token = new_token();
+            let issued = Timestamp::now();
+            let expires = issued.checked_add(BOOT_TOKEN_TTL).unwrap_or(Timestamp::MAX);
+            app.store
+                .issue_boot_token(&BootToken {
+                    mac,
+                    host: h.name.clone(),
+                    token: token.clone(),
+                    purpose,
+                    issued,
+                    expires,
+                })
+                .await?;
+            if purpose == BootPurpose::Install && state != HostState::Provisioning {
+                match app
+                    .store
+                    .set_host_state(
+                        &h.name,
+                        Some(state),
+                        HostState::Provisioning,
+                        via.as_str(),
+                        serde_json::json!({"reason": "install script served"}),
+                    )
+                    .await
+                {
+                    Ok(_) | Err(StoreError::StateMismatch { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Some(token)
+        }
+        _ => None,
+    };
+    let template = plan.template();
+    let text = super::render(
+        &loaded.boot,
+        &plan,
+        &app.config.boot.http_base,
+        mac,
+        host,
+        inv,
+        token.as_deref(),
+    )
+    .map_err(|source| ServeError::Render {
+        template,
+        mac,
+        source,
+    })?;
+    let mut ev = NewEvent::new(EventKind::BootScriptServed, via.as_str())
+        .mac(mac)
+        .detail(serde_json::json!({
+            "template": template,
+            "state": state,
+            "reason": match &plan { Plan::Broken { reason } => Some(reason.clone()), _ => None },
+        }));
+    if let Some(h) = host {
+        ev = ev.host(h.name.clone());
+    }
+    app.events.record(ev).await;
+    metrics::counter!("bootgate_ipxe_scripts_total", "template" => template, "via" => via.as_str())
+        .increment(1);
+    Ok(Served { template, text })
+}
+
+/// 128 random bits as 32 hex digits.
+fn new_token() -> String {
+    let mut b = [0u8; 16];
+    // The OS RNG only fails on broken systems; the all-zero token is then still stored
+    // hashed and per MAC, but say so loudly.
+    if getrandom::fill(&mut b).is_err() {
+        tracing::error!("no OS randomness: boot tokens are predictable");
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The TFTP name of a host's script: `hosts/<mac>.ipxe` (any MAC spelling the daemon
+/// parses: `52:54:00:…` as iPXE's `${mac}` expands, or with dashes). Pure.
+pub fn tftp_script_mac(path: &str) -> Option<MacAddr> {
+    path.strip_prefix("hosts/")?
+        .strip_suffix(".ipxe")?
+        .parse()
+        .ok()
+}
+
+/// The TFTP server's generated files: per-host iPXE scripts, rendered exactly as over
+/// HTTP. Holds the app weakly: the TFTP server is one of the app's tasks.
+pub struct TftpScripts {
+    app: Weak<App>,
+}
+
+impl TftpScripts {
+    pub fn new(app: &Arc<App>) -> TftpScripts {
+        TftpScripts {
+            app: Arc::downgrade(app),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::tftp::Generated for TftpScripts {
+    async fn get(&self, path: &str, client: SocketAddrV4) -> Option<Vec<u8>> {
+        let mac = tftp_script_mac(path)?;
+        let app = self.app.upgrade()?;
+        match serve_script(&app, mac, Via::Tftp).await {
+            Ok(s) => Some(s.text.into_bytes()),
+            Err(e) => {
+                // Not found is what the client sees; the reason goes to the log.
+                tracing::error!(%mac, %client, error = %e, "TFTP script not served");
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tftp_script_names() {
+        let mac: MacAddr = "52:54:00:d7:8e:1d".parse().unwrap();
+        assert_eq!(tftp_script_mac("hosts/52:54:00:d7:8e:1d.ipxe"), Some(mac));
+        assert_eq!(tftp_script_mac("hosts/52-54-00-d7-8e-1d.ipxe"), Some(mac));
+        assert_eq!(tftp_script_mac("hosts/52:54:00:d7:8e:1d"), None);
+        assert_eq!(tftp_script_mac("other/52:54:00:d7:8e:1d.ipxe"), None);
+        assert_eq!(tftp_script_mac("hosts/nope.ipxe"), None);
+    }
+
+    #[test]
+    fn install_and_rescue_boots_get_tokens() {
+        assert_eq!(token_purpose(&Plan::Local), None);
+        assert_eq!(token_purpose(&Plan::Discovery), None);
+        assert_eq!(token_purpose(&Plan::Rescue { image: None }), None);
+        let image = super::super::Image {
+            name: "i".into(),
+            kernel: "k".into(),
+            initrd: "r".into(),
+            cmdline: String::new(),
+        };
+        assert_eq!(
+            token_purpose(&Plan::Rescue {
+                image: Some(&image)
+            }),
+            Some(BootPurpose::Rescue)
+        );
+        assert_eq!(
+            token_purpose(&Plan::Install { image: &image }),
+            Some(BootPurpose::Install)
+        );
+    }
+}
