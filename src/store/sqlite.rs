@@ -1444,6 +1444,134 @@ mod tests {
     }
 
     #[test]
+    fn writer_connection_is_wal_full_sync_with_foreign_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        drop(rusqlite::Connection::open(&path).unwrap());
+        let conn = open_writer_connection(&path).unwrap();
+        let get = |name: &str| -> String {
+            conn.query_row(&format!("PRAGMA {name}"), [], |r| {
+                r.get::<_, String>(0)
+                    .or_else(|_| r.get::<_, i64>(0).map(|n| n.to_string()))
+            })
+            .unwrap()
+        };
+        assert_eq!(get("journal_mode"), "wal");
+        assert_eq!(get("synchronous"), "2", "FULL");
+        assert_eq!(get("foreign_keys"), "1");
+        assert_eq!(get("busy_timeout"), "5000");
+        assert_eq!(get("temp_store"), "2", "MEMORY");
+    }
+
+    fn test_host(name: &str, mac: MacAddr) -> HostRecord {
+        HostRecord {
+            name: name.into(),
+            state: HostState::Discovered,
+            source: HostSource::Discovered,
+            macs: vec![mac],
+            ip: None,
+            rack: None,
+            role: None,
+            spec: json!({}),
+            created: now(),
+            updated: now(),
+        }
+    }
+
+    fn test_lease(ip: [u8; 4], mac: MacAddr) -> (Lease, NewEvent) {
+        let lease = Lease {
+            ip: Ipv4Addr::from(ip),
+            mac,
+            client_id: None,
+            state: LeaseState::Active,
+            starts: now(),
+            ends: now() + Duration::from_secs(600),
+            host: None,
+            subnet: "prov".into(),
+            relay: RelayInfo::default(),
+        };
+        let event = NewEvent::new(EventKind::LeaseCommitted, "test")
+            .ip(lease.ip)
+            .mac(mac);
+        (lease, event)
+    }
+
+    /// Jobs queued together share one transaction, but each stays atomic on its own: a
+    /// host change refused half-way is rolled back alone, the lease batch and the other
+    /// change beside it are committed.
+    #[tokio::test]
+    async fn jobs_sharing_a_transaction_fail_alone() {
+        let (store, _dir) = store().await;
+        let m = |n: u8| MacAddr([2, 0, 0, 0, 0, n]);
+        store
+            .apply_host_changes(&[HostChange::Add(test_host("a", m(1)))], "test")
+            .await
+            .unwrap();
+        let leases = vec![
+            test_lease([10, 0, 0, 5], m(5)),
+            test_lease([10, 0, 0, 6], m(6)),
+        ];
+        let bad = [
+            HostChange::Add(test_host("c", m(3))),
+            HostChange::Add(test_host("b", m(1))),
+        ];
+        let good = [HostChange::Add(test_host("d", m(4)))];
+        let (l, b, g) = tokio::join!(
+            store.commit_leases(&leases),
+            store.apply_host_changes(&bad, "test"),
+            store.apply_host_changes(&good, "test"),
+        );
+        assert!(l.unwrap().iter().all(Result::is_ok));
+        assert!(matches!(b, Err(StoreError::MacTaken { .. })), "{b:?}");
+        g.unwrap();
+        let names: Vec<String> = store
+            .list_hosts()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|h| h.name)
+            .collect();
+        assert_eq!(names, ["a", "d"], "c went with b's refused batch");
+        for ip in [[10, 0, 0, 5], [10, 0, 0, 6]] {
+            assert!(store.get_lease(Ipv4Addr::from(ip)).await.unwrap().is_some());
+        }
+        // A conflict fails only its own item; an event is written per committed lease.
+        let r = store
+            .commit_leases(&[
+                test_lease([10, 0, 0, 5], m(9)),
+                test_lease([10, 0, 0, 7], m(7)),
+            ])
+            .await
+            .unwrap();
+        assert!(matches!(r[0], Err(StoreError::Conflict { .. })), "{r:?}");
+        assert!(r[1].is_ok());
+        let committed = store
+            .query(&EventQuery {
+                kind: Some(EventKind::LeaseCommitted),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(committed.len(), 3);
+        // A duplicate host name is a database error, as from sqlx.
+        let dup = store
+            .apply_host_changes(&[HostChange::Add(test_host("a", m(8)))], "test")
+            .await;
+        assert!(
+            matches!(&dup, Err(StoreError::Db(sqlx::Error::Database(e))) if e.is_unique_violation()),
+            "{dup:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn writes_after_close_fail() {
+        let (store, _dir) = store().await;
+        store.close().await;
+        let (lease, event) = test_lease([10, 0, 0, 9], MacAddr([2, 0, 0, 0, 0, 9]));
+        assert!(store.commit_lease(&lease, &event).await.is_err());
+    }
+
+    #[test]
     fn state_change_detail_merges_the_callers_detail() {
         let d = state_change_detail(
             HostState::Registered,
