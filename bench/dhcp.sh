@@ -329,6 +329,7 @@ run_perfdhcp() {
 
 # ---------------------------------------------------------------- (a) rate ramp
 T0=$(date +%s)
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)   # other work on the box skews everything: say so
 log "bootgate $BOOTGATE_COMMIT, mode $MODE: rates ${RATES[*]} (${STEP_SECS}s each), $NCLIENTS clients, tmp $TMP"
 log "phase (a): rate ramp, servers interleaved per step, fresh state per run"
 declare -A ALIVE BEST_OFFERED BEST_RATE FAIL_AT FAIL_INFO
@@ -399,6 +400,7 @@ OK=1
   echo
   echo "== DHCPv4 benchmark: bootgate $BOOTGATE_COMMIT vs kea-dhcp4 $(kea-dhcp4 -V | head -1) vs $(dnsmasq --version | head -1 | awk '{print $1, $3}') =="
   echo "mode $MODE; perfdhcp -4 -B -l eth0 -R $NCLIENTS; ramp ${RATES[*]} /s x ${STEP_SECS}s; CPU at $CPU_RATE/s x ${CPU_SECS}s x $CPU_ROUNDS round(s); $(nproc) CPUs; $(( $(date +%s) - T0 ))s"
+  echo "load average (1/5/15 min) at start: $LOAD_START; at end: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo
   printf '| %-8s | %-14s | %-13s | %-22s | %-52s |\n' server "max ok offered" "achieved rate" "CPU-s / 1000 leases" "first failing step"
   printf '|----------|----------------|---------------|------------------------|------------------------------------------------------|\n'

@@ -604,6 +604,9 @@ struct Sighting {
 
 /// Most sightings written in one store transaction.
 const MAX_SIGHTINGS: usize = 256;
+/// How long the discovery writer lets sightings gather after the first one: a burst of
+/// new MACs (a rack powering on) then costs one transaction, not one each.
+const SIGHTING_LINGER: Duration = Duration::from_millis(250);
 
 /// The discovery writer: records every queued sighting as a `discovered` host (or refreshes
 /// its last-seen) in one transaction per batch, off the DHCP path.
@@ -613,6 +616,14 @@ async fn record_sightings(
 ) {
     let mut batch = Vec::with_capacity(MAX_SIGHTINGS);
     while rx.recv_many(&mut batch, MAX_SIGHTINGS).await > 0 {
+        if batch.len() < MAX_SIGHTINGS {
+            tokio::time::sleep(SIGHTING_LINGER).await;
+            while batch.len() < MAX_SIGHTINGS
+                && let Ok(s) = rx.try_recv()
+            {
+                batch.push(s);
+            }
+        }
         let mut changes = Vec::with_capacity(batch.len());
         let mut added = Vec::new();
         for s in batch.drain(..) {

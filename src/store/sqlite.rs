@@ -48,6 +48,9 @@ pub struct SqliteStore {
     /// Read-only connections. WAL lets them read the last committed state while the writer
     /// works, so reads never wait for writes.
     reader: SqlitePool,
+    /// The thread that commits lease batches and host changes (see [`Writer`]); `None` in
+    /// a read-only store, whose writes then fail on the read-only `writer` pool.
+    fast: Option<Writer>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -103,7 +106,12 @@ impl SqliteStore {
             .map_err(|e| open_error(path, e.to_string()))?;
         MIGRATOR.run(&writer).await?;
         let reader = read_pool(path).await?;
-        Ok(SqliteStore { writer, reader })
+        let fast = Some(Writer::start(path)?);
+        Ok(SqliteStore {
+            writer,
+            reader,
+            fast,
+        })
     }
 
     /// Opens an existing store read-only, without migrating: for the CLI reading a running
@@ -123,6 +131,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer: reader.clone(),
             reader,
+            fast: None,
         })
     }
 
@@ -130,6 +139,9 @@ impl SqliteStore {
     /// first so the writer, closing last, can checkpoint and remove the WAL.
     pub async fn close(&self) {
         self.reader.close().await;
+        if let Some(fast) = &self.fast {
+            fast.stop().await;
+        }
         self.writer.close().await;
     }
 
@@ -367,6 +379,9 @@ impl HostStore for SqliteStore {
         changes: &[HostChange],
         actor: &str,
     ) -> Result<(), StoreError> {
+        if let Some(fast) = &self.fast {
+            return fast.hosts(changes.to_vec(), actor).await;
+        }
         let mut tx = self.begin_write().await?;
         for change in changes {
             // Any error returns early and drops `tx`, which rolls the whole batch back.
@@ -495,6 +510,10 @@ fn lease_from_row(row: &SqliteRow) -> Result<Lease, StoreError> {
 #[async_trait]
 impl LeaseStore for SqliteStore {
     async fn commit_lease(&self, lease: &Lease, event: &NewEvent) -> Result<(), StoreError> {
+        if let Some(fast) = &self.fast {
+            let mut results = fast.leases(vec![(lease.clone(), event.clone())]).await?;
+            return results.pop().unwrap_or(Ok(()));
+        }
         let mut tx = self.begin_write().await?;
         write_lease(&mut tx, lease, event).await?;
         tx.commit().await?;
@@ -507,6 +526,9 @@ impl LeaseStore for SqliteStore {
         &self,
         batch: &[(Lease, NewEvent)],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        if let Some(fast) = &self.fast {
+            return fast.leases(batch.to_vec()).await;
+        }
         let mut tx = self.begin_write().await?;
         let mut out = Vec::with_capacity(batch.len());
         for (lease, event) in batch {
@@ -588,6 +610,614 @@ impl LeaseStore for SqliteStore {
         tx.commit().await?;
         Ok(expired)
     }
+}
+
+// ---- the hot-path writer -----------------------------------------------------------------
+//
+// Lease commits and host changes (DHCP discovery, inventory sync) go through one OS thread
+// that owns its own connection (rusqlite, the same bundled SQLite as sqlx). sqlx runs every
+// statement of a connection on that connection's worker thread, so a one-lease commit
+// (BEGIN, SELECT, INSERT, INSERT, COMMIT) cost five round trips between threads; profiled
+// under perfdhcp, those context switches, not SQL, were most of the CPU per lease. Here a
+// call costs one round trip: the thread drains every job queued meanwhile into one
+// `BEGIN IMMEDIATE` transaction (a savepoint per job keeps each call atomic on its own),
+// commits it with `synchronous=FULL` (one fsync for all of them: group commit across lease
+// batches and discovery), and only then answers the callers.
+
+/// Jobs committed in one transaction at most (bounds a commit's latency).
+const MAX_JOBS_PER_COMMIT: usize = 256;
+
+/// While jobs arrive steadily (the previous commit ended less than [`BUSY`] ago), the
+/// writer lets a transaction stay open this long after its first job for others to share
+/// its fsync (PostgreSQL's `commit_delay`). An idle writer commits at once, so a lone ACK
+/// never waits; under load an ACK waits at most this much longer, and every fsync carries
+/// more leases.
+const COMMIT_DELAY: Duration = Duration::from_millis(4);
+const BUSY: Duration = Duration::from_millis(20);
+
+/// What a `commit_leases` call answers.
+type LeaseResults = Result<Vec<Result<(), StoreError>>, StoreError>;
+
+enum WriteJob {
+    Leases {
+        batch: Vec<(Lease, NewEvent)>,
+        done: tokio::sync::oneshot::Sender<LeaseResults>,
+    },
+    Hosts {
+        changes: Vec<HostChange>,
+        actor: String,
+        done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Close the connection (after the jobs queued before) and say so.
+    Stop {
+        done: tokio::sync::oneshot::Sender<()>,
+    },
+}
+
+/// The handle of the writer thread; the thread ends when this is dropped or stopped.
+struct Writer {
+    jobs: std::sync::mpsc::Sender<WriteJob>,
+}
+
+/// A SQLite error raised on the writer thread, carried as an `sqlx::Error::Database` so
+/// callers see the same `StoreError::Db` as from any other statement.
+#[derive(Debug, Clone)]
+struct SqliteFailure {
+    message: String,
+    code: Option<i32>,
+    kind: SqliteFailureKind,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum SqliteFailureKind {
+    Unique,
+    ForeignKey,
+    NotNull,
+    Check,
+    Other,
+}
+
+impl std::fmt::Display for SqliteFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for SqliteFailure {}
+
+impl sqlx::error::DatabaseError for SqliteFailure {
+    fn message(&self) -> &str {
+        &self.message
+    }
+    fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+        self.code.map(|c| c.to_string().into())
+    }
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+    fn kind(&self) -> sqlx::error::ErrorKind {
+        use sqlx::error::ErrorKind;
+        match self.kind {
+            SqliteFailureKind::Unique => ErrorKind::UniqueViolation,
+            SqliteFailureKind::ForeignKey => ErrorKind::ForeignKeyViolation,
+            SqliteFailureKind::NotNull => ErrorKind::NotNullViolation,
+            SqliteFailureKind::Check => ErrorKind::CheckViolation,
+            SqliteFailureKind::Other => ErrorKind::Other,
+        }
+    }
+}
+
+impl SqliteFailure {
+    fn of(e: &rusqlite::Error) -> SqliteFailure {
+        use rusqlite::ffi;
+        let (code, kind) = match e {
+            rusqlite::Error::SqliteFailure(f, _) => {
+                let kind = match f.extended_code {
+                    ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY => {
+                        SqliteFailureKind::Unique
+                    }
+                    ffi::SQLITE_CONSTRAINT_FOREIGNKEY => SqliteFailureKind::ForeignKey,
+                    ffi::SQLITE_CONSTRAINT_NOTNULL => SqliteFailureKind::NotNull,
+                    ffi::SQLITE_CONSTRAINT_CHECK => SqliteFailureKind::Check,
+                    _ => SqliteFailureKind::Other,
+                };
+                (Some(f.extended_code), kind)
+            }
+            _ => (None, SqliteFailureKind::Other),
+        };
+        SqliteFailure {
+            message: e.to_string(),
+            code,
+            kind,
+        }
+    }
+
+    fn into_store(self) -> StoreError {
+        StoreError::Db(sqlx::Error::Database(Box::new(self)))
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        SqliteFailure::of(&e).into_store()
+    }
+}
+
+fn writer_stopped() -> StoreError {
+    StoreError::Batch("the SQLite writer has stopped (store closed)".into())
+}
+
+/// Opens the writer thread's connection: WAL (already set by the migration's connection),
+/// `synchronous=FULL` (the commit is on disk before a caller hears of it), foreign keys and
+/// the same busy timeout as the sqlx connections.
+fn open_writer_connection(path: &Path) -> Result<rusqlite::Connection, rusqlite::Error> {
+    use rusqlite::OpenFlags;
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "wal", |r| r.get(0))?;
+    debug_assert_eq!(mode, "wal");
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Statement journals and sorts in memory: no temporary files on the commit path.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+impl Writer {
+    fn start(path: &Path) -> Result<Writer, StoreError> {
+        let conn = open_writer_connection(path)
+            .map_err(|e| open_error(path, format!("opening the writer connection: {e}")))?;
+        let (jobs, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || run_writer(conn, rx))
+            .map_err(|e| open_error(path, format!("cannot start the writer thread: {e}")))?;
+        Ok(Writer { jobs })
+    }
+
+    async fn leases(&self, batch: Vec<(Lease, NewEvent)>) -> LeaseResults {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(WriteJob::Leases { batch, done })
+            .map_err(|_| writer_stopped())?;
+        wait.await.unwrap_or_else(|_| Err(writer_stopped()))
+    }
+
+    async fn hosts(&self, changes: Vec<HostChange>, actor: &str) -> Result<(), StoreError> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(WriteJob::Hosts {
+                changes,
+                actor: actor.to_string(),
+                done,
+            })
+            .map_err(|_| writer_stopped())?;
+        wait.await.unwrap_or_else(|_| Err(writer_stopped()))
+    }
+
+    async fn stop(&self) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.jobs.send(WriteJob::Stop { done }).is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+/// What one job of a transaction came to (sent only once the transaction is committed).
+enum Outcome {
+    Leases(LeaseResults),
+    Hosts(Result<(), StoreError>),
+}
+
+/// The writer thread: waits for a job, takes everything queued behind it, commits it all
+/// in one transaction and answers each job.
+fn run_writer(conn: rusqlite::Connection, rx: std::sync::mpsc::Receiver<WriteJob>) {
+    let mut jobs = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
+    let mut last_commit: Option<std::time::Instant> = None;
+    while let Ok(first) = rx.recv() {
+        let busy = last_commit.is_some_and(|t| t.elapsed() < BUSY);
+        let deadline = std::time::Instant::now() + COMMIT_DELAY;
+        let mut stop = None;
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                WriteJob::Stop { done } => {
+                    stop = Some(done);
+                    break;
+                }
+                job => jobs.push(job),
+            }
+            if jobs.len() < MAX_JOBS_PER_COMMIT {
+                next = match rx.try_recv() {
+                    Ok(job) => Some(job),
+                    Err(_) if busy => {
+                        let left = deadline.saturating_duration_since(std::time::Instant::now());
+                        rx.recv_timeout(left).ok()
+                    }
+                    Err(_) => None,
+                };
+            }
+        }
+        if !jobs.is_empty() {
+            metrics::histogram!("bootgate_sqlite_commit_jobs").record(jobs.len() as f64);
+            let outcomes = commit_jobs(&conn, &jobs);
+            last_commit = Some(std::time::Instant::now());
+            for (job, outcome) in jobs.drain(..).zip(outcomes) {
+                match (job, outcome) {
+                    (WriteJob::Leases { done, .. }, Outcome::Leases(r)) => {
+                        let _ = done.send(r);
+                    }
+                    (WriteJob::Hosts { done, .. }, Outcome::Hosts(r)) => {
+                        let _ = done.send(r);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if let Some(done) = stop {
+            // Jobs sent after the stop are answered "stopped" by dropping them.
+            drop(rx);
+            drop(conn);
+            let _ = done.send(());
+            return;
+        }
+    }
+}
+
+/// Runs `jobs` in one transaction, each inside its own savepoint (a failing job is rolled
+/// back alone), and commits. If the commit fails, every job fails with its error.
+fn commit_jobs(conn: &rusqlite::Connection, jobs: &[WriteJob]) -> Vec<Outcome> {
+    let fail_all = |e: &rusqlite::Error| -> Vec<Outcome> {
+        let f = SqliteFailure::of(e);
+        jobs.iter()
+            .map(|j| match j {
+                WriteJob::Hosts { .. } => Outcome::Hosts(Err(f.clone().into_store())),
+                _ => Outcome::Leases(Err(f.clone().into_store())),
+            })
+            .collect()
+    };
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        return fail_all(&e);
+    }
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let outcome = match job {
+            WriteJob::Leases { batch, .. } => {
+                Outcome::Leases(in_savepoint(conn, |c| write_leases_sync(c, batch)))
+            }
+            WriteJob::Hosts { changes, actor, .. } => Outcome::Hosts(in_savepoint(conn, |c| {
+                apply_host_changes_sync(c, changes, actor)
+            })),
+            WriteJob::Stop { .. } => continue,
+        };
+        outcomes.push(outcome);
+    }
+    if let Err(e) = conn.execute_batch("COMMIT") {
+        let _ = conn.execute_batch("ROLLBACK");
+        return fail_all(&e);
+    }
+    outcomes
+}
+
+/// Runs `f` inside a savepoint: kept on success, rolled back (alone) on failure.
+fn in_savepoint<T>(
+    conn: &rusqlite::Connection,
+    f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("SAVEPOINT job")?;
+    match f(conn) {
+        Ok(v) => {
+            conn.execute_batch("RELEASE job")?;
+            Ok(v)
+        }
+        Err(e) => {
+            conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+            Err(e)
+        }
+    }
+}
+
+/// `commit_leases` on the writer thread: a conflict fails only its own item (checked
+/// before anything of that item is written); any other error fails the batch.
+fn write_leases_sync(
+    conn: &rusqlite::Connection,
+    batch: &[(Lease, NewEvent)],
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let mut out = Vec::with_capacity(batch.len());
+    let now = now();
+    for (lease, event) in batch {
+        match write_lease_sync(conn, lease, event, now) {
+            Err(e @ StoreError::Conflict { .. }) => out.push(Err(e)),
+            Err(e) => return Err(e),
+            Ok(()) => out.push(Ok(())),
+        }
+    }
+    Ok(out)
+}
+
+/// [`write_lease`] on the writer thread.
+fn write_lease_sync(
+    conn: &rusqlite::Connection,
+    lease: &Lease,
+    event: &NewEvent,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    use rusqlite::OptionalExtension;
+    let ip = lease.ip.to_string();
+    let held = conn
+        .prepare_cached("SELECT mac, state, ends FROM leases WHERE ip = ?1")?
+        .query_row([&ip], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })
+        .optional()?;
+    if let Some((mac, state, ends)) = held {
+        let holder: MacAddr = mac.parse().map_err(|_| corrupt("mac", mac))?;
+        let state: LeaseState = state.parse().map_err(|_| corrupt("state", state))?;
+        let until =
+            Timestamp::from_millisecond(ends).map_err(|_| corrupt("ends", ends.to_string()))?;
+        if holder != lease.mac && state.holds_address() && until > now {
+            return Err(StoreError::Conflict {
+                ip: lease.ip,
+                holder,
+                until,
+                requester: lease.mac,
+            });
+        }
+    }
+    conn.prepare_cached(
+        "INSERT INTO leases (ip, mac, client_id, state, starts, ends, host, subnet, giaddr, \
+             circuit_id, remote_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+             ON CONFLICT (ip) DO UPDATE SET mac = excluded.mac, client_id = excluded.client_id, \
+             state = excluded.state, starts = excluded.starts, ends = excluded.ends, \
+             host = excluded.host, subnet = excluded.subnet, giaddr = excluded.giaddr, \
+             circuit_id = excluded.circuit_id, remote_id = excluded.remote_id",
+    )?
+    .execute(rusqlite::params![
+        ip,
+        lease.mac.to_string(),
+        lease.client_id,
+        lease.state.as_str(),
+        millis(lease.starts),
+        millis(lease.ends),
+        lease.host,
+        lease.subnet,
+        lease.relay.giaddr.map(|ip| ip.to_string()),
+        lease.relay.circuit_id,
+        lease.relay.remote_id,
+    ])?;
+    insert_event_sync(conn, event)?;
+    Ok(())
+}
+
+/// [`insert_event`] on the writer thread.
+fn insert_event_sync(conn: &rusqlite::Connection, event: &NewEvent) -> Result<i64, StoreError> {
+    let time = event.time.unwrap_or_else(now);
+    conn.prepare_cached(
+        "INSERT INTO events (time, kind, ip, mac, host, actor, detail) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(rusqlite::params![
+        millis(time),
+        event.kind.as_str(),
+        event.ip.map(|ip| ip.to_string()),
+        event.mac.map(|mac| mac.to_string()),
+        event.host,
+        event.actor,
+        event.detail.to_string(),
+    ])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// `apply_host_changes` on the writer thread (all or nothing: the caller's savepoint).
+fn apply_host_changes_sync(
+    conn: &rusqlite::Connection,
+    changes: &[HostChange],
+    actor: &str,
+) -> Result<(), StoreError> {
+    for change in changes {
+        match change {
+            HostChange::Add(host) => add_host_sync(conn, host, actor)?,
+            HostChange::Update { host, fields } => update_host_sync(conn, host, fields, actor)?,
+            HostChange::Remove { name } => remove_host_sync(conn, name, actor)?,
+        }
+    }
+    Ok(())
+}
+
+fn fetch_host_sync(
+    conn: &rusqlite::Connection,
+    name: &str,
+) -> Result<Option<HostRecord>, StoreError> {
+    use rusqlite::OptionalExtension;
+    type Raw = (
+        String,
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        String,
+        i64,
+        i64,
+        Option<String>,
+    );
+    let raw: Option<Raw> = conn
+        .prepare_cached(concat!(host_select!(), " WHERE h.name = ?1"))?
+        .query_row([name], |r| {
+            Ok((
+                r.get("name")?,
+                r.get("state")?,
+                r.get("source")?,
+                r.get("ip")?,
+                r.get("rack")?,
+                r.get("role")?,
+                r.get("spec")?,
+                r.get("created")?,
+                r.get("updated")?,
+                r.get("macs")?,
+            ))
+        })
+        .optional()?;
+    let Some((name, state, source, ip, rack, role, spec, created, updated, macs)) = raw else {
+        return Ok(None);
+    };
+    fn parse<T: FromStr>(column: &'static str, text: String) -> Result<T, StoreError> {
+        text.parse().map_err(|_| corrupt(column, text))
+    }
+    let ts = |column: &'static str, ms: i64| {
+        Timestamp::from_millisecond(ms).map_err(|_| corrupt(column, ms.to_string()))
+    };
+    Ok(Some(HostRecord {
+        macs: macs
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .filter(|m| !m.is_empty())
+            .map(|m| m.parse().map_err(|_| corrupt("mac", m)))
+            .collect::<Result<Vec<MacAddr>, _>>()?,
+        name,
+        state: parse("state", state)?,
+        source: parse("source", source)?,
+        ip: ip.map(|t| parse("ip", t)).transpose()?,
+        rack,
+        role: role.map(|t| parse("role", t)).transpose()?,
+        spec: serde_json::from_str(&spec).map_err(|_| corrupt("spec", spec))?,
+        created: ts("created", created)?,
+        updated: ts("updated", updated)?,
+    }))
+}
+
+fn check_macs_free_sync(
+    conn: &rusqlite::Connection,
+    host: &str,
+    macs: &[MacAddr],
+) -> Result<(), StoreError> {
+    use rusqlite::OptionalExtension;
+    let mut stmt = conn.prepare_cached("SELECT host FROM host_macs WHERE mac = ?1")?;
+    for mac in macs {
+        let owner: Option<String> = stmt.query_row([mac.to_string()], |r| r.get(0)).optional()?;
+        if let Some(owner) = owner
+            && owner != host
+        {
+            return Err(StoreError::MacTaken {
+                mac: *mac,
+                owner,
+                host: host.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn insert_macs_sync(
+    conn: &rusqlite::Connection,
+    host: &str,
+    macs: &[MacAddr],
+) -> Result<(), StoreError> {
+    let mut stmt =
+        conn.prepare_cached("INSERT INTO host_macs (mac, host, position) VALUES (?1, ?2, ?3)")?;
+    for (position, mac) in (0_i64..).zip(macs) {
+        stmt.execute(rusqlite::params![mac.to_string(), host, position])?;
+    }
+    Ok(())
+}
+
+fn add_host_sync(
+    conn: &rusqlite::Connection,
+    host: &HostRecord,
+    actor: &str,
+) -> Result<(), StoreError> {
+    let macs = unique_macs(&host.macs);
+    check_macs_free_sync(conn, &host.name, &macs)?;
+    conn.prepare_cached(
+        "INSERT INTO hosts (name, state, source, ip, rack, role, spec, created, updated) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(rusqlite::params![
+        host.name,
+        host.state.as_str(),
+        host.source.as_str(),
+        host.ip.map(|ip| ip.to_string()),
+        host.rack,
+        host.role.map(|r| r.as_str()),
+        host.spec.to_string(),
+        millis(host.created),
+        millis(host.updated),
+    ])?;
+    insert_macs_sync(conn, &host.name, &macs)?;
+    let event = host_event(EventKind::HostAdded, host, actor)
+        .detail(json!({ "state": host.state, "source": host.source }));
+    insert_event_sync(conn, &event)?;
+    Ok(())
+}
+
+fn update_host_sync(
+    conn: &rusqlite::Connection,
+    host: &HostRecord,
+    fields: &[String],
+    actor: &str,
+) -> Result<(), StoreError> {
+    use rusqlite::OptionalExtension;
+    let exists: Option<i64> = conn
+        .prepare_cached("SELECT 1 FROM hosts WHERE name = ?1")?
+        .query_row([&host.name], |r| r.get(0))
+        .optional()?;
+    if exists.is_none() {
+        return Err(StoreError::NoSuchHost(host.name.clone()));
+    }
+    let macs = unique_macs(&host.macs);
+    check_macs_free_sync(conn, &host.name, &macs)?;
+    // `state` and `created` are the store's, not the declaration's: left as stored.
+    conn.prepare_cached(
+        "UPDATE hosts SET source = ?1, ip = ?2, rack = ?3, role = ?4, spec = ?5, updated = ?6 \
+         WHERE name = ?7",
+    )?
+    .execute(rusqlite::params![
+        host.source.as_str(),
+        host.ip.map(|ip| ip.to_string()),
+        host.rack,
+        host.role.map(|r| r.as_str()),
+        host.spec.to_string(),
+        millis(now()),
+        host.name,
+    ])?;
+    conn.prepare_cached("DELETE FROM host_macs WHERE host = ?1")?
+        .execute([&host.name])?;
+    insert_macs_sync(conn, &host.name, &macs)?;
+    let event = host_event(EventKind::HostChanged, host, actor).detail(json!({ "fields": fields }));
+    insert_event_sync(conn, &event)?;
+    Ok(())
+}
+
+fn remove_host_sync(
+    conn: &rusqlite::Connection,
+    name: &str,
+    actor: &str,
+) -> Result<(), StoreError> {
+    let Some(host) = fetch_host_sync(conn, name)? else {
+        return Err(StoreError::NoSuchHost(name.to_string()));
+    };
+    // host_macs rows go with it (ON DELETE CASCADE); events have no foreign key and stay.
+    conn.prepare_cached("DELETE FROM hosts WHERE name = ?1")?
+        .execute([name])?;
+    let event =
+        host_event(EventKind::HostRemoved, &host, actor).detail(json!({ "state": host.state }));
+    insert_event_sync(conn, &event)?;
+    Ok(())
 }
 
 // ---- events ------------------------------------------------------------------------------
@@ -890,6 +1520,134 @@ mod tests {
             matches!(&err, StoreError::Corrupt { column: "ip", value } if value == "10.0.0.300"),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn writer_connection_is_wal_full_sync_with_foreign_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        drop(rusqlite::Connection::open(&path).unwrap());
+        let conn = open_writer_connection(&path).unwrap();
+        let get = |name: &str| -> String {
+            conn.query_row(&format!("PRAGMA {name}"), [], |r| {
+                r.get::<_, String>(0)
+                    .or_else(|_| r.get::<_, i64>(0).map(|n| n.to_string()))
+            })
+            .unwrap()
+        };
+        assert_eq!(get("journal_mode"), "wal");
+        assert_eq!(get("synchronous"), "2", "FULL");
+        assert_eq!(get("foreign_keys"), "1");
+        assert_eq!(get("busy_timeout"), "5000");
+        assert_eq!(get("temp_store"), "2", "MEMORY");
+    }
+
+    fn test_host(name: &str, mac: MacAddr) -> HostRecord {
+        HostRecord {
+            name: name.into(),
+            state: HostState::Discovered,
+            source: HostSource::Discovered,
+            macs: vec![mac],
+            ip: None,
+            rack: None,
+            role: None,
+            spec: json!({}),
+            created: now(),
+            updated: now(),
+        }
+    }
+
+    fn test_lease(ip: [u8; 4], mac: MacAddr) -> (Lease, NewEvent) {
+        let lease = Lease {
+            ip: Ipv4Addr::from(ip),
+            mac,
+            client_id: None,
+            state: LeaseState::Active,
+            starts: now(),
+            ends: now() + Duration::from_secs(600),
+            host: None,
+            subnet: "prov".into(),
+            relay: RelayInfo::default(),
+        };
+        let event = NewEvent::new(EventKind::LeaseCommitted, "test")
+            .ip(lease.ip)
+            .mac(mac);
+        (lease, event)
+    }
+
+    /// Jobs queued together share one transaction, but each stays atomic on its own: a
+    /// host change refused half-way is rolled back alone, the lease batch and the other
+    /// change beside it are committed.
+    #[tokio::test]
+    async fn jobs_sharing_a_transaction_fail_alone() {
+        let (store, _dir) = store().await;
+        let m = |n: u8| MacAddr([2, 0, 0, 0, 0, n]);
+        store
+            .apply_host_changes(&[HostChange::Add(test_host("a", m(1)))], "test")
+            .await
+            .unwrap();
+        let leases = vec![
+            test_lease([10, 0, 0, 5], m(5)),
+            test_lease([10, 0, 0, 6], m(6)),
+        ];
+        let bad = [
+            HostChange::Add(test_host("c", m(3))),
+            HostChange::Add(test_host("b", m(1))),
+        ];
+        let good = [HostChange::Add(test_host("d", m(4)))];
+        let (l, b, g) = tokio::join!(
+            store.commit_leases(&leases),
+            store.apply_host_changes(&bad, "test"),
+            store.apply_host_changes(&good, "test"),
+        );
+        assert!(l.unwrap().iter().all(Result::is_ok));
+        assert!(matches!(b, Err(StoreError::MacTaken { .. })), "{b:?}");
+        g.unwrap();
+        let names: Vec<String> = store
+            .list_hosts()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|h| h.name)
+            .collect();
+        assert_eq!(names, ["a", "d"], "c went with b's refused batch");
+        for ip in [[10, 0, 0, 5], [10, 0, 0, 6]] {
+            assert!(store.get_lease(Ipv4Addr::from(ip)).await.unwrap().is_some());
+        }
+        // A conflict fails only its own item; an event is written per committed lease.
+        let r = store
+            .commit_leases(&[
+                test_lease([10, 0, 0, 5], m(9)),
+                test_lease([10, 0, 0, 7], m(7)),
+            ])
+            .await
+            .unwrap();
+        assert!(matches!(r[0], Err(StoreError::Conflict { .. })), "{r:?}");
+        assert!(r[1].is_ok());
+        let committed = store
+            .query(&EventQuery {
+                kind: Some(EventKind::LeaseCommitted),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(committed.len(), 3);
+        // A duplicate host name is a database error, as from sqlx.
+        let dup = store
+            .apply_host_changes(&[HostChange::Add(test_host("a", m(8)))], "test")
+            .await;
+        assert!(
+            matches!(&dup, Err(StoreError::Db(sqlx::Error::Database(e))) if e.is_unique_violation()),
+            "{dup:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn writes_after_close_fail() {
+        let (store, _dir) = store().await;
+        store.close().await;
+        let (lease, event) = test_lease([10, 0, 0, 9], MacAddr([2, 0, 0, 0, 0, 9]));
+        assert!(store.commit_lease(&lease, &event).await.is_err());
     }
 
     #[test]
