@@ -147,6 +147,15 @@ impl SqliteStore {
 
     /// A write transaction that takes SQLite's write lock up front (`BEGIN IMMEDIATE`), so
     /// a read-then-write inside it can never be invalidated by another writer.
+    /// The hot-path writer thread; a read-only store (CLI readers) has none.
+    fn writer(&self) -> Result<&Writer, StoreError> {
+        self.fast.as_ref().ok_or_else(|| {
+            StoreError::Db(sqlx::Error::Configuration(
+                "the store was opened read-only; writes go through the daemon".into(),
+            ))
+        })
+    }
+
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
@@ -223,129 +232,6 @@ async fn fetch_host(
         .transpose()
 }
 
-/// Refuses any MAC that already belongs to a host other than `host`.
-async fn check_macs_free(
-    conn: &mut SqliteConnection,
-    host: &str,
-    macs: &[MacAddr],
-) -> Result<(), StoreError> {
-    for mac in macs {
-        let owner: Option<String> = sqlx::query_scalar("SELECT host FROM host_macs WHERE mac = ?")
-            .bind(mac.to_string())
-            .fetch_optional(&mut *conn)
-            .await?;
-        if let Some(owner) = owner
-            && owner != host
-        {
-            return Err(StoreError::MacTaken {
-                mac: *mac,
-                owner,
-                host: host.to_string(),
-            });
-        }
-    }
-    Ok(())
-}
-
-async fn insert_macs(
-    conn: &mut SqliteConnection,
-    host: &str,
-    macs: &[MacAddr],
-) -> Result<(), StoreError> {
-    for (position, mac) in (0_i64..).zip(macs) {
-        sqlx::query("INSERT INTO host_macs (mac, host, position) VALUES (?, ?, ?)")
-            .bind(mac.to_string())
-            .bind(host)
-            .bind(position)
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
-}
-
-async fn add_host(
-    conn: &mut SqliteConnection,
-    host: &HostRecord,
-    actor: &str,
-) -> Result<(), StoreError> {
-    let macs = unique_macs(&host.macs);
-    check_macs_free(conn, &host.name, &macs).await?;
-    sqlx::query(
-        "INSERT INTO hosts (name, state, source, ip, rack, role, spec, created, updated) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&host.name)
-    .bind(host.state.as_str())
-    .bind(host.source.as_str())
-    .bind(host.ip.map(|ip| ip.to_string()))
-    .bind(&host.rack)
-    .bind(host.role.map(|r| r.as_str()))
-    .bind(host.spec.to_string())
-    .bind(millis(host.created))
-    .bind(millis(host.updated))
-    .execute(&mut *conn)
-    .await?;
-    insert_macs(conn, &host.name, &macs).await?;
-    let event = host_event(EventKind::HostAdded, host, actor)
-        .detail(json!({ "state": host.state, "source": host.source }));
-    insert_event(conn, &event).await?;
-    Ok(())
-}
-
-async fn update_host(
-    conn: &mut SqliteConnection,
-    host: &HostRecord,
-    fields: &[String],
-    actor: &str,
-) -> Result<(), StoreError> {
-    if fetch_host(conn, &host.name).await?.is_none() {
-        return Err(StoreError::NoSuchHost(host.name.clone()));
-    }
-    let macs = unique_macs(&host.macs);
-    check_macs_free(conn, &host.name, &macs).await?;
-    // `state` and `created` are the store's, not the declaration's: left as stored.
-    sqlx::query(
-        "UPDATE hosts SET source = ?, ip = ?, rack = ?, role = ?, spec = ?, updated = ? \
-         WHERE name = ?",
-    )
-    .bind(host.source.as_str())
-    .bind(host.ip.map(|ip| ip.to_string()))
-    .bind(&host.rack)
-    .bind(host.role.map(|r| r.as_str()))
-    .bind(host.spec.to_string())
-    .bind(millis(now()))
-    .bind(&host.name)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("DELETE FROM host_macs WHERE host = ?")
-        .bind(&host.name)
-        .execute(&mut *conn)
-        .await?;
-    insert_macs(conn, &host.name, &macs).await?;
-    let event = host_event(EventKind::HostChanged, host, actor).detail(json!({ "fields": fields }));
-    insert_event(conn, &event).await?;
-    Ok(())
-}
-
-async fn remove_host(
-    conn: &mut SqliteConnection,
-    name: &str,
-    actor: &str,
-) -> Result<(), StoreError> {
-    let Some(host) = fetch_host(conn, name).await? else {
-        return Err(StoreError::NoSuchHost(name.to_string()));
-    };
-    // host_macs rows go with it (ON DELETE CASCADE); events have no foreign key and stay.
-    sqlx::query("DELETE FROM hosts WHERE name = ?")
-        .bind(name)
-        .execute(&mut *conn)
-        .await?;
-    let event =
-        host_event(EventKind::HostRemoved, &host, actor).detail(json!({ "state": host.state }));
-    insert_event(conn, &event).await?;
-    Ok(())
-}
-
 #[async_trait]
 impl HostStore for SqliteStore {
     async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
@@ -379,22 +265,7 @@ impl HostStore for SqliteStore {
         changes: &[HostChange],
         actor: &str,
     ) -> Result<(), StoreError> {
-        if let Some(fast) = &self.fast {
-            return fast.hosts(changes.to_vec(), actor).await;
-        }
-        let mut tx = self.begin_write().await?;
-        for change in changes {
-            // Any error returns early and drops `tx`, which rolls the whole batch back.
-            match change {
-                HostChange::Add(host) => add_host(&mut tx, host, actor).await?,
-                HostChange::Update { host, fields } => {
-                    update_host(&mut tx, host, fields, actor).await?
-                }
-                HostChange::Remove { name } => remove_host(&mut tx, name, actor).await?,
-            }
-        }
-        tx.commit().await?;
-        Ok(())
+        self.writer()?.hosts(changes.to_vec(), actor).await
     }
 
     async fn set_host_state(
@@ -437,55 +308,6 @@ impl HostStore for SqliteStore {
 
 // ---- leases ------------------------------------------------------------------------------
 
-/// Writes one lease and its event on `conn` (inside the caller's transaction), refusing an
-/// address another MAC still holds.
-async fn write_lease(
-    conn: &mut SqliteConnection,
-    lease: &Lease,
-    event: &NewEvent,
-) -> Result<(), StoreError> {
-    let held = sqlx::query("SELECT mac, state, ends FROM leases WHERE ip = ?")
-        .bind(lease.ip.to_string())
-        .fetch_optional(&mut *conn)
-        .await?;
-    if let Some(row) = held {
-        let holder: MacAddr = parsed(&row, "mac")?;
-        let state: LeaseState = parsed(&row, "state")?;
-        let until = timestamp(&row, "ends")?;
-        if holder != lease.mac && state.holds_address() && until > now() {
-            return Err(StoreError::Conflict {
-                ip: lease.ip,
-                holder,
-                until,
-                requester: lease.mac,
-            });
-        }
-    }
-    sqlx::query(
-        "INSERT INTO leases (ip, mac, client_id, state, starts, ends, host, subnet, giaddr, \
-             circuit_id, remote_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (ip) DO UPDATE SET mac = excluded.mac, client_id = excluded.client_id, \
-             state = excluded.state, starts = excluded.starts, ends = excluded.ends, \
-             host = excluded.host, subnet = excluded.subnet, giaddr = excluded.giaddr, \
-             circuit_id = excluded.circuit_id, remote_id = excluded.remote_id",
-    )
-    .bind(lease.ip.to_string())
-    .bind(lease.mac.to_string())
-    .bind(&lease.client_id)
-    .bind(lease.state.as_str())
-    .bind(millis(lease.starts))
-    .bind(millis(lease.ends))
-    .bind(&lease.host)
-    .bind(&lease.subnet)
-    .bind(lease.relay.giaddr.map(|ip| ip.to_string()))
-    .bind(&lease.relay.circuit_id)
-    .bind(&lease.relay.remote_id)
-    .execute(&mut *conn)
-    .await?;
-    insert_event(conn, event).await?;
-    Ok(())
-}
-
 const LEASE_COLUMNS: &str =
     "ip, mac, client_id, state, starts, ends, host, subnet, giaddr, circuit_id, remote_id";
 
@@ -510,14 +332,11 @@ fn lease_from_row(row: &SqliteRow) -> Result<Lease, StoreError> {
 #[async_trait]
 impl LeaseStore for SqliteStore {
     async fn commit_lease(&self, lease: &Lease, event: &NewEvent) -> Result<(), StoreError> {
-        if let Some(fast) = &self.fast {
-            let mut results = fast.leases(vec![(lease.clone(), event.clone())]).await?;
-            return results.pop().unwrap_or(Ok(()));
-        }
-        let mut tx = self.begin_write().await?;
-        write_lease(&mut tx, lease, event).await?;
-        tx.commit().await?;
-        Ok(())
+        let mut results = self
+            .writer()?
+            .leases(vec![(lease.clone(), event.clone())])
+            .await?;
+        results.pop().unwrap_or(Ok(()))
     }
 
     /// One transaction, one fsync, for the whole batch (group commit). A conflict fails
@@ -526,20 +345,7 @@ impl LeaseStore for SqliteStore {
         &self,
         batch: &[(Lease, NewEvent)],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-        if let Some(fast) = &self.fast {
-            return fast.leases(batch.to_vec()).await;
-        }
-        let mut tx = self.begin_write().await?;
-        let mut out = Vec::with_capacity(batch.len());
-        for (lease, event) in batch {
-            match write_lease(&mut tx, lease, event).await {
-                Err(e @ StoreError::Conflict { .. }) => out.push(Err(e)),
-                Err(e) => return Err(e),
-                Ok(()) => out.push(Ok(())),
-            }
-        }
-        tx.commit().await?;
-        Ok(out)
+        self.writer()?.leases(batch.to_vec()).await
     }
 
     async fn get_lease(&self, ip: Ipv4Addr) -> Result<Option<Lease>, StoreError> {
