@@ -751,7 +751,8 @@ fn write_leases_sync(
     Ok(out)
 }
 
-/// [`write_lease`] on the writer thread.
+/// Writes one lease and its event inside the writer's transaction, refusing an address
+/// another MAC still holds.
 fn write_lease_sync(
     conn: &rusqlite::Connection,
     lease: &Lease,
