@@ -156,6 +156,13 @@ address = "$ip/$PREFIX"
 
 [dhcp]
 conflict_probe = "off"
+
+# RFC 3074 load balancing between the two (README "Two gateways").
+[ha]
+gateway_id = "gw-$g"
+peer = "gw-$([ $g = a ] && echo b || echo a)"
+heartbeat_interval_ms = 200
+peer_timeout_ms = 1000
 EOF
   cat >"$TMP/kea-$g.json" <<EOF
 {

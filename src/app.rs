@@ -99,6 +99,10 @@ pub struct App {
     pub secrets: ArcSwap<crate::secrets::Secrets>,
     /// BMC power control (Redfish, IPMI), bounded per gateway.
     pub power: Arc<dyn crate::bmc::PowerControl>,
+    /// The peer gateway as the heartbeat sees it: our RFC 3074 share of the clients.
+    pub peers: Arc<crate::ha::PeerWatch>,
+    /// The shared store's heartbeat rows (PostgreSQL only).
+    heartbeats: Option<Arc<dyn crate::ha::Heartbeats>>,
 }
 
 /// The API tokens the config names (none configured → an empty set: no mutating API).
@@ -154,37 +158,23 @@ impl App {
     pub async fn start(config: Config) -> anyhow::Result<Arc<App>> {
         let (inventory, boot) = load_inventory(&config)
             .with_context(|| format!("inventory {}", config.inventory_dir.display()))?;
-        let store = store::open_with(&config.store, &config.postgres.pg_options())
-            .await
-            .with_context(|| format!("opening store {}", config.store))?;
-        // Two gateways starting together on one shared store race to add the same hosts;
-        // the loser's transaction fails as a whole. Its plan is then stale: plan again.
-        let mut attempt = 0;
-        let report = loop {
-            match reconcile(store.as_ref(), &inventory, "inventory").await {
-                Ok(r) => break r,
-                Err(e) if attempt < 3 => {
-                    attempt += 1;
-                    tracing::warn!(error = %e, attempt, "reconciling the inventory failed; planning again");
-                    tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
-                }
-                Err(e) => {
-                    return Err(e).context("reconciling the inventory into the store");
-                }
-            }
-        };
+        let health = Arc::new(crate::ha::StoreHealth::new());
+        let (store, heartbeats) = open_store(&config, &health).await?;
+        let events = crate::events::EventSink::spawn_with(store.clone(), health.clone());
         let hosts = inventory.hosts.len();
-        store
-            .append(
-                &NewEvent::new(EventKind::DaemonStarted, "daemon").detail(
-                    serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "hosts": hosts}),
-                ),
-            )
-            .await?;
-        log_loaded(&store, "inventory", 1, hosts, &report).await?;
+        let started = NewEvent::new(EventKind::DaemonStarted, "daemon")
+            .detail(serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "hosts": hosts}));
+        if health.is_up() {
+            let report = reconcile_at_start(store.as_ref(), &inventory).await?;
+            store.append(&started).await?;
+            log_loaded(&store, "inventory", 1, hosts, &report).await?;
+        } else {
+            // Started without the store: the event waits in the queue; the inventory is
+            // reconciled by `recover` once the store answers.
+            events.record(started).await;
+        }
         let tokens = load_tokens(&config).context("API tokens")?;
         let secrets = config.load_secrets().context("BMC secrets")?;
-        let health = Arc::new(crate::ha::StoreHealth::new());
         let ipam = crate::ipam::Ipam::start(
             store.clone(),
             crate::ipam::IpamOptions {
@@ -195,16 +185,8 @@ impl App {
         )
         .await
         .context("loading leases")?;
-        if config.handoff.enabled {
-            let interrupted = crate::handoff::fail_interrupted(store.as_ref())
-                .await
-                .context("failing hand-offs the last daemon left running")?;
-            for host in interrupted {
-                tracing::warn!(
-                    host,
-                    "hand-off interrupted by the last shutdown: host failed"
-                );
-            }
+        if config.handoff.enabled && health.is_up() {
+            fail_interrupted_handoffs(store.as_ref()).await?;
         }
         let handoff = config.handoff.enabled.then(|| {
             Arc::new(crate::handoff::Runner::new(
@@ -214,9 +196,13 @@ impl App {
             ))
         });
         let power = Arc::new(crate::bmc::Bmcs::new(config.bmc.clone()));
+        let peers = Arc::new(crate::ha::PeerWatch::new(config.ha.clone()));
+        let degraded_at_start = !health.is_up();
         let app = App {
             handoff,
-            events: crate::events::EventSink::spawn_with(store.clone(), health),
+            events,
+            peers,
+            heartbeats,
             ipam,
             config,
             store,
@@ -230,7 +216,11 @@ impl App {
             started_at: Timestamp::now(),
         };
         app.update_inventory_metrics();
-        Ok(Arc::new(app))
+        let app = Arc::new(app);
+        if degraded_at_start {
+            tokio::spawn(recover(Arc::downgrade(&app)));
+        }
+        Ok(app)
     }
 
     /// The inventory in force (a cheap snapshot; never blocks a reload).
@@ -381,6 +371,113 @@ impl App {
     }
 }
 
+/// Opens the configured store. A PostgreSQL server that cannot be reached does not stop
+/// the start: the store is opened lazily, `health` marked down, and the daemon serves
+/// degraded until the server answers (see [`recover`]).
+async fn open_store(
+    config: &Config,
+    health: &crate::ha::StoreHealth,
+) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<dyn crate::ha::Heartbeats>>)> {
+    use crate::store::postgres::PostgresStore;
+    let store::StoreUrl::Postgres(raw) = &config.store else {
+        let store = store::open_with(&config.store, &config.postgres.pg_options())
+            .await
+            .with_context(|| format!("opening store {}", config.store))?;
+        return Ok((store, None));
+    };
+    let options = config.postgres.pg_options();
+    let pg = match PostgresStore::open_reachable(raw, &options).await {
+        Ok(pg) => pg,
+        Err(store::StoreError::Unavailable { url, reason }) => {
+            tracing::warn!(store = %url, %reason, "store unreachable at start: starting degraded");
+            health.mark_down(&format!("{url}: {reason}"));
+            PostgresStore::open_lazy(raw, &options)
+                .with_context(|| format!("opening store {}", config.store))?
+        }
+        Err(e) => return Err(e).with_context(|| format!("opening store {}", config.store)),
+    };
+    let pg = Arc::new(pg);
+    Ok((pg.clone(), Some(pg)))
+}
+
+/// Reconciles the inventory into the store at start. Two gateways starting together on
+/// one shared store race to add the same hosts; the loser's transaction fails as a whole.
+/// Its plan is then stale: plan again.
+async fn reconcile_at_start(
+    store: &dyn Store,
+    inventory: &Inventory,
+) -> anyhow::Result<SyncReport> {
+    let mut attempt = 0;
+    loop {
+        match reconcile(store, inventory, "inventory").await {
+            Ok(r) => return Ok(r),
+            Err(e) if attempt < 3 => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "reconciling the inventory failed; planning again");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            Err(e) => return Err(e).context("reconciling the inventory into the store"),
+        }
+    }
+}
+
+async fn fail_interrupted_handoffs(store: &dyn Store) -> anyhow::Result<()> {
+    let interrupted = crate::handoff::fail_interrupted(store)
+        .await
+        .context("failing hand-offs the last daemon left running")?;
+    for host in interrupted {
+        tracing::warn!(
+            host,
+            "hand-off interrupted by the last shutdown: host failed"
+        );
+    }
+    Ok(())
+}
+
+/// First and longest pause between attempts of [`recover`].
+const RECOVER_FIRST: Duration = Duration::from_millis(500);
+const RECOVER_MAX: Duration = Duration::from_secs(10);
+
+/// For a daemon that started without its store: once the store answers, does what the
+/// start skipped (reconcile the inventory in force, fail interrupted hand-offs), retrying
+/// with backoff. Lease writes, events and sightings queued meanwhile flush by themselves.
+async fn recover(app: std::sync::Weak<App>) {
+    let mut pause = RECOVER_FIRST;
+    loop {
+        tokio::time::sleep(pause).await;
+        let Some(app) = app.upgrade() else { return };
+        let done = {
+            let _guard = app.reload_lock.lock().await;
+            let loaded = app.inventory();
+            match reconcile(app.store.as_ref(), &loaded.inventory, "inventory").await {
+                Ok(report) => {
+                    let hosts = loaded.inventory.hosts.len();
+                    if let Err(e) =
+                        log_loaded(&app.store, "inventory", loaded.generation, hosts, &report).await
+                    {
+                        tracing::warn!(error = %e, "could not record inventory-loaded event");
+                    }
+                    if app.config.handoff.enabled
+                        && let Err(e) = fail_interrupted_handoffs(app.store.as_ref()).await
+                    {
+                        tracing::warn!(error = %e, "hand-off clean-up after the store returned failed");
+                    }
+                    tracing::info!(hosts, "store reachable: inventory reconciled");
+                    true
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "store still unreachable: inventory not reconciled yet");
+                    false
+                }
+            }
+        };
+        if done {
+            return;
+        }
+        pause = (pause * 2).min(RECOVER_MAX);
+    }
+}
+
 async fn log_loaded(
     store: &Arc<dyn Store>,
     actor: &str,
@@ -431,6 +528,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         crate::dhcp::server::DhcpServer::new(app.clone(), app.ipam.clone())
             .start(&tracker, &cancel)
             .context("starting DHCP")?;
+    }
+    if let Some(hb) = &app.heartbeats
+        && app.peers.settings().is_some()
+    {
+        tracker.spawn(crate::ha::heartbeat_loop(
+            hb.clone(),
+            app.peers.clone(),
+            cancel.clone(),
+        ));
     }
     tracker.close();
 

@@ -152,6 +152,95 @@ fn two_gateways_share_load_and_survive_a_kill_9() {
     check_acks(&acks, &store_leases(&url));
 }
 
+/// RFC 3074 load balancing under load: two gateways with `[ha]` see each other's
+/// heartbeat, split the unknown clients by hash bucket and take fresh addresses from
+/// different halves of the pool, so under perfdhcp on both no REQUEST is NAKed for an
+/// address the other gateway took (the race that cost 9 NAKs at 500/s without it), both
+/// still ACK, and no address is ACKed to two MACs. Then B is `kill -9`ed: A sees the
+/// heartbeat stop and answers everybody.
+#[test]
+fn rfc3074_load_balancing_ends_the_naks_and_fails_over() {
+    if skip() {
+        return;
+    }
+    let cluster = PgCluster::shared();
+    let url = rt().block_on(cluster.fresh_db());
+    let sock = ha::socket_url(&url, cluster.socket_dir(), cluster.port());
+    let lab = HaLab::new();
+    let (site_a, site_b) = (
+        ha::gateway_site_ha(ha::GWA_IP, &sock, "gw-a", "gw-b"),
+        ha::gateway_site_ha(ha::GWB_IP, &sock, "gw-b", "gw-a"),
+    );
+    let _a = GwDaemon::start(&lab.gwa, &site_a);
+    let mut b = GwDaemon::start(&lab.gwb, &site_b);
+    let metrics = |ns: &support::Netns, ip: &str| {
+        ha::get(ns, &format!("http://{ip}:8080/metrics"))
+            .map(|(_, m)| m)
+            .unwrap_or_default()
+    };
+    for (ns, ip) in [(&lab.gwa, ha::GWA_IP), (&lab.gwb, ha::GWB_IP)] {
+        wait_for(Duration::from_secs(10), || {
+            metrics(ns, ip)
+                .contains("bootgate_ha_peer_up 1")
+                .then_some(())
+        })
+        .unwrap_or_else(|| panic!("{ip} never saw its peer: {}", metrics(ns, ip)));
+    }
+    lab.rack.ip(&[
+        "addr",
+        "add",
+        &format!("{}/24", ha::CLIENT_IP),
+        "dev",
+        "eth0",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let cap = Capture::start(&lab.rack, "br0", dir.path());
+    let text = finish(ha::perfdhcp(&lab.rack, 200, 100, 10));
+    std::thread::sleep(Duration::from_millis(300));
+    let acks = cap.stop();
+    let (ma, mb) = (metrics(&lab.gwa, ha::GWA_IP), metrics(&lab.gwb, ha::GWB_IP));
+    let naks = ha::metric_sum(&ma, "bootgate_dhcp_naks_total")
+        + ha::metric_sum(&mb, "bootgate_dhcp_naks_total");
+    let conflicts = ha::metric_sum(&ma, "bootgate_lease_conflicts_total")
+        + ha::metric_sum(&mb, "bootgate_lease_conflicts_total");
+    assert!(
+        naks == 0.0 && conflicts == 0.0,
+        "{naks} NAKs, {conflicts} commit conflicts:\n{text}"
+    );
+    let servers: BTreeSet<_> = acks.iter().filter_map(|a| a.server).collect();
+    assert!(acks.len() >= 100, "only {} ACKs:\n{text}", acks.len());
+    assert_eq!(servers.len(), 2, "ACKs from {servers:?} only:\n{text}");
+    for m in [&ma, &mb] {
+        assert!(
+            ha::metric_sum(m, "bootgate_dhcp_dropped_total{reason=\"peer-bucket\"}") > 0.0,
+            "each gateway leaves the peer's buckets alone"
+        );
+    }
+    let leases = store_leases(&url);
+    check_acks(&acks, &leases);
+
+    // B dies: A stops hearing it and answers B's buckets too.
+    b.kill9();
+    wait_for(Duration::from_secs(10), || {
+        metrics(&lab.gwa, ha::GWA_IP)
+            .contains("bootgate_ha_peer_up 0")
+            .then_some(())
+    })
+    .expect("A never noticed B's silence");
+    let cap = Capture::start(&lab.rack, "br0", dir.path());
+    let text = finish(ha::perfdhcp(&lab.rack, 50, 40, 4));
+    std::thread::sleep(Duration::from_millis(300));
+    let acks = cap.stop();
+    let servers: BTreeSet<_> = acks.iter().filter_map(|a| a.server).collect();
+    assert!(
+        acks.len() >= 20,
+        "only {} ACKs after B died:\n{text}",
+        acks.len()
+    );
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    check_acks(&acks, &store_leases(&url));
+}
+
 /// Crash loop: 20 rounds of `kill -9` (alternating gateways, each restarted at once)
 /// during a perfdhcp storm, then both up: every address perfdhcp saw ACKed is an active
 /// lease in the store, held by the MAC it was ACKed to, and none went to two MACs.
@@ -285,6 +374,109 @@ fn postgres_restart_degrades_both_and_they_recover() {
         .expect("no dynamic lease after the store came back");
     let ip: Ipv4Addr = lease.ip.parse().unwrap();
     assert!(ip >= Ipv4Addr::new(10, 250, 0, 100), "{ip}");
+}
+
+/// A gateway starts while PostgreSQL is down: it comes up degraded instead of exiting,
+/// serves a known host its reservation and boot file from the inventory, records the
+/// sighting of a stranger it cannot give an address to; PostgreSQL starts: the daemon
+/// becomes healthy without a restart, the inventory is reconciled into the store, and what
+/// it queued meanwhile (the daemon-started event, the degraded ACK's lease and event, the
+/// stranger as a discovered host) is in the database.
+#[test]
+fn gateway_starts_degraded_without_postgres_and_recovers() {
+    if skip() {
+        return;
+    }
+    let cluster = PgCluster::start();
+    let url = rt().block_on(cluster.fresh_db());
+    let sock = ha::socket_url(&url, cluster.socket_dir(), cluster.port());
+    cluster.stop();
+    let lab = HaLab::new();
+    let site = ha::gateway_site(ha::GWA_IP, &sock);
+    let _a = GwDaemon::start(&lab.gwa, &site);
+    let health = || {
+        ha::get(&lab.gwa, &format!("http://{}:8080/healthz", ha::GWA_IP))
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+    };
+    let h = wait_for(Duration::from_secs(10), || {
+        health().filter(|h| h["status"] == "degraded")
+    })
+    .unwrap_or_else(|| panic!("not degraded: {:?}\n{}", health(), ha::daemon_log(&site)));
+    assert!(!h["degraded"]["reason"].is_null(), "{h}");
+
+    // vm0 (reserved 10.250.0.10), as a BIOS PXE client: its address and its boot file.
+    let dir = tempfile::tempdir().unwrap();
+    lab.rack
+        .ip(&["link", "set", "eth0", "address", "52:54:00:d7:8e:1d"]);
+    let lease = support::udhcpc(
+        &lab.rack,
+        "eth0",
+        dir.path(),
+        &["-V", "PXEClient:Arch:00000:UNDI:002001", "-x", "0x5d:0000"],
+    )
+    .unwrap_or_else(|| panic!("vm0 got no lease while degraded\n{}", ha::daemon_log(&site)));
+    assert_eq!(lease.ip, "10.250.0.10");
+    assert_eq!(
+        lease.fields["boot_file"], "undionly.kpxe",
+        "{:?}",
+        lease.fields
+    );
+    // A stranger: no address (allocation paused), but its sighting is kept.
+    lab.rack
+        .ip(&["link", "set", "eth0", "address", "02:00:00:00:be:ef"]);
+    lab.rack.ip(&["-4", "addr", "flush", "dev", "eth0"]);
+    assert!(support::udhcpc(&lab.rack, "eth0", dir.path(), &["-t", "2"]).is_none());
+
+    cluster.start_again();
+    wait_for(Duration::from_secs(30), || {
+        health().filter(|h| h["status"] == "ok")
+    })
+    .unwrap_or_else(|| panic!("did not recover: {:?}\n{}", health(), ha::daemon_log(&site)));
+    let (hosts, started, commits) = wait_for(Duration::from_secs(20), || {
+        let r = rt().block_on(async {
+            use bootgate::store::HostStore;
+            let s = PostgresStore::open(&url, &PgOptions::default())
+                .await
+                .ok()?;
+            let hosts = s.list_hosts().await.ok()?;
+            let q = |kind| EventQuery {
+                kind: Some(kind),
+                ..Default::default()
+            };
+            let started = s.query(&q(EventKind::DaemonStarted)).await.ok()?;
+            let commits = s.query(&q(EventKind::LeaseCommitted)).await.ok()?;
+            s.close().await;
+            Some((hosts, started, commits))
+        })?;
+        let discovered = r.0.iter().any(|h| h.name == "discovered-02000000beef");
+        (discovered && r.0.iter().any(|h| h.name == "vm0") && !r.1.is_empty()).then_some(r)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "queued work never reached the store\n{}",
+            ha::daemon_log(&site)
+        )
+    });
+    let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+    assert!(names.contains(&"vm0"), "inventory reconciled: {names:?}");
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert!(
+        commits
+            .iter()
+            .any(|e| e.ip == Some(Ipv4Addr::new(10, 250, 0, 10))),
+        "{commits:?}"
+    );
+    let leases = store_leases(&url);
+    assert!(
+        leases.iter().any(|l| l.ip == Ipv4Addr::new(10, 250, 0, 10)
+            && l.mac.to_string() == "52:54:00:d7:8e:1d"
+            && l.state == LeaseState::Active),
+        "{leases:?}"
+    );
+    // And the stranger now gets a dynamic address.
+    let lease = support::udhcpc(&lab.rack, "eth0", dir.path(), &[])
+        .expect("no dynamic lease after the store came back");
+    assert!(lease.ip.parse::<Ipv4Addr>().unwrap() >= Ipv4Addr::new(10, 250, 0, 100));
 }
 
 /// A QEMU VM (SeaBIOS + iPXE ROM, inventory host vm0) network-boots the test image while

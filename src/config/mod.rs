@@ -53,6 +53,9 @@ pub struct Config {
     pub bmc: crate::bmc::BmcSettings,
     /// Pool and timing of a `postgres://` store (`[postgres]`); ignored for SQLite.
     pub postgres: PostgresSettings,
+    /// `[ha]`: this gateway's id and its peer's, for RFC 3074 load balancing (None: answer
+    /// every client).
+    pub ha: Option<crate::ha::HaSettings>,
 }
 
 /// The Ansible hand-off (`[handoff]`): how `ansible-playbook` is run against a host once it

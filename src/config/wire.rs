@@ -44,6 +44,9 @@ struct ConfigWire {
     bmc: BmcWire,
     #[serde(default)]
     postgres: PostgresWire,
+    /// `[ha]`: this gateway and its peer on a shared store (see crate::ha).
+    #[serde(default)]
+    ha: crate::ha::HaWire,
 }
 
 /// `[bmc]`: how BMCs are called (all optional).
@@ -406,6 +409,8 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
     let handoff = handoff_settings(&w.handoff, &resolve, &mut p);
     let bmc = bmc_settings(&w.bmc, &mut p);
     let postgres = postgres_settings(&w.postgres, &mut p);
+    let shared = matches!(store, Some(StoreUrl::Postgres(_)));
+    let ha = crate::ha::ha_settings(&w.ha, shared, |field, reason| p.push("ha", field, reason));
     match (store, p.list.is_empty()) {
         (Some(store), true) => Ok(Config {
             path: path.to_path_buf(),
@@ -436,6 +441,7 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
             handoff,
             bmc,
             postgres,
+            ha,
         }),
         _ => Err(Invalid(p.list)),
     }

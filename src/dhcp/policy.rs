@@ -10,6 +10,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use super::{ClientMessage, Request};
+use crate::ha::{Lane, Share};
 use crate::inventory::Subnet;
 use crate::types::MacAddr;
 
@@ -57,8 +58,8 @@ pub trait AddressBook {
     fn binding_of(&self, subnet: &Subnet, client: &ClientKey) -> Option<Binding>;
     /// Who holds `ip` against `client` (None when it is free for them or theirs).
     fn holder(&self, ip: Ipv4Addr, client: &ClientKey) -> Option<Holder>;
-    /// A free address of `subnet`'s dynamic ranges for `client`.
-    fn next_free(&self, subnet: &Subnet, client: &ClientKey) -> Option<Ipv4Addr>;
+    /// A free address of `subnet`'s dynamic ranges for `client`, from `lane` first.
+    fn next_free(&self, subnet: &Subnet, client: &ClientKey, lane: Lane) -> Option<Ipv4Addr>;
 }
 
 /// Everything `decide` may look at besides the request.
@@ -74,6 +75,8 @@ pub struct View<'a> {
     /// That host's reserved address on `subnet`.
     pub reservation: Option<Ipv4Addr>,
     pub book: &'a dyn AddressBook,
+    /// Our share of the clients and the pool while a peer gateway is alive (RFC 3074).
+    pub share: Share,
 }
 
 /// Why a request gets no answer (each is a metric label and a log reason).
@@ -96,6 +99,8 @@ pub enum Silence {
     Malformed,
     /// RELEASE / DECLINE of an address the client does not hold.
     NotHeld,
+    /// An unknown client whose RFC 3074 hash bucket is the (alive) peer gateway's.
+    PeerBucket,
 }
 
 impl Silence {
@@ -109,6 +114,7 @@ impl Silence {
             Silence::NoRecord => "no-record",
             Silence::Malformed => "malformed",
             Silence::NotHeld => "not-held",
+            Silence::PeerBucket => "peer-bucket",
         }
     }
 }
@@ -251,12 +257,21 @@ fn discover(req: &Request, view: &View, subnet: &Subnet, client: &ClientKey) -> 
             lease_time,
         };
     }
+    // RFC 3074 §5: "the server ... MUST NOT respond" to a client whose hash bucket it is
+    // not assigned. Only fresh allocations are split: a reservation or a binding is the
+    // same address whichever gateway answers, so both do.
+    if !view.share.answers(crate::ha::bucket(
+        req.client_id.as_deref(),
+        &req.mac.octets(),
+    )) {
+        return Decision::Ignore(Silence::PeerBucket);
+    }
     if let Some(ip) = req.requested_ip
         && allocatable(view, subnet, client, ip).is_ok()
     {
         return Decision::Offer { ip, lease_time };
     }
-    match view.book.next_free(subnet, client) {
+    match view.book.next_free(subnet, client, view.share.lane()) {
         Some(ip) => Decision::Offer { ip, lease_time },
         None => Decision::Ignore(Silence::PoolExhausted),
     }
@@ -453,6 +468,7 @@ mod tests {
             host: (reserved && r.mac == MAC_A).then_some("vm0"),
             reservation: (reserved && r.mac == MAC_A).then(|| ip("10.250.0.10")),
             book,
+            share: Share::All,
         };
         decide(r, &view)
     }
@@ -767,6 +783,7 @@ mod tests {
             host: None,
             reservation: None,
             book: &book,
+            share: Share::All,
         };
         assert_eq!(decide(&r, &view), Decision::Ignore(Silence::NoSubnet));
     }

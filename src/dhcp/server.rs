@@ -24,9 +24,7 @@ use crate::config::Interface;
 use crate::inventory::{Inventory, Purpose, Served, Subnet};
 use crate::ipam::{Claim, Ipam};
 use crate::pxe;
-use crate::store::{
-    EventKind, HostChange, HostRecord, HostSource, Lease, LeaseState, NewEvent, RelayInfo,
-};
+use crate::store::{EventKind, HostRecord, HostSource, Lease, LeaseState, NewEvent, RelayInfo};
 use crate::types::{HostState, MacAddr};
 
 pub const SERVER_PORT: u16 = 67;
@@ -276,6 +274,11 @@ impl DhcpServer {
         // are served; a fresh dynamic address is not offered (the other gateway could hand
         // it out too, and no store can tell us).
         let degraded = !self.ipam.health().is_up();
+        // Before deciding: a stranger is recorded even when it gets no answer (degraded, or
+        // its RFC 3074 bucket is the peer's); the writer queues sightings while degraded.
+        if host.is_none() && subnet.is_some() {
+            self.discovered(&req, inv);
+        }
         let (mut decision, previous) = loop {
             let (decision, previous, probe) = {
                 let mut book = self.ipam.book();
@@ -288,6 +291,7 @@ impl DhcpServer {
                     host: host.map(|h| h.name.as_str()),
                     reservation,
                     book: &*book,
+                    share: self.app.peers.share(),
                 };
                 let decision = policy::decide(&req, &view);
                 let mut previous: Option<Option<Claim>> = None;
@@ -353,10 +357,6 @@ impl DhcpServer {
                 }
             }
         };
-
-        if host.is_none() && subnet.is_some() {
-            self.discovered(&req, inv);
-        }
 
         // Effects: leases are committed durably before the ACK is sent.
         if let (Some(previous), Some(s)) = (previous, subnet)
@@ -608,92 +608,103 @@ const MAX_SIGHTINGS: usize = 256;
 /// new MACs (a rack powering on) then costs one transaction, not one each.
 const SIGHTING_LINGER: Duration = Duration::from_millis(250);
 
-/// The discovery writer: records every queued sighting as a `discovered` host (or refreshes
-/// its last-seen) in one transaction per batch, off the DHCP path.
+/// Sightings kept while the store is unreachable (one per MAC, the newest); beyond, new
+/// MACs are dropped and counted in `bootgate_events_dropped_total{kind="host-discovered"}`.
+const MAX_PENDING_SIGHTINGS: usize = 10_000;
+
+/// How often pending sightings are retried while the store is down.
+const SIGHTING_RETRY: Duration = Duration::from_secs(1);
+
+/// The discovered-host record a sighting stands for.
+fn sighting_record(s: Sighting) -> HostRecord {
+    HostRecord {
+        name: discovered_name(s.mac),
+        state: HostState::Discovered,
+        source: HostSource::Discovered,
+        macs: vec![s.mac],
+        ip: None,
+        rack: s.rack,
+        role: None,
+        spec: s.spec,
+        created: s.at,
+        updated: s.at,
+    }
+}
+
+/// The discovery writer: records queued sightings as `discovered` hosts (or refreshes
+/// their last-seen) in one transaction per batch, off the DHCP path. Both gateways see
+/// every unknown MAC; the store's `record_discovered` makes that harmless. While the store
+/// is unreachable the sightings wait here (bounded, one per MAC) and are written when it
+/// answers again.
 async fn record_sightings(
     store: Arc<dyn crate::store::Store>,
     mut rx: tokio::sync::mpsc::Receiver<Sighting>,
 ) {
-    let mut batch = Vec::with_capacity(MAX_SIGHTINGS);
-    while rx.recv_many(&mut batch, MAX_SIGHTINGS).await > 0 {
-        if batch.len() < MAX_SIGHTINGS {
-            tokio::time::sleep(SIGHTING_LINGER).await;
-            while batch.len() < MAX_SIGHTINGS
-                && let Ok(s) = rx.try_recv()
-            {
-                batch.push(s);
+    use crate::store::{Sighted, StoreError};
+    let mut pending: Vec<HostRecord> = Vec::new();
+    let mut incoming = Vec::with_capacity(MAX_SIGHTINGS);
+    loop {
+        if pending.is_empty() {
+            if rx.recv_many(&mut incoming, MAX_SIGHTINGS).await == 0 {
+                return;
             }
-        }
-        let mut changes = Vec::with_capacity(batch.len());
-        let mut added = Vec::new();
-        for s in batch.drain(..) {
-            let name = discovered_name(s.mac);
-            let existing = match store.get_host(&name).await {
-                Ok(h) => h,
-                Err(e) => {
-                    tracing::error!(error = %e, "discovery lookup failed");
-                    continue;
-                }
-            };
-            // One change per host per batch: a later sighting of the same MAC replaces it.
-            changes.retain(|c: &HostChange| match c {
-                HostChange::Add(h) | HostChange::Update { host: h, .. } => h.name != name,
-                HostChange::Remove { .. } => true,
-            });
-            let mut spec = s.spec;
-            match existing {
-                Some(h) if h.source == HostSource::Discovered => {
-                    if let (Some(first), Some(obj)) =
-                        (h.spec.get("first_seen"), spec.as_object_mut())
-                    {
-                        obj.insert("first_seen".into(), first.clone());
-                    }
-                    changes.push(HostChange::Update {
-                        host: HostRecord {
-                            spec,
-                            rack: s.rack,
-                            updated: s.at,
-                            ..h
-                        },
-                        fields: vec!["last_seen".into()],
-                    });
-                }
-                Some(_) => {}
-                None => {
-                    added.push(name.clone());
-                    changes.push(HostChange::Add(HostRecord {
-                        name,
-                        state: HostState::Discovered,
-                        source: HostSource::Discovered,
-                        macs: vec![s.mac],
-                        ip: None,
-                        rack: s.rack,
-                        role: None,
-                        spec,
-                        created: s.at,
-                        updated: s.at,
-                    }));
-                }
-            }
-        }
-        if changes.is_empty() {
-            continue;
-        }
-        if store.apply_host_changes(&changes, "dhcp").await.is_err() {
-            // One bad change (a MAC declared in the inventory meanwhile) must not lose the
-            // rest: apply them one by one.
-            for c in &changes {
-                if let Err(e) = store
-                    .apply_host_changes(std::slice::from_ref(c), "dhcp")
-                    .await
+            // Let a burst (a rack powering on) gather: one transaction, not one each.
+            if incoming.len() < MAX_SIGHTINGS {
+                tokio::time::sleep(SIGHTING_LINGER).await;
+                while incoming.len() < MAX_SIGHTINGS
+                    && let Ok(s) = rx.try_recv()
                 {
-                    tracing::warn!(error = %e, "recording a discovered host failed");
+                    incoming.push(s);
+                }
+            }
+        } else {
+            tokio::select! {
+                n = rx.recv_many(&mut incoming, MAX_SIGHTINGS) => if n == 0 { return },
+                _ = tokio::time::sleep(SIGHTING_RETRY) => {}
+            }
+        }
+        for s in incoming.drain(..) {
+            let record = sighting_record(s);
+            // One record per MAC: a later sighting replaces the earlier one.
+            if let Some(old) = pending.iter_mut().find(|h| h.name == record.name) {
+                let first = old.created;
+                *old = HostRecord {
+                    created: first,
+                    ..record
+                };
+            } else if pending.len() < MAX_PENDING_SIGHTINGS {
+                pending.push(record);
+            } else {
+                metrics::counter!("bootgate_events_dropped_total", "kind" => "host-discovered")
+                    .increment(1);
+            }
+        }
+        metrics::gauge!("bootgate_sightings_pending").set(pending.len() as f64);
+        while !pending.is_empty() {
+            let n = pending.len().min(MAX_SIGHTINGS);
+            match store.record_discovered(&pending[..n], "dhcp").await {
+                Ok(results) => {
+                    for (h, r) in pending.drain(..n).zip(results) {
+                        if r == Sighted::Added {
+                            tracing::info!(host = %h.name, "discovered an unknown MAC");
+                        }
+                    }
+                }
+                Err(StoreError::Unavailable { .. }) => {
+                    tracing::debug!(pending = pending.len(), "store unreachable: sightings wait");
+                    break;
+                }
+                Err(e) => {
+                    // Not the store being down: these records will not get better by
+                    // waiting (a MAC declared in the inventory meanwhile): drop them.
+                    tracing::warn!(error = %e, "recording discovered hosts failed");
+                    metrics::counter!("bootgate_events_dropped_total", "kind" => "host-discovered")
+                        .increment(n as u64);
+                    pending.drain(..n);
                 }
             }
         }
-        for name in added {
-            tracing::info!(host = %name, "discovered an unknown MAC");
-        }
+        metrics::gauge!("bootgate_sightings_pending").set(pending.len() as f64);
     }
 }
 

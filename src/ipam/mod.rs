@@ -15,7 +15,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use crate::dhcp::policy::{AddressBook, Binding, ClientKey, Holder};
-use crate::ha::StoreHealth;
+use crate::ha::{Lane, StoreHealth};
 use crate::inventory::Subnet;
 use crate::store::{Lease, LeaseFilter, LeaseState, NewEvent, Store, StoreError};
 use crate::types::MacAddr;
@@ -191,15 +191,23 @@ impl AddressBook for Book {
         }
     }
 
-    fn next_free(&self, subnet: &Subnet, client: &ClientKey) -> Option<Ipv4Addr> {
+    /// Round robin from the subnet's cursor, over `lane`'s positions first: two gateways
+    /// sharing a pool on different lanes never pick the same free address while each has
+    /// one left in its own lane.
+    fn next_free(&self, subnet: &Subnet, client: &ClientKey, lane: Lane) -> Option<Ipv4Addr> {
         let total: u64 = subnet.dynamic_ranges.iter().map(|r| r.len()).sum();
         if total == 0 {
             return None;
         }
         let start = u64::from(self.cursors.get(&subnet.name).copied().unwrap_or(0)) % total;
-        (0..total)
-            .map(|i| nth_dynamic(subnet, (start + i) % total))
-            .find(|ip| self.holder(*ip, client).is_none())
+        let free = |want: bool| {
+            (0..total)
+                .map(|i| (start + i) % total)
+                .filter(|p| lane.contains(*p) == want)
+                .map(|p| nth_dynamic(subnet, p))
+                .find(|ip| self.holder(*ip, client).is_none())
+        };
+        free(true).or_else(|| free(false))
     }
 }
 
@@ -342,7 +350,11 @@ impl Ipam {
 
     async fn load_with(store: Arc<dyn Store>, options: IpamOptions) -> Result<Ipam, StoreError> {
         let mut book = Book::new();
-        book.merge(&store.list_leases(&LeaseFilter::default()).await?);
+        // A daemon that started without its store begins with an empty book (reservations
+        // only); the sync loop reads the leases in once the store answers.
+        if options.health.is_up() {
+            book.merge(&store.list_leases(&LeaseFilter::default()).await?);
+        }
         book.now = None;
         let (jobs, rx) = tokio::sync::mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(group_commit(store.clone(), rx));
@@ -807,7 +819,7 @@ mod tests {
         let mut book = Book::new();
         let a = ClientKey::Mac(mac(1));
         let b = ClientKey::Mac(mac(2));
-        let ip = book.next_free(&s, &a).unwrap();
+        let ip = book.next_free(&s, &a, Lane::ALL).unwrap();
         assert_eq!(ip, "10.250.0.100".parse::<Ipv4Addr>().unwrap());
         Ipam::hold_offer(
             &mut book,
@@ -821,7 +833,7 @@ mod tests {
         assert!(book.holder(ip, &b).is_some());
         assert!(book.holder(ip, &a).is_none());
         assert_eq!(
-            book.next_free(&s, &b).unwrap(),
+            book.next_free(&s, &b, Lane::ALL).unwrap(),
             "10.250.0.101".parse::<Ipv4Addr>().unwrap()
         );
         book.withdraw(&a);
@@ -844,9 +856,9 @@ mod tests {
             mac(1),
             Duration::from_secs(30),
         );
-        assert_eq!(book.next_free(&s, &b), None);
+        assert_eq!(book.next_free(&s, &b, Lane::ALL), None);
         book.set_now(t0 + Duration::from_secs(31));
-        assert!(book.next_free(&s, &b).is_some());
+        assert!(book.next_free(&s, &b, Lane::ALL).is_some());
     }
 
     proptest! {
@@ -863,7 +875,7 @@ mod tests {
                 let client = ClientKey::Mac(mac(c));
                 match op {
                     0 | 1 => {
-                        if let Some(ip) = book.next_free(&s, &client) {
+                        if let Some(ip) = book.next_free(&s, &client, Lane::ALL) {
                             prop_assert!(s.in_dynamic_range(ip));
                             prop_assert!(book.holder(ip, &client).is_none());
                             if op == 0 {

@@ -350,6 +350,62 @@ pub trait HostStore: Send + Sync {
         changes: &[HostChange],
         actor: &str,
     ) -> Result<(), StoreError>;
+    /// Records sightings of unknown MACs, each a `discovered` record named after its (one)
+    /// MAC: a new host is added, a discovered one refreshed (spec, rack, `updated`; its
+    /// `first_seen` kept), a MAC that belongs to an inventory host left alone.
+    /// Idempotent across gateways: two stores on one database recording the same MAC at
+    /// once end with one host and no error. One result per record, in order.
+    ///
+    /// The default reads, then writes the batch in one transaction; should another writer
+    /// have added one of the hosts meanwhile, it records them one by one, reading again.
+    async fn record_discovered(
+        &self,
+        seen: &[HostRecord],
+        actor: &str,
+    ) -> Result<Vec<Sighted>, StoreError> {
+        let mut plan = Vec::with_capacity(seen.len());
+        for s in seen {
+            let by_name = self.get_host(&s.name).await?;
+            let owner = match (&by_name, s.macs.first()) {
+                (None, Some(mac)) => self.host_by_mac(*mac).await?,
+                _ => None,
+            };
+            plan.push(discovery_change(s, by_name, owner));
+        }
+        let changes: Vec<HostChange> = plan.iter().filter_map(|(_, c)| c.clone()).collect();
+        if changes.is_empty() || self.apply_host_changes(&changes, actor).await.is_ok() {
+            return Ok(plan.into_iter().map(|(s, _)| s).collect());
+        }
+        let mut out = Vec::with_capacity(seen.len());
+        for s in seen {
+            let mut tries = 0;
+            loop {
+                let by_name = self.get_host(&s.name).await?;
+                let owner = match (&by_name, s.macs.first()) {
+                    (None, Some(mac)) => self.host_by_mac(*mac).await?,
+                    _ => None,
+                };
+                let (sighted, change) = discovery_change(s, by_name, owner);
+                let Some(change) = change else {
+                    out.push(sighted);
+                    break;
+                };
+                match self
+                    .apply_host_changes(std::slice::from_ref(&change), actor)
+                    .await
+                {
+                    Ok(()) => {
+                        out.push(sighted);
+                        break;
+                    }
+                    // Lost a race with another writer: read again, once.
+                    Err(_) if tries == 0 => tries += 1,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(out)
+    }
     /// Moves a host from `from` (when given: compare-and-set) to `to`, with an event.
     async fn set_host_state(
         &self,
@@ -359,6 +415,52 @@ pub trait HostStore: Send + Sync {
         actor: &str,
         detail: serde_json::Value,
     ) -> Result<HostRecord, StoreError>;
+}
+
+/// What recording one sighting of an unknown MAC did (see [`HostStore::record_discovered`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sighted {
+    /// A new `discovered` host (with a `host-added` event).
+    Added,
+    /// The discovered host existed: its spec (last seen, where) was refreshed.
+    Refreshed,
+    /// The MAC belongs to an inventory host: nothing written.
+    Known,
+}
+
+/// The refreshed record of an existing discovered host `stored` seen again as `seen`: the
+/// new spec, rack and time, the stored first sighting, state and creation.
+pub fn refresh_discovered(stored: HostRecord, seen: &HostRecord) -> HostRecord {
+    let mut spec = seen.spec.clone();
+    if let (Some(first), Some(obj)) = (stored.spec.get("first_seen"), spec.as_object_mut()) {
+        obj.insert("first_seen".into(), first.clone());
+    }
+    HostRecord {
+        spec,
+        rack: seen.rack.clone(),
+        updated: seen.updated,
+        ..stored
+    }
+}
+
+/// The change that records `seen` given what the store holds under its name and MAC.
+fn discovery_change(
+    seen: &HostRecord,
+    by_name: Option<HostRecord>,
+    mac_owner: Option<HostRecord>,
+) -> (Sighted, Option<HostChange>) {
+    match (by_name, mac_owner) {
+        (Some(h), _) if h.source == HostSource::Discovered => (
+            Sighted::Refreshed,
+            Some(HostChange::Update {
+                host: refresh_discovered(h, seen),
+                fields: vec!["last_seen".into()],
+            }),
+        ),
+        (Some(_), _) | (None, Some(_)) => (Sighted::Known, None),
+        (None, None) => (Sighted::Added, Some(HostChange::Add(seen.clone()))),
+    }
 }
 
 /// Leases. Never two clients on one address: a write that would take an address still held

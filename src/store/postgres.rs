@@ -16,8 +16,8 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::{
-    Event, EventKind, EventLog, EventQuery, HostChange, HostRecord, HostStore, Lease, LeaseFilter,
-    LeaseState, LeaseStore, NewEvent, RelayInfo, StoreError, StoreUrl,
+    Event, EventKind, EventLog, EventQuery, HostChange, HostRecord, HostSource, HostStore, Lease,
+    LeaseFilter, LeaseState, LeaseStore, NewEvent, RelayInfo, Sighted, StoreError, StoreUrl,
 };
 use crate::types::{HostState, MacAddr};
 
@@ -82,6 +82,9 @@ pub struct PostgresStore {
     url: String,
     /// Upper bound on one store call (see [`PgOptions::call_timeout`]).
     call_timeout: Duration,
+    /// Set once the schema is migrated: at open, or (a store opened while the server was
+    /// down) before the first call that reaches it.
+    migrated: tokio::sync::OnceCell<()>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -100,15 +103,75 @@ fn shown(url: &str) -> String {
 impl PostgresStore {
     /// Connects to `url` (`postgres://user:password@host:port/db`), waiting up to
     /// `acquire_timeout` for the server, and migrates the schema to the current version.
-    /// Errors name the URL without its password.
+    /// Errors are `Open`, naming the URL without its password.
     pub async fn open(url: &str, options: &PgOptions) -> Result<Self, StoreError> {
-        let open_error = |reason: String| StoreError::Open {
-            url: shown(url),
-            reason,
+        Self::open_reachable(url, options)
+            .await
+            .map_err(|e| match e {
+                StoreError::Unavailable { url, reason } => StoreError::Open { url, reason },
+                e => e,
+            })
+    }
+
+    /// As [`PostgresStore::open`], but a server that cannot be reached is `Unavailable`
+    /// (the daemon then starts degraded on [`PostgresStore::open_lazy`]).
+    pub async fn open_reachable(url: &str, options: &PgOptions) -> Result<Self, StoreError> {
+        let (connect, pool_options) = Self::options(url, options)?;
+        let pool = match pool_options.connect_with(connect).await {
+            Ok(pool) => pool,
+            Err(e) if is_unavailable(&e) => {
+                return Err(StoreError::Unavailable {
+                    url: shown(url),
+                    reason: e.to_string(),
+                });
+            }
+            Err(e) => {
+                return Err(StoreError::Open {
+                    url: shown(url),
+                    reason: e.to_string(),
+                });
+            }
         };
+        let store = PostgresStore {
+            pool,
+            url: shown(url),
+            call_timeout: options.call_timeout,
+            migrated: tokio::sync::OnceCell::new(),
+        };
+        store.migrate().await.map_err(|e| match e {
+            e @ StoreError::Unavailable { .. } => e,
+            e => StoreError::Open {
+                url: shown(url),
+                reason: format!("migrating the schema: {e}"),
+            },
+        })?;
+        Ok(store)
+    }
+
+    /// A store on a server that is not reachable now: no connection is opened until the
+    /// first call, and the schema is migrated before the first call that reaches the
+    /// server. Every call fails `Unavailable` until then, so the daemon runs degraded and
+    /// recovers by itself. Fails only on a malformed URL.
+    pub fn open_lazy(url: &str, options: &PgOptions) -> Result<Self, StoreError> {
+        let (connect, pool_options) = Self::options(url, options)?;
+        Ok(PostgresStore {
+            pool: pool_options.connect_lazy_with(connect),
+            url: shown(url),
+            call_timeout: options.call_timeout,
+            migrated: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    fn options(
+        url: &str,
+        options: &PgOptions,
+    ) -> Result<(PgConnectOptions, PgPoolOptions), StoreError> {
         let timeout_ms = options.statement_timeout.as_millis().to_string();
         let connect = PgConnectOptions::from_str(url)
-            .map_err(|e| open_error(format!("bad URL: {e}")))?
+            .map_err(|e| StoreError::Open {
+                url: shown(url),
+                reason: format!("bad URL: {e}"),
+            })?
             .application_name("bootgate")
             .options([
                 ("statement_timeout", timeout_ms.as_str()),
@@ -122,19 +185,27 @@ impl PostgresStore {
             .acquire_timeout(options.acquire_timeout)
             // Idle connections are pinged before use: after a server restart the dead ones
             // are replaced instead of failing the first call.
-            .test_before_acquire(true)
-            .connect_with(connect)
+            .test_before_acquire(true);
+        Ok((connect, pool))
+    }
+
+    /// Migrates the schema once per store (sqlx takes an advisory lock, so two daemons do
+    /// not both migrate). An unreachable server is `Unavailable`; a later call tries again.
+    async fn migrate(&self) -> Result<(), StoreError> {
+        self.migrated
+            .get_or_try_init(|| async {
+                MIGRATOR.run(&self.pool).await.map_err(|e| match e {
+                    sqlx::migrate::MigrateError::Execute(e) if is_unavailable(&e) => {
+                        StoreError::Unavailable {
+                            url: self.url.clone(),
+                            reason: e.to_string(),
+                        }
+                    }
+                    e => StoreError::Migrate(e),
+                })
+            })
             .await
-            .map_err(|e| open_error(e.to_string()))?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .map_err(|e| open_error(format!("migrating the schema: {e}")))?;
-        Ok(PostgresStore {
-            pool,
-            url: shown(url),
-            call_timeout: options.call_timeout,
-        })
+            .map(|_| ())
     }
 
     /// Closes the pool, waiting for checked-out connections to come back.
@@ -163,6 +234,12 @@ impl PostgresStore {
         &self,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        let call = async {
+            if self.migrated.get().is_none() {
+                self.migrate().await?;
+            }
+            call.await
+        };
         match tokio::time::timeout(self.call_timeout, call).await {
             Ok(result) => self.classify(result),
             Err(_) => Err(StoreError::Unavailable {
@@ -485,6 +562,47 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// Sightings under the hosts lock, reading each host inside the transaction: both
+    /// gateways record every unknown MAC they see, and the lock orders them, so the second
+    /// finds the first's row and refreshes it instead of failing on the primary key.
+    async fn try_record_discovered(
+        &self,
+        seen: &[HostRecord],
+        actor: &str,
+    ) -> Result<Vec<Sighted>, StoreError> {
+        let mut tx = begin_hosts(&self.pool).await?;
+        let mut out = Vec::with_capacity(seen.len());
+        for s in seen {
+            let by_name = fetch_host(&mut tx, &s.name).await?;
+            let owner = match (&by_name, s.macs.first()) {
+                (None, Some(mac)) => {
+                    sqlx::query_scalar::<_, String>("SELECT host FROM host_macs WHERE mac = $1")
+                        .bind(mac.to_string())
+                        .fetch_optional(&mut *tx)
+                        .await?
+                }
+                _ => None,
+            };
+            let sighted = match (by_name, owner) {
+                (Some(h), _) if h.source == HostSource::Discovered => {
+                    let host = super::refresh_discovered(h, s);
+                    update_host(&mut tx, &host, &["last_seen".to_string()], actor).await?;
+                    Sighted::Refreshed
+                }
+                (Some(_), _) | (None, Some(_)) => Sighted::Known,
+                (None, None) => {
+                    add_host(&mut tx, s, actor).await?;
+                    Sighted::Added
+                }
+            };
+            out.push(sighted);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+}
+
 #[async_trait]
 impl HostStore for PostgresStore {
     async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
@@ -523,6 +641,15 @@ impl HostStore for PostgresStore {
         actor: &str,
     ) -> Result<(), StoreError> {
         self.with_retry(|| self.try_apply_host_changes(changes, actor))
+            .await
+    }
+
+    async fn record_discovered(
+        &self,
+        seen: &[HostRecord],
+        actor: &str,
+    ) -> Result<Vec<Sighted>, StoreError> {
+        self.with_retry(|| self.try_record_discovered(seen, actor))
             .await
     }
 
@@ -761,6 +888,27 @@ impl LeaseStore for PostgresStore {
 
     async fn expire_leases(&self, now: Timestamp) -> Result<Vec<Lease>, StoreError> {
         self.with_retry(|| self.try_expire_leases(now)).await
+    }
+}
+
+// ---- heartbeats ----------------------------------------------------------------------------
+
+/// Stamps our row and reads the age of the peer's, both by the server's clock (unix ms).
+const BEAT: &str = "WITH t AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now), \
+     beat AS (INSERT INTO gateways (id, seen) SELECT $1, now FROM t \
+         ON CONFLICT (id) DO UPDATE SET seen = EXCLUDED.seen RETURNING seen) \
+     SELECT (SELECT seen FROM beat) - seen FROM gateways WHERE id = $2";
+
+#[async_trait]
+impl crate::ha::Heartbeats for PostgresStore {
+    /// One statement: stamp our row, read the age of the peer's.
+    async fn beat(&self, gateway: &str, peer: &str) -> Result<Option<Duration>, StoreError> {
+        let age = sqlx::query_scalar::<_, i64>(BEAT)
+            .bind(gateway)
+            .bind(peer)
+            .fetch_optional(&self.pool);
+        let age = self.run(async { Ok(age.await?) }).await?;
+        Ok(age.map(|ms| Duration::from_millis(ms.max(0).cast_unsigned())))
     }
 }
 

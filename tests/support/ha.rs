@@ -87,6 +87,30 @@ pub fn gateway_site(addr: &str, store_url: &str) -> Site {
     site
 }
 
+/// As [`gateway_site`], plus `[ha]`: this gateway is `id`, its peer `peer` (RFC 3074 load
+/// balancing, heartbeats every 300 ms, the peer counted down after 1.5 s of silence).
+pub fn gateway_site_ha(addr: &str, store_url: &str, id: &str, peer: &str) -> Site {
+    let site = gateway_site(addr, store_url);
+    let mut cfg = std::fs::read_to_string(site.config()).unwrap();
+    cfg.push_str(&format!(
+        "\n[ha]\ngateway_id = \"{id}\"\npeer = \"{peer}\"\nheartbeat_interval_ms = 300\npeer_timeout_ms = 1500\n"
+    ));
+    std::fs::write(site.config(), cfg).unwrap();
+    site
+}
+
+/// The sum of a Prometheus counter's samples (all label sets) in a /metrics text.
+pub fn metric_sum(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// A daemon in a gateway namespace; SIGKILLed on drop.
 pub struct GwDaemon {
     pub child: Child,

@@ -71,6 +71,7 @@ macro_rules! store_contract_tests {
             store_contract_tests!(@two_handles $make,
                 two_handles_race_for_one_address,
                 boot_token_survives_a_restart_and_is_used_once,
+                two_handles_record_the_same_discovered_macs,
             );
         }
     };
@@ -955,6 +956,90 @@ pub async fn two_handles_race_for_one_address<A: Store + 'static, B: Store + 'st
             l.ip
         );
     }
+}
+
+/// Two handles on one database (two gateways) record the same unknown MACs at once, as
+/// both see every DISCOVER: 50 rounds, each a batch of the same 5 MACs on both sides plus a
+/// MAC of an inventory host. No error; one host per MAC, added once (one `host-added`
+/// event each), its first sighting kept; the inventory host untouched.
+pub async fn two_handles_record_the_same_discovered_macs<A: Store + 'static, B: Store + 'static>(
+    a: Arc<A>,
+    b: Arc<B>,
+) {
+    use bootgate::store::Sighted;
+    add(&*a, &[host("gpu-a01", &[mac(900)], Some(ip(10)))]).await;
+    let sighting = |n: u16, round: i64| {
+        let mut h = discovered(&format!("discovered-{n}"), mac(n));
+        h.spec = json!({ "first_seen": round, "last_seen": round });
+        h.created = at(1_700_000_100_000 + round);
+        h.updated = h.created;
+        h
+    };
+    for round in 0..50_i64 {
+        let mut batch: Vec<HostRecord> = (0..5).map(|n| sighting(n, round)).collect();
+        let mut known = discovered("discovered-900", mac(900));
+        known.spec = json!({});
+        batch.push(known);
+        let (ta, tb) = (a.clone(), b.clone());
+        let (ba, bb) = (batch.clone(), batch);
+        let ja = tokio::spawn(async move { ta.record_discovered(&ba, "dhcp").await });
+        let jb = tokio::spawn(async move { tb.record_discovered(&bb, "dhcp").await });
+        let ra = ja
+            .await
+            .expect("task a")
+            .expect("gateway a records its sightings");
+        let rb = jb
+            .await
+            .expect("task b")
+            .expect("gateway b records its sightings");
+        assert_eq!(ra.len(), 6);
+        assert_eq!(rb.len(), 6);
+        assert_eq!(ra[5], Sighted::Known, "an inventory MAC is not discovered");
+        assert_eq!(rb[5], Sighted::Known);
+        for n in 0..5 {
+            let added = [ra[n], rb[n]]
+                .iter()
+                .filter(|s| **s == Sighted::Added)
+                .count();
+            assert_eq!(
+                added,
+                usize::from(round == 0),
+                "round {round}: MAC {n} added once"
+            );
+        }
+    }
+    let hosts = a.list_hosts().await.unwrap();
+    let discovered_hosts: Vec<&HostRecord> = hosts
+        .iter()
+        .filter(|h| h.source == HostSource::Discovered)
+        .collect();
+    assert_eq!(discovered_hosts.len(), 5, "{hosts:?}");
+    for h in &discovered_hosts {
+        assert_eq!(h.state, HostState::Discovered);
+        assert_eq!(
+            h.spec["first_seen"],
+            json!(0),
+            "{}: first sighting kept",
+            h.name
+        );
+        assert_eq!(h.spec["last_seen"], json!(49), "{}: last sighting", h.name);
+    }
+    let inv = a.get_host("gpu-a01").await.unwrap().unwrap();
+    assert_eq!(inv.source, HostSource::Inventory);
+    assert_eq!(inv.macs, vec![mac(900)]);
+    let added = events(
+        &*b,
+        EventQuery {
+            kind: Some(EventKind::HostAdded),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        added.len(),
+        6,
+        "gpu-a01 plus five discovered hosts, once each"
+    );
 }
 
 pub async fn expire_leases_marks_and_logs<S: Store>(store: Arc<S>) {
