@@ -506,7 +506,9 @@ async fn release_lease(cli: &Cli, ip: Ipv4Addr) -> anyhow::Result<ExitCode> {
     };
     match cli.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&lease)?),
-        Output::Table | Output::Csv => println!("released {} (was held by {})", lease.ip, lease.mac),
+        Output::Table | Output::Csv => {
+            println!("released {} (was held by {})", lease.ip, lease.mac)
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -816,7 +818,9 @@ async fn playbook_render(cli: &Cli, out: Option<&Path>) -> anyhow::Result<ExitCo
             });
         }
         (None, Output::Json) => println!("{}", serde_json::to_string_pretty(&rendered.hosts)?),
-        (None, Output::Table | Output::Csv) => print!("{}", crate::handoff::render::to_yaml(&rendered.hosts)?),
+        (None, Output::Table | Output::Csv) => {
+            print!("{}", crate::handoff::render::to_yaml(&rendered.hosts)?)
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -242,7 +242,10 @@ pub fn last_seen_from(leases: &[Lease], events: &[Event]) -> LastSeen {
     for l in leases {
         newer(&mut macs, l.mac, l.starts);
     }
-    for e in events.iter().filter(|e| e.kind == EventKind::LeaseCommitted) {
+    for e in events
+        .iter()
+        .filter(|e| e.kind == EventKind::LeaseCommitted)
+    {
         if let Some(m) = e.mac {
             newer(&mut macs, m, e.time);
         }

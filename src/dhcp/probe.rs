@@ -696,7 +696,11 @@ mod tests {
     #[test]
     fn rfc826_arp_request_and_reply_parse() {
         let sha = [0x52, 0x54, 0, 1, 2, 3];
-        let req = arp_request(sha, Ipv4Addr::new(10, 250, 0, 1), Ipv4Addr::new(10, 250, 0, 9));
+        let req = arp_request(
+            sha,
+            Ipv4Addr::new(10, 250, 0, 1),
+            Ipv4Addr::new(10, 250, 0, 9),
+        );
         // A request is not a reply.
         assert_eq!(arp_reply_sender(&req), None);
         let mut reply = req;
@@ -724,7 +728,11 @@ mod tests {
             p.tick().await;
         }
         // 11 ticks at 100/s: the first is immediate, then 10 × 10 ms.
-        assert!(t.elapsed() >= Duration::from_millis(95), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(95),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[tokio::test]

@@ -15,11 +15,11 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 
+use super::LastSeen;
 use super::{
     Event, EventKind, EventLog, EventQuery, HostChange, HostRecord, HostStore, Lease, LeaseFilter,
     LeaseState, LeaseStore, NewEvent, RelayInfo, StoreError, StoreUrl,
 };
-use super::LastSeen;
 use crate::types::{HostState, MacAddr};
 
 /// The schema, embedded at build time from `migrations/postgres/`. sqlx takes an advisory

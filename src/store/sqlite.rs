@@ -19,11 +19,11 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 
+use super::LastSeen;
 use super::{
     Event, EventKind, EventLog, EventQuery, HostChange, HostRecord, HostStore, Lease, LeaseFilter,
     LeaseState, LeaseStore, NewEvent, RelayInfo, StoreError, StoreUrl,
 };
-use super::LastSeen;
 use crate::types::{HostState, MacAddr};
 
 /// The schema, embedded at build time from `migrations/sqlite/`.
@@ -610,10 +610,9 @@ impl LeaseStore for SqliteStore {
     async fn last_seen(&self, macs: &[MacAddr], hosts: &[String]) -> Result<LastSeen, StoreError> {
         // The lists travel as one JSON array each (json_each), not thousands of binds; the
         // IN (subquery) probes events_mac / leases_mac / events_host once per value.
-        let macs_json = serde_json::Value::from(
-            macs.iter().map(|m| m.to_string()).collect::<Vec<String>>(),
-        )
-        .to_string();
+        let macs_json =
+            serde_json::Value::from(macs.iter().map(|m| m.to_string()).collect::<Vec<String>>())
+                .to_string();
         let hosts_json = serde_json::Value::from(hosts.to_vec()).to_string();
         let by_mac = sqlx::query(
             "SELECT mac, MAX(t) AS t FROM ( \

@@ -1060,7 +1060,11 @@ pub async fn live_leases_and_last_seen_for_the_audit<S: Store>(store: Arc<S>) {
     let seen = store
         .last_seen(
             &[mac(1), mac(6), mac(7), mac(99)],
-            &["gpu-a07".to_string(), "gpu-b01".to_string(), "nobody".to_string()],
+            &[
+                "gpu-a07".to_string(),
+                "gpu-b01".to_string(),
+                "nobody".to_string(),
+            ],
         )
         .await
         .unwrap();
