@@ -4,6 +4,7 @@
 
 mod support;
 #[path = "support/sushy.rs"]
+#[allow(dead_code)]
 mod sushy;
 
 use std::net::Ipv4Addr;
@@ -588,34 +589,48 @@ fn scan_finds_an_unassigned_address_and_a_second_mac() {
     assert_eq!(code, Some(1), "{out}\n{err}");
     let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
 
+    let links = lab.rack.ip(&["-br", "link"]);
+    // The rack namespace also holds the bridge, whose own interface may answer ARP for
+    // the namespace's addresses too (Linux ARP flux): eth0's MAC must be among the
+    // answers; a second MAC for the same address is then itself reported (two MACs).
     let unassigned = findings_with(&v, "address-answers-unassigned");
-    assert_eq!(unassigned.len(), 1, "{v:#}");
+    assert_eq!(unassigned.len(), 1, "{v:#}\n{links}");
     assert_eq!(unassigned[0]["severity"], "warning");
     assert_eq!(
         unassigned[0]["addresses"],
         serde_json::json!(["10.250.0.77"])
     );
-    assert_eq!(unassigned[0]["macs"], serde_json::json!([eth0_mac]));
+    let macs = unassigned[0]["macs"].as_array().unwrap();
+    assert!(
+        macs.contains(&Value::from(eth0_mac.clone())),
+        "{v:#}\n{links}"
+    );
 
     let two = findings_with(&v, "address-two-macs");
-    assert_eq!(two.len(), 1, "{v:#}");
-    assert_eq!(two[0]["addresses"], serde_json::json!(["10.250.0.10"]));
-    let macs = two[0]["macs"].as_array().unwrap();
+    let ten: Vec<&&Value> = two
+        .iter()
+        .filter(|f| f["addresses"] == serde_json::json!(["10.250.0.10"]))
+        .collect();
+    assert_eq!(ten.len(), 1, "{v:#}");
+    let macs = ten[0]["macs"].as_array().unwrap();
     assert!(macs.contains(&Value::from(eth0_mac.clone())), "{v:#}");
     assert!(macs.contains(&Value::from(VM0)), "{v:#}");
-    assert_eq!(two[0]["hosts"], serde_json::json!(["vm0"]));
-    assert_eq!(v["subnets"][0]["conflicts"], 1);
-    // Nothing else answered: the gateway's own address is never a finding.
-    assert_eq!(v["findings"].as_array().unwrap().len(), 2, "{v:#}");
+    assert_eq!(ten[0]["hosts"], serde_json::json!(["vm0"]));
+    assert_eq!(ten[0]["severity"], "critical");
+    // Only the two addresses eth0 holds are findings: the gateway's own address is never.
+    for f in v["findings"].as_array().unwrap() {
+        let a = &f["addresses"];
+        assert!(
+            *a == serde_json::json!(["10.250.0.77"]) || *a == serde_json::json!(["10.250.0.10"]),
+            "{v:#}"
+        );
+    }
 
     // Rate-bounded: 253 requests at 100/s cannot finish in under ~2.5 s.
     assert!(took >= std::time::Duration::from_millis(2400), "{took:?}");
 
     // Without the extra addresses the scan is clean and exits 0.
-    lab.rack
-        .ip(&["addr", "del", "10.250.0.77/24", "dev", "eth0"]);
-    lab.rack
-        .ip(&["addr", "del", "10.250.0.10/24", "dev", "eth0"]);
+    lab.rack.ip(&["addr", "flush", "dev", "eth0"]);
     let _ = lab
         .gw
         .cmd("ip")
