@@ -53,6 +53,8 @@ pub struct Cli {
 pub enum Output {
     Table,
     Json,
+    /// `bootgate audit` only (one RFC 4180 table; see `bootgate audit --help`).
+    Csv,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -281,6 +283,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::CheckConfig = cli.command {
         return Ok(check_config(&cli.config, cli.output));
     }
+    if cli.output == Output::Csv && !matches!(cli.command, Command::Audit(_)) {
+        anyhow::bail!("--output csv is only supported by `bootgate audit`; use table or json");
+    }
     let rt = if matches!(cli.command, Command::Serve) {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -348,7 +353,7 @@ fn check_config(path: &Path, output: Output) -> ExitCode {
             println!("{v:#}");
             ExitCode::SUCCESS
         }
-        (Ok((cfg, inv, boot)), Output::Table) => {
+        (Ok((cfg, inv, boot)), Output::Table | Output::Csv) => {
             for w in &boot.warnings {
                 eprintln!("warning: {w}");
             }
@@ -371,7 +376,7 @@ fn check_config(path: &Path, output: Output) -> ExitCode {
             );
             ExitCode::from(1)
         }
-        (Err(Invalid(problems)), Output::Table) => {
+        (Err(Invalid(problems)), Output::Table | Output::Csv) => {
             for p in &problems {
                 println!("{p}");
             }
@@ -399,7 +404,7 @@ async fn reload(cli: &Cli) -> anyhow::Result<ExitCode> {
             out.changed.len(),
             out.removed.len()
         ),
-        Output::Table => {
+        Output::Table | Output::Csv => {
             for p in &out.problems {
                 println!("{p}");
             }
@@ -444,7 +449,7 @@ fn print<T: serde::Serialize>(output: Output, value: &T, table: impl FnOnce() ->
             "{}",
             serde_json::to_string_pretty(value).unwrap_or_default()
         ),
-        Output::Table => println!("{}", table()),
+        Output::Table | Output::Csv => println!("{}", table()),
     }
 }
 
@@ -533,7 +538,9 @@ async fn release_lease(cli: &Cli, ip: Ipv4Addr) -> anyhow::Result<ExitCode> {
     };
     match cli.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&lease)?),
-        Output::Table => println!("released {} (was held by {})", lease.ip, lease.mac),
+        Output::Table | Output::Csv => {
+            println!("released {} (was held by {})", lease.ip, lease.mac)
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -792,7 +799,7 @@ fn token(cli: &Cli, cmd: &TokenCommand) -> anyhow::Result<ExitCode> {
             "{}",
             serde_json::json!({"name": name, "scope": scope, "token": token, "entry": entry})
         ),
-        Output::Table => {
+        Output::Table | Output::Csv => {
             println!("token for {name} ({scope}), shown once:\n\n  {token}\n");
             println!("append to the tokens file ([http] tokens), then `bootgate reload`:\n");
             print!("{entry}");
@@ -803,7 +810,7 @@ fn token(cli: &Cli, cmd: &TokenCommand) -> anyhow::Result<ExitCode> {
 
 /// The API client for `--api URL`, with the bearer token from `--token-file` or
 /// `$BOOTGATE_TOKEN` when one is given.
-fn api_client(cli: &Cli, url: &str) -> anyhow::Result<ApiClient> {
+pub(crate) fn api_client(cli: &Cli, url: &str) -> anyhow::Result<ApiClient> {
     let token = match &cli.token_file {
         Some(path) => Some(
             std::fs::read_to_string(path)
@@ -819,7 +826,7 @@ fn api_client(cli: &Cli, url: &str) -> anyhow::Result<ApiClient> {
 }
 
 /// A small client for the daemon's API.
-struct ApiClient {
+pub(crate) struct ApiClient {
     base: reqwest::Url,
     http: reqwest::Client,
     token: Option<String>,
@@ -841,7 +848,7 @@ impl ApiClient {
         })
     }
 
-    async fn get<T: serde::de::DeserializeOwned>(
+    pub(crate) async fn get<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
         query: &[(&str, String)],
@@ -910,7 +917,9 @@ async fn playbook_render(cli: &Cli, out: Option<&Path>) -> anyhow::Result<ExitCo
             });
         }
         (None, Output::Json) => println!("{}", serde_json::to_string_pretty(&rendered.hosts)?),
-        (None, Output::Table) => print!("{}", crate::handoff::render::to_yaml(&rendered.hosts)?),
+        (None, Output::Table | Output::Csv) => {
+            print!("{}", crate::handoff::render::to_yaml(&rendered.hosts)?)
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

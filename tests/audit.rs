@@ -3,6 +3,9 @@
 //! reads it. No network: the audit reads only the inventory and the store.
 
 mod support;
+#[path = "support/sushy.rs"]
+#[allow(dead_code)]
+mod sushy;
 
 use std::net::Ipv4Addr;
 
@@ -331,19 +334,31 @@ fn fixture_site_names_every_finding() {
     let v: Value = serde_json::from_str(&out).unwrap();
     assert!(!out.contains("host-not-seen-recently"), "{v:#}");
 
-    // CSV: a header and one line per finding.
-    let (code, out, _) = audit(&site, &["--csv"]);
-    assert_eq!(code, 1);
-    let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(
-        lines[0],
-        "severity,code,addresses,macs,hosts,message,action"
-    );
-    assert_eq!(lines.len(), 8, "{out}");
-    assert!(
-        lines[1].starts_with("critical,address-two-macs,10.250.0.10,"),
-        "{out}"
-    );
+    // CSV (-o csv, and the old --csv): one table, per-subnet counts then findings, every
+    // row the same width; parsed with the csv crate as a spreadsheet would.
+    for flags in [&["-o", "csv"][..], &["--csv"][..]] {
+        let (code, out, _) = audit(&site, flags);
+        assert_eq!(code, 1);
+        let mut r = csv::Reader::from_reader(out.as_bytes());
+        let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+        assert_eq!(header[0], "record");
+        let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+        let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
+        let subnets: Vec<&csv::StringRecord> = rows.iter().filter(|x| &x[0] == "subnet").collect();
+        let findings: Vec<&csv::StringRecord> =
+            rows.iter().filter(|x| &x[0] == "finding").collect();
+        assert_eq!(subnets.len(), 1, "{out}");
+        let sub = subnets[0];
+        assert_eq!(&sub[col("subnet")], "provisioning");
+        assert_eq!(&sub[col("cidr")], "10.250.0.0/24");
+        assert_eq!(&sub[col("size")], "254");
+        assert_eq!(&sub[col("free")], (254 - 7).to_string());
+        assert_eq!(&sub[col("conflicts")], "1");
+        assert_eq!(findings.len(), 7, "{out}");
+        assert_eq!(&findings[0][col("severity")], "critical");
+        assert_eq!(&findings[0][col("code")], "address-two-macs");
+        assert_eq!(&findings[0][col("addresses")], "10.250.0.10");
+    }
 
     // Table: the codes appear, worst first.
     let (_, out, _) = audit(&site, &[]);
@@ -506,4 +521,296 @@ fn history_of_an_address_that_moved_between_two_macs() {
         out.contains(STRANGER) && out.contains(VM1) && out.contains("lease-released"),
         "{out}"
     );
+}
+
+/// Root, or a skip with the reason (only outside CI).
+fn root_or_skip(what: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if !root && std::env::var_os("CI").is_none() {
+        println!("skipped {what}: needs root (network namespaces)");
+        return false;
+    }
+    assert!(root, "{what}: CI runs tests as root");
+    true
+}
+
+fn findings_with<'a>(v: &'a Value, code: &str) -> Vec<&'a Value> {
+    v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["code"] == code)
+        .collect()
+}
+
+/// `--scan` against the lab bridge: the rack namespace's eth0 answers ARP for .77 (given
+/// to nobody) and for .10 (leased to vm0's MAC): one unassigned-address warning with
+/// eth0's MAC, one two-MAC finding; vm1..vm3's leased addresses are silent (fine). At
+/// 100 packets/s the 253 addresses of the /24 take at least 2.5 s.
+#[test]
+fn scan_finds_an_unassigned_address_and_a_second_mac() {
+    if !root_or_skip("scan_finds_an_unassigned_address_and_a_second_mac") {
+        return;
+    }
+    let lab = Lab::new();
+    let site = Site::from_inventory("lab");
+    let store = open(&site);
+    healthy(&site, &store);
+    drop(store);
+    lab.rack
+        .ip(&["addr", "add", "10.250.0.77/24", "dev", "eth0"]);
+    lab.rack
+        .ip(&["addr", "add", "10.250.0.10/24", "dev", "eth0"]);
+    let link = lab.rack.ip(&["-j", "link", "show", "eth0"]);
+    let link: Value = serde_json::from_str(&link).unwrap();
+    let eth0_mac = link[0]["address"].as_str().unwrap().to_string();
+
+    let start = std::time::Instant::now();
+    let out = lab
+        .gw
+        .cmd(bootgate_bin())
+        .args([
+            "--config",
+            path_str(&site.config()),
+            "audit",
+            "--scan",
+            "--scan-rate",
+            "100",
+            "--scan-wait",
+            "500ms",
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let took = start.elapsed();
+    let (code, out, err) = (out.status.code(), stdout(&out), stderr(&out));
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+
+    let links = lab.rack.ip(&["-br", "link"]);
+    // The rack namespace also holds the bridge, whose own interface may answer ARP for
+    // the namespace's addresses too (Linux ARP flux): eth0's MAC must be among the
+    // answers; a second MAC for the same address is then itself reported (two MACs).
+    let unassigned = findings_with(&v, "address-answers-unassigned");
+    assert_eq!(unassigned.len(), 1, "{v:#}\n{links}");
+    assert_eq!(unassigned[0]["severity"], "warning");
+    assert_eq!(
+        unassigned[0]["addresses"],
+        serde_json::json!(["10.250.0.77"])
+    );
+    let macs = unassigned[0]["macs"].as_array().unwrap();
+    assert!(
+        macs.contains(&Value::from(eth0_mac.clone())),
+        "{v:#}\n{links}"
+    );
+
+    let two = findings_with(&v, "address-two-macs");
+    let ten: Vec<&&Value> = two
+        .iter()
+        .filter(|f| f["addresses"] == serde_json::json!(["10.250.0.10"]))
+        .collect();
+    assert_eq!(ten.len(), 1, "{v:#}");
+    let macs = ten[0]["macs"].as_array().unwrap();
+    assert!(macs.contains(&Value::from(eth0_mac.clone())), "{v:#}");
+    assert!(macs.contains(&Value::from(VM0)), "{v:#}");
+    assert_eq!(ten[0]["hosts"], serde_json::json!(["vm0"]));
+    assert_eq!(ten[0]["severity"], "critical");
+    // Only the two addresses eth0 holds are findings: the gateway's own address is never.
+    for f in v["findings"].as_array().unwrap() {
+        let a = &f["addresses"];
+        assert!(
+            *a == serde_json::json!(["10.250.0.77"]) || *a == serde_json::json!(["10.250.0.10"]),
+            "{v:#}"
+        );
+    }
+
+    // Rate-bounded: 253 requests at 100/s cannot finish in under ~2.5 s.
+    assert!(took >= std::time::Duration::from_millis(2400), "{took:?}");
+
+    // Without the extra addresses the scan is clean and exits 0.
+    lab.rack.ip(&["addr", "flush", "dev", "eth0"]);
+    let _ = lab
+        .gw
+        .cmd("ip")
+        .args(["neigh", "flush", "dev", "gw0"])
+        .status();
+    let out = lab
+        .gw
+        .cmd(bootgate_bin())
+        .args([
+            "--config",
+            path_str(&site.config()),
+            "audit",
+            "--scan",
+            "--scan-rate",
+            "2000",
+            "--scan-wait",
+            "300ms",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
+/// `--bmc` with sushy-emulator (fake driver) as vm0..vm2's BMC and a closed port as
+/// vm3's: exactly one warning, naming vm3, its address and the refusal.
+#[test]
+fn bmc_check_names_only_the_dead_bmc() {
+    let bmc = sushy::Sushy::start(&["vm0", "vm1", "vm2", "vm3"]);
+    let dead = sushy::free_port();
+    let site = Site::from_inventory("lab");
+    let hosts = site.inventory_file("hosts.toml");
+    let text = std::fs::read_to_string(&hosts).unwrap();
+    let vm3 = "port = 8000, scheme = \"http\", system = \"vm3\"";
+    assert!(text.contains(vm3), "lab BMCs moved? {text}");
+    let text = text
+        .replace(
+            vm3,
+            &format!("port = {dead}, scheme = \"http\", system = \"vm3\""),
+        )
+        .replace("port = 8000", &format!("port = {}", bmc.port));
+    std::fs::write(&hosts, text).unwrap();
+    let store = open(&site);
+    healthy(&site, &store);
+    drop(store);
+
+    let (code, out, err) = audit(&site, &["--bmc", "-o", "json"]);
+    assert_eq!(code, 1, "{out}\n{err}\n{}", bmc.log());
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let found = findings_with(&v, "bmc-unreachable");
+    assert_eq!(found.len(), 1, "{v:#}");
+    assert_eq!(v["findings"].as_array().unwrap().len(), 1, "{v:#}");
+    let f = found[0];
+    assert_eq!(f["severity"], "warning");
+    assert_eq!(f["hosts"], serde_json::json!(["vm3"]));
+    assert_eq!(f["addresses"], serde_json::json!(["127.0.0.1"]));
+    let msg = f["message"].as_str().unwrap();
+    assert!(msg.contains(&format!("127.0.0.1:{dead}")), "{msg}");
+    assert!(msg.contains("connect"), "{msg}");
+    // Without --bmc nothing is probed: clean.
+    let (code, _, _) = audit(&site, &[]);
+    assert_eq!(code, 0);
+}
+
+/// `GET /api/v1/audit` is the CLI's report; `bootgate --api URL audit` prints it; the
+/// history endpoint matches `audit ip`; without a token (reads closed) → 401.
+#[test]
+fn api_form_returns_the_cli_report_and_needs_a_token() {
+    if !root_or_skip("api_form_returns_the_cli_report_and_needs_a_token") {
+        return;
+    }
+    let lab = Lab::new();
+    let site = Site::from_inventory("lab");
+    // A read token, reads closed to anonymous callers.
+    let out = sh(std::process::Command::new(bootgate_bin()).args([
+        "token", "new", "auditor", "--scope", "read", "--output", "json",
+    ]));
+    let t: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let tokens = site.dir.path().join("tokens.toml");
+    std::fs::write(&tokens, t["entry"].as_str().unwrap()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let token_file = site.dir.path().join("token");
+    std::fs::write(&token_file, t["token"].as_str().unwrap()).unwrap();
+    let cfg = std::fs::read_to_string(site.config()).unwrap().replace(
+        "[http]\n",
+        &format!(
+            "[http]\ntokens = \"{}\"\nopen_reads = false\n",
+            tokens.display()
+        ),
+    );
+    std::fs::write(site.config(), cfg).unwrap();
+    let store = open(&site);
+    healthy(&site, &store);
+    rt().block_on(put(
+        &store,
+        Put {
+            ip: "10.250.0.150",
+            mac: STRANGER,
+            host: None,
+            state: LeaseState::Active,
+            start_h: 1,
+            len_h: 12,
+            kind: EventKind::LeaseCommitted,
+        },
+    ));
+    drop(store);
+    let _daemon = Daemon::start(&lab, &site);
+
+    let (code, direct, err) = audit(&site, &["-o", "json"]);
+    assert_eq!(code, 0, "{direct}{err}");
+    let direct: Value = serde_json::from_str(&direct).unwrap();
+    let out = lab
+        .gw
+        .cmd(bootgate_bin())
+        .args([
+            "--api",
+            &format!("http://{GW_IP}:{HTTP_PORT}"),
+            "--token-file",
+            path_str(&token_file),
+            "audit",
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let api: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(api["subnets"], direct["subnets"]);
+    assert_eq!(api["findings"], direct["findings"]);
+    assert_eq!(api["worst"], direct["worst"]);
+
+    // History: the same holdings either way.
+    let (_, direct_h, _) = audit(&site, &["ip", "10.250.0.150", "-o", "json"]);
+    let out = lab
+        .gw
+        .cmd(bootgate_bin())
+        .args([
+            "--api",
+            &format!("http://{GW_IP}:{HTTP_PORT}"),
+            "--token-file",
+            path_str(&token_file),
+            "-o",
+            "json",
+            "audit",
+            "ip",
+            "10.250.0.150",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let api_h: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let direct_h: Value = serde_json::from_str(&direct_h).unwrap();
+    assert_eq!(api_h["holdings"], direct_h["holdings"]);
+    assert_eq!(api_h["holdings"][0]["mac"], STRANGER);
+
+    // No token: 401, for the report and the history alike.
+    for path in ["/api/v1/audit", "/api/v1/audit/ip/10.250.0.150"] {
+        let (status, _) = curl(&lab.gw, &format!("http://{GW_IP}:{HTTP_PORT}{path}")).unwrap();
+        assert_eq!(status, 401, "{path}");
+    }
+    let out = lab
+        .gw
+        .cmd(bootgate_bin())
+        .args(["--api", &format!("http://{GW_IP}:{HTTP_PORT}"), "audit"])
+        .env_remove("BOOTGATE_TOKEN")
+        .env_remove("BOOTGATE_TOKEN_FILE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("401"), "{}", stderr(&out));
 }

@@ -10,16 +10,38 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use comfy_table::{Table, presets::NOTHING};
 
-use super::{Options, Report, Scope, Subject};
+use super::{History, Options, Report, Scope, Subject, scan};
 use crate::cli::{Cli, Output};
 use crate::config::Config;
 use crate::http::query::SubnetSel;
 use crate::inventory::{Invalid, Inventory};
-use crate::store::{self, Event, EventKind, EventQuery, LeaseFilter, Store, StoreUrl};
+use crate::store::{self, Store, StoreUrl};
 use crate::types::MacAddr;
 
 #[derive(clap::Args, Debug)]
-#[command(args_conflicts_with_subcommands = true)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "\
+Output: -o table (default), -o json (the same document as GET /api/v1/audit), or -o csv:
+one RFC 4180 table with a header, first column `record` = `subnet` (per-subnet counts in
+columns subnet..conflicts) or `finding` (columns severity..action); list fields are
+space-separated. `grep -E '^(record|subnet),'` keeps the counts, `^(record|finding),` the
+findings.
+
+On the wire (run on a gateway, as root or with CAP_NET_RAW; not with --api):
+  --scan  ARP on each in-scope subnet DHCP serves directly (out of the interface the subnet
+          names) and ICMP echo on relayed ones, every address, at most --scan-rate packets
+          a second. An address that answers without a live lease or reservation (and is not
+          a gateway or ours) is a warning; an address whose ARP answer comes from a MAC other
+          than its lease's or reservation's, or from two MACs, is critical.
+  --bmc   GET of the Redfish service root (/redfish/v1/, unauthenticated, no secrets file
+          needed) of every in-scope BMC, --bmc-concurrency at once, --bmc-timeout each; one
+          that does not answer (timeout, refused, TLS, HTTP status) is a warning naming the
+          host. IPMI BMCs are listed as not checked (info).
+
+Exit code: 0 when clean, 1 when any finding is a warning or worse (and on an error, which
+prints `error: ...` on stderr and no report)."
+)]
 pub struct AuditArgs {
     #[command(subcommand)]
     pub history: Option<HistoryCommand>,
@@ -29,9 +51,37 @@ pub struct AuditArgs {
     /// Report a host whose newest lease is older than this many days.
     #[arg(long, default_value_t = 30)]
     pub stale_days: u64,
-    /// Print the findings as CSV (one line each, with a header) instead of --output.
-    #[arg(long)]
+    /// Same as `-o csv` (kept for scripts written before -o csv).
+    #[arg(long, hide = true)]
     pub csv: bool,
+    /// Sweep the served subnets with ARP / ICMP (see below).
+    #[arg(long)]
+    pub scan: bool,
+    /// Scan packets per second, all subnets together.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub scan_rate: u32,
+    /// How long to wait for answers (per ICMP probe; after the last ARP request).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub scan_wait: std::time::Duration,
+    /// Check that every BMC answers Redfish (see below).
+    #[arg(long)]
+    pub bmc: bool,
+    /// Deadline of one BMC check.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub bmc_timeout: std::time::Duration,
+    /// BMCs checked at once.
+    #[arg(long, default_value_t = 32)]
+    pub bmc_concurrency: usize,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let span: jiff::Span = s
+        .parse()
+        .map_err(|e| format!("{e} (expected e.g. 500ms, 2s)"))?;
+    let d = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|e| e.to_string())?;
+    std::time::Duration::try_from(d).map_err(|e| e.to_string())
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -44,17 +94,32 @@ pub enum HistoryCommand {
     Host { name: String },
 }
 
+impl HistoryCommand {
+    fn subject(&self) -> Subject {
+        match self {
+            HistoryCommand::Ip { addr } => Subject::Ip(*addr),
+            HistoryCommand::Mac { mac } => Subject::Mac(*mac),
+            HistoryCommand::Host { name } => Subject::Host(name.clone()),
+        }
+    }
+}
+
+/// The API path of a subject's history.
+pub fn history_path(subject: &Subject) -> String {
+    match subject {
+        Subject::Ip(ip) => format!("/api/v1/audit/ip/{ip}"),
+        Subject::Mac(m) => format!("/api/v1/audit/mac/{m}"),
+        Subject::Host(h) => format!("/api/v1/audit/host/{h}"),
+    }
+}
+
 struct Snapshot {
+    config: Config,
     inventory: Inventory,
     store: Arc<dyn Store>,
 }
 
 async fn snapshot(cli: &Cli) -> anyhow::Result<Snapshot> {
-    if cli.api.is_some() {
-        bail!(
-            "audit reads the inventory and the store directly; --api is not supported for it yet (run it on a gateway)"
-        );
-    }
     let config = Config::load(&cli.config).map_err(|Invalid(problems)| {
         let lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         anyhow::anyhow!("invalid config:\n{}", lines.join("\n"))
@@ -78,10 +143,41 @@ async fn snapshot(cli: &Cli) -> anyhow::Result<Snapshot> {
             .await
             .with_context(|| format!("opening store {other}"))?,
     };
-    Ok(Snapshot { inventory, store })
+    Ok(Snapshot {
+        config,
+        inventory,
+        store,
+    })
+}
+
+fn scope(a: &AuditArgs) -> Scope {
+    match &a.subnet {
+        None => Scope::All,
+        Some(SubnetSel::Name(n)) => Scope::Name(n.clone()),
+        Some(SubnetSel::Cidr(c)) => Scope::Cidr(*c),
+    }
 }
 
 pub async fn run(cli: &Cli, a: &AuditArgs) -> anyhow::Result<ExitCode> {
+    let csv = a.csv || cli.output == Output::Csv;
+    if let Some(url) = &cli.api {
+        if a.scan || a.bmc {
+            bail!(
+                "--scan and --bmc probe from this machine with the gateway's config; run them on the gateway, without --api"
+            );
+        }
+        let c = crate::cli::api_client(cli, url)?;
+        if let Some(h) = &a.history {
+            let history: History = c.get(&history_path(&h.subject()), &[]).await?;
+            return print_history(cli, &history);
+        }
+        let mut q = vec![("stale_days", a.stale_days.to_string())];
+        if let Some(s) = &a.subnet {
+            q.push(("subnet", s.to_string()));
+        }
+        let report: Report = c.get("/api/v1/audit", &q).await?;
+        return print_report(cli, csv, &report);
+    }
     let t = std::time::Instant::now();
     let snap = snapshot(cli).await?;
     tracing::debug!(
@@ -90,50 +186,67 @@ pub async fn run(cli: &Cli, a: &AuditArgs) -> anyhow::Result<ExitCode> {
         "audit: config, inventory and store opened"
     );
     if let Some(h) = &a.history {
-        return history(cli, &snap, h).await;
+        let history =
+            super::source::history_of(&*snap.store, &snap.inventory, &h.subject()).await?;
+        return print_history(cli, &history);
     }
-    // Two reads at once: SQLite decodes each on its own connection thread.
-    let lease_filter = LeaseFilter::default();
-    let seen_query = EventQuery {
-        kind: Some(EventKind::LeaseCommitted),
-        ..Default::default()
-    };
-    let (leases, seen) = tokio::try_join!(
-        snap.store.list_leases(&lease_filter),
-        snap.store.query(&seen_query)
-    )?;
+    let now = jiff::Timestamp::now();
+    let (leases, last) = super::source::read(&*snap.store, &snap.inventory, now).await?;
     tracing::debug!(
         ms = t.elapsed().as_millis() as u64,
         leases = leases.len(),
-        events = seen.len(),
+        macs = last.macs.len(),
         "audit: store read"
     );
     let opts = Options {
-        scope: match &a.subnet {
-            None => Scope::All,
-            Some(SubnetSel::Name(n)) => Scope::Name(n.clone()),
-            Some(SubnetSel::Cidr(c)) => Scope::Cidr(*c),
-        },
+        scope: scope(a),
         stale_after: std::time::Duration::from_secs(a.stale_days.saturating_mul(86_400)),
     };
-    let report = super::audit(
-        &snap.inventory,
-        &leases,
-        &seen,
-        jiff::Timestamp::now(),
-        &opts,
-    )?;
+    let mut report = super::audit_live(&snap.inventory, &leases, &last, now, &opts)?;
     tracing::debug!(
         ms = t.elapsed().as_millis() as u64,
         findings = report.findings.len(),
         "audit: report made"
     );
-    if a.csv {
-        print!("{}", findings_csv(&report));
+    if a.scan {
+        let own: Vec<ipnet::Ipv4Net> = snap.config.interfaces.iter().map(|i| i.address).collect();
+        let targets = scan::plan(&snap.inventory, &opts.scope, &own);
+        let answers = scan::sweep(&targets, a.scan_rate, a.scan_wait).await?;
+        tracing::info!(
+            subnets = targets.len(),
+            addresses = targets.iter().map(|t| t.addresses.len()).sum::<usize>(),
+            answered = answers.len(),
+            "scan done"
+        );
+        let skip = scan::skipped(&snap.inventory, &own);
+        report.add_findings(scan::scan_findings(
+            &snap.inventory,
+            &leases,
+            &answers,
+            &skip,
+            now,
+        ));
+    }
+    if a.bmc {
+        let settings = crate::bmc::BmcSettings {
+            timeout: a.bmc_timeout,
+            retries: 0,
+            concurrency: a.bmc_concurrency.max(1),
+            ..Default::default()
+        };
+        let checks = scan::check_bmcs(&snap.inventory, &opts.scope, settings).await;
+        report.add_findings(scan::bmc_findings(&checks));
+    }
+    print_report(cli, csv, &report)
+}
+
+fn print_report(cli: &Cli, csv: bool, report: &Report) -> anyhow::Result<ExitCode> {
+    if csv {
+        print!("{}", report_csv(report));
     } else {
         match cli.output {
-            Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-            Output::Table => println!("{}", report_table(&report)),
+            Output::Json => println!("{}", serde_json::to_string_pretty(report)?),
+            Output::Table | Output::Csv => println!("{}", report_table(report)),
         }
     }
     Ok(if report.failing() {
@@ -143,56 +256,11 @@ pub async fn run(cli: &Cli, a: &AuditArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn history(cli: &Cli, snap: &Snapshot, cmd: &HistoryCommand) -> anyhow::Result<ExitCode> {
-    let inv = &snap.inventory;
-    let mut queries: Vec<EventQuery> = Vec::new();
-    let subject = match cmd {
-        HistoryCommand::Ip { addr } => {
-            queries.push(EventQuery {
-                ip: Some(*addr),
-                ..Default::default()
-            });
-            Subject::Ip(*addr)
-        }
-        HistoryCommand::Mac { mac } => {
-            queries.push(EventQuery {
-                mac: Some(*mac),
-                ..Default::default()
-            });
-            // The host's power actions and state changes carry its name, not the MAC.
-            if let Some(h) = inv.host_by_boot_mac(&inv.mac_index(), *mac) {
-                queries.push(EventQuery {
-                    host: Some(h.name.clone()),
-                    ..Default::default()
-                });
-            }
-            Subject::Mac(*mac)
-        }
-        HistoryCommand::Host { name } => {
-            queries.push(EventQuery {
-                host: Some(name.clone()),
-                ..Default::default()
-            });
-            // Leases of its MACs committed before it was in the inventory carry no name.
-            if let Some(h) = inv.host(name) {
-                for m in &h.macs {
-                    queries.push(EventQuery {
-                        mac: Some(*m),
-                        ..Default::default()
-                    });
-                }
-            }
-            Subject::Host(name.clone())
-        }
-    };
-    let mut events: Vec<Event> = Vec::new();
-    for q in &queries {
-        events.extend(snap.store.query(q).await?);
-    }
-    let h = super::history(&subject, &events);
+fn print_history(cli: &Cli, h: &History) -> anyhow::Result<ExitCode> {
     match cli.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&h)?),
-        Output::Table => println!("{}", history_table(&h)),
+        Output::Json => println!("{}", serde_json::to_string_pretty(h)?),
+        Output::Table => println!("{}", history_table(h)),
+        Output::Csv => bail!("-o csv applies to the audit report; use -o json for a history"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -270,11 +338,68 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-/// RFC 4180 CSV of the findings; list fields are space-separated.
-pub fn findings_csv(r: &Report) -> String {
-    let mut out = String::from("severity,code,addresses,macs,hosts,message,action\r\n");
+/// The columns of [`report_csv`]: `record`, then the subnet columns, then the finding
+/// columns. A row fills its own columns and leaves the others empty, so every row has the
+/// same number of fields (what csv parsers and spreadsheets want).
+pub const CSV_HEADER: [&str; 16] = [
+    "record",
+    "subnet",
+    "cidr",
+    "size",
+    "reserved",
+    "leased",
+    "free",
+    "quarantined",
+    "conflicts",
+    "severity",
+    "code",
+    "addresses",
+    "macs",
+    "hosts",
+    "message",
+    "action",
+];
+
+/// RFC 4180 CSV (CRLF line ends) of the per-subnet counts, then the findings (worst first).
+pub fn report_csv(r: &Report) -> String {
+    let mut out = CSV_HEADER.join(",");
+    out.push_str("\r\n");
+    let mut row = |cells: [String; 16]| {
+        let cells: Vec<String> = cells.iter().map(|s| csv_field(s)).collect();
+        out.push_str(&cells.join(","));
+        out.push_str("\r\n");
+    };
+    for s in &r.subnets {
+        row([
+            "subnet".into(),
+            s.name.clone(),
+            s.cidr.to_string(),
+            s.size.to_string(),
+            s.reserved.to_string(),
+            s.leased.to_string(),
+            s.free.to_string(),
+            s.quarantined.to_string(),
+            s.conflicts.to_string(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ]);
+    }
     for f in &r.findings {
-        let row = [
+        row([
+            "finding".into(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
             f.severity.to_string(),
             f.code.to_string(),
             list(&f.addresses),
@@ -282,10 +407,7 @@ pub fn findings_csv(r: &Report) -> String {
             f.hosts.join(" "),
             f.message.clone(),
             f.action.clone(),
-        ];
-        let row: Vec<String> = row.iter().map(|s| csv_field(s)).collect();
-        out.push_str(&row.join(","));
-        out.push_str("\r\n");
+        ]);
     }
     out
 }

@@ -12,10 +12,12 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::inventory::{Inventory, Subnet};
-use crate::store::{Event, EventKind, Lease, LeaseState};
+use crate::store::{Event, EventKind, LastSeen, Lease, LeaseState};
 use crate::types::{MacAddr, text_enum};
 
 pub mod command;
+pub mod scan;
+pub mod source;
 
 /// Why an audit could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +56,13 @@ text_enum!(
         HostNeverSeen => "host-never-seen",
         /// An inventory host whose last lease is older than `--stale-days`.
         HostNotSeenRecently => "host-not-seen-recently",
+        /// `--scan`: an address answered ARP or ICMP although nobody was given it (no live
+        /// lease, no reservation, not the gateway or one of our addresses).
+        AddressAnswersUnassigned => "address-answers-unassigned",
+        /// `--bmc`: a BMC did not answer a GET of the Redfish service root.
+        BmcUnreachable => "bmc-unreachable",
+        /// `--bmc`: a BMC that speaks IPMI only, not checked (Redfish is what is probed).
+        BmcNotChecked => "bmc-not-checked",
     }
 );
 
@@ -128,6 +137,34 @@ impl Report {
     pub fn failing(&self) -> bool {
         self.worst.is_some_and(|s| s >= Severity::Warning)
     }
+
+    /// Adds findings made outside [`audit_live`] (scan, BMC check): keeps the order (worst
+    /// first), `worst`, and the per-subnet conflict counts right.
+    pub fn add_findings(&mut self, more: Vec<Finding>) {
+        self.findings.extend(more);
+        sort_findings(&mut self.findings);
+        self.worst = self.findings.iter().map(|f| f.severity).max();
+        for s in &mut self.subnets {
+            let ips: HashSet<Ipv4Addr> = self
+                .findings
+                .iter()
+                .filter(|f| f.code == Code::AddressTwoMacs)
+                .flat_map(|f| f.addresses.iter().copied())
+                .filter(|ip| s.cidr.contains(ip))
+                .collect();
+            s.conflicts = ips.len() as u64;
+        }
+    }
+}
+
+fn sort_findings(findings: &mut [Finding]) {
+    findings.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then(a.code.cmp(&b.code))
+            .then(a.addresses.cmp(&b.addresses))
+            .then(a.hosts.cmp(&b.hosts))
+    });
 }
 
 /// One reserved address as the inventory declares it.
@@ -179,11 +216,55 @@ fn usable(net: &Ipv4Net) -> u64 {
 
 /// Audits a site's address assignments. `leases` are all stored leases (any state);
 /// `seen` are the `lease-committed` events (others are ignored), for hosts whose leases
-/// have since been replaced. O((hosts + leases + events) log n).
+/// have since been replaced. O((hosts + leases + events) log n). The reference form of
+/// [`audit_live`], which the CLI and the API feed from the store's cheaper queries.
 pub fn audit(
     inv: &Inventory,
     leases: &[Lease],
     seen: &[Event],
+    now: Timestamp,
+    opts: &Options,
+) -> Result<Report, AuditError> {
+    audit_live(inv, leases, &last_seen_from(leases, seen), now, opts)
+}
+
+/// What [`crate::store::LeaseStore::last_seen`] answers, folded from leases and events in
+/// memory: per MAC the newest lease start or commit, per host name the newest commit.
+pub fn last_seen_from(leases: &[Lease], events: &[Event]) -> LastSeen {
+    let mut macs: BTreeMap<MacAddr, Timestamp> = BTreeMap::new();
+    let mut hosts: BTreeMap<String, Timestamp> = BTreeMap::new();
+    fn newer<K: Ord>(m: &mut BTreeMap<K, Timestamp>, k: K, t: Timestamp) {
+        let e = m.entry(k).or_insert(t);
+        if t > *e {
+            *e = t;
+        }
+    }
+    for l in leases {
+        newer(&mut macs, l.mac, l.starts);
+    }
+    for e in events
+        .iter()
+        .filter(|e| e.kind == EventKind::LeaseCommitted)
+    {
+        if let Some(m) = e.mac {
+            newer(&mut macs, m, e.time);
+        }
+        if let Some(h) = &e.host {
+            newer(&mut hosts, h.clone(), e.time);
+        }
+    }
+    LastSeen {
+        macs: macs.into_iter().collect(),
+        hosts: hosts.into_iter().collect(),
+    }
+}
+
+/// The audit over the leases that matter (those holding an address at `now`; others are
+/// skipped, so all leases work too) and when each MAC / host last took an address.
+pub fn audit_live(
+    inv: &Inventory,
+    leases: &[Lease],
+    last: &LastSeen,
     now: Timestamp,
     opts: &Options,
 ) -> Result<Report, AuditError> {
@@ -335,13 +416,6 @@ pub fn audit(
     let mut held: Vec<HashSet<Ipv4Addr>> = vec![HashSet::new(); subnets.len()];
     let mut leased = vec![0u64; subnets.len()];
     let mut quarantined = vec![0u64; subnets.len()];
-    let mut last_seen: HashMap<usize, Timestamp> = HashMap::new();
-    let mut saw = |host: usize, t: Timestamp| {
-        let e = last_seen.entry(host).or_insert(t);
-        if t > *e {
-            *e = t;
-        }
-    };
     let host_of = |mac: MacAddr| inv.host_by_boot_mac(&mac_index, mac);
     let host_pos: HashMap<&str, usize> = inv
         .hosts
@@ -351,9 +425,6 @@ pub fn audit(
         .collect();
     for l in leases {
         let owner = host_of(l.mac).and_then(|h| host_pos.get(h.name.as_str()).copied());
-        if let Some(hi) = owner {
-            saw(hi, l.starts);
-        }
         let live = l.state.holds_address() && l.ends > now;
         if !live {
             continue;
@@ -460,19 +531,24 @@ pub fn audit(
             None => {}
         }
     }
-    for e in seen {
-        if e.kind != EventKind::LeaseCommitted {
-            continue;
-        }
-        let by_mac = e
-            .mac
-            .and_then(host_of)
-            .and_then(|h| host_pos.get(h.name.as_str()).copied());
-        let by_name = e.host.as_deref().and_then(|n| host_pos.get(n).copied());
-        if let Some(hi) = by_mac.or(by_name) {
-            saw(hi, e.time);
-        }
-    }
+    // When each host last took an address: its MACs' newest commit or its name's.
+    let mac_seen: HashMap<MacAddr, Timestamp> = last.macs.iter().copied().collect();
+    let host_seen: HashMap<&str, Timestamp> =
+        last.hosts.iter().map(|(h, t)| (h.as_str(), *t)).collect();
+    let last_seen: HashMap<usize, Timestamp> = inv
+        .hosts
+        .iter()
+        .enumerate()
+        .filter_map(|(hi, h)| {
+            let t = h
+                .macs
+                .iter()
+                .filter_map(|m| mac_seen.get(m).copied())
+                .chain(host_seen.get(h.name.as_str()).copied())
+                .max()?;
+            Some((hi, t))
+        })
+        .collect();
 
     // Hosts DHCP never saw, or not lately. Only hosts that can DHCP (a boot MAC).
     let stale =
@@ -571,13 +647,7 @@ pub fn audit(
         });
     }
 
-    findings.sort_by(|a, b| {
-        b.severity
-            .cmp(&a.severity)
-            .then(a.code.cmp(&b.code))
-            .then(a.addresses.cmp(&b.addresses))
-            .then(a.hosts.cmp(&b.hosts))
-    });
+    sort_findings(&mut findings);
     let worst = findings.iter().map(|f| f.severity).max();
     Ok(Report {
         time: now,

@@ -108,6 +108,27 @@ impl Redfish {
         out
     }
 
+    /// One GET of the service root, without logging in (DSP0266 §13.3.1: the root is
+    /// readable unauthenticated): whether a Redfish service answers at `t` (the audit's BMC
+    /// check). A 401 from a service that protects even its root counts as an answer
+    /// (`Value::Null`): it speaks HTTP and refuses us, which `bootgate power` will report.
+    pub async fn service_root(&self, t: &BmcTarget) -> Result<Value, BmcError> {
+        let conn = Conn {
+            t,
+            settings: &self.settings,
+            http: self.client(t)?,
+            q: quirks(t.vendor),
+            auth: Auth::None,
+            root: Value::Null,
+        };
+        let url = conn.url(SERVICE_ROOT)?;
+        let r = conn.call(Method::GET, &url, None, None, Idem::Safe).await?;
+        if r.status == StatusCode::UNAUTHORIZED {
+            return Ok(Value::Null);
+        }
+        Ok(conn.ok(r)?.body)
+    }
+
     pub async fn power_state(&self, t: &BmcTarget) -> Result<PowerState, BmcError> {
         self.with_conn(t, async |c| {
             let sys = c.system().await?;

@@ -65,6 +65,12 @@ pub enum ProbeError {
         ip: Ipv4Addr,
         source: io::Error,
     },
+    #[error("ARP sweep on interface {iface}: {what}: {source}")]
+    Arp {
+        iface: String,
+        what: &'static str,
+        source: io::Error,
+    },
     #[error("receiving ICMP echo replies from {ip} on interface {iface} failed: {source}")]
     Receive {
         iface: String,
@@ -77,6 +83,7 @@ impl ProbeError {
     /// A bounded label for metrics.
     pub fn label(&self) -> &'static str {
         match self {
+            ProbeError::Arp { .. } => "arp",
             ProbeError::Socket { .. } => "socket",
             ProbeError::Device { .. } => "device",
             ProbeError::Send { .. } => "send",
@@ -84,6 +91,9 @@ impl ProbeError {
         }
     }
 }
+
+/// How errors name the interface of an unbound (routed) probe.
+const ROUTED: &str = "(routed)";
 
 /// Socket kinds remembered in [`Prober::kind`].
 const KIND_UNKNOWN: u8 = 0;
@@ -136,7 +146,7 @@ impl Prober {
         if self.mode == ProbeMode::Off {
             return Ok(false);
         }
-        match tokio::time::timeout(self.timeout, self.probe(iface, ip)).await {
+        match tokio::time::timeout(self.timeout, self.probe(Some(iface), ip)).await {
             Ok(answer) => answer,
             Err(_elapsed) => {
                 tracing::debug!(%iface, %ip, "no echo reply: address looks free");
@@ -145,8 +155,10 @@ impl Prober {
         }
     }
 
-    async fn probe(&self, iface: &str, ip: Ipv4Addr) -> Result<bool, ProbeError> {
+    /// One echo request out of `iface`, or wherever the routing table sends it (`None`).
+    async fn probe(&self, iface: Option<&str>, ip: Ipv4Addr) -> Result<bool, ProbeError> {
         let (socket, kind) = self.open(iface, ip)?;
+        let iface = iface.unwrap_or(ROUTED);
         let recv_err = |source| ProbeError::Receive {
             iface: iface.to_string(),
             ip,
@@ -197,7 +209,8 @@ impl Prober {
 
     /// An ICMP socket bound to `iface`, non-blocking: a datagram socket when the kernel
     /// allows one, else a raw socket.
-    fn open(&self, iface: &str, ip: Ipv4Addr) -> Result<(Socket, IcmpSocket), ProbeError> {
+    fn open(&self, iface: Option<&str>, ip: Ipv4Addr) -> Result<(Socket, IcmpSocket), ProbeError> {
+        let label = iface.unwrap_or(ROUTED);
         let datagram = if self.kind.load(Ordering::Relaxed) == KIND_RAW {
             Err("refused earlier".to_string())
         } else {
@@ -211,7 +224,7 @@ impl Prober {
             Err(datagram) => {
                 let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).map_err(
                     |source| ProbeError::Socket {
-                        iface: iface.to_string(),
+                        iface: label.to_string(),
                         ip,
                         datagram,
                         source,
@@ -228,16 +241,279 @@ impl Prober {
             Ordering::Relaxed,
         );
         let dev_err = |source| ProbeError::Device {
-            iface: iface.to_string(),
+            iface: label.to_string(),
             ip,
             source,
         };
-        socket
-            .bind_device(Some(iface.as_bytes()))
-            .map_err(dev_err)?;
+        if let Some(iface) = iface {
+            socket
+                .bind_device(Some(iface.as_bytes()))
+                .map_err(dev_err)?;
+        }
         socket.set_nonblocking(true).map_err(dev_err)?;
         Ok((socket, kind))
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Sweeps: the same probes over many addresses, paced (`bootgate audit --scan`).
+
+/// Sends at most `per_second` probes a second (at least one), evenly spaced: a sweep of a
+/// /16 must not flood the provisioning network or the switches' ARP policers.
+struct Pacer(tokio::time::Interval);
+
+impl Pacer {
+    fn new(per_second: u32) -> Pacer {
+        let period = Duration::from_secs(1) / per_second.max(1);
+        let mut i = tokio::time::interval(period);
+        // After a stall, keep the spacing instead of bursting to catch up.
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Pacer(i)
+    }
+    async fn tick(&mut self) {
+        self.0.tick().await;
+    }
+}
+
+impl Prober {
+    /// ICMP echo to every address in `targets`, at most `per_second` requests a second, out
+    /// of `iface` or routed (`None`: subnets behind relays); the addresses that answered.
+    /// Each probe is [`Prober::in_use`]'s (own socket, own timeout), so in flight at once are
+    /// at most `per_second` × timeout. Works whatever [`ProbeMode`] the prober was built with.
+    pub async fn icmp_sweep(
+        &self,
+        iface: Option<&str>,
+        targets: &[Ipv4Addr],
+        per_second: u32,
+    ) -> Result<Vec<Ipv4Addr>, ProbeError> {
+        let prober = std::sync::Arc::new(Prober {
+            mode: ProbeMode::Icmp,
+            timeout: self.timeout,
+            kind: AtomicU8::new(self.kind.load(Ordering::Relaxed)),
+        });
+        let iface: Option<std::sync::Arc<str>> = iface.map(std::sync::Arc::from);
+        let mut pacer = Pacer::new(per_second);
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut answered = Vec::new();
+        let mut first_err: Option<ProbeError> = None;
+        let mut take = |r: Result<(Ipv4Addr, Result<bool, ProbeError>), tokio::task::JoinError>,
+                        answered: &mut Vec<Ipv4Addr>| {
+            match r {
+                Ok((ip, Ok(true))) => answered.push(ip),
+                Ok((_, Ok(false))) => {}
+                // No socket at all: the sweep cannot work; report it once.
+                Ok((_, Err(e @ (ProbeError::Socket { .. } | ProbeError::Device { .. })))) => {
+                    first_err.get_or_insert(e);
+                }
+                Ok((ip, Err(e))) => tracing::debug!(%ip, error = %e, "probe failed: no answer"),
+                Err(e) => tracing::warn!(error = %e, "probe task failed"),
+            }
+        };
+        for ip in targets.iter().copied() {
+            pacer.tick().await;
+            let p = prober.clone();
+            let iface = iface.clone();
+            tasks.spawn(async move {
+                let r = tokio::time::timeout(p.timeout, p.probe(iface.as_deref(), ip))
+                    .await
+                    .unwrap_or(Ok(false));
+                (ip, r)
+            });
+            while let Some(r) = tasks.try_join_next() {
+                take(r, &mut answered);
+            }
+        }
+        while let Some(r) = tasks.join_next().await {
+            take(r, &mut answered);
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        answered.sort_unstable();
+        Ok(answered)
+    }
+}
+
+/// One ARP reply: `mac` says it has `ip`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ArpAnswer {
+    pub ip: Ipv4Addr,
+    pub mac: crate::types::MacAddr,
+}
+
+const ETH_P_ARP: u16 = 0x0806;
+const ARP_LEN: usize = 28;
+
+/// An ARP request (RFC 826, Ethernet/IPv4) from `sha`/`spa` asking who has `tpa`.
+/// `spa` 0.0.0.0 makes it an RFC 5227 probe, which hosts answer as well.
+fn arp_request(sha: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr) -> [u8; ARP_LEN] {
+    let mut p = [0u8; ARP_LEN];
+    p[0..2].copy_from_slice(&1u16.to_be_bytes()); // htype Ethernet
+    p[2..4].copy_from_slice(&0x0800u16.to_be_bytes()); // ptype IPv4
+    p[4] = 6;
+    p[5] = 4;
+    p[6..8].copy_from_slice(&1u16.to_be_bytes()); // op request
+    p[8..14].copy_from_slice(&sha);
+    p[14..18].copy_from_slice(&spa.octets());
+    // tha stays zero
+    p[24..28].copy_from_slice(&tpa.octets());
+    p
+}
+
+/// The sender of an ARP reply (op 2, Ethernet/IPv4), or `None` for anything else.
+fn arp_reply_sender(p: &[u8]) -> Option<ArpAnswer> {
+    if p.len() < ARP_LEN
+        || p[0..2] != [0, 1]
+        || p[2..4] != [8, 0]
+        || p[4] != 6
+        || p[5] != 4
+        || p[6..8] != [0, 2]
+    {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&p[8..14]);
+    Some(ArpAnswer {
+        ip: Ipv4Addr::new(p[14], p[15], p[16], p[17]),
+        mac: crate::types::MacAddr(mac),
+    })
+}
+
+/// `iface`'s index and hardware address, from getifaddrs (of this network namespace).
+fn link_of(iface: &str) -> Result<(i32, [u8; 6]), ProbeError> {
+    let err = |what, source| ProbeError::Arp {
+        iface: iface.to_string(),
+        what,
+        source,
+    };
+    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| err("listing interfaces", e.into()))?;
+    for a in addrs {
+        if a.interface_name != iface {
+            continue;
+        }
+        if let Some(link) = a.address.as_ref().and_then(|s| s.as_link_addr())
+            && let Some(mac) = link.addr()
+        {
+            return Ok((link.ifindex() as i32, mac));
+        }
+    }
+    Err(err(
+        "no such interface with a hardware address",
+        io::Error::from(io::ErrorKind::NotFound),
+    ))
+}
+
+/// ARP request for every address in `targets` out of `iface` (an Ethernet interface of
+/// this network namespace), at most `per_second` a second, then `linger` for late replies.
+/// Returns every distinct (address, MAC) that answered: two MACs answering for one
+/// address both appear. Needs CAP_NET_RAW (an AF_PACKET socket). `source` is our address
+/// on that link (0.0.0.0 sends RFC 5227 probes instead).
+pub async fn arp_sweep(
+    iface: &str,
+    source: Ipv4Addr,
+    targets: &[Ipv4Addr],
+    per_second: u32,
+    linger: Duration,
+) -> Result<Vec<ArpAnswer>, ProbeError> {
+    use nix::libc;
+    let err = |what, source| ProbeError::Arp {
+        iface: iface.to_string(),
+        what,
+        source,
+    };
+    let (ifindex, our_mac) = link_of(iface)?;
+    let socket = Socket::new(
+        Domain::PACKET,
+        Type::DGRAM,
+        Some(Protocol::from(i32::from(ETH_P_ARP.to_be()))),
+    )
+    .map_err(|e| err("opening an AF_PACKET socket (needs CAP_NET_RAW)", e))?;
+    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value we then fill in.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = ETH_P_ARP.to_be();
+    sll.sll_ifindex = ifindex;
+    let sll_len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+    // SAFETY: `sll` is a valid sockaddr_ll of the length given, the fd is open.
+    let rc = unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            sll_len,
+        )
+    };
+    if rc != 0 {
+        return Err(err("binding to the interface", io::Error::last_os_error()));
+    }
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| err("setting non-blocking", e))?;
+    let mut to = sll;
+    to.sll_halen = 6;
+    to.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    // SAFETY: as in `probe`: the AsyncFd owns the Socket and so its descriptor.
+    let fd = unsafe { AsyncFd::register(socket) }
+        .map_err(|e| err("registering the socket", io::Error::from(e)))?;
+
+    let mut answers: std::collections::BTreeSet<ArpAnswer> = Default::default();
+    let wanted: std::collections::HashSet<Ipv4Addr> = targets.iter().copied().collect();
+    let mut pacer = Pacer::new(per_second);
+    let mut next = targets.iter();
+    let mut buf = [0u8; 256];
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let mut sent: usize = 0;
+    loop {
+        let linger_over = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = pacer.tick(), if deadline.is_none() => {
+                let Some(ip) = next.next() else {
+                    deadline = Some(tokio::time::Instant::now() + linger);
+                    continue;
+                };
+                let req = arp_request(our_mac, source, *ip);
+                let r = fd
+                    .async_io(Interest::WRITABLE, |s| {
+                        // SAFETY: `req` and `to` are valid for the lengths given.
+                        let n = unsafe {
+                            libc::sendto(
+                                s.as_raw_fd(),
+                                req.as_ptr().cast(),
+                                req.len(),
+                                0,
+                                (&to as *const libc::sockaddr_ll).cast(),
+                                sll_len,
+                            )
+                        };
+                        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+                    })
+                    .await;
+                match r {
+                    Ok(()) => sent += 1,
+                    Err(e) => return Err(err("sending an ARP request", e)),
+                }
+            }
+            r = fd.async_io(Interest::READABLE, |s| {
+                nix::sys::socket::recv(s.as_raw_fd(), &mut buf, nix::sys::socket::MsgFlags::empty())
+                    .map_err(io::Error::from)
+            }) => {
+                let n = r.map_err(|e| err("receiving ARP replies", e))?;
+                if let Some(a) = arp_reply_sender(&buf[..n])
+                    && wanted.contains(&a.ip)
+                    && a.mac.0 != our_mac
+                {
+                    answers.insert(a);
+                }
+            }
+            _ = linger_over => break,
+        }
+    }
+    tracing::debug!(%iface, sent, answered = answers.len(), "ARP sweep done");
+    Ok(answers.into_iter().collect())
 }
 
 /// One echo request's identity.
@@ -415,6 +691,48 @@ mod tests {
         let a = Echo::random();
         let b = Echo::random();
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn rfc826_arp_request_and_reply_parse() {
+        let sha = [0x52, 0x54, 0, 1, 2, 3];
+        let req = arp_request(
+            sha,
+            Ipv4Addr::new(10, 250, 0, 1),
+            Ipv4Addr::new(10, 250, 0, 9),
+        );
+        // A request is not a reply.
+        assert_eq!(arp_reply_sender(&req), None);
+        let mut reply = req;
+        reply[7] = 2;
+        reply[8..14].copy_from_slice(&[0xaa, 0xbb, 0xcc, 0, 0, 1]);
+        reply[14..18].copy_from_slice(&[10, 250, 0, 9]);
+        assert_eq!(
+            arp_reply_sender(&reply),
+            Some(ArpAnswer {
+                ip: Ipv4Addr::new(10, 250, 0, 9),
+                mac: crate::types::MacAddr([0xaa, 0xbb, 0xcc, 0, 0, 1]),
+            })
+        );
+        assert_eq!(arp_reply_sender(&reply[..20]), None);
+        let mut ipv6 = reply;
+        ipv6[2] = 0x86;
+        assert_eq!(arp_reply_sender(&ipv6), None);
+    }
+
+    #[tokio::test]
+    async fn pacer_spaces_sends() {
+        let mut p = Pacer::new(100);
+        let t = std::time::Instant::now();
+        for _ in 0..11 {
+            p.tick().await;
+        }
+        // 11 ticks at 100/s: the first is immediate, then 10 × 10 ms.
+        assert!(
+            t.elapsed() >= Duration::from_millis(95),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[tokio::test]

@@ -82,6 +82,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/hosts/{name}", get(show_host))
         .route("/api/v1/leases", get(list_leases))
         .route("/api/v1/events", get(list_events))
+        .route("/api/v1/audit", get(audit_report))
+        .route("/api/v1/audit/ip/{ip}", get(audit_ip))
+        .route("/api/v1/audit/mac/{mac}", get(audit_mac))
+        .route("/api/v1/audit/host/{name}", get(audit_host))
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
             auth::require_read,
@@ -282,6 +286,72 @@ async fn list_leases(
             .map(LeaseView::from)
             .collect(),
     ))
+}
+
+#[derive(Deserialize, Default)]
+struct AuditParams {
+    subnet: Option<String>,
+    stale_days: Option<String>,
+}
+
+/// The same report as `bootgate audit -o json` (no scan, no BMC check: those probe the
+/// network from the CLI).
+async fn audit_report(
+    State(app): State<Arc<App>>,
+    Query(p): Query<AuditParams>,
+) -> Result<axum::Json<crate::audit::Report>, ApiError> {
+    use crate::audit::{Options, Scope, source};
+    let scope = match query::parse_opt::<query::SubnetSel>("subnet", p.subnet.as_deref())? {
+        None => Scope::All,
+        Some(query::SubnetSel::Name(n)) => Scope::Name(n),
+        Some(query::SubnetSel::Cidr(c)) => Scope::Cidr(c),
+    };
+    let days = query::parse_opt::<u64>("stale_days", p.stale_days.as_deref())?.unwrap_or(30);
+    let opts = Options {
+        scope,
+        stale_after: std::time::Duration::from_secs(days.saturating_mul(86_400)),
+    };
+    let loaded = app.inventory();
+    match source::report(&*app.store, &loaded.inventory, &opts, Timestamp::now()).await {
+        Ok(r) => Ok(axum::Json(r)),
+        Err(source::SourceError::Store(e)) => Err(ApiError::Store(e)),
+        Err(source::SourceError::Audit(e)) => Err(ApiError::NotFound(e.to_string())),
+    }
+}
+
+async fn audit_history(
+    app: &App,
+    subject: crate::audit::Subject,
+) -> Result<axum::Json<crate::audit::History>, ApiError> {
+    let loaded = app.inventory();
+    Ok(axum::Json(
+        crate::audit::source::history_of(&*app.store, &loaded.inventory, &subject).await?,
+    ))
+}
+
+async fn audit_ip(
+    State(app): State<Arc<App>>,
+    Path(ip): Path<String>,
+) -> Result<axum::Json<crate::audit::History>, ApiError> {
+    let ip = query::parse_opt::<Ipv4Addr>("ip", Some(&ip))?
+        .ok_or_else(|| ApiError::BadRequest("empty address".into()))?;
+    audit_history(&app, crate::audit::Subject::Ip(ip)).await
+}
+
+async fn audit_mac(
+    State(app): State<Arc<App>>,
+    Path(mac): Path<String>,
+) -> Result<axum::Json<crate::audit::History>, ApiError> {
+    let mac = query::parse_opt::<MacAddr>("mac", Some(&mac))?
+        .ok_or_else(|| ApiError::BadRequest("empty MAC".into()))?;
+    audit_history(&app, crate::audit::Subject::Mac(mac)).await
+}
+
+async fn audit_host(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<crate::audit::History>, ApiError> {
+    audit_history(&app, crate::audit::Subject::Host(name)).await
 }
 
 #[derive(Deserialize, Default)]

@@ -337,6 +337,17 @@ pub struct EventQuery {
     pub limit: Option<u32>,
 }
 
+/// The newest time some MACs and host names took an address, for the audit's "not seen for
+/// N days" without reading the whole event log (see [`LeaseStore::last_seen`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LastSeen {
+    /// Per MAC asked about that ever took an address: the newest `lease-committed` event
+    /// time or lease start, whichever is later. Sorted by MAC.
+    pub macs: Vec<(MacAddr, Timestamp)>,
+    /// Per host name asked about: the newest `lease-committed` event naming it. Sorted.
+    pub hosts: Vec<(String, Timestamp)>,
+}
+
 /// Hosts: the inventory's declarations reconciled into the store, plus discovered MACs.
 #[async_trait]
 pub trait HostStore: Send + Sync {
@@ -489,6 +500,12 @@ pub trait LeaseStore: Send + Sync {
     /// Marks every `offered`/`active` lease whose `ends <= now` as `expired` (with an event
     /// each) and returns them.
     async fn expire_leases(&self, now: Timestamp) -> Result<Vec<Lease>, StoreError>;
+    /// Leases holding their address at `now` (offered, active or declined, ending after
+    /// `now`), sorted by IP: what the audit counts, without the dead rows.
+    async fn live_leases(&self, now: Timestamp) -> Result<Vec<Lease>, StoreError>;
+    /// For each of `macs` and `hosts` that ever took an address, the newest time it did
+    /// (see [`LastSeen`]). Reads two indexes instead of every lease-committed event.
+    async fn last_seen(&self, macs: &[MacAddr], hosts: &[String]) -> Result<LastSeen, StoreError>;
 }
 
 /// The append-only event log.

@@ -15,6 +15,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 
+use super::LastSeen;
 use super::{
     Event, EventKind, EventLog, EventQuery, HostChange, HostRecord, HostSource, HostStore, Lease,
     LeaseFilter, LeaseState, LeaseStore, NewEvent, RelayInfo, Sighted, StoreError, StoreUrl,
@@ -888,6 +889,56 @@ impl LeaseStore for PostgresStore {
 
     async fn expire_leases(&self, now: Timestamp) -> Result<Vec<Lease>, StoreError> {
         self.with_retry(|| self.try_expire_leases(now)).await
+    }
+
+    async fn live_leases(&self, now: Timestamp) -> Result<Vec<Lease>, StoreError> {
+        let mut q = QueryBuilder::<Postgres>::new(format!(
+            "SELECT {LEASE_COLUMNS} FROM leases \
+             WHERE state IN ('offered', 'active', 'declined') AND ends > "
+        ));
+        q.push_bind(millis(now));
+        let rows = q.build().fetch_all(&self.pool);
+        let mut leases = self
+            .run(async { Ok(rows.await?) })
+            .await?
+            .iter()
+            .map(lease_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        leases.sort_by_key(|l| l.ip);
+        Ok(leases)
+    }
+
+    async fn last_seen(&self, macs: &[MacAddr], hosts: &[String]) -> Result<LastSeen, StoreError> {
+        let macs: Vec<String> = macs.iter().map(|m| m.to_string()).collect();
+        let by_mac = sqlx::query(
+            "SELECT mac, MAX(t) AS t FROM ( \
+                 SELECT mac, MAX(time) AS t FROM events \
+                 WHERE kind = 'lease-committed' AND mac = ANY($1) GROUP BY mac \
+               UNION ALL \
+                 SELECT mac, MAX(starts) AS t FROM leases WHERE mac = ANY($1) GROUP BY mac \
+             ) AS seen GROUP BY mac ORDER BY mac",
+        )
+        .bind(&macs)
+        .fetch_all(&self.pool);
+        let by_host = sqlx::query(
+            "SELECT host, MAX(time) AS t FROM events \
+             WHERE kind = 'lease-committed' AND host = ANY($1) GROUP BY host ORDER BY host",
+        )
+        .bind(hosts)
+        .fetch_all(&self.pool);
+        let (by_mac, by_host) = self
+            .run(async { Ok(tokio::try_join!(by_mac, by_host)?) })
+            .await?;
+        Ok(LastSeen {
+            macs: by_mac
+                .iter()
+                .map(|r| Ok((parsed(r, "mac")?, timestamp(r, "t")?)))
+                .collect::<Result<_, StoreError>>()?,
+            hosts: by_host
+                .iter()
+                .map(|r| Ok((r.try_get("host")?, timestamp(r, "t")?)))
+                .collect::<Result<_, StoreError>>()?,
+        })
     }
 }
 

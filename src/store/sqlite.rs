@@ -19,6 +19,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 
+use super::LastSeen;
 use super::{
     Event, EventKind, EventLog, EventQuery, HostChange, HostRecord, HostStore, Lease, LeaseFilter,
     LeaseState, LeaseStore, NewEvent, RelayInfo, StoreError, StoreUrl,
@@ -415,6 +416,63 @@ impl LeaseStore for SqliteStore {
         }
         tx.commit().await?;
         Ok(expired)
+    }
+
+    async fn live_leases(&self, now: Timestamp) -> Result<Vec<Lease>, StoreError> {
+        // leases_state_ends covers the WHERE: the dead rows are never decoded.
+        let mut leases = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {LEASE_COLUMNS} FROM leases \
+             WHERE state IN ('offered', 'active', 'declined') AND ends > "
+        ))
+        .push_bind(millis(now))
+        .build()
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(lease_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        leases.sort_by_key(|l| l.ip);
+        Ok(leases)
+    }
+
+    async fn last_seen(&self, macs: &[MacAddr], hosts: &[String]) -> Result<LastSeen, StoreError> {
+        // The lists travel as one JSON array each (json_each), not thousands of binds; the
+        // IN (subquery) probes events_mac / leases_mac / events_host once per value.
+        let macs_json =
+            serde_json::Value::from(macs.iter().map(|m| m.to_string()).collect::<Vec<String>>())
+                .to_string();
+        let hosts_json = serde_json::Value::from(hosts.to_vec()).to_string();
+        let by_mac = sqlx::query(
+            "SELECT mac, MAX(t) AS t FROM ( \
+                 SELECT mac, MAX(time) AS t FROM events \
+                 WHERE kind = 'lease-committed' AND mac IN (SELECT value FROM json_each(?)) \
+                 GROUP BY mac \
+               UNION ALL \
+                 SELECT mac, MAX(starts) AS t FROM leases \
+                 WHERE mac IN (SELECT value FROM json_each(?)) GROUP BY mac \
+             ) GROUP BY mac ORDER BY mac",
+        )
+        .bind(&macs_json)
+        .bind(&macs_json)
+        .fetch_all(&self.reader);
+        let by_host = sqlx::query(
+            "SELECT host, MAX(time) AS t FROM events \
+             WHERE kind = 'lease-committed' AND host IN (SELECT value FROM json_each(?)) \
+             GROUP BY host ORDER BY host",
+        )
+        .bind(&hosts_json)
+        .fetch_all(&self.reader);
+        let (by_mac, by_host) = tokio::try_join!(by_mac, by_host)?;
+        Ok(LastSeen {
+            macs: by_mac
+                .iter()
+                .map(|r| Ok((parsed(r, "mac")?, timestamp(r, "t")?)))
+                .collect::<Result<_, StoreError>>()?,
+            hosts: by_host
+                .iter()
+                .map(|r| Ok((r.try_get("host")?, timestamp(r, "t")?)))
+                .collect::<Result<_, StoreError>>()?,
+        })
     }
 }
 

@@ -48,6 +48,7 @@ macro_rules! store_contract_tests {
             lease_freed_address_can_be_taken,
             lease_concurrent_commits_never_share_an_address,
             expire_leases_marks_and_logs,
+            live_leases_and_last_seen_for_the_audit,
             events_append_and_query_filters,
             events_since_until_limit,
             events_append_many_in_order,
@@ -1097,6 +1098,84 @@ pub async fn expire_leases_marks_and_logs<S: Store>(store: Arc<S>) {
     )
     .await;
     assert_eq!(again.len(), 2);
+}
+
+/// What `bootgate audit` reads instead of every lease and event: the leases holding an
+/// address now, and per asked-for MAC / host name the newest commit or lease start.
+pub async fn live_leases_and_last_seen_for_the_audit<S: Store>(store: Arc<S>) {
+    let t = now();
+    let active = lease(ip(1), mac(1), LeaseState::Active, t + secs(3600));
+    let offered = lease(ip(2), mac(2), LeaseState::Offered, t + secs(60));
+    let declined = lease(ip(3), mac(3), LeaseState::Declined, t + secs(600));
+    let lapsed = lease(ip(4), mac(4), LeaseState::Active, t - secs(1));
+    let released = lease(ip(5), mac(5), LeaseState::Released, t + secs(3600));
+    let expired = lease(ip(6), mac(6), LeaseState::Expired, t - secs(3600));
+    for l in [&active, &offered, &declined, &lapsed, &released, &expired] {
+        let mut ev = committed(l);
+        ev.time = Some(l.starts);
+        store.commit_lease(l, &ev).await.unwrap();
+    }
+    let live = store.live_leases(t).await.unwrap();
+    assert_eq!(
+        live.iter().map(|l| l.ip).collect::<Vec<_>>(),
+        vec![ip(1), ip(2), ip(3)],
+        "offered, active and declined leases ending after now, by address"
+    );
+    assert_eq!(live[0], active);
+
+    // An older commit of mac 7 on another address (its lease since replaced), a newer
+    // commit naming host gpu-b01 without a MAC we ask about, and noise of other kinds.
+    let old = t - secs(86_400 * 40);
+    let mut ev = NewEvent::new(EventKind::LeaseCommitted, "dhcp")
+        .ip(ip(9))
+        .mac(mac(7))
+        .host("gpu-a07");
+    ev.time = Some(old);
+    store.append(&ev).await.unwrap();
+    let mut ev = NewEvent::new(EventKind::LeaseCommitted, "dhcp")
+        .ip(ip(10))
+        .mac(mac(8))
+        .host("gpu-b01");
+    ev.time = Some(t - secs(120));
+    store.append(&ev).await.unwrap();
+    let mut noise = NewEvent::new(EventKind::LeaseReleased, "dhcp")
+        .ip(ip(9))
+        .mac(mac(7))
+        .host("gpu-a07");
+    noise.time = Some(t);
+    store.append(&noise).await.unwrap();
+
+    let seen = store
+        .last_seen(
+            &[mac(1), mac(6), mac(7), mac(99)],
+            &[
+                "gpu-a07".to_string(),
+                "gpu-b01".to_string(),
+                "nobody".to_string(),
+            ],
+        )
+        .await
+        .unwrap();
+    // mac 1: its commit and its lease start are the same instant; mac 6: expired lease
+    // still tells when it was seen; mac 7: only the old commit; mac 99: never.
+    assert_eq!(
+        seen.macs,
+        vec![
+            (mac(1), active.starts),
+            (mac(6), expired.starts),
+            (mac(7), old)
+        ]
+    );
+    assert_eq!(
+        seen.hosts,
+        vec![
+            ("gpu-a07".to_string(), old),
+            ("gpu-b01".to_string(), t - secs(120))
+        ]
+    );
+    // Nothing asked, nothing answered.
+    let none = store.last_seen(&[], &[]).await.unwrap();
+    assert!(none.macs.is_empty() && none.hosts.is_empty());
 }
 
 // ---- events ------------------------------------------------------------------------------
