@@ -18,6 +18,7 @@ pub mod inventory;
 pub mod ipam;
 pub mod power;
 pub mod pxe;
+pub mod rack;
 pub mod secrets;
 pub mod store;
 pub mod tftp;

@@ -254,6 +254,10 @@ text_enum!(
         HandoffSucceeded => "handoff-succeeded",
         /// A hand-off run failed, timed out or was refused (detail: task, reason, log).
         HandoffFailed => "handoff-failed",
+        /// `bootgate hosts adopt` put a discovered MAC into the inventory (detail: file).
+        HostAdopted => "host-adopted",
+        /// `bootgate rack plan --write` added a rack file to the inventory.
+        RackPlanned => "rack-planned",
         DaemonStarted => "daemon-started",
         DaemonStopped => "daemon-stopped",
     }
