@@ -1037,19 +1037,19 @@ async fn rack_plan(cli: &Cli, a: &RackPlanArgs) -> anyhow::Result<ExitCode> {
 async fn hosts_discovered(cli: &Cli, manifest: &Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let config = load_config(&cli.config)?;
     let m = match manifest {
-        Some(path) => {
-            match crate::rack::manifest::read(path, &Default::default()) {
-                Ok(m) => Some(m),
-                Err(e) => return Ok(rack_refused(cli, &e.into())),
-            }
-        }
+        Some(path) => match crate::rack::manifest::read(path, &Default::default()) {
+            Ok(m) => Some(m),
+            Err(e) => return Ok(rack_refused(cli, &e.into())),
+        },
         None => None,
     };
     let list = match crate::rack::adopt::discovered_command(&config, m.as_ref()).await {
         Ok(l) => l,
         Err(e) => return Ok(rack_refused(cli, &e)),
     };
-    print(cli.output, &list, || crate::rack::adopt::render_discovered(&list));
+    print(cli.output, &list, || {
+        crate::rack::adopt::render_discovered(&list)
+    });
     Ok(ExitCode::SUCCESS)
 }
 

@@ -612,3 +612,209 @@ fn replace(path: &Path, text: &str) -> Result<(), RackError> {
     f.sync_all().map_err(super::io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(super::io(path))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{HostSource, LeaseState, RelayInfo};
+    use crate::types::HostState;
+
+    fn inventory(site: &str) -> (Inventory, Origins) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("inventory")
+            .join(site);
+        let inv = crate::inventory::load::load_dir(&dir).unwrap();
+        let origins = Origins::scan(&inv);
+        (inv, origins)
+    }
+
+    fn req(mac: &str, name: &str) -> AdoptRequest {
+        AdoptRequest {
+            mac: mac.parse().unwrap(),
+            name: name.into(),
+            rack: None,
+            position: None,
+            profile: None,
+            role: None,
+        }
+    }
+
+    fn discovered(mac: &str, spec: serde_json::Value) -> HostRecord {
+        let now = jiff::Timestamp::now();
+        HostRecord {
+            name: format!("discovered-{}", mac.replace(':', "")),
+            state: HostState::Discovered,
+            source: HostSource::Discovered,
+            macs: vec![mac.parse().unwrap()],
+            ip: None,
+            rack: None,
+            role: None,
+            spec,
+            created: now,
+            updated: now,
+        }
+    }
+
+    fn lease(ip: &str, mac: &str, subnet: &str) -> Lease {
+        let now = jiff::Timestamp::now();
+        Lease {
+            ip: ip.parse().unwrap(),
+            mac: mac.parse().unwrap(),
+            client_id: None,
+            state: LeaseState::Active,
+            starts: now,
+            ends: now,
+            host: None,
+            subnet: subnet.into(),
+            relay: RelayInfo::default(),
+        }
+    }
+
+    fn decide_in(
+        inv: &Inventory,
+        o: &Origins,
+        r: &AdoptRequest,
+        leases: &[Lease],
+        disc: &[HostRecord],
+    ) -> Result<Adoption, RackError> {
+        let gw = ["10.250.0.1".parse().unwrap()];
+        decide(
+            r,
+            &AdoptSite {
+                inventory: inv,
+                origins: o,
+                leases,
+                discovered: disc,
+                gateway_addresses: &gw,
+            },
+        )
+    }
+
+    #[test]
+    fn refuses_a_known_mac_or_a_taken_name() {
+        let (inv, o) = inventory("lab");
+        let e = decide_in(&inv, &o, &req("52:54:00:d7:8e:1d", "new-one"), &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("MAC 52:54:00:d7:8e:1d is already the boot MAC of host \"vm0\""),
+            "{e}"
+        );
+        assert!(e.contains("hosts.toml"), "{e}");
+        let e = decide_in(&inv, &o, &req("02:00:00:00:00:01", "vm1"), &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("host name \"vm1\" is already taken by inventory host in"),
+            "{e}"
+        );
+        assert!(e.contains("52:54:00:a8:28:2f"), "{e}");
+        let e = decide_in(&inv, &o, &req("02:00:00:00:00:01", "Bad_Name"), &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a valid host name"), "{e}");
+        let e = decide_in(&inv, &o, &req("02:00:00:00:00:01", "fresh"), &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("never seen by DHCP"), "{e}");
+    }
+
+    #[test]
+    fn a_new_host_gets_the_next_free_address_where_it_was_seen() {
+        let (inv, o) = inventory("lab");
+        let mac = "02:00:00:00:00:01";
+        let leases = [lease("10.250.0.120", mac, "provisioning")];
+        let d = decide_in(&inv, &o, &req(mac, "fresh"), &leases, &[]).unwrap();
+        assert_eq!(
+            d,
+            Adoption::NewHost {
+                role: Role::Gpu,
+                rack: None,
+                position: None,
+                profile: None,
+                subnet: "provisioning".into(),
+                ip: "10.250.0.2".parse().unwrap(),
+            }
+        );
+        // Seen only as a discovered record on gw0: same subnet.
+        let disc = [discovered(mac, serde_json::json!({"iface": "gw0"}))];
+        let mut r = req(mac, "fresh");
+        r.rack = Some("lab-r1".into());
+        r.position = Some(9);
+        match decide_in(&inv, &o, &r, &[], &disc).unwrap() {
+            Adoption::NewHost {
+                rack,
+                position,
+                profile,
+                subnet,
+                ..
+            } => {
+                assert_eq!(rack.as_deref(), Some("lab-r1"));
+                assert_eq!(position, Some(9));
+                // The rack's hosts' profile.
+                assert_eq!(profile.as_deref(), Some("lab-debian"));
+                assert_eq!(subnet, "provisioning");
+            }
+            other => panic!("{other:?}"),
+        }
+        r.position = Some(2);
+        let e = decide_in(&inv, &o, &r, &[], &disc).unwrap_err().to_string();
+        assert!(e.contains("position 2 is already host \"vm1\""), "{e}");
+    }
+
+    #[test]
+    fn the_switch_port_names_rack_and_position() {
+        let (inv, o) = inventory("example");
+        let mac = "02:00:0a:99:00:01";
+        let disc = [discovered(
+            mac,
+            serde_json::json!({"circuit_id": "Ethernet1/3", "remote_id": "leaf-r01", "giaddr": "10.20.0.2"}),
+        )];
+        let list = match_discovered(&inv, None, &disc, &[]);
+        let s = list[0].suggestion.as_ref().unwrap();
+        assert_eq!((s.rack.as_str(), s.position), ("r01", 3));
+        assert_eq!(s.host.as_deref(), Some("gpu-r01-03"));
+        assert!(
+            s.text
+                .contains("rack r01 position 3 is gpu-r01-03, declared with MAC 02:00:0a:01:03:01"),
+            "{}",
+            s.text
+        );
+        assert_eq!(list[0].subnet.as_deref(), Some("provisioning"));
+        let e = decide_in(&inv, &o, &req(mac, "gpu-r01-03b"), &[], &disc)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("rack \"r01\" position 3 is already host \"gpu-r01-03\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn edits_keep_the_file_and_add_the_host() {
+        let old = "# keep me\n[[host]]\nname = \"a\"\nrole = \"gpu\" # and me\n\n[[host]]\nname = \"b\"\nrole = \"gpu\"\nmacs = []\n";
+        let r = req("02:00:00:00:00:01", "b");
+        let new = edit(Some(old), &r, &Adoption::AddMac { file: "x".into() }).unwrap();
+        assert!(
+            new.starts_with("# keep me\n[[host]]\nname = \"a\"\nrole = \"gpu\" # and me\n"),
+            "{new}"
+        );
+        assert!(new.contains("macs = [\"02:00:00:00:00:01\"]"), "{new}");
+        let d = Adoption::NewHost {
+            role: Role::Gpu,
+            rack: Some("r1".into()),
+            position: Some(4),
+            profile: Some("p".into()),
+            subnet: "provisioning".into(),
+            ip: "10.0.0.9".parse().unwrap(),
+        };
+        let new = edit(None, &req("02:00:00:00:00:02", "c"), &d).unwrap();
+        let t: toml::Table = new.parse().unwrap();
+        let h = &t["host"][0];
+        assert_eq!(h["name"].as_str(), Some("c"));
+        assert_eq!(h["position"].as_integer(), Some(4));
+        assert_eq!(h["macs"][0].as_str(), Some("02:00:00:00:00:02"));
+        assert_eq!(h["addresses"]["provisioning"].as_str(), Some("10.0.0.9"));
+        assert!(new.contains("# adopted 02:00:00:00:00:02"), "{new}");
+    }
+}

@@ -908,3 +908,307 @@ pub fn render_text(plan: &Plan) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rack::manifest::{self, CsvRackArgs};
+    use crate::store::{LeaseState, RelayInfo};
+    use crate::types::HostState;
+    use std::path::Path;
+
+    fn inventory(site: &str) -> (Inventory, Origins) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("inventory")
+            .join(site);
+        let inv = crate::inventory::load::load_dir(&dir).unwrap();
+        let origins = Origins::scan(&inv);
+        (inv, origins)
+    }
+
+    fn lab_manifest() -> Manifest {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("inventory/lab/manifests/lab-r2.toml");
+        manifest::read(&path, &CsvRackArgs::default()).unwrap()
+    }
+
+    fn run(
+        m: &Manifest,
+        inv: &Inventory,
+        o: &Origins,
+        leases: &[Lease],
+        disc: &[HostRecord],
+    ) -> Result<Plan, Vec<Conflict>> {
+        let gw = [Ipv4Addr::new(10, 250, 0, 1)];
+        plan(
+            m,
+            &Site {
+                inventory: inv,
+                origins: o,
+                leases,
+                discovered: disc,
+                gateway_addresses: &gw,
+            },
+        )
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn lease(addr: &str, mac: &str) -> Lease {
+        let now = jiff::Timestamp::now();
+        Lease {
+            ip: ip(addr),
+            mac: mac.parse().unwrap(),
+            client_id: None,
+            state: LeaseState::Active,
+            starts: now,
+            ends: now,
+            host: None,
+            subnet: "provisioning".into(),
+            relay: RelayInfo::default(),
+        }
+    }
+
+    #[test]
+    fn lab_r2_plans_three_vms_from_20() {
+        let (inv, o) = inventory("lab");
+        let p = run(&lab_manifest(), &inv, &o, &[], &[]).unwrap();
+        let names: Vec<_> = p.hosts.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["vm4", "vm5", "vm6"]);
+        let ips: Vec<_> = p
+            .hosts
+            .iter()
+            .map(|h| h.addresses["provisioning"])
+            .collect();
+        assert_eq!(
+            ips,
+            [ip("10.250.0.20"), ip("10.250.0.21"), ip("10.250.0.22")]
+        );
+        let b = p.hosts[1].bmc.as_ref().unwrap();
+        assert_eq!(
+            (b.address, b.port, b.system.as_deref()),
+            (ip("127.0.0.1"), Some(8000), Some("vm5"))
+        );
+        assert_eq!(b.scheme, BmcScheme::Http);
+        assert_eq!(b.credential, "lab");
+        assert_eq!(p.hosts[0].macs[0].to_string(), "52:54:00:08:34:dc");
+        assert!(
+            p.hosts[0].groups.contains(&"rack_lab_r2".to_string()),
+            "{:?}",
+            p.hosts[0].groups
+        );
+        assert!(p.hosts[0].groups.contains(&"kube_workers".to_string()));
+        assert!(p.notes.is_empty(), "{:?}", p.notes);
+    }
+
+    #[test]
+    fn leased_addresses_are_skipped_and_reserved_ones_refused() {
+        let (inv, o) = inventory("lab");
+        // .20 is leased to a stranger: allocation moves on.
+        let p = run(
+            &lab_manifest(),
+            &inv,
+            &o,
+            &[lease("10.250.0.20", "02:00:00:00:00:99")],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(p.hosts[0].addresses["provisioning"], ip("10.250.0.21"));
+        // An explicit address reserved for vm0 and one leased to another MAC.
+        let mut m = lab_manifest();
+        m.nodes[0]
+            .addresses
+            .insert("provisioning".into(), ip("10.250.0.10"));
+        m.nodes[1]
+            .addresses
+            .insert("provisioning".into(), ip("10.250.0.30"));
+        let c = run(
+            &m,
+            &inv,
+            &o,
+            &[lease("10.250.0.30", "02:00:00:00:00:99")],
+            &[],
+        )
+        .unwrap_err();
+        let text: Vec<String> = c.iter().map(|c| c.to_string()).collect();
+        assert_eq!(c.len(), 2, "{text:#?}");
+        assert!(text[0].contains("lab-r2.csv:2: position 1: addresses.provisioning: 10.250.0.10 is the address of host \"vm0\""), "{text:#?}");
+        assert!(text[0].contains("hosts.toml"), "{text:#?}");
+        assert!(
+            text[1].contains("10.250.0.30 is leased to 02:00:00:00:00:99"),
+            "{text:#?}"
+        );
+        // The node's own MAC holding the lease is fine.
+        let mut m = lab_manifest();
+        m.nodes[0]
+            .addresses
+            .insert("provisioning".into(), ip("10.250.0.30"));
+        run(
+            &m,
+            &inv,
+            &o,
+            &[lease("10.250.0.30", "52:54:00:08:34:dc")],
+            &[],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn every_inventory_collision_is_reported_with_both_sides() {
+        let (inv, o) = inventory("lab");
+        let mut m = lab_manifest();
+        m.rack.name = "lab-r1".into();
+        m.nodes[0].boot_mac = Some("52:54:00:d7:8e:1d".parse().unwrap()); // vm0's
+        m.nodes[1].name = Some("vm1".into());
+        m.nodes[2]
+            .addresses
+            .insert("provisioning".into(), ip("10.250.0.150"));
+        let c = run(&m, &inv, &o, &[], &[]).unwrap_err();
+        let text: Vec<String> = c.iter().map(|c| c.to_string()).collect();
+        assert_eq!(c.len(), 4, "{text:#?}");
+        let has = |needle: &str| {
+            assert!(
+                text.iter().any(|t| t.contains(needle)),
+                "{needle}: {text:#?}"
+            )
+        };
+        has("lab-r2.toml:10: rack.name: rack \"lab-r1\" (");
+        has("racks.toml) is already in the inventory");
+        has(
+            "lab-r2.csv:2: position 1: boot_mac: MAC 52:54:00:d7:8e:1d is already the boot MAC of host \"vm0\"",
+        );
+        has("lab-r2.csv:3: position 2: name: host \"vm1\" (");
+        has(
+            "lab-r2.csv:4: position 3: addresses.provisioning: 10.250.0.150 is inside a dynamic range",
+        );
+    }
+
+    #[test]
+    fn allocation_skips_dynamic_ranges_gateway_and_network() {
+        let (inv, o) = inventory("lab");
+        let mut m = lab_manifest();
+        m.rack
+            .addressing
+            .insert("provisioning".into(), ip("10.250.0.249"));
+        // .249 and .250 are inside the dynamic range; .251..254 are free.
+        let p = run(&m, &inv, &o, &[], &[]).unwrap();
+        let ips: Vec<_> = p
+            .hosts
+            .iter()
+            .map(|h| h.addresses["provisioning"])
+            .collect();
+        assert_eq!(
+            ips,
+            [ip("10.250.0.251"), ip("10.250.0.252"), ip("10.250.0.253")]
+        );
+        m.rack
+            .addressing
+            .insert("provisioning".into(), ip("10.250.0.253"));
+        let c = run(&m, &inv, &o, &[], &[]).unwrap_err();
+        assert!(
+            c[0].to_string()
+                .contains("no free address left on subnet \"provisioning\""),
+            "{c:?}"
+        );
+        // Without addressing: from the start of the subnet, skipping the gateway .1.
+        m.rack.addressing.clear();
+        let p = run(&m, &inv, &o, &[], &[]).unwrap();
+        assert_eq!(p.hosts[0].addresses["provisioning"], ip("10.250.0.2"));
+    }
+
+    #[test]
+    fn a_discovered_machine_on_the_switch_port_fills_a_missing_boot_mac() {
+        let (inv, o) = inventory("lab");
+        let mut m = lab_manifest();
+        m.rack.switch = Some(Switch {
+            name: "leaf-lab-r2".into(),
+            remote_id: Some("leaf-lab-r2".into()),
+            ports: [("swp1".to_string(), 1), ("swp2".to_string(), 2)].into(),
+        });
+        m.nodes[0].boot_mac = None;
+        let now = jiff::Timestamp::now();
+        let rec = |mac: &str, port: &str, remote: &str| HostRecord {
+            name: format!("discovered-{}", mac.replace(':', "")),
+            state: HostState::Discovered,
+            source: crate::store::HostSource::Discovered,
+            macs: vec![mac.parse().unwrap()],
+            ip: None,
+            rack: None,
+            role: None,
+            spec: serde_json::json!({"circuit_id": port, "remote_id": remote}),
+            created: now,
+            updated: now,
+        };
+        let disc = [
+            rec("02:aa:00:00:00:01", "swp1", "leaf-lab-r2"),
+            rec("02:aa:00:00:00:02", "swp2", "leaf-lab-r2"),
+            rec("02:aa:00:00:00:03", "swp1", "some-other-leaf"),
+        ];
+        let p = run(&m, &inv, &o, &[], &disc).unwrap();
+        assert_eq!(p.hosts[0].macs[0].to_string(), "02:aa:00:00:00:01");
+        assert_eq!(
+            p.hosts[0].boot_mac_source.as_deref(),
+            Some("discovered host discovered-02aa00000001 on switch port swp1")
+        );
+        let notes = p.notes.join("\n");
+        assert!(
+            notes.contains("boot MAC 02:aa:00:00:00:01 taken from discovered host"),
+            "{notes}"
+        );
+        // Position 2's sheet MAC differs from the machine on its port: said, not refused.
+        assert!(
+            notes.contains(
+                "position 2: the machine on switch port swp2 DHCPed with MAC 02:aa:00:00:00:02"
+            ),
+            "{notes}"
+        );
+        assert_eq!(p.hosts[1].macs[0].to_string(), "52:54:00:5f:cc:d4");
+        // Without a discovered machine the host is planned without a MAC, with a hint.
+        let p = run(&m, &inv, &o, &[], &[]).unwrap();
+        assert!(p.hosts[0].macs.is_empty());
+        assert!(
+            p.notes
+                .join("\n")
+                .contains("bootgate hosts adopt MAC --as vm4")
+        );
+    }
+
+    #[test]
+    fn example_r05_gets_provisioning_bmc_and_ipoib_addresses() {
+        let (inv, o) = inventory("example");
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("inventory/example/manifests/r05.toml");
+        let m = manifest::read(&path, &CsvRackArgs::default()).unwrap();
+        let gw = [];
+        let p = plan(
+            &m,
+            &Site {
+                inventory: &inv,
+                origins: &o,
+                leases: &[],
+                discovered: &[],
+                gateway_addresses: &gw,
+            },
+        )
+        .unwrap();
+        assert_eq!(p.hosts.len(), 16);
+        let h = &p.hosts[15];
+        assert_eq!(h.name, "gpu-r05-16");
+        assert_eq!(h.addresses["provisioning"], ip("10.20.0.56"));
+        assert_eq!(h.addresses["ipoib"], ip("10.30.5.26"));
+        let b = h.bmc.as_ref().unwrap();
+        assert_eq!(b.address, ip("10.21.0.56"));
+        assert_eq!(b.mac.unwrap().to_string(), "02:00:0b:05:10:01");
+        assert_eq!(b.vendor, crate::inventory::BmcVendor::Dell);
+        // The rendered file parses as inventory TOML with the same hosts.
+        let text = render_toml(&p, "r05.toml");
+        let t: toml::Table = text.parse().unwrap();
+        assert_eq!(t["host"].as_array().unwrap().len(), 16);
+        assert_eq!(
+            t["rack"][0]["switch"]["ports"]["Ethernet1/16"].as_integer(),
+            Some(16)
+        );
+    }
+}
