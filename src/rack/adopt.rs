@@ -274,8 +274,12 @@ pub struct Adopted {
 /// The decision `hosts adopt` makes before touching a file (pure).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Adoption {
-    /// Add the MAC to the host of that name, declared in `file` without a MAC.
-    AddMac { file: PathBuf },
+    /// Add the MAC to the host of that name, declared in `file` without a MAC, and an
+    /// address on the subnet the MAC was seen on when the host has none there.
+    AddMac {
+        file: PathBuf,
+        address: Option<(String, Ipv4Addr)>,
+    },
     /// Append a new host.
     NewHost {
         role: Role,
@@ -346,7 +350,22 @@ pub fn decide(req: &AdoptRequest, site: &AdoptSite<'_>) -> Result<Adoption, Rack
                 file.display()
             )));
         }
-        return Ok(Adoption::AddMac { file });
+        let rec = site.discovered.iter().find(|d| d.macs.contains(&req.mac));
+        let address = match seen_subnet(inv, req.mac, rec, site.leases) {
+            Some(s) if s.purpose == Purpose::Provisioning && !h.addresses.contains_key(&s.name) => {
+                let mut alloc =
+                    Allocator::new(inv, site.origins, site.leases, site.gateway_addresses);
+                let ip = alloc.next_free(s, None, &req.name).ok_or_else(|| {
+                    RackError::Refused(format!(
+                        "no free address left on subnet {:?} ({}) outside its dynamic ranges",
+                        s.name, s.cidr
+                    ))
+                })?;
+                Some((s.name.clone(), ip))
+            }
+            _ => None,
+        };
+        return Ok(Adoption::AddMac { file, address });
     }
     if !is_dns_label(&req.name) {
         return Err(RackError::Refused(format!(
@@ -458,7 +477,7 @@ pub async fn adopt_command(config: &Config, req: &AdoptRequest) -> Result<Adopte
     };
     let decision = decide(req, &site)?;
     let (file, adopted) = match &decision {
-        Adoption::AddMac { file } => {
+        Adoption::AddMac { file, address } => {
             let h = inv.host(&req.name);
             (
                 file.clone(),
@@ -469,8 +488,11 @@ pub async fn adopt_command(config: &Config, req: &AdoptRequest) -> Result<Adopte
                     existing: true,
                     rack: h.and_then(|h| h.rack.clone()),
                     position: h.and_then(|h| h.position),
-                    subnet: None,
-                    ip: h.and_then(|h| inv.provisioning_ip(h)),
+                    subnet: address.as_ref().map(|a| a.0.clone()),
+                    ip: address
+                        .as_ref()
+                        .map(|a| a.1)
+                        .or_else(|| h.and_then(|h| inv.provisioning_ip(h))),
                 },
             )
         }
@@ -547,7 +569,7 @@ pub fn edit(old: Option<&str>, req: &AdoptRequest, decision: &Adoption) -> Resul
     let mut macs = Array::new();
     macs.push(req.mac.to_string());
     match decision {
-        Adoption::AddMac { .. } => {
+        Adoption::AddMac { address, .. } => {
             let hosts = doc
                 .get_mut("host")
                 .and_then(Item::as_array_of_tables_mut)
@@ -557,6 +579,21 @@ pub fn edit(old: Option<&str>, req: &AdoptRequest, decision: &Adoption) -> Resul
                 .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(req.name.as_str()))
                 .ok_or_else(|| format!("no [[host]] named {:?}", req.name))?;
             host["macs"] = value(macs);
+            if let Some((subnet, ip)) = address {
+                match host
+                    .get_mut("addresses")
+                    .and_then(|a| a.as_inline_table_mut())
+                {
+                    Some(a) => {
+                        a.insert(subnet, ip.to_string().into());
+                    }
+                    None => {
+                        let mut a = InlineTable::new();
+                        a.insert(subnet, ip.to_string().into());
+                        host["addresses"] = value(a);
+                    }
+                }
+            }
         }
         Adoption::NewHost {
             role,
@@ -800,6 +837,10 @@ mod tests {
             "{new}"
         );
         assert!(new.contains("macs = [\"02:00:00:00:00:01\"]"), "{new}");
+        assert!(
+            new.contains("addresses = { provisioning = \"10.0.0.5\" }"),
+            "{new}"
+        );
         let d = Adoption::NewHost {
             role: Role::Gpu,
             rack: Some("r1".into()),

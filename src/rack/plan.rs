@@ -487,7 +487,7 @@ pub fn plan(m: &Manifest, site: &Site<'_>) -> Result<Plan, Vec<Conflict>> {
         }
         if boot_mac.is_none() {
             notes.push(format!(
-                "{}: position {}: {name} has no boot MAC yet: once it DHCPs, `bootgate hosts adopt MAC --as {name}`",
+                "{}: position {}: {name} has no boot MAC yet, so no DHCP address: once it DHCPs, `bootgate hosts adopt MAC --as {name}`",
                 n.origin, n.position
             ));
         }
@@ -519,6 +519,11 @@ pub fn plan(m: &Manifest, site: &Site<'_>) -> Result<Plan, Vec<Conflict>> {
         let mut addresses = n.addresses.clone();
         for (purpose, subnet) in &subnets {
             if *purpose == Purpose::Bmc || addresses.contains_key(&subnet.name) {
+                continue;
+            }
+            // The inventory refuses a DHCP-served address without a MAC to serve it to:
+            // `hosts adopt` assigns it with the MAC.
+            if boot_mac.is_none() && subnet.served != crate::inventory::Served::NotServed {
                 continue;
             }
             let from = m.rack.addressing.get(&subnet.name).copied();
@@ -597,6 +602,9 @@ pub fn plan(m: &Manifest, site: &Site<'_>) -> Result<Plan, Vec<Conflict>> {
             notes,
         })
     } else {
+        // In manifest order, so the operator can walk the file top to bottom.
+        conflicts
+            .sort_by(|a, b| (&a.origin.file, a.origin.line).cmp(&(&b.origin.file, b.origin.line)));
         Err(conflicts)
     }
 }
