@@ -831,7 +831,15 @@ mod tests {
     fn edits_keep_the_file_and_add_the_host() {
         let old = "# keep me\n[[host]]\nname = \"a\"\nrole = \"gpu\" # and me\n\n[[host]]\nname = \"b\"\nrole = \"gpu\"\nmacs = []\n";
         let r = req("02:00:00:00:00:01", "b");
-        let new = edit(Some(old), &r, &Adoption::AddMac { file: "x".into() }).unwrap();
+        let new = edit(
+            Some(old),
+            &r,
+            &Adoption::AddMac {
+                file: "x".into(),
+                address: Some(("provisioning".into(), "10.0.0.5".parse().unwrap())),
+            },
+        )
+        .unwrap();
         assert!(
             new.starts_with("# keep me\n[[host]]\nname = \"a\"\nrole = \"gpu\" # and me\n"),
             "{new}"
