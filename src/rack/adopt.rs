@@ -150,7 +150,7 @@ pub fn match_discovered(
             })
         })
         .collect();
-    out.sort_by(|a, b| a.mac.cmp(&b.mac));
+    out.sort_by_key(|d| d.mac);
     out
 }
 

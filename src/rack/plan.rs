@@ -563,7 +563,7 @@ pub fn plan(m: &Manifest, site: &Site<'_>) -> Result<Plan, Vec<Conflict>> {
             groups: Vec::new(),
         });
     }
-    if subnets.get(&Purpose::Provisioning).is_none() {
+    if !subnets.contains_key(&Purpose::Provisioning) {
         notes.push("the site has no provisioning subnet: hosts get no boot address".into());
     }
 
