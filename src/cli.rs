@@ -92,12 +92,6 @@ pub enum Command {
     /// Reset a hung node and wait for proof it came back (DHCP, then phone-home or SSH);
     /// exit 0 only if it did. Escalates GracefulRestart → ForceRestart → ForceOff+On.
     Reset(ResetArgs),
-    /// Racks: `onboard` powers a rack's hosts on in waves with PXE-once and follows each
-    /// to provisioned / ready, with a rack report (exit 0 only if every host got there).
-    Rack {
-        #[command(subcommand)]
-        command: RackCommand,
-    },
     /// Ansible inventory for the hand-off playbooks.
     Playbook {
         #[command(subcommand)]
@@ -109,6 +103,13 @@ pub enum Command {
         /// Check mode: report what would change; the host's state is left alone.
         #[arg(long)]
         check: bool,
+    },
+    /// Onboarding racks: `plan` a rack from its manifest (TOML or a vendor's CSV sheet),
+    /// then `onboard` it: power on in waves with PXE-once, follow each host to provisioned /
+    /// ready, and report (exit 0 only if every host got there).
+    Rack {
+        #[command(subcommand)]
+        command: RackCommand,
     },
     /// API bearer tokens.
     Token {
@@ -155,15 +156,6 @@ pub struct ResetArgs {
     pub escalation: Vec<crate::power::Step>,
 }
 
-#[derive(Subcommand, Debug)]
-pub enum RackCommand {
-    /// Power on the rack's inventory hosts (`rack = "RACK"`) in position order, in waves,
-    /// with PXE-once; follow each through DHCP, boot script, phone-home and hand-off; retry a
-    /// failed host once. Ctrl-C stops and records where each host stood; run it again to
-    /// resume (hosts already at their target are skipped).
-    Onboard(OnboardArgs),
-}
-
 #[derive(clap::Args, Debug)]
 pub struct OnboardArgs {
     pub rack: String,
@@ -208,6 +200,91 @@ pub enum HostsCommand {
     List,
     /// One host: declaration, state and recent events.
     Show { name: String },
+    /// Machines not in the inventory that DHCPed here, matched to a rack position through
+    /// their option-82 switch port.
+    Discovered {
+        /// Also match against this manifest's switch (a rack not written yet).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+    },
+    /// Turn a discovered MAC into an inventory host: adds it to NAME when NAME is declared
+    /// without a MAC, else appends a host to hosts-adopted.toml.
+    Adopt(AdoptArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AdoptArgs {
+    pub mac: MacAddr,
+    /// The host's name.
+    #[arg(long = "as", value_name = "NAME")]
+    pub name: String,
+    #[arg(long)]
+    pub rack: Option<String>,
+    #[arg(long)]
+    pub position: Option<u32>,
+    #[arg(long)]
+    pub profile: Option<String>,
+    #[arg(long)]
+    pub role: Option<crate::types::Role>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RackCommand {
+    /// Print what a manifest would add to the inventory and every conflict (exit 1);
+    /// changes nothing unless --write.
+    Plan(RackPlanArgs),
+    /// Power on the rack's inventory hosts (`rack = "RACK"`) in position order, in waves,
+    /// with PXE-once; follow each through DHCP, boot script, phone-home and hand-off; retry a
+    /// failed host once. Ctrl-C stops and records where each host stood; run it again to
+    /// resume (hosts already at their target are skipped).
+    Onboard(OnboardArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RackPlanArgs {
+    /// A TOML manifest, or a vendor's CSV delivery sheet (then --rack is needed).
+    pub manifest: PathBuf,
+    /// Add the rack to the inventory as <inventory>/rack-<name>.toml (never overwritten).
+    #[arg(long)]
+    pub write: bool,
+    /// CSV: the rack's name.
+    #[arg(long)]
+    pub rack: Option<String>,
+    /// CSV: the hosts' boot profile.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// CSV: the hosts' role (default gpu).
+    #[arg(long)]
+    pub role: Option<crate::types::Role>,
+    /// CSV: the rack's location.
+    #[arg(long)]
+    pub location: Option<String>,
+    /// CSV: host names, from {rack} {position} {position:02} {serial}.
+    #[arg(long)]
+    pub name_pattern: Option<String>,
+    /// CSV: first address per subnet, SUBNET=IP (repeatable).
+    #[arg(long = "first", value_name = "SUBNET=IP", value_parser = parse_first)]
+    pub first: Vec<(String, Ipv4Addr)>,
+    /// CSV: BMC vendor (dell, hpe, lenovo, supermicro, nvidia, ami, generic).
+    #[arg(long)]
+    pub bmc_vendor: Option<crate::inventory::BmcVendor>,
+    /// CSV: name of the BMC credential in the secrets file.
+    #[arg(long)]
+    pub bmc_credential: Option<String>,
+    /// CSV: Redfish URL scheme (https, http).
+    #[arg(long)]
+    pub bmc_scheme: Option<crate::inventory::BmcScheme>,
+    /// CSV: BMC port.
+    #[arg(long)]
+    pub bmc_port: Option<u16>,
+}
+
+fn parse_first(s: &str) -> Result<(String, Ipv4Addr), String> {
+    let (subnet, ip) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected SUBNET=IP, e.g. provisioning=10.20.0.41"))?;
+    let ip = ip.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    Ok((subnet.to_string(), ip))
 }
 
 #[derive(Subcommand, Debug)]
@@ -313,6 +390,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } => playbook_render(&cli, out.as_deref()).await,
             Command::Handoff { host, check } => handoff(&cli, host, *check).await,
             Command::Token { command } => token(&cli, command),
+            Command::Rack {
+                command: RackCommand::Plan(args),
+            } => rack_plan(&cli, args).await,
             Command::Power(args) => power(&cli, args).await,
             Command::Reset(args) => reset(&cli, args).await,
             Command::Rack {
@@ -454,6 +534,11 @@ fn print<T: serde::Serialize>(output: Output, value: &T, table: impl FnOnce() ->
 }
 
 async fn hosts(cli: &Cli, cmd: &HostsCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        HostsCommand::Discovered { manifest } => return hosts_discovered(cli, manifest).await,
+        HostsCommand::Adopt(args) => return hosts_adopt(cli, args).await,
+        _ => {}
+    }
     let src = source(cli).await?;
     match cmd {
         HostsCommand::List => {
@@ -482,6 +567,7 @@ async fn hosts(cli: &Cli, cmd: &HostsCommand) -> anyhow::Result<ExitCode> {
             };
             print(cli.output, &detail, || views::host_detail_text(&detail));
         }
+        HostsCommand::Discovered { .. } | HostsCommand::Adopt(_) => unreachable!("above"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -990,4 +1076,112 @@ async fn host_states(
         .into_iter()
         .map(|h| (h.name, h.state))
         .collect())
+}
+
+// ---- rack onboarding (src/rack/) ----
+
+/// A refused rack command: the conflicts or problems as JSON on stdout, or as lines on
+/// stderr; exit 1.
+fn rack_refused(cli: &Cli, e: &crate::rack::RackError) -> ExitCode {
+    match cli.output {
+        Output::Json => println!("{:#}", crate::rack::error_json(e)),
+        Output::Table | Output::Csv => eprintln!("error: {e}"),
+    }
+    ExitCode::from(1)
+}
+
+async fn rack_plan(cli: &Cli, a: &RackPlanArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(&cli.config)?;
+    let bmc = (a.bmc_vendor.is_some()
+        || a.bmc_credential.is_some()
+        || a.bmc_scheme.is_some()
+        || a.bmc_port.is_some())
+    .then(|| crate::rack::manifest::BmcDefaults {
+        vendor: a.bmc_vendor,
+        credential: a.bmc_credential.clone(),
+        scheme: a.bmc_scheme,
+        port: a.bmc_port,
+        ..Default::default()
+    });
+    let req = crate::rack::PlanRequest {
+        manifest: a.manifest.clone(),
+        csv: crate::rack::manifest::CsvRackArgs {
+            rack: a.rack.clone(),
+            location: a.location.clone(),
+            role: a.role,
+            profile: a.profile.clone(),
+            name_pattern: a.name_pattern.clone(),
+            bmc,
+            addressing: a.first.iter().cloned().collect(),
+        },
+        write: a.write,
+    };
+    let out = match crate::rack::plan_command(&config, &req).await {
+        Ok(out) => out,
+        Err(e) => return Ok(rack_refused(cli, &e)),
+    };
+    print(cli.output, &out, || {
+        let mut text = crate::rack::plan::render_text(&out.plan);
+        match &out.written {
+            Some(f) => text.push_str(&format!(
+                "wrote {}: review it in git, then `bootgate reload`",
+                f.display()
+            )),
+            None => text.push_str("nothing written (add --write to add the rack to the inventory)"),
+        }
+        text
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn hosts_discovered(cli: &Cli, manifest: &Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = load_config(&cli.config)?;
+    let m = match manifest {
+        Some(path) => match crate::rack::manifest::read(path, &Default::default()) {
+            Ok(m) => Some(m),
+            Err(e) => return Ok(rack_refused(cli, &e.into())),
+        },
+        None => None,
+    };
+    let list = match crate::rack::adopt::discovered_command(&config, m.as_ref()).await {
+        Ok(l) => l,
+        Err(e) => return Ok(rack_refused(cli, &e)),
+    };
+    print(cli.output, &list, || {
+        crate::rack::adopt::render_discovered(&list)
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn hosts_adopt(cli: &Cli, a: &AdoptArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(&cli.config)?;
+    let req = crate::rack::adopt::AdoptRequest {
+        mac: a.mac,
+        name: a.name.clone(),
+        rack: a.rack.clone(),
+        position: a.position,
+        profile: a.profile.clone(),
+        role: a.role,
+    };
+    let done = match crate::rack::adopt::adopt_command(&config, &req).await {
+        Ok(d) => d,
+        Err(e) => return Ok(rack_refused(cli, &e)),
+    };
+    print(cli.output, &done, || {
+        let what = if done.existing {
+            format!("added MAC {} to host {}", done.mac, done.name)
+        } else {
+            format!(
+                "added host {} (MAC {}{}) ",
+                done.name,
+                done.mac,
+                done.ip.map(|ip| format!(", {ip}")).unwrap_or_default()
+            )
+        };
+        format!(
+            "{what} in {}: review it in git, then `bootgate reload`",
+            done.file.display()
+        )
+    });
+    Ok(ExitCode::SUCCESS)
 }

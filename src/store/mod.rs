@@ -261,6 +261,10 @@ text_enum!(
         OnboardHost => "onboard-host",
         /// The end of a `bootgate rack onboard` run (detail: the whole report as JSON).
         RackReport => "rack-report",
+        /// `bootgate hosts adopt` put a discovered MAC into the inventory (detail: file).
+        HostAdopted => "host-adopted",
+        /// `bootgate rack plan --write` added a rack file to the inventory.
+        RackPlanned => "rack-planned",
         DaemonStarted => "daemon-started",
         DaemonStopped => "daemon-stopped",
     }
