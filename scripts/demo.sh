@@ -28,7 +28,7 @@ STATE=/var/lib/bootgate-lab          # state_dir of $CONFIG
 API=http://10.250.0.1:8080
 BIN=$PWD/target/release/bootgate
 RACK=lab-r2
-RACK_FILE=tests/fixtures/rack-lab-r2.toml  # as `bootgate rack plan --write` writes it
+MANIFEST=inventory/lab/manifests/lab-r2.toml  # the rack manifest (nodes from lab-r2.csv)
 RACK_VMS=(vm4 vm5 vm6)
 LV=$RUN/libvirt                       # the private libvirtd's config, socket and logs
 LV_URI="qemu:///system?socket=$LV/sock/libvirt-sock"
@@ -170,7 +170,7 @@ md5() { printf %s "$1" | md5sum | cut -c1-32; }
 for vm in "${RACK_VMS[@]}"; do
   h=$(md5 "$vm"); u=$(md5 "uuid-$vm")
   mac="52:54:00:${h:0:2}:${h:2:2}:${h:4:2}"
-  grep -q "$mac" "$RACK_FILE" || die "$RACK_FILE has no $mac for $vm"
+  grep -q "$mac" inventory/lab/manifests/lab-r2.csv || die "lab-r2.csv has no $mac for $vm"
   ip -n "$RACK_NS" tuntap add dev "tap-$vm" mode tap
   ip -n "$RACK_NS" link set "tap-$vm" master br0 up
   truncate -s 1M "$LV/$vm.img"
@@ -215,8 +215,11 @@ for _ in $(seq 1 150); do
   sleep 0.2
 done
 
-step "rack $RACK: its inventory file ($RACK_FILE, as 'rack plan --write' makes it) into the site; bootgate reload"
-cp "$RACK_FILE" "$SITE/rack-$RACK.toml"
+step "rack $RACK: the plan from its manifest (changes nothing): bootgate rack plan $MANIFEST"
+"$BIN" --config "$CONFIG" rack plan "$MANIFEST"
+
+step "rack $RACK: bootgate rack plan $MANIFEST --write (adds $SITE/rack-$RACK.toml); bootgate reload"
+"$BIN" --config "$CONFIG" rack plan "$MANIFEST" --write
 "$BIN" --config "$CONFIG" reload
 
 step "rack $RACK: bootgate power status --rack $RACK"

@@ -1,7 +1,8 @@
 //! `bootgate rack onboard` against real peers.
 //!
-//! * End to end: rack lab-r2 (tests/fixtures/rack-lab-r2.toml, written as `rack plan
-//!   --write` writes it) is three QEMU VMs (TCG, SeaBIOS + iPXE) in a private libvirtd, with
+//! * End to end: rack lab-r2, planned into the inventory with `bootgate rack plan
+//!   inventory/lab/manifests/lab-r2.csv --rack lab-r2 ... --write` (a vendor-style CSV
+//!   sheet), is three QEMU VMs (TCG, SeaBIOS + iPXE) in a private libvirtd, with
 //!   sushy-emulator's libvirt driver as their BMC and the daemon in the gateway namespace.
 //!   A first run is interrupted (SIGINT) once a host is provisioning and records where each
 //!   host stood; a second run finishes (every VM `provisioned`, exit 0); a third skips all.
@@ -57,6 +58,44 @@ fn state(site: &Site, host: &str) -> String {
         .to_string()
 }
 
+/// `bootgate rack plan SHEET.csv ... --write`: the rack goes into the scratch inventory as
+/// an operator would put it there.
+fn plan_rack_from_the_csv_sheet(site: &Site) {
+    let sheet = repo().join("inventory/lab/manifests/lab-r2.csv");
+    let out = Command::new(bootgate_bin())
+        .args(["--config", path_str(&site.config()), "--output", "json"])
+        .args(["rack", "plan", path_str(&sheet), "--rack", "lab-r2"])
+        .args([
+            "--profile",
+            "lab-debian",
+            "--first",
+            "provisioning=10.250.0.20",
+        ])
+        .args([
+            "--bmc-vendor",
+            "generic",
+            "--bmc-credential",
+            "lab",
+            "--bmc-scheme",
+            "http",
+            "--bmc-port",
+            "8000",
+        ])
+        .arg("--write")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let written = std::fs::read_to_string(site.inventory_file("rack-lab-r2.toml")).unwrap();
+    for (vm, ip) in [
+        ("vm4", "10.250.0.20"),
+        ("vm5", "10.250.0.21"),
+        ("vm6", "10.250.0.22"),
+    ] {
+        assert!(written.contains(&format!("name = \"{vm}\"")), "{written}");
+        assert!(written.contains(ip), "{written}");
+    }
+}
+
 #[test]
 fn a_three_vm_rack_is_onboarded_interrupted_resumed_and_skipped() {
     let missing = qemu::missing_host_files();
@@ -65,7 +104,7 @@ fn a_three_vm_rack_is_onboarded_interrupted_resumed_and_skipped() {
     let lab = Lab::new();
     let site = Site::from_inventory("lab");
     site.install_test_image(image);
-    site.add_inventory_file(&repo().join("tests/fixtures/rack-lab-r2.toml"));
+    plan_rack_from_the_csv_sheet(&site);
     let lv = libvirt::Libvirt::start(&lab.rack);
     for vm in ["vm4", "vm5", "vm6"] {
         lv.define_vm(&lab.rack, "br0", vm);
