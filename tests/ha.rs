@@ -559,3 +559,140 @@ fn vm_network_boots_while_one_gateway_is_dead() {
         "{leases:?}"
     );
 }
+
+fn store_hosts(url: &str) -> Vec<bootgate::store::HostRecord> {
+    use bootgate::store::HostStore;
+    rt().block_on(async {
+        let s = PostgresStore::open(url, &PgOptions::default())
+            .await
+            .unwrap();
+        let h = s.list_hosts().await.unwrap();
+        s.close().await;
+        h
+    })
+}
+
+/// Two gateways started at the same moment on an empty database: both race to migrate
+/// and reconcile the inventory; both come up healthy, every inventory host is in the store
+/// exactly once and was added once (one `host-added` event each).
+#[test]
+fn two_gateways_starting_together_on_an_empty_database_reconcile_once() {
+    if skip() {
+        return;
+    }
+    let cluster = PgCluster::shared();
+    let url = rt().block_on(cluster.fresh_db());
+    let sock = ha::socket_url(&url, cluster.socket_dir(), cluster.port());
+    let lab = HaLab::new();
+    let (site_a, site_b) = (
+        ha::gateway_site(ha::GWA_IP, &sock),
+        ha::gateway_site(ha::GWB_IP, &sock),
+    );
+    let (_a, _b) = std::thread::scope(|s| {
+        let a = s.spawn(|| GwDaemon::start(&lab.gwa, &site_a));
+        let b = s.spawn(|| GwDaemon::start(&lab.gwb, &site_b));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    for (ns, ip) in [(&lab.gwa, ha::GWA_IP), (&lab.gwb, ha::GWB_IP)] {
+        wait_for(Duration::from_secs(20), || {
+            ha::get(ns, &format!("http://{ip}:8080/healthz"))
+                .filter(|(code, body)| *code == 200 && body.contains("\"ok\""))
+        })
+        .unwrap_or_else(|| panic!("{ip} is not healthy"));
+    }
+    let hosts = store_hosts(&url);
+    let mut names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["vm0", "vm1", "vm2", "vm3"], "{hosts:?}");
+    let added = store_events(&url, EventKind::HostAdded);
+    let mut per_host: BTreeMap<String, usize> = BTreeMap::new();
+    for e in &added {
+        *per_host
+            .entry(e.host.clone().unwrap_or_default())
+            .or_default() += 1;
+    }
+    assert!(
+        per_host.len() == 4 && per_host.values().all(|&n| n == 1),
+        "host-added per host: {per_host:?}"
+    );
+}
+
+/// PostgreSQL stops and starts again while perfdhcp keeps both gateways busy: both degrade
+/// and recover without a restart of their own (same processes, healthy again), no address
+/// was ACKed to two MACs, every ACK (before, during and after the outage) is an active
+/// lease in the store, every ACKed stranger was recorded as a discovered host, and after
+/// the outage both gateways ACK again under load.
+#[test]
+fn postgres_restart_under_perfdhcp_load_loses_no_ack() {
+    if skip() {
+        return;
+    }
+    let cluster = PgCluster::start();
+    let url = rt().block_on(cluster.fresh_db());
+    let sock = ha::socket_url(&url, cluster.socket_dir(), cluster.port());
+    let lab = HaLab::new();
+    let (site_a, site_b) = (
+        ha::gateway_site(ha::GWA_IP, &sock),
+        ha::gateway_site(ha::GWB_IP, &sock),
+    );
+    let mut a = GwDaemon::start(&lab.gwa, &site_a);
+    let mut b = GwDaemon::start(&lab.gwb, &site_b);
+    lab.rack.ip(&[
+        "addr",
+        "add",
+        &format!("{}/24", ha::CLIENT_IP),
+        "dev",
+        "eth0",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let cap = Capture::start(&lab.rack, "br0", dir.path());
+    // 120 strangers at 40 exchanges/s for 14 s; PostgreSQL goes down after 3 s and comes
+    // back once both gateways have said they are degraded.
+    let perf = ha::perfdhcp(&lab.rack, 40, 120, 14);
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.stop();
+    for (ns, ip) in [(&lab.gwa, ha::GWA_IP), (&lab.gwb, ha::GWB_IP)] {
+        wait_for(Duration::from_secs(8), || {
+            ha::get(ns, &format!("http://{ip}:8080/healthz"))
+                .filter(|(_, body)| body.contains("\"degraded\""))
+        })
+        .unwrap_or_else(|| panic!("{ip} never reported degraded while PostgreSQL was down"));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.start_again();
+    let text = finish(perf);
+    for (ns, ip) in [(&lab.gwa, ha::GWA_IP), (&lab.gwb, ha::GWB_IP)] {
+        wait_for(Duration::from_secs(30), || {
+            ha::get(ns, &format!("http://{ip}:8080/healthz"))
+                .filter(|(code, body)| *code == 200 && body.contains("\"ok\""))
+        })
+        .unwrap_or_else(|| panic!("{ip} did not recover"));
+    }
+    assert!(a.child.try_wait().unwrap().is_none(), "gateway A exited");
+    assert!(b.child.try_wait().unwrap().is_none(), "gateway B exited");
+    // After the outage, both answer new clients again.
+    let perf = ha::perfdhcp(&lab.rack, 40, 240, 5);
+    let after = finish(perf);
+    std::thread::sleep(Duration::from_secs(2));
+    let acks = cap.stop();
+    assert!(
+        acks.len() >= 50,
+        "only {} ACKs:\n{text}\n{after}",
+        acks.len()
+    );
+    let servers: BTreeSet<_> = acks.iter().filter_map(|a| a.server).collect();
+    assert_eq!(servers.len(), 2, "ACKs from {servers:?} only");
+    check_acks(&acks, &store_leases(&url));
+    let discovered: BTreeSet<String> = store_hosts(&url)
+        .into_iter()
+        .flat_map(|h| h.macs)
+        .map(|m| m.to_string())
+        .collect();
+    for ack in &acks {
+        assert!(
+            discovered.contains(&ack.mac_text()),
+            "ACKed {} was never recorded as a discovered host",
+            ack.mac_text()
+        );
+    }
+}
