@@ -96,6 +96,28 @@ fn check_acks(acks: &[Ack], leases: &[Lease]) {
     }
 }
 
+/// A fresh database on `cluster`, the three namespaces, and both gateways' sites on it
+/// (reached over the cluster's unix socket): (TCP URL for the test's own reads, lab, A, B).
+fn two_gateway_lab(cluster: &PgCluster) -> (String, HaLab, support::Site, support::Site) {
+    let url = rt().block_on(cluster.fresh_db());
+    let sock = ha::socket_url(&url, cluster.socket_dir(), cluster.port());
+    (
+        url,
+        HaLab::new(),
+        ha::gateway_site(ha::GWA_IP, &sock),
+        ha::gateway_site(ha::GWB_IP, &sock),
+    )
+}
+
+/// Waits until the gateway at `ip` in `ns` answers `/healthz` with status ok.
+fn wait_healthy(ns: &support::Netns, ip: &str, secs: u64) {
+    wait_for(Duration::from_secs(secs), || {
+        ha::get(ns, &format!("http://{ip}:8080/healthz"))
+            .filter(|(code, body)| *code == 200 && body.contains("\"ok\""))
+    })
+    .unwrap_or_else(|| panic!("{ip} is not healthy"));
+}
+
 /// The end of perfdhcp's run (its child exits by itself after -p seconds).
 fn finish(mut child: std::process::Child) -> String {
     let out = wait_for(Duration::from_secs(60), || child.try_wait().ok().flatten());
@@ -116,13 +138,7 @@ fn two_gateways_share_load_and_survive_a_kill_9() {
         return;
     }
     let cluster = PgCluster::shared();
-    let url = rt().block_on(cluster.fresh_db());
-    let sock = ha::socket_url(&url, cluster.socket_dir(), cluster.port());
-    let lab = HaLab::new();
-    let (site_a, site_b) = (
-        ha::gateway_site(ha::GWA_IP, &sock),
-        ha::gateway_site(ha::GWB_IP, &sock),
-    );
+    let (url, lab, site_a, site_b) = two_gateway_lab(&cluster);
     let mut a = GwDaemon::start(&lab.gwa, &site_a);
     let _b = GwDaemon::start(&lab.gwb, &site_b);
     lab.rack.ip(&[
@@ -296,13 +312,7 @@ fn postgres_restart_degrades_both_and_they_recover() {
         return;
     }
     let cluster = PgCluster::start();
-    let url = rt().block_on(cluster.fresh_db());
-    let sock = ha::socket_url(&url, cluster.socket_dir(), cluster.port());
-    let lab = HaLab::new();
-    let (site_a, site_b) = (
-        ha::gateway_site(ha::GWA_IP, &sock),
-        ha::gateway_site(ha::GWB_IP, &sock),
-    );
+    let (url, lab, site_a, site_b) = two_gateway_lab(&cluster);
     let _a = GwDaemon::start(&lab.gwa, &site_a);
     let _b = GwDaemon::start(&lab.gwb, &site_b);
     // The client NIC is inventory host vm0 (reserved 10.250.0.10).
@@ -492,13 +502,7 @@ fn vm_network_boots_while_one_gateway_is_dead() {
     assert!(missing.is_empty(), "install: {missing:?}");
     let image = qemu::test_image();
     let cluster = PgCluster::shared();
-    let url = rt().block_on(cluster.fresh_db());
-    let sock = ha::socket_url(&url, cluster.socket_dir(), cluster.port());
-    let lab = HaLab::new();
-    let (site_a, site_b) = (
-        ha::gateway_site(ha::GWA_IP, &sock),
-        ha::gateway_site(ha::GWB_IP, &sock),
-    );
+    let (url, lab, site_a, site_b) = two_gateway_lab(&cluster);
     for site in [&site_a, &site_b] {
         let images = site.boot_images();
         std::fs::create_dir_all(images.join("test")).unwrap();
@@ -581,24 +585,14 @@ fn two_gateways_starting_together_on_an_empty_database_reconcile_once() {
         return;
     }
     let cluster = PgCluster::shared();
-    let url = rt().block_on(cluster.fresh_db());
-    let sock = ha::socket_url(&url, cluster.socket_dir(), cluster.port());
-    let lab = HaLab::new();
-    let (site_a, site_b) = (
-        ha::gateway_site(ha::GWA_IP, &sock),
-        ha::gateway_site(ha::GWB_IP, &sock),
-    );
+    let (url, lab, site_a, site_b) = two_gateway_lab(&cluster);
     let (_a, _b) = std::thread::scope(|s| {
         let a = s.spawn(|| GwDaemon::start(&lab.gwa, &site_a));
         let b = s.spawn(|| GwDaemon::start(&lab.gwb, &site_b));
         (a.join().unwrap(), b.join().unwrap())
     });
     for (ns, ip) in [(&lab.gwa, ha::GWA_IP), (&lab.gwb, ha::GWB_IP)] {
-        wait_for(Duration::from_secs(20), || {
-            ha::get(ns, &format!("http://{ip}:8080/healthz"))
-                .filter(|(code, body)| *code == 200 && body.contains("\"ok\""))
-        })
-        .unwrap_or_else(|| panic!("{ip} is not healthy"));
+        wait_healthy(ns, ip, 20);
     }
     let hosts = store_hosts(&url);
     let mut names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
@@ -628,13 +622,7 @@ fn postgres_restart_under_perfdhcp_load_loses_no_ack() {
         return;
     }
     let cluster = PgCluster::start();
-    let url = rt().block_on(cluster.fresh_db());
-    let sock = ha::socket_url(&url, cluster.socket_dir(), cluster.port());
-    let lab = HaLab::new();
-    let (site_a, site_b) = (
-        ha::gateway_site(ha::GWA_IP, &sock),
-        ha::gateway_site(ha::GWB_IP, &sock),
-    );
+    let (url, lab, site_a, site_b) = two_gateway_lab(&cluster);
     let mut a = GwDaemon::start(&lab.gwa, &site_a);
     let mut b = GwDaemon::start(&lab.gwb, &site_b);
     lab.rack.ip(&[
@@ -662,11 +650,7 @@ fn postgres_restart_under_perfdhcp_load_loses_no_ack() {
     cluster.start_again();
     let text = finish(perf);
     for (ns, ip) in [(&lab.gwa, ha::GWA_IP), (&lab.gwb, ha::GWB_IP)] {
-        wait_for(Duration::from_secs(30), || {
-            ha::get(ns, &format!("http://{ip}:8080/healthz"))
-                .filter(|(code, body)| *code == 200 && body.contains("\"ok\""))
-        })
-        .unwrap_or_else(|| panic!("{ip} did not recover"));
+        wait_healthy(ns, ip, 30);
     }
     assert!(a.child.try_wait().unwrap().is_none(), "gateway A exited");
     assert!(b.child.try_wait().unwrap().is_none(), "gateway B exited");
