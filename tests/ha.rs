@@ -138,7 +138,7 @@ fn two_gateways_share_load_and_survive_a_kill_9() {
         return;
     }
     let cluster = PgCluster::shared();
-    let (url, lab, site_a, site_b) = two_gateway_lab(&cluster);
+    let (url, lab, site_a, site_b) = two_gateway_lab(cluster);
     let mut a = GwDaemon::start(&lab.gwa, &site_a);
     let _b = GwDaemon::start(&lab.gwb, &site_b);
     lab.rack.ip(&[
@@ -502,7 +502,7 @@ fn vm_network_boots_while_one_gateway_is_dead() {
     assert!(missing.is_empty(), "install: {missing:?}");
     let image = qemu::test_image();
     let cluster = PgCluster::shared();
-    let (url, lab, site_a, site_b) = two_gateway_lab(&cluster);
+    let (url, lab, site_a, site_b) = two_gateway_lab(cluster);
     for site in [&site_a, &site_b] {
         let images = site.boot_images();
         std::fs::create_dir_all(images.join("test")).unwrap();
@@ -585,7 +585,7 @@ fn two_gateways_starting_together_on_an_empty_database_reconcile_once() {
         return;
     }
     let cluster = PgCluster::shared();
-    let (url, lab, site_a, site_b) = two_gateway_lab(&cluster);
+    let (url, lab, site_a, site_b) = two_gateway_lab(cluster);
     let (_a, _b) = std::thread::scope(|s| {
         let a = s.spawn(|| GwDaemon::start(&lab.gwa, &site_a));
         let b = s.spawn(|| GwDaemon::start(&lab.gwb, &site_b));
