@@ -291,16 +291,7 @@ pub fn report_table(r: &Report) -> String {
         "CONFLICTS",
     ]);
     for s in &r.subnets {
-        t.add_row(vec![
-            s.name.clone(),
-            s.cidr.to_string(),
-            s.size.to_string(),
-            s.reserved.to_string(),
-            s.leased.to_string(),
-            s.free.to_string(),
-            s.quarantined.to_string(),
-            s.conflicts.to_string(),
-        ]);
+        t.add_row(s.cells().to_vec());
     }
     let mut out = t.to_string();
     out.push_str("\n\n");
@@ -370,24 +361,13 @@ pub fn report_csv(r: &Report) -> String {
         out.push_str("\r\n");
     };
     for s in &r.subnets {
-        row([
-            "subnet".into(),
-            s.name.clone(),
-            s.cidr.to_string(),
-            s.size.to_string(),
-            s.reserved.to_string(),
-            s.leased.to_string(),
-            s.free.to_string(),
-            s.quarantined.to_string(),
-            s.conflicts.to_string(),
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-        ]);
+        // "subnet", the eight counts, then the finding columns left empty.
+        let mut cells: [String; 16] = Default::default();
+        cells[0] = "subnet".into();
+        for (cell, value) in cells[1..9].iter_mut().zip(s.cells()) {
+            *cell = value;
+        }
+        row(cells);
     }
     for f in &r.findings {
         row([

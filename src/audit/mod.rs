@@ -121,6 +121,23 @@ pub struct SubnetUsage {
     pub conflicts: u64,
 }
 
+impl SubnetUsage {
+    /// name, cidr, size, reserved, leased, free, quarantined, conflicts: the cells the
+    /// table and the CSV both print, in that order.
+    pub fn cells(&self) -> [String; 8] {
+        [
+            self.name.clone(),
+            self.cidr.to_string(),
+            self.size.to_string(),
+            self.reserved.to_string(),
+            self.leased.to_string(),
+            self.free.to_string(),
+            self.quarantined.to_string(),
+            self.conflicts.to_string(),
+        ]
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub time: Timestamp,

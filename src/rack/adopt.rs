@@ -653,17 +653,9 @@ fn replace(path: &Path, text: &str) -> Result<(), RackError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rack::test_inventory as inventory;
     use crate::store::{HostSource, LeaseState, RelayInfo};
     use crate::types::HostState;
-
-    fn inventory(site: &str) -> (Inventory, Origins) {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("inventory")
-            .join(site);
-        let inv = crate::inventory::load::load_dir(&dir).unwrap();
-        let origins = Origins::scan(&inv);
-        (inv, origins)
-    }
 
     fn req(mac: &str, name: &str) -> AdoptRequest {
         AdoptRequest {

@@ -288,3 +288,15 @@ fn write_new(path: &Path, text: &str) -> Result<(), RackError> {
     f.write_all(text.as_bytes()).map_err(io(path))?;
     f.sync_all().map_err(io(path))
 }
+
+/// The shipped site `inventory/<site>` and where each of its hosts and racks is declared
+/// (unit tests of planning and adoption).
+#[cfg(test)]
+pub(crate) fn test_inventory(site: &str) -> (Inventory, Origins) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("inventory")
+        .join(site);
+    let inv = crate::inventory::load::load_dir(&dir).unwrap();
+    let origins = Origins::scan(&inv);
+    (inv, origins)
+}

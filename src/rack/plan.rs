@@ -921,18 +921,10 @@ pub fn render_text(plan: &Plan) -> String {
 mod tests {
     use super::*;
     use crate::rack::manifest::{self, CsvRackArgs};
+    use crate::rack::test_inventory as inventory;
     use crate::store::{LeaseState, RelayInfo};
     use crate::types::HostState;
     use std::path::Path;
-
-    fn inventory(site: &str) -> (Inventory, Origins) {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("inventory")
-            .join(site);
-        let inv = crate::inventory::load::load_dir(&dir).unwrap();
-        let origins = Origins::scan(&inv);
-        (inv, origins)
-    }
 
     fn lab_manifest() -> Manifest {
         let path =
