@@ -12,9 +12,13 @@
 #   2. small requests with wrk (keep-alive, -t1 -c32), requests/s:
 #        nginx    /small.txt                              static file, same size as the script
 #        bootgate /ipxe/mac/02:00:00:00:00:01             rendered discovery script (unknown MAC;
-#                                                         one boot-script-served event per request)
-#        bootgate /images/small.txt                       same bytes via ServeDir (one
-#                                                         boot-file-served event per request)
+#                                                         one boot-script-served event per request,
+#                                                         repeats queued behind one commit fold
+#                                                         into one row with a count)
+#        bootgate /ipxe/mac/02:00:00:01:xx:yy             the same, 1,000 MACs round robin (no
+#                                                         folding: a row per request)
+#        bootgate /images/small.txt                       same bytes from the RAM image cache
+#                                                         (boot-file-served event per request)
 #      plus a diagnostic pair without bootgate's event write: both small files fetched with
 #      "Range: bytes=1-" (bootgate records boot-file-served only for ranges starting at 0).
 #   Server CPU (utime+stime of all server processes/threads) is sampled around each run.
@@ -361,6 +365,16 @@ median() { tr ' ' '\n' | awk 'NF' | sort -g | awk -v fmt="${1:-%.0f}" '{ v[NR] =
 range_of() { tr ' ' '\n' | awk 'NF' | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print (NR ? lo ".." hi : "") }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
+# wrk request generator for the "1,000 MACs" row: each request asks for another unknown
+# MAC's script (round robin), so no two queued events are alike and none fold.
+cat >"$TMP/macs.lua" <<'LUA'
+local i = 0
+request = function()
+  i = (i + 1) % 1000
+  return wrk.format(nil, string.format("/ipxe/mac/02:00:00:01:%02x:%02x", math.floor(i / 256), i % 256))
+end
+LUA
+
 T0=$(date +%s)
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 log "bootgate $BOOTGATE_COMMIT vs $(nginx -v 2>&1 | sed 's/.*version: //'), mode $MODE: $ROUNDS rounds, wrk ${WRK_ARGS[*]}, tmp $TMP"
@@ -388,6 +402,7 @@ for r in $(seq "$ROUNDS"); do
       wrk_run small nginx "$NG/small.txt" "$r"
     else
       wrk_run script bootgate "$SCRIPT_URL" "$r"
+      wrk_run scripts1k bootgate "$BG/" "$r" -s "$TMP/macs.lua"
       wrk_run small bootgate "$BG/images/small.txt" "$r"
     fi
   done
@@ -456,6 +471,7 @@ OK=1
   row "big.img MB/s, $SEQ sequential GETs" seq,bootgate seq,nginx ">= 0.9"
   row "big.img MB/s, $PAR parallel GETs (aggregate)" par,bootgate par,nginx ">= 0.9"
   row "req/s: iPXE script (bootgate) vs small.txt (nginx)" script,bootgate small,nginx ">= 0.9"
+  row "req/s: iPXE scripts of 1,000 MACs round robin" scripts1k,bootgate small,nginx ""
   row "req/s: small.txt (static, both)" small,bootgate small,nginx ""
   row "req/s: small.txt, Range: bytes=1- (no bootgate event)" range,bootgate range,nginx ""
   echo
@@ -463,13 +479,14 @@ OK=1
   printf '  %-30s %-28s %-28s\n' "" bootgate nginx
   printf '  %-30s %-28s %-28s\n' "big.img sequential" "$(cpu_per seq,bootgate 1e9) ms/GB" "$(cpu_per seq,nginx 1e9) ms/GB"
   printf '  %-30s %-28s %-28s\n' "big.img parallel" "$(cpu_per par,bootgate 1e9) ms/GB" "$(cpu_per par,nginx 1e9) ms/GB"
-  for t in script small range; do
-    [ "$t" = script ] && nk=small || nk=$t
+  for t in script scripts1k small range; do
+    case $t in script|scripts1k) nk=small ;; *) nk=$t ;; esac
     printf '  %-30s %-28s %-28s\n' "$t: CPU per 1,000 req" "$(cpu_per "$t,bootgate" 1000) ms" "$(cpu_per "$nk,nginx" 1000) ms"
     printf '  %-30s %-28s %-28s\n' "$t: latency p50 / p99" "$(med "p50,$t,bootgate" %.2f) / $(med "p99,$t,bootgate" %.2f) ms" "$(med "p50,$nk,nginx" %.2f) / $(med "p99,$nk,nginx" %.2f) ms"
   done
-  printf '  %-30s script %s, small %s, range %s\n' "bootgate events per request" \
+  printf '  %-30s script %s, scripts1k %s, small %s, range %s\n' "bootgate event rows per request" \
     "$(ratio "${WORK[ev,script]:-0}" "${WORK[script,bootgate]:-0}")" \
+    "$(ratio "${WORK[ev,scripts1k]:-0}" "${WORK[scripts1k,bootgate]:-0}")" \
     "$(ratio "${WORK[ev,small]:-0}" "${WORK[small,bootgate]:-0}")" \
     "$(ratio "${WORK[ev,range]:-0}" "${WORK[range,bootgate]:-0}")"
   echo

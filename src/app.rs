@@ -90,6 +90,8 @@ pub struct App {
     pub ipam: Arc<crate::ipam::Ipam>,
     /// Group-written events for the busy HTTP/TFTP boot paths.
     pub events: crate::events::EventSink,
+    /// Rendered token-less iPXE scripts.
+    pub scripts: crate::boot::serve::ScriptCache,
     /// The Ansible hand-off runner when `[handoff] enabled` (shared: its semaphore bounds
     /// concurrent runs daemon-wide).
     pub handoff: Option<Arc<crate::handoff::Runner>>,
@@ -201,6 +203,7 @@ impl App {
         let app = App {
             handoff,
             events,
+            scripts: Default::default(),
             peers,
             heartbeats,
             ipam,

@@ -4,15 +4,23 @@
 //! writer (bench/http.sh). Readers that must see everything call [`EventSink::flush`] first.
 //! While the store is unreachable (degraded mode) events wait in memory and are written,
 //! in order, when it returns.
+//!
+//! Repeats of one *observational* event (the same script or file served to the same MAC,
+//! identical in every field) that queue up behind one commit are written once, with
+//! `"count": n` in the detail (syslog's "last message repeated n times"): a client looping
+//! on its script thousands of times a second costs one row per commit, not one per
+//! request, and the timeline stays readable. Nothing that changes state is ever folded.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::ha::StoreHealth;
-use crate::store::{NewEvent, Store, StoreError};
+use crate::store::{EventKind, NewEvent, Store, StoreError};
+use crate::types::MacAddr;
 
 /// Events written per transaction at most.
 const MAX_BATCH: usize = 1024;
@@ -145,7 +153,14 @@ async fn write(store: Arc<dyn Store>, health: Arc<StoreHealth>, mut rx: mpsc::Re
 /// logged and dropped, so one bad event doesn't hold up the rest.
 async fn drain(store: &dyn Store, pending: &mut VecDeque<NewEvent>) -> Result<(), String> {
     while !pending.is_empty() {
+        // Fold repeats within the next batch, in place: what stays queued after a failure
+        // is exactly what was not written.
         let n = pending.len().min(MAX_BATCH);
+        let folded = coalesce(pending.drain(..n));
+        let n = folded.len();
+        for ev in folded.into_iter().rev() {
+            pending.push_front(ev);
+        }
         let batch: Vec<NewEvent> = pending.range(..n).cloned().collect();
         metrics::histogram!("bootgate_event_batch").record(batch.len() as f64);
         match store.append_many(&batch).await {
@@ -169,6 +184,50 @@ async fn drain(store: &dyn Store, pending: &mut VecDeque<NewEvent>) -> Result<()
         }
     }
     Ok(())
+}
+
+/// Events that say something was served, not that anything changed: repeats may fold.
+fn foldable(kind: EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::BootScriptServed | EventKind::BootFileServed
+    )
+}
+
+/// Folds each repeat of a foldable event (equal in every field, no explicit time) into its
+/// first occurrence, which gets `"count": n`; everything else keeps its place and order.
+fn coalesce(events: impl Iterator<Item = NewEvent>) -> Vec<NewEvent> {
+    let mut out: Vec<NewEvent> = Vec::new();
+    let mut counts: Vec<u64> = Vec::new();
+    let mut seen: HashMap<(EventKind, Option<MacAddr>, Option<Ipv4Addr>), Vec<usize>> =
+        HashMap::new();
+    for ev in events {
+        let folds = foldable(ev.kind)
+            && ev.time.is_none()
+            && (ev.detail.is_object() || ev.detail.is_null())
+            && ev.detail.get("count").is_none();
+        if folds {
+            let slots = seen.entry((ev.kind, ev.mac, ev.ip)).or_default();
+            if let Some(&i) = slots.iter().find(|&&i| out[i] == ev) {
+                counts[i] += 1;
+                continue;
+            }
+            slots.push(out.len());
+        }
+        out.push(ev);
+        counts.push(1);
+    }
+    for (ev, n) in out.iter_mut().zip(counts) {
+        if n > 1 {
+            if ev.detail.is_null() {
+                ev.detail = serde_json::json!({});
+            }
+            if let Some(obj) = ev.detail.as_object_mut() {
+                obj.insert("count".into(), n.into());
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -196,5 +255,81 @@ mod tests {
         let evs = store.query(&EventQuery::default()).await.unwrap();
         assert_eq!(evs.len(), 500);
         assert!(evs.iter().enumerate().all(|(i, e)| e.detail["n"] == i));
+    }
+
+    fn served(mac: &str, template: &str) -> NewEvent {
+        NewEvent::new(EventKind::BootScriptServed, "http")
+            .mac(mac.parse().unwrap())
+            .detail(serde_json::json!({ "template": template }))
+    }
+
+    #[test]
+    fn repeats_of_a_served_script_fold_into_the_first_with_a_count() {
+        let state = NewEvent::new(EventKind::HostStateChanged, "http")
+            .mac("02:00:00:00:00:01".parse().unwrap());
+        let events = vec![
+            served("02:00:00:00:00:01", "discovery"),
+            state.clone(),
+            served("02:00:00:00:00:01", "discovery"),
+            served("02:00:00:00:00:02", "discovery"),
+            served("02:00:00:00:00:01", "install"),
+            state.clone(),
+            served("02:00:00:00:00:01", "discovery"),
+        ];
+        let out = coalesce(events.into_iter());
+        let summary: Vec<(EventKind, serde_json::Value)> =
+            out.iter().map(|e| (e.kind, e.detail.clone())).collect();
+        assert_eq!(
+            summary,
+            vec![
+                (
+                    EventKind::BootScriptServed,
+                    serde_json::json!({"template": "discovery", "count": 3})
+                ),
+                (EventKind::HostStateChanged, serde_json::Value::Null),
+                (
+                    EventKind::BootScriptServed,
+                    serde_json::json!({"template": "discovery"})
+                ),
+                (
+                    EventKind::BootScriptServed,
+                    serde_json::json!({"template": "install"})
+                ),
+                (EventKind::HostStateChanged, serde_json::Value::Null),
+            ]
+        );
+        // State changes never fold, even when identical.
+        assert_eq!(
+            out.iter()
+                .filter(|e| e.kind == EventKind::HostStateChanged)
+                .count(),
+            2
+        );
+        // A folded event does not fold again (a retried batch keeps its count).
+        let again = coalesce(out.clone().into_iter());
+        assert_eq!(again, out);
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_one_request_is_stored_once_with_its_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            crate::store::sqlite::SqliteStore::open(&dir.path().join("s.db"))
+                .await
+                .unwrap(),
+        );
+        let sink = EventSink::spawn(store.clone());
+        // Queued faster than one commit: the writer takes them as one batch or a few.
+        for _ in 0..300 {
+            sink.record(served("02:00:00:00:00:01", "discovery")).await;
+        }
+        sink.flush().await;
+        let evs = store.query(&EventQuery::default()).await.unwrap();
+        assert!(!evs.is_empty() && evs.len() < 300, "{} rows", evs.len());
+        let total: u64 = evs
+            .iter()
+            .map(|e| e.detail.get("count").and_then(|c| c.as_u64()).unwrap_or(1))
+            .sum();
+        assert_eq!(total, 300, "every request is counted");
     }
 }

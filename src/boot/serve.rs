@@ -110,20 +110,37 @@ pub async fn serve_script(app: &App, mac: MacAddr, via: Via) -> Result<Served, S
         _ => None,
     };
     let template = plan.template();
-    let text = super::render(
-        &loaded.boot,
-        &plan,
-        &app.config.boot.http_base,
+    // A script without a token is a pure function of the loaded inventory and assets, the
+    // MAC and the host's state: rendered once per (generation, MAC, state).
+    let key = ScriptKey {
+        generation: loaded.generation,
         mac,
-        host,
-        inv,
-        token.as_deref(),
-    )
-    .map_err(|source| ServeError::Render {
-        template,
-        mac,
-        source,
-    })?;
+        state,
+    };
+    let cached = token.is_none().then(|| app.scripts.get(&key)).flatten();
+    let text = match cached {
+        Some(text) => text,
+        None => {
+            let text = super::render(
+                &loaded.boot,
+                &plan,
+                &app.config.boot.http_base,
+                mac,
+                host,
+                inv,
+                token.as_deref(),
+            )
+            .map_err(|source| ServeError::Render {
+                template,
+                mac,
+                source,
+            })?;
+            if token.is_none() {
+                app.scripts.put(key, text.clone());
+            }
+            text
+        }
+    };
     let mut ev = NewEvent::new(EventKind::BootScriptServed, via.as_str())
         .mac(mac)
         .detail(serde_json::json!({
@@ -138,6 +155,41 @@ pub async fn serve_script(app: &App, mac: MacAddr, via: Via) -> Result<Served, S
     metrics::counter!("bootgate_ipxe_scripts_total", "template" => template, "via" => via.as_str())
         .increment(1);
     Ok(Served { template, text })
+}
+
+/// What a token-less script depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ScriptKey {
+    generation: u64,
+    mac: MacAddr,
+    state: HostState,
+}
+
+/// Entries kept at most; past this the cache starts over.
+const SCRIPT_CACHE_ENTRIES: usize = 16_384;
+
+/// Rendered token-less scripts (discovery, local disk, rescue shell, broken), so a client
+/// re-fetching its script costs no template run. Install and rescue-image scripts carry a
+/// fresh token each time and are never cached. A reload (new generation) or a state move
+/// changes the key, so nothing stale is served.
+#[derive(Default)]
+pub struct ScriptCache {
+    entries: std::sync::Mutex<std::collections::HashMap<ScriptKey, String>>,
+}
+
+impl ScriptCache {
+    fn get(&self, key: &ScriptKey) -> Option<String> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.get(key).cloned()
+    }
+
+    fn put(&self, key: ScriptKey, text: String) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= SCRIPT_CACHE_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(key, text);
+    }
 }
 
 /// 128 random bits as 32 hex digits.

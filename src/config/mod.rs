@@ -130,6 +130,8 @@ pub struct HttpSettings {
     pub tokens_file: Option<PathBuf>,
     /// Read endpoints answer without a token (they are on the provisioning network only).
     pub open_reads: bool,
+    /// Bytes of boot files kept in RAM for whole-file GETs (`image_cache_mb`; 0: off).
+    pub image_cache: u64,
 }
 
 /// What PXE clients are told to fetch (`[boot]`).

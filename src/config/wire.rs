@@ -274,10 +274,17 @@ struct HttpWire {
     /// Read endpoints answer without a token.
     #[serde(default = "default_open_reads")]
     open_reads: bool,
+    /// MiB of boot files (kernels, initrds, images) kept in RAM for whole-file GETs.
+    #[serde(default = "default_image_cache_mb")]
+    image_cache_mb: u64,
 }
 
 fn default_open_reads() -> bool {
     true
+}
+
+fn default_image_cache_mb() -> u64 {
+    1024
 }
 
 /// `[[interface]]`: `address` is the gateway's own address with the subnet's prefix.
@@ -419,6 +426,7 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
             http: HttpSettings {
                 tokens_file: w.http.tokens.as_deref().map(&resolve),
                 open_reads: w.http.open_reads,
+                image_cache: w.http.image_cache_mb.saturating_mul(1024 * 1024),
             },
             control_socket: w
                 .control_socket

@@ -14,6 +14,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
 use super::ApiError;
+use super::image_cache::ImageCache;
 use crate::app::App;
 use crate::boot;
 use crate::store::{BootPurpose, EventKind, NewEvent, TokenCheck, TokenUse};
@@ -27,6 +28,13 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
     let images = tower_http::services::ServeDir::new(&app.config.boot_images_dir)
         .append_index_html_on_directories(false)
         .with_buf_chunk_size(1024 * 1024);
+    let files = Files {
+        cache: Arc::new(ImageCache::new(
+            &app.config.boot_images_dir,
+            app.config.http.image_cache,
+        )),
+        app,
+    };
     Router::new()
         .route("/ipxe/mac/{mac}", get(script_by_mac))
         .route("/ipxe/uuid/{uuid}", get(script_by_uuid))
@@ -34,15 +42,23 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .nest_service(
             "/images",
             tower::ServiceBuilder::new()
-                .layer(axum::middleware::from_fn_with_state(app, record_file))
+                .layer(axum::middleware::from_fn_with_state(files, record_file))
                 .service(images),
         )
 }
 
-/// Records a `boot-file-served` event for each whole-file (or first-range) GET, attributed
-/// to the MAC that holds the client's address.
+/// What the `/images/` middleware needs: the app (events, leases) and the RAM cache.
+#[derive(Clone)]
+struct Files {
+    app: Arc<App>,
+    cache: Arc<ImageCache>,
+}
+
+/// Answers plain whole-file GETs from the RAM cache ([`ImageCache`]), everything else
+/// through `ServeDir`; records a `boot-file-served` event for each whole-file (or
+/// first-range) GET, attributed to the MAC that holds the client's address.
 async fn record_file(
-    State(app): State<Arc<App>>,
+    State(Files { app, cache }): State<Files>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
     next: Next,
@@ -54,7 +70,14 @@ async fn record_file(
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
         .is_none_or(|r| r.starts_with("bytes=0-"));
-    let resp = next.run(req).await;
+    let cached = match cache.wants(&req) {
+        Some(rel) => cache.serve(rel).await,
+        None => None,
+    };
+    let resp = match cached {
+        Some(resp) => resp,
+        None => next.run(req).await,
+    };
     let ok = resp.status() == StatusCode::OK || resp.status() == StatusCode::PARTIAL_CONTENT;
     metrics::counter!("bootgate_http_files_total", "status" => resp.status().as_u16().to_string())
         .increment(1);

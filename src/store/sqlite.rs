@@ -52,6 +52,12 @@ pub struct SqliteStore {
     /// The thread that commits lease batches and host changes (see [`Writer`]); `None` in
     /// a read-only store, whose writes then fail on the read-only `writer` pool.
     fast: Option<Writer>,
+    /// Read-only rusqlite connections for the point reads of hot paths (the host behind a
+    /// MAC, once per iPXE script request): a statement on the caller's thread instead of a
+    /// round trip to sqlx's worker thread.
+    points: PointReaders,
+    /// The host behind a MAC, as last read (see [`HostCache`]).
+    hosts_by_mac: HostCache,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -112,6 +118,8 @@ impl SqliteStore {
             writer,
             reader,
             fast,
+            points: PointReaders::new(path),
+            hosts_by_mac: HostCache::default(),
         })
     }
 
@@ -133,6 +141,8 @@ impl SqliteStore {
             writer: reader.clone(),
             reader,
             fast: None,
+            points: PointReaders::new(path),
+            hosts_by_mac: HostCache::default(),
         })
     }
 
@@ -250,15 +260,18 @@ impl HostStore for SqliteStore {
     }
 
     async fn host_by_mac(&self, mac: MacAddr) -> Result<Option<HostRecord>, StoreError> {
-        sqlx::query(concat!(
-            host_select!(),
-            " WHERE h.name = (SELECT host FROM host_macs WHERE mac = ?)"
-        ))
-        .bind(mac.to_string())
-        .fetch_optional(&self.reader)
-        .await?
-        .map(|row| host_from_row(&row))
-        .transpose()
+        // One indexed point read (microseconds, never waits on the writer under WAL): run
+        // here rather than through sqlx's worker thread, whose two thread switches cost
+        // more than the statement (bench/http.sh, iPXE scripts).
+        let generation = self.hosts_by_mac.generation();
+        if let Some(found) = self.hosts_by_mac.get(mac, generation) {
+            return Ok(found);
+        }
+        let found = self
+            .points
+            .with(|c| query_host_sync(c, HOST_BY_MAC_SQL, &mac.to_string()))?;
+        self.hosts_by_mac.put(mac, generation, found.clone());
+        Ok(found)
     }
 
     async fn apply_host_changes(
@@ -266,10 +279,27 @@ impl HostStore for SqliteStore {
         changes: &[HostChange],
         actor: &str,
     ) -> Result<(), StoreError> {
-        self.writer()?.hosts(changes.to_vec(), actor).await
+        let result = self.writer()?.hosts(changes.to_vec(), actor).await;
+        self.hosts_by_mac.invalidate();
+        result
     }
 
     async fn set_host_state(
+        &self,
+        name: &str,
+        from: Option<HostState>,
+        to: HostState,
+        actor: &str,
+        detail: serde_json::Value,
+    ) -> Result<HostRecord, StoreError> {
+        let result = self.set_host_state_tx(name, from, to, actor, detail).await;
+        self.hosts_by_mac.invalidate();
+        result
+    }
+}
+
+impl SqliteStore {
+    async fn set_host_state_tx(
         &self,
         name: &str,
         from: Option<HostState>,
@@ -512,6 +542,11 @@ enum WriteJob {
         actor: String,
         done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Events appended together (all or none), answered with their ids.
+    Events {
+        events: Vec<NewEvent>,
+        done: tokio::sync::oneshot::Sender<Result<Vec<i64>, StoreError>>,
+    },
     /// Close the connection (after the jobs queued before) and say so.
     Stop {
         done: tokio::sync::oneshot::Sender<()>,
@@ -637,6 +672,104 @@ fn open_writer_connection(path: &Path) -> Result<rusqlite::Connection, rusqlite:
     Ok(conn)
 }
 
+/// Idle point-read connections kept at most (more are opened under a burst, then closed).
+const POINT_READERS: usize = 4;
+
+/// A small pool of read-only rusqlite connections, opened on first use. A read takes one
+/// (or opens one), runs its statement on the caller's thread and puts it back: under WAL a
+/// reader sees the last commit and never waits for the writer, so this does not block an
+/// async task for longer than the statement itself.
+struct PointReaders {
+    path: std::path::PathBuf,
+    idle: std::sync::Mutex<Vec<rusqlite::Connection>>,
+}
+
+impl PointReaders {
+    fn new(path: &Path) -> PointReaders {
+        PointReaders {
+            path: path.to_path_buf(),
+            idle: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn with<T>(
+        &self,
+        read: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => open_point_reader(&self.path)
+                .map_err(|e| open_error(&self.path, format!("opening a read connection: {e}")))?,
+        };
+        let out = read(&conn);
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < POINT_READERS {
+            idle.push(conn);
+        }
+        out
+    }
+}
+
+/// How long a cached host-by-MAC answer is trusted without a write of this process in
+/// between. Writes of this process (DHCP discovery, phone-home, inventory reloads, API
+/// calls) invalidate at once; this bounds what another process writing the same file
+/// (`bootgate rack onboard`, `bootgate power` run locally) can leave stale: well under the
+/// time a machine takes to power-cycle into PXE.
+const HOST_CACHE_TTL: Duration = Duration::from_millis(500);
+
+/// Entries kept at most; past this the cache starts over (a storm of unknown MACs).
+const HOST_CACHE_ENTRIES: usize = 65_536;
+
+/// A cached answer: the generation before the read, when it was read, what it found.
+type CachedHost = (u64, std::time::Instant, Option<HostRecord>);
+
+/// The host behind a MAC as last read, for the iPXE script path (one lookup per request).
+/// Each entry carries the write generation current *before* its read: a host write bumps
+/// the generation after it commits, so an answer read before (or during) that write is
+/// never served after it.
+#[derive(Default)]
+struct HostCache {
+    generation: std::sync::atomic::AtomicU64,
+    entries: std::sync::Mutex<std::collections::HashMap<MacAddr, CachedHost>>,
+}
+
+impl HostCache {
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn invalidate(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    fn get(&self, mac: MacAddr, generation: u64) -> Option<Option<HostRecord>> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let (g, at, found) = entries.get(&mac)?;
+        (*g == generation && at.elapsed() < HOST_CACHE_TTL).then(|| found.clone())
+    }
+
+    fn put(&self, mac: MacAddr, generation: u64, found: Option<HostRecord>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= HOST_CACHE_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(mac, (generation, std::time::Instant::now(), found));
+    }
+}
+
+fn open_point_reader(path: &Path) -> Result<rusqlite::Connection, rusqlite::Error> {
+    use rusqlite::OpenFlags;
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(16);
+    Ok(conn)
+}
+
 impl Writer {
     fn start(path: &Path) -> Result<Writer, StoreError> {
         let conn = open_writer_connection(path)
@@ -669,6 +802,14 @@ impl Writer {
         wait.await.unwrap_or_else(|_| Err(writer_stopped()))
     }
 
+    async fn events(&self, events: Vec<NewEvent>) -> Result<Vec<i64>, StoreError> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(WriteJob::Events { events, done })
+            .map_err(|_| writer_stopped())?;
+        wait.await.unwrap_or_else(|_| Err(writer_stopped()))
+    }
+
     async fn stop(&self) {
         let (done, wait) = tokio::sync::oneshot::channel();
         if self.jobs.send(WriteJob::Stop { done }).is_ok() {
@@ -681,6 +822,7 @@ impl Writer {
 enum Outcome {
     Leases(LeaseResults),
     Hosts(Result<(), StoreError>),
+    Events(Result<Vec<i64>, StoreError>),
 }
 
 /// The writer thread: waits for a job, takes everything queued behind it, commits it all
@@ -724,6 +866,9 @@ fn run_writer(conn: rusqlite::Connection, rx: std::sync::mpsc::Receiver<WriteJob
                     (WriteJob::Hosts { done, .. }, Outcome::Hosts(r)) => {
                         let _ = done.send(r);
                     }
+                    (WriteJob::Events { done, .. }, Outcome::Events(r)) => {
+                        let _ = done.send(r);
+                    }
                     _ => {}
                 }
             }
@@ -746,6 +891,7 @@ fn commit_jobs(conn: &rusqlite::Connection, jobs: &[WriteJob]) -> Vec<Outcome> {
         jobs.iter()
             .map(|j| match j {
                 WriteJob::Hosts { .. } => Outcome::Hosts(Err(f.clone().into_store())),
+                WriteJob::Events { .. } => Outcome::Events(Err(f.clone().into_store())),
                 _ => Outcome::Leases(Err(f.clone().into_store())),
             })
             .collect()
@@ -761,6 +907,9 @@ fn commit_jobs(conn: &rusqlite::Connection, jobs: &[WriteJob]) -> Vec<Outcome> {
             }
             WriteJob::Hosts { changes, actor, .. } => Outcome::Hosts(in_savepoint(conn, |c| {
                 apply_host_changes_sync(c, changes, actor)
+            })),
+            WriteJob::Events { events, .. } => Outcome::Events(in_savepoint(conn, |c| {
+                events.iter().map(|e| insert_event_sync(c, e)).collect()
             })),
             WriteJob::Stop { .. } => continue,
         };
@@ -903,9 +1052,24 @@ fn apply_host_changes_sync(
     Ok(())
 }
 
+const HOST_BY_NAME_SQL: &str = concat!(host_select!(), " WHERE h.name = ?1");
+const HOST_BY_MAC_SQL: &str = concat!(
+    host_select!(),
+    " WHERE h.name = (SELECT host FROM host_macs WHERE mac = ?1)"
+);
+
 fn fetch_host_sync(
     conn: &rusqlite::Connection,
     name: &str,
+) -> Result<Option<HostRecord>, StoreError> {
+    query_host_sync(conn, HOST_BY_NAME_SQL, name)
+}
+
+/// The host `sql` (one of the `HOST_BY_*_SQL`) selects with `key` as its one parameter.
+fn query_host_sync(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    key: &str,
 ) -> Result<Option<HostRecord>, StoreError> {
     use rusqlite::OptionalExtension;
     type Raw = (
@@ -921,8 +1085,8 @@ fn fetch_host_sync(
         Option<String>,
     );
     let raw: Option<Raw> = conn
-        .prepare_cached(concat!(host_select!(), " WHERE h.name = ?1"))?
-        .query_row([name], |r| {
+        .prepare_cached(sql)?
+        .query_row([key], |r| {
             Ok((
                 r.get("name")?,
                 r.get("state")?,
@@ -1124,17 +1288,16 @@ fn event_from_row(row: &SqliteRow) -> Result<Event, StoreError> {
 #[async_trait]
 impl EventLog for SqliteStore {
     async fn append(&self, event: &NewEvent) -> Result<i64, StoreError> {
-        let mut conn = self.writer.acquire().await?;
-        insert_event(&mut conn, event).await
+        let ids = self.writer()?.events(vec![event.clone()]).await?;
+        ids.first()
+            .copied()
+            .ok_or_else(|| StoreError::Batch("the writer stored no event".into()))
     }
 
     async fn append_many(&self, events: &[NewEvent]) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        for e in events {
-            insert_event(&mut tx, e).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        // On the writer thread: the batch shares a transaction (and its fsync) with
+        // whatever leases and host changes are queued with it.
+        self.writer()?.events(events.to_vec()).await.map(|_| ())
     }
 
     async fn query(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {

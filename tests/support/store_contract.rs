@@ -41,6 +41,7 @@ macro_rules! store_contract_tests {
             host_mac_taken_rolls_back_whole_batch,
             host_missing_is_no_such_host_and_rolls_back,
             set_host_state_compare_and_set,
+            host_by_mac_follows_every_host_write,
             lease_commit_get_list_filters,
             lease_conflict_refused_holder_intact,
             lease_batch_commits_each_item_on_its_own,
@@ -73,6 +74,7 @@ macro_rules! store_contract_tests {
                 two_handles_race_for_one_address,
                 boot_token_survives_a_restart_and_is_used_once,
                 two_handles_record_the_same_discovered_macs,
+                host_by_mac_sees_the_other_handles_writes,
             );
         }
     };
@@ -249,6 +251,85 @@ pub async fn hosts_add_get_list_by_mac<S: Store>(store: Arc<S>) {
     assert_eq!(evs[1].host.as_deref(), Some(b.name.as_str()));
     assert_eq!(evs[1].mac, Some(mac(3)));
     assert_eq!(evs[1].ip, None);
+}
+
+/// `host_by_mac` (read once per iPXE script request, and cached by the SQLite backend)
+/// answers every write of the same handle at once: add, state move, MAC change, removal.
+pub async fn host_by_mac_follows_every_host_write<S: Store>(store: Arc<S>) {
+    let state_of = |h: Option<HostRecord>| h.map(|h| h.state);
+    assert_eq!(store.host_by_mac(mac(1)).await.unwrap(), None);
+    let a = host("gpu-a01", &[mac(1)], None);
+    add(&*store, std::slice::from_ref(&a)).await;
+    assert_eq!(store.host_by_mac(mac(1)).await.unwrap(), Some(a.clone()));
+    for to in [HostState::Provisioning, HostState::Provisioned] {
+        store
+            .set_host_state("gpu-a01", None, to, "test", serde_json::Value::Null)
+            .await
+            .unwrap();
+        assert_eq!(state_of(store.host_by_mac(mac(1)).await.unwrap()), Some(to));
+    }
+    let mut moved = a.clone();
+    moved.macs = vec![mac(2)];
+    store
+        .apply_host_changes(
+            &[HostChange::Update {
+                host: moved,
+                fields: vec!["macs".into()],
+            }],
+            "inventory",
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.host_by_mac(mac(1)).await.unwrap(), None);
+    assert_eq!(
+        state_of(store.host_by_mac(mac(2)).await.unwrap()),
+        Some(HostState::Provisioned)
+    );
+    store
+        .apply_host_changes(
+            &[HostChange::Remove {
+                name: "gpu-a01".into(),
+            }],
+            "inventory",
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.host_by_mac(mac(2)).await.unwrap(), None);
+}
+
+/// A state moved through another handle (another process on the SQLite file: `bootgate
+/// rack onboard`; the other gateway on PostgreSQL) reaches `host_by_mac` within a second,
+/// well before a power-cycled machine asks for its script again.
+pub async fn host_by_mac_sees_the_other_handles_writes<A: Store + 'static, B: Store + 'static>(
+    a: Arc<A>,
+    b: Arc<B>,
+) {
+    add(&*a, &[host("gpu-a01", &[mac(1)], None)]).await;
+    assert_eq!(
+        a.host_by_mac(mac(1)).await.unwrap().map(|h| h.state),
+        Some(HostState::Registered)
+    );
+    b.set_host_state(
+        "gpu-a01",
+        None,
+        HostState::Maintenance,
+        "other",
+        serde_json::Value::Null,
+    )
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let state = a.host_by_mac(mac(1)).await.unwrap().map(|h| h.state);
+        if state == Some(HostState::Maintenance) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {state:?} a second after the other handle's write"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 pub async fn host_update_keeps_state_and_created<S: Store>(store: Arc<S>) {
