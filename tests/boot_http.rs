@@ -104,6 +104,30 @@ fn install_script_token_and_phone_home_drive_the_host_state() {
     assert_eq!(part.as_bytes(), &kernel[10..20]);
     let (code, _) = curl_args(&lab, &["-H", &format!("If-None-Match: {etag}"), &url]);
     assert_eq!(code, 304);
+    // Whole GETs come from the RAM image cache: the same bytes and headers as ServeDir's
+    // (the ETag of the HEAD above), and a replaced file is served new at once.
+    let fetched = tempfile::NamedTempFile::new().unwrap();
+    let out = fetched.path().to_str().unwrap();
+    for _ in 0..2 {
+        let (code, headers) = curl_args(&lab, &["-D", "-", "-o", out, &url]);
+        assert_eq!(code, 200, "{headers}");
+        assert!(headers.contains(&etag), "{headers}");
+        assert_eq!(std::fs::read(out).unwrap(), kernel);
+    }
+    let replaced: Vec<u8> = kernel.iter().rev().copied().chain([7u8; 10]).collect();
+    std::fs::write(test_dir.join("vmlinuz.new"), &replaced).unwrap();
+    std::fs::rename(test_dir.join("vmlinuz.new"), test_dir.join("vmlinuz")).unwrap();
+    let (code, headers) = curl_args(&lab, &["-D", "-", "-o", out, &url]);
+    assert_eq!(code, 200);
+    assert!(!headers.contains(&etag), "{headers}");
+    assert_eq!(std::fs::read(out).unwrap(), replaced);
+    std::fs::write(test_dir.join("vmlinuz"), &kernel).unwrap();
+    let (_, metrics) = curl_args(&lab, &[&format!("{}/metrics", base())]);
+    assert!(
+        metrics.contains("bootgate_image_cache_total{result=\"hit\"} 1")
+            && metrics.contains("bootgate_image_cache_total{result=\"miss\"} 2"),
+        "{metrics}"
+    );
     let (code, _) = curl_args(&lab, &[&format!("{}/images/../bootgate.toml", base())]);
     assert_ne!(code, 200);
 
