@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use super::options::{self, Limits, Negotiated};
 use super::packet::{self, ErrorCode, Packet, Request};
-use super::session::{Rto, Source, Transfer};
+use super::session::{BusyPoll, Rto, Source, Transfer};
 use super::{Generated, TftpConfig, TftpError, TransferRecord, TransferResult, jail};
 
 /// Largest request datagram read on port 69 (RRQs with options fit easily).
@@ -293,6 +293,10 @@ impl Shared {
         let gso = super::session::enable_gso(&sock, blksize);
         let transfer = Transfer {
             gso: std::sync::atomic::AtomicBool::new(gso),
+            busy_poll: BusyPoll {
+                sessions: self.sessions.clone(),
+                max_sessions: self.cfg.max_sessions,
+            },
             sock,
             source,
             rto: Rto::new(

@@ -135,8 +135,28 @@ impl Rto {
     }
 }
 
+/// Longest the session polls for an ACK before sleeping (see [`Transfer::spin`]).
+const BUSY_POLL: Duration = Duration::from_micros(300);
+
+/// When a session may busy-poll: only while it is the server's only transfer (spinning
+/// holds a runtime worker, which other sessions would need) and only with a client that
+/// answers within the poll time (a slow or distant client costs one poll, then none).
+pub(super) struct BusyPoll {
+    pub sessions: std::sync::Arc<tokio::sync::Semaphore>,
+    pub max_sessions: usize,
+}
+
+impl BusyPoll {
+    fn allowed(&self, srtt: Option<Duration>) -> bool {
+        self.sessions.available_permits() + 1 >= self.max_sessions
+            && srtt.is_none_or(|rtt| rtt <= BUSY_POLL)
+    }
+}
+
 pub(super) struct Transfer {
     pub sock: UdpSocket,
+    /// Whether (and when) to poll for ACKs without sleeping.
+    pub busy_poll: BusyPoll,
     pub source: Source,
     pub neg: Negotiated,
     pub rto: Rto,
@@ -181,6 +201,11 @@ enum Event {
 
 impl Transfer {
     async fn next_event(&self, buf: &mut [u8], deadline: Instant) -> Event {
+        if self.busy_poll.allowed(self.rto.srtt)
+            && let Some(ev) = self.spin(buf)
+        {
+            return ev;
+        }
         loop {
             let r = tokio::select! {
                 _ = self.cancel.cancelled() => return Event::Cancelled,
@@ -200,6 +225,29 @@ impl Transfer {
                 Err(e) => tracing::debug!(error = %e, "malformed packet ignored"),
             }
         }
+    }
+
+    /// Polls the socket without sleeping for up to [`BUSY_POLL`]: the answer to a window
+    /// usually comes back within it, and a sleeping task is woken only after the kernel has
+    /// woken an idle CPU (slow in VMs), which was a third of each window's round trip.
+    /// `None`: nothing decisive arrived in time; the caller sleeps as usual.
+    fn spin(&self, buf: &mut [u8]) -> Option<Event> {
+        let until = Instant::now() + BUSY_POLL;
+        while Instant::now() < until {
+            match self.sock.try_recv(buf) {
+                Ok(n) => match packet::parse(&buf[..n]) {
+                    Ok(Packet::Ack { block }) => return Some(Event::Ack(block)),
+                    Ok(Packet::Error { code, message }) => {
+                        return Some(Event::PeerError(code, message));
+                    }
+                    _ => {}
+                },
+                Err(e) if e.kind() == ErrorKind::WouldBlock => std::hint::spin_loop(),
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => return Some(Event::Gone),
+                Err(e) => return Some(Event::Failed(e)),
+            }
+        }
+        None
     }
 
     async fn send(&self, bytes: &[u8]) -> Result<(), Event> {
@@ -337,6 +385,10 @@ impl Transfer {
             }
             sent_at = Instant::now();
             retransmitted = false;
+            if let Err(e) = win.prefetch(&mut self.source).await {
+                self.send_error(ErrorCode::NotDefined, "read error").await;
+                return end(TransferResult::Io, bytes, Some(e.to_string()));
+            }
         }
     }
 
@@ -447,7 +499,17 @@ impl Window {
 
     /// Makes sure a whole window is buffered (or the file's end), reading ahead.
     async fn refill(&mut self, source: &mut Source) -> std::io::Result<()> {
-        let need = self.blksize * self.window;
+        self.fill_to(source, self.blksize * self.window).await
+    }
+
+    /// After a window has left: makes sure the *next* window is buffered too, so the ACK
+    /// is answered at once (the file read overlaps the client's turn instead of adding to
+    /// every window's round trip).
+    async fn prefetch(&mut self, source: &mut Source) -> std::io::Result<()> {
+        self.fill_to(source, 2 * self.blksize * self.window).await
+    }
+
+    async fn fill_to(&mut self, source: &mut Source, need: usize) -> std::io::Result<()> {
         if self.eof || self.data().len() >= need {
             return Ok(());
         }
@@ -564,5 +626,23 @@ mod tests {
         assert_eq!(r.patience(), ms(1000));
         r.sample(ms(5000));
         assert_eq!(r.current(), ms(1000), "capped at the default");
+    }
+
+    #[test]
+    fn busy_poll_only_for_a_lone_transfer_with_a_fast_client() {
+        let sessions = std::sync::Arc::new(tokio::sync::Semaphore::new(4));
+        let bp = BusyPoll {
+            sessions: sessions.clone(),
+            max_sessions: 4,
+        };
+        let _ours = sessions.clone().try_acquire_owned().unwrap();
+        assert!(bp.allowed(None), "first window: no RTT yet");
+        assert!(bp.allowed(Some(Duration::from_micros(120))));
+        assert!(!bp.allowed(Some(Duration::from_millis(2))), "slow client");
+        let _other = sessions.clone().try_acquire_owned().unwrap();
+        assert!(
+            !bp.allowed(Some(Duration::from_micros(120))),
+            "another transfer runs"
+        );
     }
 }
