@@ -232,9 +232,18 @@ impl Transfer {
     /// woken an idle CPU (slow in VMs), which was a third of each window's round trip.
     /// `None`: nothing decisive arrived in time; the caller sleeps as usual.
     fn spin(&self, buf: &mut [u8]) -> Option<Event> {
+        use std::os::fd::AsRawFd;
         let until = Instant::now() + BUSY_POLL;
         while Instant::now() < until {
-            match self.sock.try_recv(buf) {
+            // The syscall itself, not tokio's `try_recv`: that answers from the readiness
+            // the reactor last saw, which nobody updates while this worker spins.
+            let got = nix::sys::socket::recv(
+                self.sock.as_raw_fd(),
+                buf,
+                nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            )
+            .map_err(std::io::Error::from);
+            match got {
                 Ok(n) => match packet::parse(&buf[..n]) {
                     Ok(Packet::Ack { block }) => return Some(Event::Ack(block)),
                     Ok(Packet::Error { code, message }) => {
