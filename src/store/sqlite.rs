@@ -255,8 +255,9 @@ impl HostStore for SqliteStore {
     }
 
     async fn get_host(&self, name: &str) -> Result<Option<HostRecord>, StoreError> {
-        let mut conn = self.reader.acquire().await?;
-        fetch_host(&mut conn, name).await
+        // A point read, like `host_by_mac` (DHCP discovery reads each new MAC's host).
+        self.points
+            .with(|c| query_host_sync(c, HOST_BY_NAME_SQL, name))
     }
 
     async fn host_by_mac(&self, mac: MacAddr) -> Result<Option<HostRecord>, StoreError> {
