@@ -235,14 +235,18 @@ mod tests {
     use super::*;
     use crate::store::{EventKind, EventQuery};
 
+    /// A fresh SQLite store in a temp dir (dropping the guard removes it).
+    async fn sqlite_store() -> (Arc<dyn Store>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::sqlite::SqliteStore::open(&dir.path().join("s.db"))
+            .await
+            .unwrap();
+        (Arc::new(store), dir)
+    }
+
     #[tokio::test]
     async fn queued_events_are_stored_in_order_by_flush() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(
-            crate::store::sqlite::SqliteStore::open(&dir.path().join("s.db"))
-                .await
-                .unwrap(),
-        );
+        let (store, _dir) = sqlite_store().await;
         let sink = EventSink::spawn(store.clone());
         for i in 0..500 {
             sink.record(
@@ -312,12 +316,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_burst_of_one_request_is_stored_once_with_its_count() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(
-            crate::store::sqlite::SqliteStore::open(&dir.path().join("s.db"))
-                .await
-                .unwrap(),
-        );
+        let (store, _dir) = sqlite_store().await;
         let sink = EventSink::spawn(store.clone());
         // Queued faster than one commit: the writer takes them as one batch or a few.
         for _ in 0..300 {

@@ -653,16 +653,25 @@ fn writer_stopped() -> StoreError {
     StoreError::Batch("the SQLite writer has stopped (store closed)".into())
 }
 
+/// A rusqlite connection to an existing file (`mode`: read-write or read-only), owned by
+/// one thread at a time, with the sqlx connections' busy timeout.
+fn open_rusqlite(
+    path: &Path,
+    mode: rusqlite::OpenFlags,
+) -> Result<rusqlite::Connection, rusqlite::Error> {
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        mode | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
 /// Opens the writer thread's connection: WAL (already set by the migration's connection),
 /// `synchronous=FULL` (the commit is on disk before a caller hears of it), foreign keys and
 /// the same busy timeout as the sqlx connections.
 fn open_writer_connection(path: &Path) -> Result<rusqlite::Connection, rusqlite::Error> {
-    use rusqlite::OpenFlags;
-    let conn = rusqlite::Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let conn = open_rusqlite(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "wal", |r| r.get(0))?;
     debug_assert_eq!(mode, "wal");
     conn.pragma_update(None, "synchronous", "FULL")?;
@@ -761,12 +770,7 @@ impl HostCache {
 }
 
 fn open_point_reader(path: &Path) -> Result<rusqlite::Connection, rusqlite::Error> {
-    use rusqlite::OpenFlags;
-    let conn = rusqlite::Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let conn = open_rusqlite(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     conn.set_prepared_statement_cache_capacity(16);
     Ok(conn)
 }
