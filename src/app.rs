@@ -7,80 +7,32 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
+use async_trait::async_trait;
 use jiff::Timestamp;
-use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::boot::BootAssets;
 use crate::config::Config;
 use crate::inventory::sync::{SyncReport, reconcile};
-use crate::inventory::{Invalid, Inventory, Problem, load};
+use crate::inventory::{Invalid, Inventory};
+use crate::model::{Heartbeats, Lease, LeaseState, StoreHealth};
+use crate::ops::{Operations, ReleaseError, ReloadFailure, ReloadOutcome};
+use crate::snapshot::{Loaded, Snapshot, Whois};
 use crate::store::{self, EventKind, NewEvent, Store};
+
+pub use crate::config::load_inventory;
 
 /// How long shutdown waits for listeners to finish in-flight work (systemd's stop budget is
 /// ours to keep small: SIGTERM must end the process within 2 s).
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
-/// The inventory in force and how it got there.
-#[derive(Debug)]
-pub struct Loaded {
-    pub inventory: Inventory,
-    /// Bumped on every successful (re)load; shown by /healthz and `bootgate reload`.
-    pub generation: u64,
-    pub loaded_at: Timestamp,
-    /// MAC → host, for the DHCP path.
-    pub macs: crate::inventory::MacIndex,
-    /// Image manifest and iPXE templates, reloaded with the inventory.
-    pub boot: BootAssets,
-}
-
-impl Loaded {
-    fn new(inventory: Inventory, boot: BootAssets, generation: u64) -> Loaded {
-        for w in &boot.warnings {
-            tracing::warn!("{w}");
-        }
-        Loaded {
-            boot,
-            macs: inventory.mac_index(),
-            inventory,
-            generation,
-            loaded_at: Timestamp::now(),
-        }
-    }
-}
-
-/// The last reload that failed, kept until a reload succeeds (shown by /healthz).
-#[derive(Debug, Clone, Serialize)]
-pub struct ReloadFailure {
-    pub at: Timestamp,
-    pub problems: Vec<Problem>,
-}
-
-/// What `bootgate reload` gets back.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct ReloadOutcome {
-    pub ok: bool,
-    /// The generation in force after the attempt (unchanged on failure).
-    pub generation: u64,
-    pub hosts: usize,
-    #[serde(default)]
-    pub added: Vec<String>,
-    #[serde(default)]
-    pub changed: Vec<String>,
-    #[serde(default)]
-    pub removed: Vec<String>,
-    /// `file: entry: field: reason` lines when the new inventory was refused.
-    #[serde(default)]
-    pub problems: Vec<String>,
-}
-
-/// Shared state of the running daemon, handed to every listener by `Arc`.
+/// The running daemon's parts, owned here and handed to each server as the small context
+/// it uses (see the `*_context` builders); nothing below `app.rs` sees this struct.
 pub struct App {
     pub config: Config,
     pub store: Arc<dyn Store>,
-    inventory: ArcSwap<Loaded>,
+    inventory: Snapshot,
     last_failure: ArcSwap<Option<ReloadFailure>>,
     /// Serialises reloads so two SIGHUPs can't interleave their store transactions.
     reload_lock: tokio::sync::Mutex<()>,
@@ -88,23 +40,25 @@ pub struct App {
     pub started_at: Timestamp,
     /// Address book + lease commits, shared by DHCP and admin commands.
     pub ipam: Arc<crate::ipam::Ipam>,
+    /// Whether the store answers (degraded mode when not).
+    health: Arc<StoreHealth>,
     /// Group-written events for the busy HTTP/TFTP boot paths.
     pub events: crate::events::EventSink,
-    /// Rendered token-less iPXE scripts.
-    pub scripts: crate::boot::serve::ScriptCache,
+    /// Boot scripts for HTTP and TFTP (with their cache of token-less scripts).
+    pub scripts: Arc<crate::scripts::ScriptService>,
     /// The Ansible hand-off runner when `[handoff] enabled` (shared: its semaphore bounds
     /// concurrent runs daemon-wide).
     pub handoff: Option<Arc<crate::handoff::Runner>>,
     /// API bearer tokens (re-read on reload; a bad file keeps the previous set).
-    pub tokens: ArcSwap<crate::http::auth::Tokens>,
+    pub tokens: Arc<ArcSwap<crate::http::auth::Tokens>>,
     /// BMC credentials (re-read on reload; a bad file keeps the previous set).
-    pub secrets: ArcSwap<crate::secrets::Secrets>,
+    pub secrets: Arc<ArcSwap<crate::secrets::Secrets>>,
     /// BMC power control (Redfish, IPMI), bounded per gateway.
     pub power: Arc<dyn crate::bmc::PowerControl>,
     /// The peer gateway as the heartbeat sees it: our RFC 3074 share of the clients.
     pub peers: Arc<crate::ha::PeerWatch>,
     /// The shared store's heartbeat rows (PostgreSQL only).
-    heartbeats: Option<Arc<dyn crate::ha::Heartbeats>>,
+    heartbeats: Option<Arc<dyn Heartbeats>>,
 }
 
 /// The API tokens the config names (none configured → an empty set: no mutating API).
@@ -117,64 +71,16 @@ pub fn load_tokens(
     }
 }
 
-/// Loads the inventory named by the config and the boot assets, and checks them against
-/// the config and each other.
-pub fn load_inventory(config: &Config) -> Result<(Inventory, BootAssets), Invalid> {
-    let inv = load::load_dir(&config.inventory_dir);
-    let boot = crate::boot::load(&config.boot_images_dir);
-    let (inv, boot) = match (inv, boot) {
-        (Ok(i), Ok(b)) => (i, b),
-        (i, b) => {
-            let mut all = i.err().map(|Invalid(p)| p).unwrap_or_default();
-            all.extend(b.err().unwrap_or_default());
-            return Err(Invalid(all));
-        }
-    };
-    let mut problems = load::check_against_config(&inv, config);
-    // Every profile's image must be in the manifest.
-    for p in &inv.profiles {
-        if let Some(img) = &p.image
-            && boot.image(img).is_none()
-        {
-            problems.push(crate::inventory::Problem {
-                file: config.inventory_dir.clone(),
-                entry: format!("profile {:?}", p.name),
-                field: "image".into(),
-                reason: format!(
-                    "no image {img:?} in {}",
-                    config.boot_images_dir.join("images.toml").display()
-                ),
-            });
-        }
-    }
-    if problems.is_empty() {
-        Ok((inv, boot))
-    } else {
-        Err(Invalid(problems))
-    }
-}
-
 impl App {
     /// Opens the store, loads and reconciles the inventory. Fails (the daemon does not start)
     /// when the inventory is invalid at start: there is no last good one to fall back to.
     pub async fn start(config: Config) -> anyhow::Result<Arc<App>> {
         let (inventory, boot) = load_inventory(&config)
             .with_context(|| format!("inventory {}", config.inventory_dir.display()))?;
-        let health = Arc::new(crate::ha::StoreHealth::new());
+        let health = Arc::new(StoreHealth::new());
         let (store, heartbeats) = open_store(&config, &health).await?;
         let events = crate::events::EventSink::spawn_with(store.clone(), health.clone());
-        let hosts = inventory.hosts.len();
-        let started = NewEvent::new(EventKind::DaemonStarted, "daemon")
-            .detail(serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "hosts": hosts}));
-        if health.is_up() {
-            let report = reconcile_at_start(store.as_ref(), &inventory).await?;
-            store.append(&started).await?;
-            log_loaded(&store, "inventory", 1, hosts, &report).await?;
-        } else {
-            // Started without the store: the event waits in the queue; the inventory is
-            // reconciled by `recover` once the store answers.
-            events.record(started).await;
-        }
+        record_start(&store, &events, &health, &inventory).await?;
         let tokens = load_tokens(&config).context("API tokens")?;
         let secrets = config.load_secrets().context("BMC secrets")?;
         let ipam = crate::ipam::Ipam::start(
@@ -200,20 +106,29 @@ impl App {
         let power = Arc::new(crate::bmc::Bmcs::new(config.bmc.clone()));
         let peers = Arc::new(crate::ha::PeerWatch::new(config.ha.clone()));
         let degraded_at_start = !health.is_up();
+        let inventory = Snapshot::new(Loaded::new(inventory, boot, 1));
+        let scripts = Arc::new(crate::scripts::ScriptService {
+            inventory: inventory.clone(),
+            store: store.clone(),
+            events: events.clone(),
+            http_base: config.boot.http_base.clone(),
+            cache: Default::default(),
+        });
         let app = App {
             handoff,
             events,
-            scripts: Default::default(),
+            scripts,
             peers,
             heartbeats,
             ipam,
+            health,
             config,
             store,
-            inventory: ArcSwap::from_pointee(Loaded::new(inventory, boot, 1)),
+            inventory,
             last_failure: ArcSwap::from_pointee(None),
             reload_lock: tokio::sync::Mutex::new(()),
-            tokens: ArcSwap::from_pointee(tokens),
-            secrets: ArcSwap::from_pointee(secrets),
+            tokens: Arc::new(ArcSwap::from_pointee(tokens)),
+            secrets: Arc::new(ArcSwap::from_pointee(secrets)),
             power,
             metrics: crate::http::metrics_handle(),
             started_at: Timestamp::now(),
@@ -228,7 +143,7 @@ impl App {
 
     /// The inventory in force (a cheap snapshot; never blocks a reload).
     pub fn inventory(&self) -> Arc<Loaded> {
-        self.inventory.load_full()
+        self.inventory.load()
     }
 
     pub fn last_failure(&self) -> Option<ReloadFailure> {
@@ -293,7 +208,7 @@ impl App {
             tracing::error!(error = %e, "could not record inventory-loaded event");
         }
         self.inventory
-            .store(Arc::new(Loaded::new(inventory, boot, generation)));
+            .replace(Loaded::new(inventory, boot, generation));
         self.last_failure.store(Arc::new(None));
         metrics::counter!("bootgate_inventory_reloads_total", "result" => "ok").increment(1);
         self.update_inventory_metrics();
@@ -313,19 +228,19 @@ impl App {
         &self,
         ip: std::net::Ipv4Addr,
         actor: &str,
-    ) -> Result<crate::store::Lease, String> {
-        use crate::store::{Lease, LeaseState};
-        let lease = match self.store.get_lease(ip).await {
-            Ok(Some(l)) => l,
-            Ok(None) => return Err(format!("no lease on {ip}")),
-            Err(e) => return Err(format!("store: {e}")),
-        };
+    ) -> Result<Lease, ReleaseError> {
+        let lease = self
+            .store
+            .get_lease(ip)
+            .await?
+            .ok_or(ReleaseError::NoLease(ip))?;
         let now = Timestamp::now();
         if lease.state != LeaseState::Active || lease.ends <= now {
-            return Err(format!(
-                "the lease on {ip} ({}) is {}, not active",
-                lease.mac, lease.state
-            ));
+            return Err(ReleaseError::NotActive {
+                ip,
+                mac: lease.mac,
+                state: lease.state,
+            });
         }
         let client = crate::ipam::client_of(&lease);
         let previous = {
@@ -344,26 +259,65 @@ impl App {
         if let Some(h) = &released.host {
             ev = ev.host(h.clone());
         }
-        self.ipam
-            .commit(&released, client, previous, &ev)
-            .await
-            .map_err(|e| format!("store: {e}"))?;
+        self.ipam.commit(&released, client, previous, &ev).await?;
         Ok(released)
     }
 
-    /// The MAC holding `ip` right now (lease or offer) and its inventory host, to attribute
-    /// TFTP and HTTP fetches, which carry only the client's address.
-    pub fn who_has(
-        &self,
-        ip: std::net::Ipv4Addr,
-    ) -> Option<(crate::types::MacAddr, Option<String>)> {
-        let mac = self.ipam.book().claim(ip).map(|c| c.mac)?;
-        let loaded = self.inventory();
-        let host = loaded
-            .inventory
-            .host_by_boot_mac(&loaded.macs, mac)
-            .map(|h| h.name.clone());
-        Some((mac, host))
+    /// Who holds an address (for attributing TFTP and HTTP fetches).
+    fn whois(&self) -> Whois {
+        Whois {
+            ipam: self.ipam.clone(),
+            inventory: self.inventory.clone(),
+        }
+    }
+
+    /// What the DHCP server uses.
+    fn dhcp_context(&self) -> crate::dhcp::server::DhcpContext {
+        crate::dhcp::server::DhcpContext {
+            interfaces: self.config.interfaces.clone(),
+            settings: self.config.dhcp.clone(),
+            boot: self.config.boot.clone(),
+            inventory: self.inventory.clone(),
+            ipam: self.ipam.clone(),
+            events: self.events.clone(),
+            discovery: crate::discovery::DiscoverySink::spawn(self.store.clone()),
+            share: self.peers.clone(),
+        }
+    }
+
+    /// What the REST API, /healthz and /metrics use.
+    fn api_context(self: &Arc<Self>) -> crate::http::ApiContext {
+        crate::http::ApiContext {
+            store: self.store.clone(),
+            inventory: self.inventory.clone(),
+            events: self.events.clone(),
+            health: self.health.clone(),
+            power: self.power.clone(),
+            secrets: self.secrets.clone(),
+            access: crate::http::auth::Access {
+                tokens: self.tokens.clone(),
+                open_reads: self.config.http.open_reads,
+            },
+            ops: self.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// What the boot side of the HTTP listener uses.
+    fn boot_context(&self) -> crate::http::boot::BootContext {
+        crate::http::boot::BootContext {
+            images_dir: self.config.boot_images_dir.clone(),
+            image_cache: self.config.http.image_cache,
+            scripts: self.scripts.clone(),
+            store: self.store.clone(),
+            inventory: self.inventory.clone(),
+            events: self.events.clone(),
+            whois: self.whois(),
+            handoff: self.handoff.clone().map(|runner| crate::handoff::Handoff {
+                runner,
+                inventory: self.inventory.clone(),
+            }),
+        }
     }
 
     fn update_inventory_metrics(&self) {
@@ -374,13 +328,57 @@ impl App {
     }
 }
 
+#[async_trait]
+impl Operations for App {
+    async fn reload(&self, actor: &str) -> ReloadOutcome {
+        App::reload(self, actor).await
+    }
+    async fn release_lease(
+        &self,
+        ip: std::net::Ipv4Addr,
+        actor: &str,
+    ) -> Result<Lease, ReleaseError> {
+        App::release_lease(self, ip, actor).await
+    }
+    fn last_failure(&self) -> Option<ReloadFailure> {
+        App::last_failure(self)
+    }
+    fn deferred_lease_writes(&self) -> usize {
+        self.ipam.deferred_len()
+    }
+    fn started_at(&self) -> Timestamp {
+        self.started_at
+    }
+}
+
+/// Records the start, and reconciles the inventory into the store when it answers; a
+/// daemon started without its store queues the event, and `recover` reconciles later.
+async fn record_start(
+    store: &Arc<dyn Store>,
+    events: &crate::events::EventSink,
+    health: &StoreHealth,
+    inventory: &Inventory,
+) -> anyhow::Result<()> {
+    let hosts = inventory.hosts.len();
+    let started = NewEvent::new(EventKind::DaemonStarted, "daemon")
+        .detail(serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "hosts": hosts}));
+    if health.is_up() {
+        let report = reconcile_at_start(store.as_ref(), inventory).await?;
+        store.append(&started).await?;
+        log_loaded(store, "inventory", 1, hosts, &report).await?;
+    } else {
+        events.record(started).await;
+    }
+    Ok(())
+}
+
 /// Opens the configured store. A PostgreSQL server that cannot be reached does not stop
 /// the start: the store is opened lazily, `health` marked down, and the daemon serves
 /// degraded until the server answers (see [`recover`]).
 async fn open_store(
     config: &Config,
-    health: &crate::ha::StoreHealth,
-) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<dyn crate::ha::Heartbeats>>)> {
+    health: &StoreHealth,
+) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<dyn Heartbeats>>)> {
     use crate::store::postgres::PostgresStore;
     let store::StoreUrl::Postgres(raw) = &config.store else {
         let store = store::open_with(&config.store, &config.postgres.pg_options())
@@ -518,7 +516,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(app.config.http_listen)
         .await
         .with_context(|| format!("binding HTTP listener on {}", app.config.http_listen))?;
-    tracker.spawn(crate::http::run(app.clone(), listener, cancel.clone()));
+    tracker.spawn(crate::http::run(
+        Arc::new(app.api_context()),
+        Arc::new(app.boot_context()),
+        listener,
+        cancel.clone(),
+    ));
     let control = crate::control::bind(&app.config.control_socket).with_context(|| {
         format!(
             "binding control socket {}",
@@ -528,7 +531,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tracker.spawn(crate::control::run(app.clone(), control, cancel.clone()));
     if !app.config.interfaces.is_empty() {
         start_tftp(&app, &tracker, &cancel)?;
-        crate::dhcp::server::DhcpServer::new(app.clone(), app.ipam.clone())
+        crate::dhcp::server::DhcpServer::new(app.dhcp_context())
             .start(&tracker, &cancel)
             .context("starting DHCP")?;
     }
@@ -615,12 +618,13 @@ fn start_tftp(
             iface.address.addr(),
             crate::tftp::TFTP_PORT,
             cfg,
-            Some(Arc::new(crate::boot::serve::TftpScripts::new(app))),
+            Some(Arc::new(crate::scripts::TftpScripts(app.scripts.clone()))),
         )
         .with_context(|| format!("starting TFTP on {}", iface.name))?;
         tracker.spawn(server.run(cancel.clone()));
     }
-    let app = app.clone();
+    let whois = app.whois();
+    let events = app.events.clone();
     tracker.spawn(async move {
         while let Some(r) = rx.recv().await {
             let ip = *r.peer.ip();
@@ -634,13 +638,13 @@ fn start_tftp(
                     "blksize": r.blksize,
                     "windowsize": r.windowsize,
                 }));
-            if let Some((mac, host)) = app.who_has(ip) {
+            if let Some((mac, host)) = whois.who_has(ip) {
                 ev = ev.mac(mac);
                 if let Some(h) = host {
                     ev = ev.host(h);
                 }
             }
-            app.events.record(ev).await;
+            events.record(ev).await;
         }
     });
     Ok(())

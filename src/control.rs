@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{App, ReloadOutcome};
+use crate::ops::{Operations, ReloadOutcome};
 
 /// A request can't take longer than this (a reload of a large inventory included).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -75,7 +75,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn run(app: Arc<App>, listener: UnixListener, cancel: CancellationToken) {
+pub async fn run(app: Arc<dyn Operations>, listener: UnixListener, cancel: CancellationToken) {
     loop {
         let conn = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -99,7 +99,7 @@ pub async fn run(app: Arc<App>, listener: UnixListener, cancel: CancellationToke
     }
 }
 
-async fn handle(app: Arc<App>, stream: UnixStream) {
+async fn handle(app: Arc<dyn Operations>, stream: UnixStream) {
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
     let mut rd = BufReader::new(rd).take(MAX_LINE as u64);
@@ -118,7 +118,7 @@ async fn handle(app: Arc<App>, stream: UnixStream) {
                 Err(e) => ReleaseOutcome {
                     ok: false,
                     lease: None,
-                    error: Some(e),
+                    error: Some(e.to_string()),
                 },
             };
             serde_json::to_value(out)

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::ha::StoreHealth;
+use crate::model::StoreHealth;
 use crate::store::{EventKind, NewEvent, Store, StoreError};
 use crate::types::MacAddr;
 

@@ -1,6 +1,6 @@
 //! IP address assignment audit: pure functions over a snapshot (inventory, leases, events)
 //! that say how full each subnet is and what is wrong with its assignments, and the
-//! timeline of one address, MAC or host. `command.rs` is the CLI edge that reads the
+//! timeline of one address, MAC or host. `crate::cli::audit_cmd` is the CLI edge that reads the
 //! snapshot and prints; nothing here does I/O, so the same report can be served over HTTP.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -15,7 +15,6 @@ use crate::inventory::{Inventory, Subnet};
 use crate::store::{Event, EventKind, LastSeen, Lease, LeaseState};
 use crate::types::{MacAddr, text_enum};
 
-pub mod command;
 pub mod scan;
 pub mod source;
 

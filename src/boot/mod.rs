@@ -8,8 +8,6 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-pub mod serve;
-
 use crate::inventory::{Host, Inventory, Problem, Profile};
 use crate::types::{HostState, MacAddr};
 

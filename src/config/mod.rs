@@ -12,7 +12,10 @@ use ipnet::Ipv4Net;
 use crate::inventory::Invalid;
 use crate::store::StoreUrl;
 
+mod site;
 mod wire;
+
+pub use site::load_inventory;
 
 pub const DEFAULT_PATH: &str = "/etc/bootgate/bootgate.toml";
 

@@ -8,9 +8,11 @@ use std::net::Ipv4Addr;
 
 use serde::Serialize;
 
+pub use crate::pxe::PxeInfo;
 use crate::types::MacAddr;
 
 pub mod arp;
+pub mod balance;
 pub mod policy;
 pub mod probe;
 pub mod reply;
@@ -68,23 +70,6 @@ pub struct Arrival {
     pub peer: std::net::SocketAddrV4,
 }
 
-/// A client's PXE identity (RFC 4578 options 93/94/97, option 60 vendor class, option 77
-/// user class, iPXE's option 175).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct PxeInfo {
-    /// Option 93 client system architecture (first entry): 0 BIOS, 7/9 x86-64 UEFI,
-    /// 11 arm64 UEFI, 16 x86-64 UEFI HTTP, 19 arm64 UEFI HTTP.
-    pub arch: Option<u16>,
-    /// Option 60 starts with `PXEClient` (a firmware PXE client).
-    pub pxe_client: bool,
-    /// Option 60 starts with `HTTPClient` (UEFI HTTP boot).
-    pub http_client: bool,
-    /// Already running iPXE: option 77 user-class `iPXE` or option 175 present.
-    pub ipxe: bool,
-    /// Option 97 client machine identifier (SMBIOS UUID), lower-case hyphenated.
-    pub uuid: Option<String>,
-}
-
 /// A decoded client message: everything policy needs, typed, nothing it doesn't.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Request {
@@ -133,9 +118,7 @@ impl Request {
 }
 
 /// Lower-case hex of raw bytes (client ids, circuit ids that aren't printable).
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::types::hex;
 
 /// Printable ASCII as text, anything else as hex (how relays' circuit ids are stored).
 pub fn printable(bytes: &[u8]) -> String {

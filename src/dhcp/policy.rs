@@ -9,57 +9,15 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::Serialize;
 
+use super::balance::{self, Share};
 use super::{ClientMessage, Request};
-use crate::ha::{Lane, Share};
 use crate::inventory::Subnet;
-use crate::types::MacAddr;
+// The address-book seam `decide` reads; defined by IPAM, named here for the policy tests.
+pub use crate::ipam::{AddressBook, Binding, ClientKey, Holder};
 
-/// Who a client is for lease purposes: the NIC's MAC (chaddr).
-///
-/// RFC 2131 §4.2 lets a client name itself with option 61 instead, but one NIC on a PXE
-/// network presents several identities in one boot: the firmware's PXE client sends none,
-/// iPXE sends its own, the installed OS another. Keyed by option 61, each stage would be a
-/// new client, and a host with a reservation would find its own address "taken" by its
-/// previous stage (seen with OVMF PXE → iPXE). So, like Kea with `match-client-id: false`
-/// and MAAS, bootgate keys by MAC; option 61 is still stored with the lease and echoed
-/// (RFC 6842).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub enum ClientKey {
-    Mac(MacAddr),
-}
-
-impl ClientKey {
-    pub fn of(req: &Request) -> ClientKey {
-        ClientKey::Mac(req.mac)
-    }
-}
-
-/// Who stands in the way of giving an address to a client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Holder {
-    /// Another client holds a lease or an offer on it.
-    Client { mac: MacAddr },
-    /// A client declined it (RFC 2131 §4.3.3): quarantined until it expires.
-    Quarantined,
-}
-
-/// The address a client holds now (an unexpired lease or an offer hold).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Binding {
-    pub ip: Ipv4Addr,
-    /// An offer hold, not yet a lease.
-    pub offered: bool,
-}
-
-/// Read-only access to the address state (implemented by the IPAM service's in-memory book
-/// and by test fixtures).
-pub trait AddressBook {
-    /// The binding `client` holds in `subnet`, if any.
-    fn binding_of(&self, subnet: &Subnet, client: &ClientKey) -> Option<Binding>;
-    /// Who holds `ip` against `client` (None when it is free for them or theirs).
-    fn holder(&self, ip: Ipv4Addr, client: &ClientKey) -> Option<Holder>;
-    /// A free address of `subnet`'s dynamic ranges for `client`, from `lane` first.
-    fn next_free(&self, subnet: &Subnet, client: &ClientKey, lane: Lane) -> Option<Ipv4Addr>;
+/// The key a request's client is known by (see [`ClientKey`]: the MAC).
+pub fn client_key(req: &Request) -> ClientKey {
+    ClientKey::Mac(req.mac)
 }
 
 /// Everything `decide` may look at besides the request.
@@ -189,7 +147,7 @@ pub fn decide(req: &Request, view: &View) -> Decision {
     let Some(subnet) = view.subnet else {
         return Decision::Ignore(Silence::NoSubnet);
     };
-    let client = ClientKey::of(req);
+    let client = client_key(req);
     let known = view.host.is_some();
     // RFC 2131 §4.3.5: INFORM only asks for configuration; anyone on a served subnet may.
     if req.kind == ClientMessage::Inform {
@@ -260,10 +218,10 @@ fn discover(req: &Request, view: &View, subnet: &Subnet, client: &ClientKey) -> 
     // RFC 3074 §5: "the server ... MUST NOT respond" to a client whose hash bucket it is
     // not assigned. Only fresh allocations are split: a reservation or a binding is the
     // same address whichever gateway answers, so both do.
-    if !view.share.answers(crate::ha::bucket(
-        req.client_id.as_deref(),
-        &req.mac.octets(),
-    )) {
+    if !view
+        .share
+        .answers(balance::bucket(req.client_id.as_deref(), &req.mac.octets()))
+    {
         return Decision::Ignore(Silence::PeerBucket);
     }
     if let Some(ip) = req.requested_ip
@@ -403,6 +361,7 @@ mod tests {
     use crate::dhcp::{Arrival, PxeInfo};
     use crate::inventory::{IpRange, Purpose, Served};
     use crate::ipam::{Book, Claim, ClaimKind, Ipam};
+    use crate::types::MacAddr;
 
     const SERVER: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
     const MAC_A: MacAddr = MacAddr([0x52, 0x54, 0, 0xd7, 0x8e, 0x1d]);

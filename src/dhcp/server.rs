@@ -15,17 +15,20 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::balance::ShareSource;
 use super::policy::{self, AddressBook, ClientKey, Decision, View};
 use super::reply::{self, BootInfo, Destination, ReplyParams};
 use super::{Arrival, Request};
 use super::{arp, probe, request};
-use crate::app::App;
-use crate::config::Interface;
-use crate::inventory::{Inventory, Purpose, Served, Subnet};
-use crate::ipam::{Claim, Ipam};
+use crate::config::{BootSettings, DhcpSettings, Interface};
+use crate::discovery::{DiscoverySink, Sighting};
+use crate::events::EventSink;
+use crate::inventory::{Host, Inventory, Purpose, Served, Subnet};
+use crate::ipam::{Claim, ClaimKind, Committed, Ipam};
+use crate::model::{EventKind, Lease, LeaseState, NewEvent, RelayInfo, StoreError};
 use crate::pxe;
-use crate::store::{EventKind, HostRecord, HostSource, Lease, LeaseState, NewEvent, RelayInfo};
-use crate::types::{HostState, MacAddr};
+use crate::snapshot::Snapshot;
+use crate::types::MacAddr;
 
 pub const SERVER_PORT: u16 = 67;
 pub const CLIENT_PORT: u16 = 68;
@@ -53,7 +56,23 @@ pub enum DhcpError {
         source: std::io::Error,
     },
     #[error("store: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] StoreError),
+}
+
+/// What the DHCP server uses of the daemon (built by `app.rs`): its settings, the inventory
+/// in force, the lease seam (IPAM), and sinks for events and unknown MACs. It never holds
+/// the store itself.
+pub struct DhcpContext {
+    pub interfaces: Vec<Interface>,
+    pub settings: DhcpSettings,
+    /// The PXE boot files and the HTTP base iPXE chains to.
+    pub boot: BootSettings,
+    pub inventory: Snapshot,
+    pub ipam: Arc<Ipam>,
+    pub events: EventSink,
+    pub discovery: DiscoverySink,
+    /// Our RFC 3074 share of the clients while a peer gateway is alive.
+    pub share: Arc<dyn ShareSource>,
 }
 
 /// One served interface.
@@ -84,15 +103,27 @@ fn bind(iface: &Interface, port: u16) -> Result<UdpSocket, DhcpError> {
 
 /// The DHCP service: shared by every interface's receive loop.
 pub struct DhcpServer {
-    app: Arc<App>,
-    ipam: Arc<Ipam>,
+    ctx: DhcpContext,
     prober: probe::Prober,
     in_flight: Arc<Semaphore>,
     /// Per-MAC request counts in the current second (rate limit) and last discovery write.
     seen: Mutex<HashMap<MacAddr, Seen>>,
-    /// Unknown MACs for the discovery writer (bounded; overflow is dropped and counted).
-    sightings: tokio::sync::mpsc::Sender<Sighting>,
 }
+
+/// One request's facts, as every step of [`DhcpServer::serve`] needs them.
+struct Exchange<'a> {
+    req: &'a Request,
+    subnet: Option<&'a Subnet>,
+    host: Option<&'a Host>,
+    /// The host's reserved address on `subnet`.
+    reservation: Option<Ipv4Addr>,
+    client: ClientKey,
+    now: Timestamp,
+}
+
+/// What deciding under the book's lock produced: the decision and, for a committing one,
+/// the claim it replaced (to roll back to if the commit fails).
+type Claimed = (Decision, Option<Option<Claim>>);
 
 struct Seen {
     window: Instant,
@@ -101,19 +132,12 @@ struct Seen {
 }
 
 impl DhcpServer {
-    pub fn new(app: Arc<App>, ipam: Arc<Ipam>) -> Arc<DhcpServer> {
-        let permits = app.config.dhcp.max_in_flight;
-        let prober = probe::Prober::new(
-            app.config.dhcp.conflict_probe,
-            app.config.dhcp.probe_timeout,
-        );
-        let (sightings, rx) = tokio::sync::mpsc::channel(4 * MAX_SIGHTINGS);
-        tokio::spawn(record_sightings(ipam.store().clone(), rx));
+    pub fn new(ctx: DhcpContext) -> Arc<DhcpServer> {
+        let permits = ctx.settings.max_in_flight;
+        let prober = probe::Prober::new(ctx.settings.conflict_probe, ctx.settings.probe_timeout);
         Arc::new(DhcpServer {
-            sightings,
+            ctx,
             prober,
-            app,
-            ipam,
             in_flight: Arc::new(Semaphore::new(permits)),
             seen: Mutex::new(HashMap::new()),
         })
@@ -127,7 +151,7 @@ impl DhcpServer {
         cancel: &CancellationToken,
     ) -> Result<(), DhcpError> {
         let mut links = Vec::new();
-        for iface in &self.app.config.interfaces {
+        for iface in &self.ctx.interfaces {
             for port in [SERVER_PORT, policy::PXE_PORT] {
                 links.push(Arc::new(Link {
                     iface: iface.clone(),
@@ -155,7 +179,7 @@ impl DhcpServer {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .retain(|_, s| s.window.elapsed() < 2 * DISCOVERY_REFRESH);
-                match this.ipam.reclaim().await {
+                match this.ctx.ipam.reclaim().await {
                     Ok(n) if n > 0 => tracing::info!(expired = n, "reclaimed expired leases"),
                     Ok(_) => {}
                     Err(e) => tracing::error!(error = %e, "lease reclaim failed"),
@@ -255,181 +279,198 @@ impl DhcpServer {
     }
 
     async fn serve(&self, link: &Link, req: Request) {
-        let loaded = self.app.inventory();
+        let loaded = self.ctx.inventory.load();
         let inv = &loaded.inventory;
         let subnet = select_subnet(inv, &req);
         let found = subnet.and_then(|s| inv.reservation(&loaded.macs, req.mac, s));
-        let host = found.map(|(h, _)| h);
-        let client = ClientKey::of(&req);
-        let now = Timestamp::now();
-        let hold = self.app.config.dhcp.offer_hold;
-
-        // Decide and claim under one lock: no other request can slip in between. A dynamic
-        // address offered for the first time is probed first (RFC 2131 §4.4.1: "the server
-        // SHOULD probe the reused address before allocating the address"); one that
-        // answers is quarantined and the decision is taken again.
-        let mut probes = 0;
-        let mut store_checks = 0;
-        // Degraded (the store is unreachable): known hosts and leases already in the book
-        // are served; a fresh dynamic address is not offered (the other gateway could hand
-        // it out too, and no store can tell us).
-        let degraded = !self.ipam.health().is_up();
+        let x = Exchange {
+            req: &req,
+            subnet,
+            host: found.map(|(h, _)| h),
+            reservation: found.and_then(|(_, ip)| ip),
+            client: policy::client_key(&req),
+            now: Timestamp::now(),
+        };
         // Before deciding: a stranger is recorded even when it gets no answer (degraded, or
         // its RFC 3074 bucket is the peer's); the writer queues sightings while degraded.
-        if host.is_none() && subnet.is_some() {
+        if x.host.is_none() && subnet.is_some() {
             self.discovered(&req, inv);
         }
-        let (mut decision, previous) = loop {
-            let (decision, previous, probe) = {
-                let mut book = self.ipam.book();
-                book.set_now(now);
-                let reservation = found.and_then(|(_, ip)| ip);
-                let view = View {
-                    now,
-                    server_id: req.arrival.local_ip,
-                    subnet,
-                    host: host.map(|h| h.name.as_str()),
-                    reservation,
-                    book: &*book,
-                    share: self.app.peers.share(),
-                };
-                let decision = policy::decide(&req, &view);
-                let mut previous: Option<Option<Claim>> = None;
-                let mut probe = None;
-                match (&decision, subnet) {
-                    (Decision::Offer { ip, .. }, Some(s)) => {
-                        let binding = book.binding_of(s, &client).filter(|b| b.ip == *ip);
-                        let known = reservation == Some(*ip) || binding.is_some();
-                        if degraded && reservation != Some(*ip) && binding.is_none_or(|b| b.offered)
-                        {
-                            drop(book);
-                            metrics::counter!("bootgate_dhcp_dropped_total", "reason" => "store-unavailable")
-                                .increment(1);
-                            tracing::debug!(%ip, "degraded: dynamic allocation paused");
-                            return;
-                        }
-                        if !known {
-                            probe = Some(*ip);
-                        }
-                        Ipam::hold_offer(&mut book, s, *ip, client.clone(), req.mac, hold)
-                    }
-                    (
-                        Decision::Ack { ip, .. }
-                        | Decision::Release { ip }
-                        | Decision::Decline { ip },
-                        _,
-                    ) => {
-                        previous = Some(Ipam::begin_commit(&mut book, *ip, client.clone(), req.mac))
-                    }
-                    (Decision::Withdraw, _) => book.withdraw(&client),
-                    _ => {}
-                }
-                (decision, previous, probe)
-            };
+        let Some((decision, previous)) = self.decide_and_claim(&x).await else {
+            return;
+        };
+        // Effects: leases are committed durably before the ACK is sent.
+        let Some(decision) = self.commit(&x, inv, decision, previous).await else {
+            return;
+        };
+        self.answer(link, &x, inv, decision).await;
+    }
+
+    /// Decides and claims under one lock: no other request can slip in between. A dynamic
+    /// address offered for the first time is probed first (RFC 2131 §4.4.1: "the server
+    /// SHOULD probe the reused address before allocating the address"); one that answers
+    /// is quarantined and the decision is taken again. `None`: no answer at all.
+    async fn decide_and_claim(&self, x: &Exchange<'_>) -> Option<Claimed> {
+        let mut probes = 0;
+        let mut store_checks = 0;
+        loop {
+            let (decision, previous, probe) = self.claim_once(x)?;
             // A shared store may know better than our book (the other gateway's leases):
             // ask it before offering a fresh address, and decide again if it does.
-            if let (Some(ip), Some(s)) = (probe, subnet)
+            if let (Some(ip), Some(s)) = (probe, x.subnet)
                 && store_checks < MAX_STORE_CHECKS
             {
                 store_checks += 1;
-                match self.ipam.check_offer(s, ip, req.mac).await {
+                match self.ctx.ipam.check_offer(s, ip, x.req.mac).await {
                     Ok(false) => {}
                     Ok(true) => continue,
                     Err(e) => {
-                        self.ipam.book().withdraw(&client);
+                        self.ctx.ipam.book().withdraw(&x.client);
                         metrics::counter!("bootgate_dhcp_dropped_total", "reason" => "store-unavailable")
                             .increment(1);
                         tracing::warn!(error = %e, %ip, "cannot check the store before offering; no offer");
-                        return;
+                        return None;
                     }
                 }
             }
             let Some(ip) = probe.filter(|_| probes < MAX_PROBES) else {
-                break (decision, previous);
+                return Some((decision, previous));
             };
             probes += 1;
-            match self.prober.in_use(&req.arrival.iface, ip).await {
-                Ok(false) => break (decision, previous),
-                Ok(true) => self.conflict(ip, &client, req.mac, now).await,
+            match self.prober.in_use(&x.req.arrival.iface, ip).await {
+                Ok(false) => return Some((decision, previous)),
+                Ok(true) => self.conflict(ip, &x.client, x.req.mac, x.now).await,
                 Err(e) => {
                     tracing::debug!(error = %e, %ip, "conflict probe failed; offering anyway");
-                    break (decision, previous);
-                }
-            }
-        };
-
-        // Effects: leases are committed durably before the ACK is sent.
-        if let (Some(previous), Some(s)) = (previous, subnet)
-            && let Some(lease) = lease_for(
-                &req,
-                &decision,
-                s,
-                host.map(|h| h.name.clone()),
-                now,
-                &self.app.config.dhcp,
-            )
-        {
-            let mut event = lease_event(&req, &decision, &lease);
-            if let Some((rack, pos)) = lease
-                .relay
-                .circuit_id
-                .as_deref()
-                .and_then(|c| inv.locate(c, lease.relay.remote_id.as_deref()))
-                && let Some(obj) = event.detail.as_object_mut()
-            {
-                obj.insert("rack".into(), rack.name.clone().into());
-                obj.insert("position".into(), pos.into());
-            }
-            // Without the store, only what no other gateway can hand out may be ACKed on a
-            // promise to write it later: the host's reservation, a renewal of a lease the
-            // book already holds for this client, and giving an address back.
-            let reserved = found.and_then(|(_, ip)| ip) == Some(lease.ip);
-            let renewal = previous.as_ref().is_some_and(|c| {
-                c.client == client && c.kind == crate::ipam::ClaimKind::Lease && c.until > now
-            });
-            let may_defer = reserved
-                || renewal
-                || matches!(
-                    decision,
-                    Decision::Release { .. } | Decision::Decline { .. }
-                );
-            match self
-                .ipam
-                .commit_or_defer(&lease, client.clone(), previous, &event, may_defer)
-                .await
-            {
-                Ok(crate::ipam::Committed::Durable) => {}
-                Ok(crate::ipam::Committed::Deferred) => {
-                    metrics::counter!("bootgate_dhcp_deferred_total").increment(1);
-                    tracing::info!(ip = %lease.ip, "degraded: ACK with the lease write queued");
-                }
-                Err(crate::store::StoreError::Conflict { holder, .. }) => {
-                    tracing::warn!(ip = %lease.ip, %holder, "address taken meanwhile; NAK");
-                    if matches!(decision, Decision::Ack { .. }) {
-                        decision = Decision::Nak {
-                            reason: policy::NakReason::Taken,
-                        };
-                    } else {
-                        return;
-                    }
-                }
-                Err(e @ crate::store::StoreError::Unavailable { .. }) => {
-                    // Degraded and nothing that may wait: no ACK, the client retries.
-                    tracing::warn!(error = %e, ip = %lease.ip, "store unreachable; not answering");
-                    metrics::counter!("bootgate_dhcp_dropped_total", "reason" => "store-unavailable")
-                        .increment(1);
-                    return;
-                }
-                Err(e) => {
-                    // Not durable, so no ACK: the client retries.
-                    tracing::error!(error = %e, ip = %lease.ip, "lease commit failed; not answering");
-                    metrics::counter!("bootgate_dhcp_dropped_total", "reason" => "store-error")
-                        .increment(1);
-                    return;
+                    return Some((decision, previous));
                 }
             }
         }
+    }
 
+    /// One `decide` under the book's lock, with the claim it implies: an offer hold, the
+    /// start of a commit, or a withdrawal. Returns the address to probe for a fresh offer;
+    /// `None` when a degraded gateway must not offer.
+    fn claim_once(
+        &self,
+        x: &Exchange<'_>,
+    ) -> Option<(Decision, Option<Option<Claim>>, Option<Ipv4Addr>)> {
+        // Degraded (the store is unreachable): known hosts and leases already in the book
+        // are served; a fresh dynamic address is not offered (the other gateway could hand
+        // it out too, and no store can tell us).
+        let degraded = !self.ctx.ipam.health().is_up();
+        let mut book = self.ctx.ipam.book();
+        book.set_now(x.now);
+        let view = View {
+            now: x.now,
+            server_id: x.req.arrival.local_ip,
+            subnet: x.subnet,
+            host: x.host.map(|h| h.name.as_str()),
+            reservation: x.reservation,
+            book: &*book,
+            share: self.ctx.share.share(),
+        };
+        let decision = policy::decide(x.req, &view);
+        let mut previous: Option<Option<Claim>> = None;
+        let mut probe = None;
+        match (&decision, x.subnet) {
+            (Decision::Offer { ip, .. }, Some(s)) => {
+                let binding = book.binding_of(s, &x.client).filter(|b| b.ip == *ip);
+                let known = x.reservation == Some(*ip) || binding.is_some();
+                if degraded && x.reservation != Some(*ip) && binding.is_none_or(|b| b.offered) {
+                    drop(book);
+                    metrics::counter!("bootgate_dhcp_dropped_total", "reason" => "store-unavailable")
+                        .increment(1);
+                    tracing::debug!(%ip, "degraded: dynamic allocation paused");
+                    return None;
+                }
+                if !known {
+                    probe = Some(*ip);
+                }
+                let hold = self.ctx.settings.offer_hold;
+                Ipam::hold_offer(&mut book, s, *ip, x.client.clone(), x.req.mac, hold)
+            }
+            (Decision::Ack { ip, .. } | Decision::Release { ip } | Decision::Decline { ip }, _) => {
+                previous = Some(Ipam::begin_commit(
+                    &mut book,
+                    *ip,
+                    x.client.clone(),
+                    x.req.mac,
+                ))
+            }
+            (Decision::Withdraw, _) => book.withdraw(&x.client),
+            _ => {}
+        }
+        Some((decision, previous, probe))
+    }
+
+    /// Commits the lease a decision writes (durably, or queued where degraded mode allows)
+    /// before anything is sent. Returns the decision to answer with (an ACK whose address
+    /// was taken meanwhile becomes a NAK); `None`: no answer.
+    async fn commit(
+        &self,
+        x: &Exchange<'_>,
+        inv: &Inventory,
+        decision: Decision,
+        previous: Option<Option<Claim>>,
+    ) -> Option<Decision> {
+        let (Some(previous), Some(s)) = (previous, x.subnet) else {
+            return Some(decision);
+        };
+        let host = x.host.map(|h| h.name.clone());
+        let Some(lease) = lease_for(x.req, &decision, s, host, x.now, &self.ctx.settings) else {
+            return Some(decision);
+        };
+        let event = located(lease_event(x.req, &decision, &lease), &lease, inv);
+        // Without the store, only what no other gateway can hand out may be ACKed on a
+        // promise to write it later: the host's reservation, a renewal of a lease the book
+        // already holds for this client, and giving an address back.
+        let renewal = previous
+            .as_ref()
+            .is_some_and(|c| c.client == x.client && c.kind == ClaimKind::Lease && c.until > x.now);
+        let may_defer = x.reservation == Some(lease.ip)
+            || renewal
+            || matches!(
+                decision,
+                Decision::Release { .. } | Decision::Decline { .. }
+            );
+        let committed = self
+            .ctx
+            .ipam
+            .commit_or_defer(&lease, x.client.clone(), previous, &event, may_defer)
+            .await;
+        match committed {
+            Ok(Committed::Durable) => Some(decision),
+            Ok(Committed::Deferred) => {
+                metrics::counter!("bootgate_dhcp_deferred_total").increment(1);
+                tracing::info!(ip = %lease.ip, "degraded: ACK with the lease write queued");
+                Some(decision)
+            }
+            Err(StoreError::Conflict { holder, .. }) => {
+                tracing::warn!(ip = %lease.ip, %holder, "address taken meanwhile; NAK");
+                matches!(decision, Decision::Ack { .. }).then_some(Decision::Nak {
+                    reason: policy::NakReason::Taken,
+                })
+            }
+            Err(e @ StoreError::Unavailable { .. }) => {
+                // Degraded and nothing that may wait: no ACK, the client retries.
+                tracing::warn!(error = %e, ip = %lease.ip, "store unreachable; not answering");
+                metrics::counter!("bootgate_dhcp_dropped_total", "reason" => "store-unavailable")
+                    .increment(1);
+                None
+            }
+            Err(e) => {
+                // Not durable, so no ACK: the client retries.
+                tracing::error!(error = %e, ip = %lease.ip, "lease commit failed; not answering");
+                metrics::counter!("bootgate_dhcp_dropped_total", "reason" => "store-error")
+                    .increment(1);
+                None
+            }
+        }
+    }
+
+    /// Counts and records what the decision says, builds the reply and sends it.
+    async fn answer(&self, link: &Link, x: &Exchange<'_>, inv: &Inventory, decision: Decision) {
         match &decision {
             Decision::Ignore(why) => {
                 metrics::counter!("bootgate_dhcp_dropped_total", "reason" => why.as_str())
@@ -437,36 +478,18 @@ impl DhcpServer {
                 tracing::debug!(reason = why.as_str(), "no answer");
                 return;
             }
-            Decision::Nak { reason } => {
-                metrics::counter!("bootgate_dhcp_naks_total", "reason" => reason.as_str())
-                    .increment(1);
-                tracing::info!(reason = reason.as_str(), requested = ?req.requested_ip.or(Some(req.ciaddr)), "DHCPNAK");
-                let mut ev = NewEvent::new(EventKind::DhcpNak, "dhcp")
-                    .mac(req.mac)
-                    .detail(
-                        serde_json::json!({"reason": reason.as_str(), "iface": req.arrival.iface}),
-                    );
-                if let Some(ip) = req
-                    .requested_ip
-                    .or((!req.ciaddr.is_unspecified()).then_some(req.ciaddr))
-                {
-                    ev = ev.ip(ip);
-                }
-                if let Some(h) = host {
-                    ev = ev.host(h.name.clone());
-                }
-                self.app.events.record(ev).await;
-            }
+            Decision::Nak { reason } => self.record_nak(x, *reason).await,
             _ => {}
         }
-
-        let boot = subnet.and_then(|_| self.boot_info(&req, host.and_then(|h| inv.boot_file(h))));
+        let boot = x
+            .subnet
+            .and_then(|_| self.boot_info(x.req, x.host.and_then(|h| inv.boot_file(h))));
         let params = ReplyParams {
-            server_id: req.arrival.local_ip,
-            subnet,
+            server_id: x.req.arrival.local_ip,
+            subnet: x.subnet,
             boot: boot.as_ref(),
         };
-        let Some(msg) = reply::build(&req, &decision, &params) else {
+        let Some(msg) = reply::build(x.req, &decision, &params) else {
             return;
         };
         let bytes = match reply::encode(&msg) {
@@ -476,23 +499,7 @@ impl DhcpServer {
                 return;
             }
         };
-        let dest = match reply::destination(&req, &msg) {
-            Destination::Relay(a) | Destination::Unicast(a) => a,
-            Destination::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT),
-            // RFC 2131 §4.1: unicast "to the client's hardware address and 'yiaddr'
-            // address". The client can't answer ARP yet, so we put its entry in the
-            // neighbour table first (as dnsmasq does); if that fails, "the message MAY be
-            // sent as an IP broadcast".
-            Destination::UnicastHw { ip, mac } => {
-                match arp::set_arp_entry(&link.iface.name, ip, mac) {
-                    Ok(()) => SocketAddrV4::new(ip, CLIENT_PORT),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "no ARP entry; broadcasting instead");
-                        SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
-                    }
-                }
-            }
-        };
+        let dest = reply_address(link, reply::destination(x.req, &msg));
         match link.socket.send_to(&bytes, dest).await {
             Ok(_) => {
                 let kind = reply_kind(&decision);
@@ -503,16 +510,35 @@ impl DhcpServer {
         }
     }
 
+    async fn record_nak(&self, x: &Exchange<'_>, reason: policy::NakReason) {
+        let req = x.req;
+        metrics::counter!("bootgate_dhcp_naks_total", "reason" => reason.as_str()).increment(1);
+        tracing::info!(reason = reason.as_str(), requested = ?req.requested_ip.or(Some(req.ciaddr)), "DHCPNAK");
+        let mut ev = NewEvent::new(EventKind::DhcpNak, "dhcp")
+            .mac(req.mac)
+            .detail(serde_json::json!({"reason": reason.as_str(), "iface": req.arrival.iface}));
+        if let Some(ip) = req
+            .requested_ip
+            .or((!req.ciaddr.is_unspecified()).then_some(req.ciaddr))
+        {
+            ev = ev.ip(ip);
+        }
+        if let Some(h) = x.host {
+            ev = ev.host(h.name.clone());
+        }
+        self.ctx.events.record(ev).await;
+    }
+
     /// Someone answers on `ip` although nobody holds it: keep it out of the pool for the
     /// quarantine time and say so.
     async fn conflict(&self, ip: Ipv4Addr, client: &ClientKey, mac: MacAddr, now: Timestamp) {
-        let quarantine = self.app.config.dhcp.decline_quarantine;
-        self.ipam.book().put(
+        let quarantine = self.ctx.settings.decline_quarantine;
+        self.ctx.ipam.book().put(
             ip,
             Claim {
                 client: client.clone(),
                 mac,
-                kind: crate::ipam::ClaimKind::Quarantine,
+                kind: ClaimKind::Quarantine,
                 until: now + quarantine,
             },
         );
@@ -525,12 +551,12 @@ impl DhcpServer {
                 "quarantined_for_s": quarantine.as_secs(),
                 "while_offering_to": mac,
             }));
-        self.app.events.record(ev).await;
+        self.ctx.events.record(ev).await;
     }
 
     /// PXE boot information for a network-boot client.
     fn boot_info(&self, req: &Request, override_file: Option<&str>) -> Option<BootInfo> {
-        let boot = &self.app.config.boot;
+        let boot = &self.ctx.boot;
         let ctx = pxe::BootContext {
             server: req.arrival.local_ip,
             http_base: &boot.http_base,
@@ -548,7 +574,7 @@ impl DhcpServer {
     }
 
     /// Notes an unknown MAC for the discovery writer (at most once a minute per MAC). Never
-    /// waits: the DHCP path must not pay for the store write (see [`record_sightings`]).
+    /// waits: the DHCP path must not pay for the store write (see `crate::discovery`).
     fn discovered(&self, req: &Request, inv: &Inventory) {
         {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -587,130 +613,8 @@ impl DhcpServer {
             }),
             at: now,
         };
-        if self.sightings.try_send(sighting).is_err() {
-            metrics::counter!("bootgate_events_dropped_total", "kind" => "host-discovered")
-                .increment(1);
-        }
+        self.ctx.discovery.offer(sighting);
     }
-}
-
-/// An unknown MAC seen on the wire, waiting to be written as a discovered host.
-struct Sighting {
-    mac: MacAddr,
-    rack: Option<String>,
-    spec: serde_json::Value,
-    at: Timestamp,
-}
-
-/// Most sightings written in one store transaction.
-const MAX_SIGHTINGS: usize = 256;
-/// How long the discovery writer lets sightings gather after the first one: a burst of
-/// new MACs (a rack powering on) then costs one transaction, not one each.
-const SIGHTING_LINGER: Duration = Duration::from_millis(250);
-
-/// Sightings kept while the store is unreachable (one per MAC, the newest); beyond, new
-/// MACs are dropped and counted in `bootgate_events_dropped_total{kind="host-discovered"}`.
-const MAX_PENDING_SIGHTINGS: usize = 10_000;
-
-/// How often pending sightings are retried while the store is down.
-const SIGHTING_RETRY: Duration = Duration::from_secs(1);
-
-/// The discovered-host record a sighting stands for.
-fn sighting_record(s: Sighting) -> HostRecord {
-    HostRecord {
-        name: discovered_name(s.mac),
-        state: HostState::Discovered,
-        source: HostSource::Discovered,
-        macs: vec![s.mac],
-        ip: None,
-        rack: s.rack,
-        role: None,
-        spec: s.spec,
-        created: s.at,
-        updated: s.at,
-    }
-}
-
-/// The discovery writer: records queued sightings as `discovered` hosts (or refreshes
-/// their last-seen) in one transaction per batch, off the DHCP path. Both gateways see
-/// every unknown MAC; the store's `record_discovered` makes that harmless. While the store
-/// is unreachable the sightings wait here (bounded, one per MAC) and are written when it
-/// answers again.
-async fn record_sightings(
-    store: Arc<dyn crate::store::Store>,
-    mut rx: tokio::sync::mpsc::Receiver<Sighting>,
-) {
-    use crate::store::{Sighted, StoreError};
-    let mut pending: Vec<HostRecord> = Vec::new();
-    let mut incoming = Vec::with_capacity(MAX_SIGHTINGS);
-    loop {
-        if pending.is_empty() {
-            if rx.recv_many(&mut incoming, MAX_SIGHTINGS).await == 0 {
-                return;
-            }
-            // Let a burst (a rack powering on) gather: one transaction, not one each.
-            if incoming.len() < MAX_SIGHTINGS {
-                tokio::time::sleep(SIGHTING_LINGER).await;
-                while incoming.len() < MAX_SIGHTINGS
-                    && let Ok(s) = rx.try_recv()
-                {
-                    incoming.push(s);
-                }
-            }
-        } else {
-            tokio::select! {
-                n = rx.recv_many(&mut incoming, MAX_SIGHTINGS) => if n == 0 { return },
-                _ = tokio::time::sleep(SIGHTING_RETRY) => {}
-            }
-        }
-        for s in incoming.drain(..) {
-            let record = sighting_record(s);
-            // One record per MAC: a later sighting replaces the earlier one.
-            if let Some(old) = pending.iter_mut().find(|h| h.name == record.name) {
-                let first = old.created;
-                *old = HostRecord {
-                    created: first,
-                    ..record
-                };
-            } else if pending.len() < MAX_PENDING_SIGHTINGS {
-                pending.push(record);
-            } else {
-                metrics::counter!("bootgate_events_dropped_total", "kind" => "host-discovered")
-                    .increment(1);
-            }
-        }
-        metrics::gauge!("bootgate_sightings_pending").set(pending.len() as f64);
-        while !pending.is_empty() {
-            let n = pending.len().min(MAX_SIGHTINGS);
-            match store.record_discovered(&pending[..n], "dhcp").await {
-                Ok(results) => {
-                    for (h, r) in pending.drain(..n).zip(results) {
-                        if r == Sighted::Added {
-                            tracing::info!(host = %h.name, "discovered an unknown MAC");
-                        }
-                    }
-                }
-                Err(StoreError::Unavailable { .. }) => {
-                    tracing::debug!(pending = pending.len(), "store unreachable: sightings wait");
-                    break;
-                }
-                Err(e) => {
-                    // Not the store being down: these records will not get better by
-                    // waiting (a MAC declared in the inventory meanwhile): drop them.
-                    tracing::warn!(error = %e, "recording discovered hosts failed");
-                    metrics::counter!("bootgate_events_dropped_total", "kind" => "host-discovered")
-                        .increment(n as u64);
-                    pending.drain(..n);
-                }
-            }
-        }
-        metrics::gauge!("bootgate_sightings_pending").set(pending.len() as f64);
-    }
-}
-
-/// The name a discovered MAC gets in the host list.
-pub fn discovered_name(mac: MacAddr) -> String {
-    format!("discovered-{}", super::hex(&mac.octets()))
 }
 
 /// The subnet a request belongs to: RFC 3527 link selection, else giaddr (RFC 2131 §4.3.1:
@@ -745,7 +649,7 @@ fn lease_for(
     subnet: &Subnet,
     host: Option<String>,
     now: Timestamp,
-    settings: &crate::config::DhcpSettings,
+    settings: &DhcpSettings,
 ) -> Option<Lease> {
     let (ip, state, ends) = match decision {
         Decision::Ack { ip, lease_time, .. } => (*ip, LeaseState::Active, now + *lease_time),
@@ -797,6 +701,39 @@ fn lease_event(req: &Request, decision: &Decision, lease: &Lease) -> NewEvent {
         ev = ev.host(h.clone());
     }
     ev
+}
+
+/// The event of a committed lease, with the rack position its relay's option 82 names.
+fn located(mut event: NewEvent, lease: &Lease, inv: &Inventory) -> NewEvent {
+    if let Some((rack, pos)) = lease
+        .relay
+        .circuit_id
+        .as_deref()
+        .and_then(|c| inv.locate(c, lease.relay.remote_id.as_deref()))
+        && let Some(obj) = event.detail.as_object_mut()
+    {
+        obj.insert("rack".into(), rack.name.clone().into());
+        obj.insert("position".into(), pos.into());
+    }
+    event
+}
+
+/// Where a reply goes, as a socket address on `link`.
+fn reply_address(link: &Link, dest: Destination) -> SocketAddrV4 {
+    match dest {
+        Destination::Relay(a) | Destination::Unicast(a) => a,
+        Destination::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT),
+        // RFC 2131 §4.1: unicast "to the client's hardware address and 'yiaddr' address".
+        // The client can't answer ARP yet, so we put its entry in the neighbour table first
+        // (as dnsmasq does); if that fails, "the message MAY be sent as an IP broadcast".
+        Destination::UnicastHw { ip, mac } => match arp::set_arp_entry(&link.iface.name, ip, mac) {
+            Ok(()) => SocketAddrV4::new(ip, CLIENT_PORT),
+            Err(e) => {
+                tracing::debug!(error = %e, "no ARP entry; broadcasting instead");
+                SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
+            }
+        },
+    }
 }
 
 fn reply_kind(d: &Decision) -> &'static str {

@@ -68,28 +68,35 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> HandoffError
     }
 }
 
-/// The daemon's hook: a host just phoned home `installed` (now `provisioned`). Starts a
-/// hand-off in the background when `[handoff] enabled`; the run waits for a slot of the
-/// runner's semaphore and never holds a store transaction or lock while Ansible runs.
-pub fn on_provisioned(app: &Arc<crate::app::App>, host: &str) {
-    let Some(runner) = app.handoff.clone() else {
-        return;
-    };
-    let app = app.clone();
-    let host = host.to_string();
-    let tracked = runner.clone();
-    tracked.spawn(async move {
-        let loaded = app.inventory();
-        match runner
-            .run(&loaded.inventory, &host, Mode::Apply, "handoff")
-            .await
-        {
-            Ok(report) => {
-                tracing::info!(host, ok = report.ok(), log = %report.log.display(), "hand-off finished")
+/// The daemon's hook into the runner: the runner and the inventory in force (built by
+/// `app.rs` when `[handoff] enabled`).
+#[derive(Clone)]
+pub struct Handoff {
+    pub runner: Arc<Runner>,
+    pub inventory: crate::snapshot::Snapshot,
+}
+
+impl Handoff {
+    /// A host just phoned home `installed` (now `provisioned`): starts its hand-off in the
+    /// background; the run waits for a slot of the runner's semaphore and never holds a
+    /// store transaction or lock while Ansible runs.
+    pub fn on_provisioned(&self, host: &str) {
+        let runner = self.runner.clone();
+        let inventory = self.inventory.clone();
+        let host = host.to_string();
+        self.runner.spawn(async move {
+            let loaded = inventory.load();
+            match runner
+                .run(&loaded.inventory, &host, Mode::Apply, "handoff")
+                .await
+            {
+                Ok(report) => {
+                    tracing::info!(host, ok = report.ok(), log = %report.log.display(), "hand-off finished")
+                }
+                Err(e) => tracing::error!(host, error = %e, "hand-off refused"),
             }
-            Err(e) => tracing::error!(host, error = %e, "hand-off refused"),
-        }
-    });
+        });
+    }
 }
 
 /// At daemon start: a host left `configuring` had its run cut short by the previous

@@ -23,7 +23,6 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::app::App;
 use crate::types::text_enum;
 
 text_enum!(
@@ -271,13 +270,22 @@ pub fn authorize(
     }
 }
 
-async fn guard(app: &App, needed: Scope, mut req: Request, next: Next) -> Response {
+/// What the API's guards check a request against (built by `app.rs`; the tokens are
+/// swapped on reload).
+#[derive(Clone)]
+pub struct Access {
+    pub tokens: Arc<arc_swap::ArcSwap<Tokens>>,
+    /// `[http] open_reads`: read endpoints without a token.
+    pub open_reads: bool,
+}
+
+async fn guard(access: &Access, needed: Scope, mut req: Request, next: Next) -> Response {
     let header = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let tokens = app.tokens.load();
-    match authorize(&tokens, header, needed, app.config.http.open_reads) {
+    let tokens = access.tokens.load();
+    match authorize(&tokens, header, needed, access.open_reads) {
         Ok(caller) => {
             if let Some(c) = caller {
                 req.extensions_mut().insert(c);
@@ -297,13 +305,13 @@ async fn guard(app: &App, needed: Scope, mut req: Request, next: Next) -> Respon
 }
 
 /// Middleware for read endpoints.
-pub async fn require_read(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    guard(&app, Scope::Read, req, next).await
+pub async fn require_read(State(access): State<Access>, req: Request, next: Next) -> Response {
+    guard(&access, Scope::Read, req, next).await
 }
 
 /// Middleware for mutating endpoints.
-pub async fn require_admin(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    guard(&app, Scope::Admin, req, next).await
+pub async fn require_admin(State(access): State<Access>, req: Request, next: Next) -> Response {
+    guard(&access, Scope::Admin, req, next).await
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! phone-home endpoint a booted host reports to with its per-boot token.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
@@ -15,25 +16,41 @@ use serde::{Deserialize, Serialize};
 
 use super::ApiError;
 use super::image_cache::ImageCache;
-use crate::app::App;
-use crate::boot;
-use crate::store::{BootPurpose, EventKind, NewEvent, TokenCheck, TokenUse};
+use crate::events::EventSink;
+use crate::handoff::Handoff;
+use crate::model::{BootPurpose, EventKind, NewEvent, Store, TokenCheck, TokenUse};
+use crate::scripts::{ScriptService, ServeError, Via};
+use crate::snapshot::{Snapshot, Whois};
 use crate::types::{HostState, MacAddr};
 
-pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
+/// What the boot side of the HTTP listener uses (built by `app.rs`).
+pub struct BootContext {
+    /// `boot-images/`, served under `/images/`.
+    pub images_dir: PathBuf,
+    /// `[http] image_cache` in bytes (0: no RAM cache).
+    pub image_cache: u64,
+    pub scripts: Arc<ScriptService>,
+    /// Boot tokens and host moves of the phone-home; hosts by UUID.
+    pub store: Arc<dyn Store>,
+    pub inventory: Snapshot,
+    pub events: EventSink,
+    /// Attributes image fetches to the MAC holding the client's address.
+    pub whois: Whois,
+    /// The Ansible hand-off started when a host reports `installed` (`[handoff] enabled`).
+    pub handoff: Option<Handoff>,
+}
+
+pub fn routes(app: Arc<BootContext>) -> Router {
     // 1 MiB reads: each chunk is one trip through tokio's blocking pool, so fewer, larger
     // reads cut the per-GB CPU (64 KiB default → 256 KiB took a 256 MiB image from 0.49× to
     // 0.73× nginx; see docs/boot-perf.md for 1 MiB). At most one chunk per response is in
     // memory.
-    let images = tower_http::services::ServeDir::new(&app.config.boot_images_dir)
+    let images = tower_http::services::ServeDir::new(&app.images_dir)
         .append_index_html_on_directories(false)
         .with_buf_chunk_size(1024 * 1024);
     let files = Files {
-        cache: Arc::new(ImageCache::new(
-            &app.config.boot_images_dir,
-            app.config.http.image_cache,
-        )),
-        app,
+        cache: Arc::new(ImageCache::new(&app.images_dir, app.image_cache)),
+        app: app.clone(),
     };
     Router::new()
         .route("/ipxe/mac/{mac}", get(script_by_mac))
@@ -45,12 +62,13 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
                 .layer(axum::middleware::from_fn_with_state(files, record_file))
                 .service(images),
         )
+        .with_state(app)
 }
 
 /// What the `/images/` middleware needs: the app (events, leases) and the RAM cache.
 #[derive(Clone)]
 struct Files {
-    app: Arc<App>,
+    app: Arc<BootContext>,
     cache: Arc<ImageCache>,
 }
 
@@ -91,7 +109,7 @@ async fn record_file(
         );
         if let Some(ip) = ip {
             ev = ev.ip(ip);
-            if let Some((mac, host)) = app.who_has(ip) {
+            if let Some((mac, host)) = app.whois.who_has(ip) {
                 ev = ev.mac(mac);
                 if let Some(h) = host {
                     ev = ev.host(h);
@@ -115,7 +133,7 @@ fn script(text: String) -> Response {
 }
 
 async fn script_by_mac(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<BootContext>>,
     Path(mac): Path<String>,
 ) -> Result<Response, ApiError> {
     let mac: MacAddr = mac
@@ -125,7 +143,7 @@ async fn script_by_mac(
 }
 
 async fn script_by_uuid(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<BootContext>>,
     Path(uuid): Path<String>,
 ) -> Result<Response, ApiError> {
     let uuid = uuid.to_ascii_lowercase();
@@ -168,11 +186,11 @@ fn swap_uuid(u: &str) -> Option<String> {
     ))
 }
 
-/// The script for `mac` (see [`boot::serve::serve_script`]), as an HTTP response.
-async fn serve_script(app: &App, mac: MacAddr) -> Result<Response, ApiError> {
-    match boot::serve::serve_script(app, mac, boot::serve::Via::Http).await {
+/// The script for `mac` (see [`ScriptService::serve`]), as an HTTP response.
+async fn serve_script(app: &BootContext, mac: MacAddr) -> Result<Response, ApiError> {
+    match app.scripts.serve(mac, Via::Http).await {
         Ok(served) => Ok(script(served.text)),
-        Err(boot::serve::ServeError::Store(e)) => Err(e.into()),
+        Err(ServeError::Store(e)) => Err(e.into()),
         Err(e) => Err(ApiError::Internal(e.to_string())),
     }
 }
@@ -202,7 +220,7 @@ pub struct PhoneHome {
 }
 
 async fn phone_home(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<BootContext>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(mac): Path<String>,
     headers: HeaderMap,
@@ -219,68 +237,93 @@ async fn phone_home(
             .and_then(|v| v.to_str().ok())
             .map(String::from)
     });
-    let loaded = app.inventory();
-    let host = loaded
-        .inventory
-        .host_by_boot_mac(&loaded.macs, mac)
-        .map(|h| h.name.clone());
+    let host = app.inventory.load().host_of(mac);
+    let check = check_token(&app, mac, host.as_deref(), offered.as_deref(), report.event).await?;
+    let (host, purpose) = match (host, check) {
+        (Some(host), Ok(purpose)) => (host, purpose),
+        (host, Err(reason)) => return Ok(refuse(&app, mac, host, peer, &report, reason).await),
+        (None, Ok(_)) => return Err(ApiError::Internal("host vanished".into())),
+    };
+    let to = accept(&app, mac, &host, peer, &report, purpose).await?;
+    metrics::counter!("bootgate_phone_home_total", "result" => "ok").increment(1);
+    tracing::info!(%mac, host, event = ?report.event, state = %to, "phone-home");
+    Ok(axum::Json(serde_json::json!({"host": host, "state": to})).into_response())
+}
+
+/// Checks the offered token against the store: the purpose of the boot it belongs to, or
+/// why the report is refused.
+async fn check_token(
+    app: &BootContext,
+    mac: MacAddr,
+    host: Option<&str>,
+    offered: Option<&str>,
+    event: PhoneHomeEvent,
+) -> Result<Result<BootPurpose, &'static str>, ApiError> {
     // A `booted` report keeps the token (the same boot reports again); `installed` and
     // `failed` end the boot, so the token is used up and replays are refused.
-    let use_ = match report.event {
+    let use_ = match event {
         PhoneHomeEvent::Booted => TokenUse::Keep,
         PhoneHomeEvent::Installed | PhoneHomeEvent::Failed => TokenUse::Consume,
     };
-    let check = match (&host, &offered) {
-        (Some(_), Some(token)) => Some(
-            app.store
-                .check_boot_token(mac, token, jiff::Timestamp::now(), use_)
-                .await?,
-        ),
-        _ => None,
+    let (Some(host), Some(token)) = (host, offered) else {
+        return Ok(Err(if host.is_none() {
+            "not an inventory host"
+        } else {
+            "missing token"
+        }));
     };
-    let mut purpose = BootPurpose::Install;
-    let refusal = match (&host, &offered, &check) {
-        (None, _, _) => Some("not an inventory host"),
-        (_, None, _) => Some("missing token"),
-        (_, _, Some(TokenCheck::NoBoot)) | (_, _, None) => Some("no boot in progress for this MAC"),
-        (_, _, Some(TokenCheck::Wrong)) => Some("wrong token"),
-        (_, _, Some(TokenCheck::Expired { .. })) => Some("token expired"),
-        (
-            Some(h),
-            _,
-            Some(TokenCheck::Accepted {
-                host: issued_to, ..
-            }),
-        ) if issued_to != h => Some("token was issued to another host"),
-        (_, _, Some(TokenCheck::Accepted { purpose: p, .. })) => {
-            purpose = *p;
-            None
-        }
-    };
-    if let Some(reason) = refusal {
-        let mut ev = NewEvent::new(EventKind::PhoneHomeRefused, "http")
-            .mac(mac)
-            .detail(
-                serde_json::json!({"reason": reason, "peer": peer.ip(), "event": report.event}),
-            );
-        if let Some(h) = &host {
-            ev = ev.host(h.clone());
-        }
-        // Through the sink and flushed: in order after this boot's script/file events, and
-        // stored before the answer.
-        app.events.record(ev).await;
-        app.events.flush().await;
-        tracing::warn!(%mac, %peer, reason, "phone-home refused");
-        metrics::counter!("bootgate_phone_home_total", "result" => "refused").increment(1);
-        return Ok((
-            StatusCode::FORBIDDEN,
-            axum::Json(serde_json::json!({"error": format!("phone-home refused: {reason}")})),
-        )
-            .into_response());
+    let check = app
+        .store
+        .check_boot_token(mac, token, jiff::Timestamp::now(), use_)
+        .await?;
+    Ok(match check {
+        TokenCheck::NoBoot => Err("no boot in progress for this MAC"),
+        TokenCheck::Wrong => Err("wrong token"),
+        TokenCheck::Expired { .. } => Err("token expired"),
+        TokenCheck::Accepted {
+            host: issued_to, ..
+        } if issued_to != host => Err("token was issued to another host"),
+        TokenCheck::Accepted { purpose, .. } => Ok(purpose),
+    })
+}
+
+/// Records a refused report (through the sink and flushed: in order after this boot's
+/// script/file events, and stored before the answer) and answers 403.
+async fn refuse(
+    app: &BootContext,
+    mac: MacAddr,
+    host: Option<String>,
+    peer: SocketAddr,
+    report: &PhoneHome,
+    reason: &'static str,
+) -> Response {
+    let mut ev = NewEvent::new(EventKind::PhoneHomeRefused, "http")
+        .mac(mac)
+        .detail(serde_json::json!({"reason": reason, "peer": peer.ip(), "event": report.event}));
+    if let Some(h) = host {
+        ev = ev.host(h);
     }
-    let Some(host) = host else {
-        return Err(ApiError::Internal("host vanished".into()));
-    };
+    app.events.record(ev).await;
+    app.events.flush().await;
+    tracing::warn!(%mac, %peer, reason, "phone-home refused");
+    metrics::counter!("bootgate_phone_home_total", "result" => "refused").increment(1);
+    (
+        StatusCode::FORBIDDEN,
+        axum::Json(serde_json::json!({"error": format!("phone-home refused: {reason}")})),
+    )
+        .into_response()
+}
+
+/// Records an accepted report, moves the host and, once it is `provisioned`, starts the
+/// hand-off. Returns the state the host is in now.
+async fn accept(
+    app: &BootContext,
+    mac: MacAddr,
+    host: &str,
+    peer: SocketAddr,
+    report: &PhoneHome,
+    purpose: BootPurpose,
+) -> Result<HostState, ApiError> {
     let target = match report.event {
         PhoneHomeEvent::Booted => HostState::Provisioning,
         PhoneHomeEvent::Installed => HostState::Provisioned,
@@ -292,7 +335,7 @@ async fn phone_home(
     });
     let mut ev = NewEvent::new(EventKind::PhoneHome, "http")
         .mac(mac)
-        .host(host.clone())
+        .host(host)
         .detail(serde_json::json!({
             "event": report.event,
             "ssh_host_keys": report.ssh_host_keys,
@@ -307,7 +350,7 @@ async fn phone_home(
     app.events.flush().await;
     let current = app
         .store
-        .get_host(&host)
+        .get_host(host)
         .await?
         .map_or(HostState::Unknown, |h| h.state);
     // A rescue boot reports what it does, but the host stays in maintenance: only an
@@ -319,7 +362,7 @@ async fn phone_home(
     if current != to {
         app.store
             .set_host_state(
-                &host,
+                host,
                 None,
                 to,
                 "phone-home",
@@ -327,12 +370,13 @@ async fn phone_home(
             )
             .await?;
     }
-    if to == HostState::Provisioned && current != to {
-        crate::handoff::on_provisioned(&app, &host);
+    if to == HostState::Provisioned
+        && current != to
+        && let Some(handoff) = &app.handoff
+    {
+        handoff.on_provisioned(host);
     }
-    metrics::counter!("bootgate_phone_home_total", "result" => "ok").increment(1);
-    tracing::info!(%mac, host, event = ?report.event, state = %to, "phone-home");
-    Ok(axum::Json(serde_json::json!({"host": host, "state": to})).into_response())
+    Ok(to)
 }
 
 #[cfg(test)]

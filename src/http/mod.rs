@@ -15,8 +15,14 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
-use crate::store::{EventKind, EventQuery, LeaseFilter, LeaseState, StoreError};
+use crate::bmc::PowerControl;
+use crate::events::EventSink;
+use crate::model::{
+    EventKind, EventQuery, LeaseFilter, LeaseState, Store, StoreError, StoreHealth,
+};
+use crate::ops::{Operations, ReleaseError};
+use crate::secrets::Secrets;
+use crate::snapshot::Snapshot;
 use crate::types::{HostState, MacAddr};
 use crate::views::{EventView, HostDetail, HostView, LeaseView};
 
@@ -76,7 +82,24 @@ pub fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
         .clone()
 }
 
-pub fn router(app: Arc<App>) -> Router {
+/// What the REST API, /healthz and /metrics use of the daemon (built by `app.rs`).
+pub struct ApiContext {
+    /// The store's seams (reads; host moves and events through the power/reset paths).
+    pub store: Arc<dyn Store>,
+    pub inventory: Snapshot,
+    /// Flushed before event reads, so group-written boot events are visible.
+    pub events: EventSink,
+    pub health: Arc<StoreHealth>,
+    pub power: Arc<dyn PowerControl>,
+    /// BMC credentials (swapped on reload).
+    pub secrets: Arc<arc_swap::ArcSwap<Secrets>>,
+    pub access: auth::Access,
+    /// Reload, lease release and the daemon's own state.
+    pub ops: Arc<dyn Operations>,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+pub fn router(app: Arc<ApiContext>, boot: Arc<boot::BootContext>) -> Router {
     // Reads: open on the provisioning network unless `[http] open_reads = false`.
     let reads = Router::new()
         .route("/api/v1/hosts", get(list_hosts))
@@ -88,7 +111,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/audit/mac/{mac}", get(audit_mac))
         .route("/api/v1/audit/host/{name}", get(audit_host))
         .route_layer(axum::middleware::from_fn_with_state(
-            app.clone(),
+            app.access.clone(),
             auth::require_read,
         ));
     // Every mutating endpoint: an admin token, always.
@@ -98,7 +121,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/hosts/{name}/power/{action}", post(power))
         .route("/api/v1/hosts/{name}/reset", post(reset))
         .route_layer(axum::middleware::from_fn_with_state(
-            app.clone(),
+            app.access.clone(),
             auth::require_admin,
         ));
     Router::new()
@@ -106,14 +129,19 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics_text))
         .merge(reads)
         .merge(admin)
-        .merge(boot::routes(app.clone()))
-        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(app)
+        .merge(boot::routes(boot))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
 }
 
 /// Serves until `cancel` fires; in-flight requests get the shutdown grace to finish.
-pub async fn run(app: Arc<App>, listener: tokio::net::TcpListener, cancel: CancellationToken) {
-    let router = router(app);
+pub async fn run(
+    api: Arc<ApiContext>,
+    boot: Arc<boot::BootContext>,
+    listener: tokio::net::TcpListener,
+    cancel: CancellationToken,
+) {
+    let router = router(api, boot);
     let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
     // Without TCP_NODELAY a response whose body follows its headers in a second write
     // waits for the client's delayed ACK (~40 ms per small file: bench/http.sh found it).
@@ -141,7 +169,7 @@ pub struct Health {
     /// Set while the store is unreachable: since when and why (degraded mode: known hosts
     /// and renewals are served, dynamic allocation is paused, events and lease writes queue).
     #[serde(default)]
-    pub degraded: Option<crate::ha::Degraded>,
+    pub degraded: Option<crate::model::Degraded>,
     pub inventory: InventoryHealth,
 }
 
@@ -156,9 +184,9 @@ pub struct InventoryHealth {
     pub last_reload_error: Option<Vec<String>>,
 }
 
-async fn healthz(State(app): State<Arc<App>>) -> Response {
-    let loaded = app.inventory();
-    let degraded = app.ipam.health().degraded();
+async fn healthz(State(app): State<Arc<ApiContext>>) -> Response {
+    let loaded = app.inventory.load();
+    let degraded = app.health.degraded();
     // Degraded: answer at once instead of waiting out the pool's timeout on a dead store.
     let store_ok = match &degraded {
         Some(d) => Err(d.reason.clone()),
@@ -171,7 +199,7 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
             .await
             .map_err(|e| e.to_string()),
     };
-    let failure = app.last_failure();
+    let failure = app.ops.last_failure();
     let health = Health {
         status: if store_ok.is_ok() && failure.is_none() {
             "ok"
@@ -180,7 +208,7 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
         }
         .into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        started_at: app.started_at,
+        started_at: app.ops.started_at(),
         store: match &store_ok {
             Ok(_) => "ok".into(),
             Err(e) => format!("error: {e}"),
@@ -204,10 +232,10 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
     (code, axum::Json(health)).into_response()
 }
 
-async fn metrics_text(State(app): State<Arc<App>>) -> Response {
-    let health = app.ipam.health();
+async fn metrics_text(State(app): State<Arc<ApiContext>>) -> Response {
+    let health = &app.health;
     health.degraded_seconds();
-    metrics::gauge!("bootgate_deferred_lease_writes").set(app.ipam.deferred_len() as f64);
+    metrics::gauge!("bootgate_deferred_lease_writes").set(app.ops.deferred_lease_writes() as f64);
     // Host and lease gauges are computed at scrape time from the store, so they can't drift
     // (and are left as they were while the store is unreachable).
     if health.is_up()
@@ -234,13 +262,15 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
         .into_response()
 }
 
-async fn list_hosts(State(app): State<Arc<App>>) -> Result<axum::Json<Vec<HostView>>, ApiError> {
+async fn list_hosts(
+    State(app): State<Arc<ApiContext>>,
+) -> Result<axum::Json<Vec<HostView>>, ApiError> {
     let hosts = app.store.list_hosts().await?;
     Ok(axum::Json(hosts.iter().map(HostView::from).collect()))
 }
 
 async fn show_host(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<ApiContext>>,
     Path(name): Path<String>,
 ) -> Result<axum::Json<HostDetail>, ApiError> {
     let host = app
@@ -270,7 +300,7 @@ struct LeaseParams {
 }
 
 async fn list_leases(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<ApiContext>>,
     Query(p): Query<LeaseParams>,
 ) -> Result<axum::Json<Vec<LeaseView>>, ApiError> {
     let select = query::LeaseSelect {
@@ -298,7 +328,7 @@ struct AuditParams {
 /// The same report as `bootgate audit -o json` (no scan, no BMC check: those probe the
 /// network from the CLI).
 async fn audit_report(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<ApiContext>>,
     Query(p): Query<AuditParams>,
 ) -> Result<axum::Json<crate::audit::Report>, ApiError> {
     use crate::audit::{Options, Scope, source};
@@ -312,7 +342,7 @@ async fn audit_report(
         scope,
         stale_after: std::time::Duration::from_secs(days.saturating_mul(86_400)),
     };
-    let loaded = app.inventory();
+    let loaded = app.inventory.load();
     match source::report(&*app.store, &loaded.inventory, &opts, Timestamp::now()).await {
         Ok(r) => Ok(axum::Json(r)),
         Err(source::SourceError::Store(e)) => Err(ApiError::Store(e)),
@@ -321,17 +351,17 @@ async fn audit_report(
 }
 
 async fn audit_history(
-    app: &App,
+    app: &ApiContext,
     subject: crate::audit::Subject,
 ) -> Result<axum::Json<crate::audit::History>, ApiError> {
-    let loaded = app.inventory();
+    let loaded = app.inventory.load();
     Ok(axum::Json(
         crate::audit::source::history_of(&*app.store, &loaded.inventory, &subject).await?,
     ))
 }
 
 async fn audit_ip(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<ApiContext>>,
     Path(ip): Path<String>,
 ) -> Result<axum::Json<crate::audit::History>, ApiError> {
     let ip = query::parse_opt::<Ipv4Addr>("ip", Some(&ip))?
@@ -340,7 +370,7 @@ async fn audit_ip(
 }
 
 async fn audit_mac(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<ApiContext>>,
     Path(mac): Path<String>,
 ) -> Result<axum::Json<crate::audit::History>, ApiError> {
     let mac = query::parse_opt::<MacAddr>("mac", Some(&mac))?
@@ -349,7 +379,7 @@ async fn audit_mac(
 }
 
 async fn audit_host(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<ApiContext>>,
     Path(name): Path<String>,
 ) -> Result<axum::Json<crate::audit::History>, ApiError> {
     audit_history(&app, crate::audit::Subject::Host(name)).await
@@ -367,7 +397,7 @@ struct EventParams {
 }
 
 async fn list_events(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<ApiContext>>,
     Query(p): Query<EventParams>,
 ) -> Result<axum::Json<Vec<EventView>>, ApiError> {
     let now = Timestamp::now();
@@ -394,9 +424,12 @@ async fn list_events(
     Ok(axum::Json(events.iter().map(EventView::from).collect()))
 }
 
-async fn reload(State(app): State<Arc<App>>, caller: Option<Extension<auth::Caller>>) -> Response {
+async fn reload(
+    State(app): State<Arc<ApiContext>>,
+    caller: Option<Extension<auth::Caller>>,
+) -> Response {
     let actor = auth::Caller::actor(caller.as_deref());
-    let out = app.reload(&actor).await;
+    let out = app.ops.reload(&actor).await;
     let code = if out.ok {
         StatusCode::OK
     } else {
@@ -406,7 +439,7 @@ async fn reload(State(app): State<Arc<App>>, caller: Option<Extension<auth::Call
 }
 
 async fn release_lease(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<ApiContext>>,
     caller: Option<Extension<auth::Caller>>,
     Path(ip): Path<String>,
 ) -> Result<axum::Json<LeaseView>, ApiError> {
@@ -415,14 +448,19 @@ async fn release_lease(
         .map_err(|e| ApiError::BadRequest(format!("{ip:?} is not an IPv4 address: {e}")))?;
     let actor = auth::Caller::actor(caller.as_deref());
     let lease = app
+        .ops
         .release_lease(ip, &actor)
         .await
-        .map_err(ApiError::Conflict)?;
+        .map_err(|e| match e {
+            ReleaseError::NoLease(_) => ApiError::NotFound(e.to_string()),
+            ReleaseError::NotActive { .. } => ApiError::Conflict(e.to_string()),
+            ReleaseError::Store(e) => ApiError::Store(e),
+        })?;
     Ok(axum::Json(LeaseView::from(&lease)))
 }
 
 async fn power(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<ApiContext>>,
     caller: Option<Extension<auth::Caller>>,
     Path((name, action)): Path<(String, String)>,
 ) -> Result<axum::Json<crate::power::ActionResult>, ApiError> {
@@ -431,7 +469,7 @@ async fn power(
             "no power action {action:?}: expected status, on, off, cycle or pxe-once"
         ))
     })?;
-    let loaded = app.inventory();
+    let loaded = app.inventory.load();
     let host = loaded
         .inventory
         .host(&name)
@@ -470,7 +508,7 @@ struct ResetParams {
 /// Synchronous: answers when the node came back or the deadline passed (the report says
 /// which); clients should allow `timeout` plus a margin.
 async fn reset(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<ApiContext>>,
     caller: Option<Extension<auth::Caller>>,
     Path(name): Path<String>,
     Query(p): Query<ResetParams>,
@@ -496,7 +534,7 @@ async fn reset(
             .collect::<Result<_, _>>()
             .map_err(|e| ApiError::BadRequest(format!("parameter escalation: {e}")))?;
     }
-    let loaded = app.inventory();
+    let loaded = app.inventory.load();
     let secrets = app.secrets.load_full();
     let fleet = crate::power::Fleet {
         pc: app.power.clone(),

@@ -14,11 +14,12 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use crate::dhcp::policy::{AddressBook, Binding, ClientKey, Holder};
-use crate::ha::{Lane, StoreHealth};
 use crate::inventory::Subnet;
-use crate::store::{Lease, LeaseFilter, LeaseState, NewEvent, Store, StoreError};
+use crate::model::{Lease, LeaseFilter, LeaseState, NewEvent, Store, StoreError, StoreHealth};
 use crate::types::MacAddr;
+
+mod address;
+pub use address::{AddressBook, Binding, ClientKey, Holder, Lane};
 
 /// One address's current claim.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,8 +5,26 @@
 
 use std::net::Ipv4Addr;
 
-use crate::dhcp::PxeInfo;
+use serde::Serialize;
+
 use crate::types::MacAddr;
+
+/// A client's PXE identity (RFC 4578 options 93/94/97, option 60 vendor class, option 77
+/// user class, iPXE's option 175).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PxeInfo {
+    /// Option 93 client system architecture (first entry): 0 BIOS, 7/9 x86-64 UEFI,
+    /// 11 arm64 UEFI, 16 x86-64 UEFI HTTP, 19 arm64 UEFI HTTP.
+    pub arch: Option<u16>,
+    /// Option 60 starts with `PXEClient` (a firmware PXE client).
+    pub pxe_client: bool,
+    /// Option 60 starts with `HTTPClient` (UEFI HTTP boot).
+    pub http_client: bool,
+    /// Already running iPXE: option 77 user-class `iPXE` or option 175 present.
+    pub ipxe: bool,
+    /// Option 97 client machine identifier (SMBIOS UUID), lower-case hyphenated.
+    pub uuid: Option<String>,
+}
 
 /// RFC 4578 §2.1 option 93 values, as maintained by IANA ("Processor Architecture Types",
 /// dhcpv6-parameters registry). RFC 4578 as published has 7 = "EFI BC" and 9 = "EFI x86-64";

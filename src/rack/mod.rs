@@ -128,7 +128,7 @@ pub(crate) fn is_dns_label(name: &str) -> bool {
 
 /// The validated inventory the config names (with the same checks as `check-config`).
 pub fn load_inventory(config: &Config) -> Result<Inventory, RackError> {
-    crate::app::load_inventory(config)
+    crate::config::load_inventory(config)
         .map(|(inv, _)| inv)
         .map_err(|problems| RackError::Inventory {
             dir: config.inventory_dir.clone(),

@@ -951,7 +951,7 @@ const BEAT: &str = "WITH t AS (SELECT (extract(epoch FROM clock_timestamp()) * 1
      SELECT (SELECT seen FROM beat) - seen FROM gateways WHERE id = $2";
 
 #[async_trait]
-impl crate::ha::Heartbeats for PostgresStore {
+impl crate::model::Heartbeats for PostgresStore {
     /// One statement: stamp our row, read the age of the peer's.
     async fn beat(&self, gateway: &str, peer: &str) -> Result<Option<Duration>, StoreError> {
         let age = sqlx::query_scalar::<_, i64>(BEAT)

@@ -1,6 +1,6 @@
-//! `bootgate audit`: the CLI edge. Reads the inventory and the store named by the config
-//! (read-only), runs the pure audit or history, prints a table, JSON or CSV. Part of the
-//! command line, so errors are `anyhow` like the rest of `cli.rs`.
+//! `bootgate audit`: the CLI edge of `crate::audit`. Reads the inventory and the store named
+//! by the config (read-only), runs the pure audit or history, prints a table, JSON or CSV.
+//! Part of the command line, so errors are `anyhow` like the rest of `cli`.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -10,8 +10,8 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use comfy_table::{Table, presets::NOTHING};
 
-use super::{History, Options, Report, Scope, Subject, scan};
-use crate::cli::{Cli, Output};
+use super::{Cli, Output};
+use crate::audit::{History, Options, Report, Scope, Subject, scan};
 use crate::config::Config;
 use crate::http::query::SubnetSel;
 use crate::inventory::{Invalid, Inventory};
@@ -187,11 +187,11 @@ pub async fn run(cli: &Cli, a: &AuditArgs) -> anyhow::Result<ExitCode> {
     );
     if let Some(h) = &a.history {
         let history =
-            super::source::history_of(&*snap.store, &snap.inventory, &h.subject()).await?;
+            crate::audit::source::history_of(&*snap.store, &snap.inventory, &h.subject()).await?;
         return print_history(cli, &history);
     }
     let now = jiff::Timestamp::now();
-    let (leases, last) = super::source::read(&*snap.store, &snap.inventory, now).await?;
+    let (leases, last) = crate::audit::source::read(&*snap.store, &snap.inventory, now).await?;
     tracing::debug!(
         ms = t.elapsed().as_millis() as u64,
         leases = leases.len(),
@@ -202,7 +202,7 @@ pub async fn run(cli: &Cli, a: &AuditArgs) -> anyhow::Result<ExitCode> {
         scope: scope(a),
         stale_after: std::time::Duration::from_secs(a.stale_days.saturating_mul(86_400)),
     };
-    let mut report = super::audit_live(&snap.inventory, &leases, &last, now, &opts)?;
+    let mut report = crate::audit::audit_live(&snap.inventory, &leases, &last, now, &opts)?;
     tracing::debug!(
         ms = t.elapsed().as_millis() as u64,
         findings = report.findings.len(),
@@ -392,7 +392,7 @@ pub fn report_csv(r: &Report) -> String {
     out
 }
 
-pub fn history_table(h: &super::History) -> String {
+pub fn history_table(h: &History) -> String {
     let mut t = table(&[
         "IP", "MAC", "HOST", "FROM", "UNTIL", "ENDED BY", "RENEWALS", "RELAY", "PORT",
     ]);

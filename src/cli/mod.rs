@@ -17,6 +17,8 @@ use crate::store::{self, EventKind, EventQuery, LeaseState, Store, StoreUrl};
 use crate::types::MacAddr;
 use crate::views::{self, EventView, HostDetail, HostView, LeaseView};
 
+mod audit_cmd;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "bootgate",
@@ -86,7 +88,7 @@ pub enum Command {
     Events(EventArgs),
     /// IP address audit: per-subnet usage and findings (exit 1 on a warning or worse), or
     /// the history of one address, MAC or host.
-    Audit(crate::audit::command::AuditArgs),
+    Audit(audit_cmd::AuditArgs),
     /// BMC power: status, on, off, cycle or pxe-once for one or many hosts.
     Power(PowerArgs),
     /// Reset a hung node and wait for proof it came back (DHCP, then phone-home or SSH);
@@ -384,7 +386,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Hosts { command } => hosts(&cli, command).await,
             Command::Leases { command } => leases(&cli, command).await,
             Command::Events(args) => events(&cli, args).await,
-            Command::Audit(args) => crate::audit::command::run(&cli, args).await,
+            Command::Audit(args) => audit_cmd::run(&cli, args).await,
             Command::Playbook {
                 command: PlaybookCommand::Render { out },
             } => playbook_render(&cli, out.as_deref()).await,
@@ -467,7 +469,7 @@ fn check_config(path: &Path, output: Output) -> ExitCode {
 }
 
 async fn reload(cli: &Cli) -> anyhow::Result<ExitCode> {
-    let out: crate::app::ReloadOutcome = match &cli.api {
+    let out: crate::ops::ReloadOutcome = match &cli.api {
         Some(url) => api_client(cli, url)?.post("/api/v1/reload").await?,
         None => {
             let config = load_config(&cli.config)?;

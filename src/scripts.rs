@@ -1,17 +1,19 @@
 //! Serving a host its boot script, for both transports: HTTP (`/ipxe/mac/{mac}`) and TFTP
-//! (the generated file `hosts/{mac}.ipxe`). Choosing and rendering are pure (`super::plan`,
-//! `super::render`); this is the edge around them: the host's state from the store, the
-//! per-boot token written to the store before the script leaves, the state move, the event.
+//! (the generated file `hosts/{mac}.ipxe`). Choosing and rendering are pure
+//! (`crate::boot::plan`, `crate::boot::render`); this is the edge around them: the host's
+//! state from the store, the per-boot token written to the store before the script leaves,
+//! the state move, the event.
 
 use std::net::SocketAddrV4;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::Plan;
-use crate::app::App;
-use crate::store::{BootPurpose, BootToken, EventKind, NewEvent, StoreError};
+use crate::boot::Plan;
+use crate::events::EventSink;
+use crate::model::{BootPurpose, BootToken, EventKind, NewEvent, Store, StoreError};
+use crate::snapshot::{Loaded, Snapshot};
 use crate::types::{HostState, MacAddr};
 
 /// How long a per-boot token stays valid: an install (image download, partitioning, package
@@ -63,98 +65,130 @@ pub fn token_purpose(plan: &Plan) -> Option<BootPurpose> {
     }
 }
 
-/// Chooses, renders and records the script for `mac`. An install or rescue script carries
-/// a fresh per-boot token, stored (durably) before the script is returned; an install also
-/// moves the host to `provisioning`.
-pub async fn serve_script(app: &App, mac: MacAddr, via: Via) -> Result<Served, ServeError> {
-    let loaded = app.inventory();
-    let inv = &loaded.inventory;
-    let host = inv.host_by_boot_mac(&loaded.macs, mac);
-    let record = app.store.host_by_mac(mac).await?;
-    let state = record.as_ref().map_or(HostState::Unknown, |r| r.state);
-    let profile = host.and_then(|h| inv.profile(h));
-    let plan = super::plan(state, profile, &loaded.boot);
-    let token = match (token_purpose(&plan), host) {
-        (Some(purpose), Some(h)) => {
-            let token = new_token();
-            let issued = Timestamp::now();
-            let expires = issued.checked_add(BOOT_TOKEN_TTL).unwrap_or(Timestamp::MAX);
-            app.store
-                .issue_boot_token(&BootToken {
-                    mac,
-                    host: h.name.clone(),
-                    token: token.clone(),
-                    purpose,
-                    issued,
-                    expires,
-                })
-                .await?;
-            if purpose == BootPurpose::Install && state != HostState::Provisioning {
-                match app
-                    .store
-                    .set_host_state(
-                        &h.name,
-                        Some(state),
-                        HostState::Provisioning,
-                        via.as_str(),
-                        serde_json::json!({"reason": "install script served"}),
-                    )
-                    .await
-                {
-                    Ok(_) | Err(StoreError::StateMismatch { .. }) => {}
-                    Err(e) => return Err(e.into()),
-                }
+/// What serving scripts uses of the daemon (built by `app.rs`, shared by the HTTP and TFTP
+/// listeners): the inventory in force, the host and boot-token seams of the store, the
+/// event sink, the base URL scripts chain to, and the cache of token-less scripts.
+pub struct ScriptService {
+    pub inventory: Snapshot,
+    pub store: Arc<dyn Store>,
+    pub events: EventSink,
+    /// `[boot] http_base`: where iPXE fetches kernels, initrds and the next script.
+    pub http_base: String,
+    pub cache: ScriptCache,
+}
+
+impl ScriptService {
+    /// Chooses, renders and records the script for `mac`. An install or rescue script
+    /// carries a fresh per-boot token, stored (durably) before the script is returned; an
+    /// install also moves the host to `provisioning`.
+    pub async fn serve(&self, mac: MacAddr, via: Via) -> Result<Served, ServeError> {
+        let loaded = self.inventory.load();
+        let inv = &loaded.inventory;
+        let host = inv.host_by_boot_mac(&loaded.macs, mac);
+        let record = self.store.host_by_mac(mac).await?;
+        let state = record.as_ref().map_or(HostState::Unknown, |r| r.state);
+        let profile = host.and_then(|h| inv.profile(h));
+        let plan = crate::boot::plan(state, profile, &loaded.boot);
+        let token = match (token_purpose(&plan), host) {
+            (Some(purpose), Some(h)) => {
+                Some(self.issue_token(mac, &h.name, purpose, state, via).await?)
             }
-            Some(token)
+            _ => None,
+        };
+        let text = self.render(&loaded, &plan, mac, state, token.as_deref())?;
+        let template = plan.template();
+        let mut ev = NewEvent::new(EventKind::BootScriptServed, via.as_str())
+            .mac(mac)
+            .detail(serde_json::json!({
+                "template": template,
+                "state": state,
+                "reason": match &plan { Plan::Broken { reason } => Some(reason.clone()), _ => None },
+            }));
+        if let Some(h) = host {
+            ev = ev.host(h.name.clone());
         }
-        _ => None,
-    };
-    let template = plan.template();
-    // A script without a token is a pure function of the loaded inventory and assets, the
-    // MAC and the host's state: rendered once per (generation, MAC, state).
-    let key = ScriptKey {
-        generation: loaded.generation,
-        mac,
-        state,
-    };
-    let cached = token.is_none().then(|| app.scripts.get(&key)).flatten();
-    let text = match cached {
-        Some(text) => text,
-        None => {
-            let text = super::render(
-                &loaded.boot,
-                &plan,
-                &app.config.boot.http_base,
+        self.events.record(ev).await;
+        metrics::counter!("bootgate_ipxe_scripts_total", "template" => template, "via" => via.as_str())
+            .increment(1);
+        Ok(Served { template, text })
+    }
+
+    /// Stores a fresh per-boot token for `mac` (durably, before the script leaves) and,
+    /// for an install, moves the host to `provisioning`.
+    async fn issue_token(
+        &self,
+        mac: MacAddr,
+        host: &str,
+        purpose: BootPurpose,
+        state: HostState,
+        via: Via,
+    ) -> Result<String, ServeError> {
+        let token = new_token();
+        let issued = Timestamp::now();
+        let expires = issued.checked_add(BOOT_TOKEN_TTL).unwrap_or(Timestamp::MAX);
+        self.store
+            .issue_boot_token(&BootToken {
                 mac,
-                host,
-                inv,
-                token.as_deref(),
-            )
+                host: host.to_string(),
+                token: token.clone(),
+                purpose,
+                issued,
+                expires,
+            })
+            .await?;
+        if purpose == BootPurpose::Install && state != HostState::Provisioning {
+            let moved = self
+                .store
+                .set_host_state(
+                    host,
+                    Some(state),
+                    HostState::Provisioning,
+                    via.as_str(),
+                    serde_json::json!({"reason": "install script served"}),
+                )
+                .await;
+            match moved {
+                Ok(_) | Err(StoreError::StateMismatch { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(token)
+    }
+
+    /// Renders the plan's script. A script without a token is a pure function of the
+    /// loaded inventory and assets, the MAC and the host's state: rendered once per
+    /// (generation, MAC, state).
+    fn render(
+        &self,
+        loaded: &Loaded,
+        plan: &Plan<'_>,
+        mac: MacAddr,
+        state: HostState,
+        token: Option<&str>,
+    ) -> Result<String, ServeError> {
+        let key = ScriptKey {
+            generation: loaded.generation,
+            mac,
+            state,
+        };
+        if token.is_none()
+            && let Some(text) = self.cache.get(&key)
+        {
+            return Ok(text);
+        }
+        let inv = &loaded.inventory;
+        let host = inv.host_by_boot_mac(&loaded.macs, mac);
+        let text = crate::boot::render(&loaded.boot, plan, &self.http_base, mac, host, inv, token)
             .map_err(|source| ServeError::Render {
-                template,
+                template: plan.template(),
                 mac,
                 source,
             })?;
-            if token.is_none() {
-                app.scripts.put(key, text.clone());
-            }
-            text
+        if token.is_none() {
+            self.cache.put(key, text.clone());
         }
-    };
-    let mut ev = NewEvent::new(EventKind::BootScriptServed, via.as_str())
-        .mac(mac)
-        .detail(serde_json::json!({
-            "template": template,
-            "state": state,
-            "reason": match &plan { Plan::Broken { reason } => Some(reason.clone()), _ => None },
-        }));
-    if let Some(h) = host {
-        ev = ev.host(h.name.clone());
+        Ok(text)
     }
-    app.events.record(ev).await;
-    metrics::counter!("bootgate_ipxe_scripts_total", "template" => template, "via" => via.as_str())
-        .increment(1);
-    Ok(Served { template, text })
 }
 
 /// What a token-less script depends on.
@@ -213,25 +247,14 @@ pub fn tftp_script_mac(path: &str) -> Option<MacAddr> {
 }
 
 /// The TFTP server's generated files: per-host iPXE scripts, rendered exactly as over
-/// HTTP. Holds the app weakly: the TFTP server is one of the app's tasks.
-pub struct TftpScripts {
-    app: Weak<App>,
-}
-
-impl TftpScripts {
-    pub fn new(app: &Arc<App>) -> TftpScripts {
-        TftpScripts {
-            app: Arc::downgrade(app),
-        }
-    }
-}
+/// HTTP.
+pub struct TftpScripts(pub Arc<ScriptService>);
 
 #[async_trait::async_trait]
 impl crate::tftp::Generated for TftpScripts {
     async fn get(&self, path: &str, client: SocketAddrV4) -> Option<Vec<u8>> {
         let mac = tftp_script_mac(path)?;
-        let app = self.app.upgrade()?;
-        match serve_script(&app, mac, Via::Tftp).await {
+        match self.0.serve(mac, Via::Tftp).await {
             Ok(s) => Some(s.text.into_bytes()),
             Err(e) => {
                 // Not found is what the client sees; the reason goes to the log.
@@ -261,7 +284,7 @@ mod tests {
         assert_eq!(token_purpose(&Plan::Local), None);
         assert_eq!(token_purpose(&Plan::Discovery), None);
         assert_eq!(token_purpose(&Plan::Rescue { image: None }), None);
-        let image = super::super::Image {
+        let image = crate::boot::Image {
             name: "i".into(),
             kernel: "k".into(),
             initrd: "r".into(),
