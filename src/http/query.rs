@@ -108,13 +108,13 @@ impl std::fmt::Display for SubnetSel {
 pub struct LeaseSelect {
     pub subnet: Option<SubnetSel>,
     pub mac: Option<crate::types::MacAddr>,
-    pub state: Option<crate::store::LeaseState>,
+    pub state: Option<crate::model::LeaseState>,
     pub ip: Option<std::net::Ipv4Addr>,
 }
 
 impl LeaseSelect {
-    pub fn store_filter(&self) -> crate::store::LeaseFilter {
-        crate::store::LeaseFilter {
+    pub fn store_filter(&self) -> crate::model::LeaseFilter {
+        crate::model::LeaseFilter {
             subnet: match &self.subnet {
                 Some(SubnetSel::Name(n)) => Some(n.clone()),
                 _ => None,
@@ -124,7 +124,7 @@ impl LeaseSelect {
         }
     }
 
-    pub fn matches(&self, l: &crate::store::Lease) -> bool {
+    pub fn matches(&self, l: &crate::model::Lease) -> bool {
         let in_cidr = match &self.subnet {
             Some(SubnetSel::Cidr(c)) => c.contains(&l.ip),
             _ => true,
