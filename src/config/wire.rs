@@ -13,8 +13,9 @@ use serde::Deserialize;
 use super::{
     BootSettings, Config, DhcpSettings, HandoffSettings, HttpSettings, Interface, PostgresSettings,
 };
-use crate::inventory::load::{MAX_IFNAME_LEN, deserialize_collecting, lease_time, syntax_problem};
-use crate::inventory::{Invalid, Problem};
+use crate::diag::{
+    Invalid, MAX_IFNAME_LEN, Problem, deserialize_collecting, lease_time, syntax_problem,
+};
 use crate::secrets::SecretsSource;
 use crate::store::StoreUrl;
 

@@ -20,7 +20,7 @@ use super::reply::{self, BootInfo, Destination, ReplyParams};
 use super::{Arrival, Request};
 use super::{arp, probe, request};
 use crate::app::App;
-use crate::config::Interface;
+use crate::dhcp::Interface;
 use crate::inventory::{Inventory, Purpose, Served, Subnet};
 use crate::ipam::{Claim, Ipam};
 use crate::pxe;
@@ -745,7 +745,7 @@ fn lease_for(
     subnet: &Subnet,
     host: Option<String>,
     now: Timestamp,
-    settings: &crate::config::DhcpSettings,
+    settings: &super::DhcpSettings,
 ) -> Option<Lease> {
     let (ip, state, ends) = match decision {
         Decision::Ack { ip, lease_time, .. } => (*ip, LeaseState::Active, now + *lease_time),

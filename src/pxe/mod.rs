@@ -8,6 +8,9 @@ use std::net::Ipv4Addr;
 use crate::dhcp::PxeInfo;
 use crate::types::MacAddr;
 
+mod settings;
+pub use settings::BootSettings;
+
 /// RFC 4578 §2.1 option 93 values, as maintained by IANA ("Processor Architecture Types",
 /// dhcpv6-parameters registry). RFC 4578 as published has 7 = "EFI BC" and 9 = "EFI x86-64";
 /// erratum 4624 swapped them and IANA follows the erratum, but firmware in the field sends
