@@ -338,86 +338,10 @@ pub fn load_dir(dir: &Path) -> Result<Inventory, Invalid> {
         return Err(Invalid(problems.0));
     }
 
-    let mut tables = Vec::with_capacity(files.len());
-    for file in &files {
-        match std::fs::read_to_string(file) {
-            Err(e) => problems.file(file, "-", "-", format!("cannot read: {e}")),
-            Ok(text) => match text.parse::<toml::Table>() {
-                Ok(table) => tables.push((file.clone(), table)),
-                Err(e) => problems.0.push(syntax_problem(file, &text, &e)),
-            },
-        }
-    }
-
-    let mut site: Option<(Loc, &toml::Value)> = None;
-    let mut subnets = Raw::new("subnet");
-    let mut racks = Raw::new("rack");
-    let mut profiles = Raw::new("profile");
-    let mut hosts = Raw::new("host");
-    for (file, table) in &tables {
-        for (key, value) in table {
-            let raw = match key.as_str() {
-                "site" => {
-                    let loc = Loc {
-                        file: file.clone(),
-                        entry: "site".to_string(),
-                    };
-                    if !value.is_table() {
-                        problems.at(&loc, "-", "expected a single [site] table");
-                    } else if let Some((first, _)) = &site {
-                        problems.at(
-                            &loc,
-                            "-",
-                            format!(
-                                "second [site] table; the site is already defined in {}",
-                                first_file(first)
-                            ),
-                        );
-                    } else {
-                        site = Some((loc, value));
-                    }
-                    continue;
-                }
-                "subnet" => &mut subnets,
-                "rack" => &mut racks,
-                "profile" => &mut profiles,
-                "host" => &mut hosts,
-                _ => {
-                    problems.file(
-                        file,
-                        "-",
-                        key,
-                        format!(
-                            "unknown top-level key, expected one of: {}",
-                            TOP_LEVEL_KEYS.join(", ")
-                        ),
-                    );
-                    continue;
-                }
-            };
-            raw.collect(file, key, value, &mut problems);
-        }
-    }
-
-    let site = match site {
-        Some((loc, value)) => deserialize_entry::<SiteWire>(&loc, value, &mut problems).map(|w| {
-            let settings = site_settings(&loc, &w, &mut problems);
-            let bmc_ca_file = w.bmc_ca_file.map(|f| {
-                let path = dir.join(f);
-                if let Some(why) = not_a_file(&path) {
-                    problems.at(&loc, "bmc_ca_file", why);
-                }
-                path
-            });
-            Site {
-                settings,
-                name: w.name,
-                description: w.description,
-                location: w.location,
-                gateways: w.gateways,
-                bmc_ca_file,
-            }
-        }),
+    let tables = read_tables(&files, &mut problems);
+    let entries = Entries::sort(&tables, &mut problems);
+    let site = match entries.site {
+        Some((loc, value)) => site(dir, &loc, value, &mut problems),
         None => {
             // Only worth saying when the files themselves were readable.
             if problems.0.is_empty() {
@@ -428,10 +352,10 @@ pub fn load_dir(dir: &Path) -> Result<Inventory, Invalid> {
     };
 
     let mut v = Validator::new(problems);
-    let subnets = v.subnets(&subnets);
-    let racks = v.racks(&racks);
-    let profiles = v.profiles(&profiles);
-    let hosts = v.hosts(dir, &hosts, &subnets, &racks, &profiles);
+    let subnets = v.subnets(&entries.subnets);
+    let racks = v.racks(&entries.racks);
+    let profiles = v.profiles(&entries.profiles);
+    let hosts = v.hosts(dir, &entries.hosts, &subnets, &racks, &profiles);
 
     match site {
         Some(site) if v.problems.0.is_empty() => Ok(Inventory {
@@ -444,6 +368,115 @@ pub fn load_dir(dir: &Path) -> Result<Inventory, Invalid> {
         }),
         _ => Err(Invalid(v.problems.0)),
     }
+}
+
+/// Each file read and parsed as TOML; a file that fails is reported and left out.
+fn read_tables(files: &[PathBuf], problems: &mut Problems) -> Vec<(PathBuf, toml::Table)> {
+    let mut tables = Vec::with_capacity(files.len());
+    for file in files {
+        match std::fs::read_to_string(file) {
+            Err(e) => problems.file(file, "-", "-", format!("cannot read: {e}")),
+            Ok(text) => match text.parse::<toml::Table>() {
+                Ok(table) => tables.push((file.clone(), table)),
+                Err(e) => problems.0.push(syntax_problem(file, &text, &e)),
+            },
+        }
+    }
+    tables
+}
+
+/// The raw entries of all files, by kind.
+struct Entries<'a> {
+    site: Option<(Loc, &'a toml::Value)>,
+    subnets: Raw<'a>,
+    racks: Raw<'a>,
+    profiles: Raw<'a>,
+    hosts: Raw<'a>,
+}
+
+impl<'a> Entries<'a> {
+    /// Sorts every top-level key of every file into its kind; unknown keys and a second
+    /// `[site]` are reported.
+    fn sort(tables: &'a [(PathBuf, toml::Table)], problems: &mut Problems) -> Self {
+        let mut e = Entries {
+            site: None,
+            subnets: Raw::new("subnet"),
+            racks: Raw::new("rack"),
+            profiles: Raw::new("profile"),
+            hosts: Raw::new("host"),
+        };
+        for (file, table) in tables {
+            for (key, value) in table {
+                let raw = match key.as_str() {
+                    "site" => {
+                        e.site_table(file, value, problems);
+                        continue;
+                    }
+                    "subnet" => &mut e.subnets,
+                    "rack" => &mut e.racks,
+                    "profile" => &mut e.profiles,
+                    "host" => &mut e.hosts,
+                    _ => {
+                        problems.file(
+                            file,
+                            "-",
+                            key,
+                            format!(
+                                "unknown top-level key, expected one of: {}",
+                                TOP_LEVEL_KEYS.join(", ")
+                            ),
+                        );
+                        continue;
+                    }
+                };
+                raw.collect(file, key, value, problems);
+            }
+        }
+        e
+    }
+
+    /// The one `[site]` table of the directory.
+    fn site_table(&mut self, file: &Path, value: &'a toml::Value, problems: &mut Problems) {
+        let loc = Loc {
+            file: file.to_path_buf(),
+            entry: "site".to_string(),
+        };
+        if !value.is_table() {
+            problems.at(&loc, "-", "expected a single [site] table");
+        } else if let Some((first, _)) = &self.site {
+            problems.at(
+                &loc,
+                "-",
+                format!(
+                    "second [site] table; the site is already defined in {}",
+                    first_file(first)
+                ),
+            );
+        } else {
+            self.site = Some((loc, value));
+        }
+    }
+}
+
+/// Deserializes and validates `[site]`; its CA file is taken relative to the inventory dir.
+fn site(dir: &Path, loc: &Loc, value: &toml::Value, problems: &mut Problems) -> Option<Site> {
+    let w = deserialize_entry::<SiteWire>(loc, value, problems)?;
+    let settings = site_settings(loc, &w, problems);
+    let bmc_ca_file = w.bmc_ca_file.map(|f| {
+        let path = dir.join(f);
+        if let Some(why) = not_a_file(&path) {
+            problems.at(loc, "bmc_ca_file", why);
+        }
+        path
+    });
+    Some(Site {
+        settings,
+        name: w.name,
+        description: w.description,
+        location: w.location,
+        gateways: w.gateways,
+        bmc_ca_file,
+    })
 }
 
 fn first_file(loc: &Loc) -> String {
@@ -654,49 +687,9 @@ impl Validator {
         {
             p.at(loc, "gateway", format!("gateway {why}"));
         }
-
-        let mut ranges: Vec<IpRange> = Vec::with_capacity(w.dynamic_ranges.len());
-        for (i, r) in w.dynamic_ranges.iter().enumerate() {
-            let field = format!("dynamic_ranges[{i}]");
-            let mut ok = true;
-            for (end, ip) in [("start", r.start), ("end", r.end)] {
-                if let Some(why) = unusable(&net, ip) {
-                    p.at(loc, format!("{field}.{end}"), format!("range {end} {why}"));
-                    ok = false;
-                }
-            }
-            if r.start > r.end {
-                p.at(
-                    loc,
-                    &field,
-                    format!("range start {} is after its end {}", r.start, r.end),
-                );
-                ok = false;
-            }
-            let range = IpRange {
-                start: r.start,
-                end: r.end,
-            };
-            if ok
-                && let Some((j, other)) = ranges
-                    .iter()
-                    .enumerate()
-                    .find(|(_, o)| o.start <= range.end && range.start <= o.end)
-            {
-                p.at(
-                    loc,
-                    &field,
-                    format!(
-                        "range {}-{} overlaps dynamic_ranges[{j}] ({}-{})",
-                        range.start, range.end, other.start, other.end
-                    ),
-                );
-            }
-            ranges.push(range);
-        }
-        let in_range = |ip: Ipv4Addr| ranges.iter().find(|r| r.contains(ip));
+        let ranges = dynamic_ranges(loc, &net, &w.dynamic_ranges, p);
         if let Some(gw) = w.gateway
-            && let Some(r) = in_range(gw)
+            && let Some(r) = range_with(&ranges, gw)
         {
             p.at(
                 loc,
@@ -704,95 +697,16 @@ impl Validator {
                 format!("gateway {gw} is inside dynamic range {}-{}", r.start, r.end),
             );
         }
-
-        let served = match (w.purpose, w.interface, w.relay_addresses) {
-            (Purpose::Ipoib, interface, relays) if interface.is_some() || relays.is_some() => {
-                let field = if interface.is_some() {
-                    "interface"
-                } else {
-                    "relay_addresses"
-                };
-                p.at(
-                    loc,
-                    field,
-                    "ipoib subnets are not served by DHCP (Ansible configures the addresses); remove it",
-                );
-                Served::NotServed
-            }
-            (_, Some(_), Some(_)) => {
-                p.at(
-                    loc,
-                    "relay_addresses",
-                    "interface and relay_addresses are both set; a subnet is served either on an interface or behind relays",
-                );
-                Served::NotServed
-            }
-            (_, Some(name), None) => {
-                if name.is_empty() || name.len() > MAX_IFNAME_LEN {
-                    p.at(
-                        loc,
-                        "interface",
-                        format!(
-                            "interface name {name:?} must be 1 to {MAX_IFNAME_LEN} bytes (IFNAMSIZ)"
-                        ),
-                    );
-                }
-                Served::Interface(name)
-            }
-            (_, None, Some(relays)) => {
-                if relays.is_empty() {
-                    p.at(
-                        loc,
-                        "relay_addresses",
-                        "empty: list the relays' giaddr addresses, or drop the key if the subnet is not served",
-                    );
-                }
-                for (i, relay) in relays.iter().enumerate() {
-                    if let Some(why) = unusable(&net, *relay) {
-                        p.at(
-                            loc,
-                            format!("relay_addresses[{i}]"),
-                            format!("relay address {why}"),
-                        );
-                    } else if let Some(r) = in_range(*relay) {
-                        p.at(
-                            loc,
-                            format!("relay_addresses[{i}]"),
-                            format!(
-                                "relay address {relay} is inside dynamic range {}-{}",
-                                r.start, r.end
-                            ),
-                        );
-                    }
-                }
-                Served::Relays(relays)
-            }
-            (_, None, None) => Served::NotServed,
-        };
-        if w.proxy_dhcp && served == Served::NotServed {
-            p.at(
-                loc,
-                "proxy_dhcp",
-                "a proxyDHCP subnet must be served: set interface or relay_addresses",
-            );
-        }
-        if w.proxy_dhcp && !ranges.is_empty() {
-            p.at(
-                loc,
-                "dynamic_ranges",
-                "a proxyDHCP subnet hands out no addresses (another server does): remove the ranges",
-            );
-        }
-        if let Some(mtu) = w.mtu
-            && mtu < 68
-        {
-            // RFC 2132 §5.1: option 26's minimum legal value is 68.
-            p.at(
-                loc,
-                "mtu",
-                format!("mtu {mtu} is below 68, the minimum of DHCP option 26"),
-            );
-        }
+        let served = served(
+            loc,
+            &net,
+            &ranges,
+            w.purpose,
+            w.interface,
+            w.relay_addresses,
+            p,
+        );
+        check_proxy_and_mtu(loc, w.proxy_dhcp, w.mtu, &served, &ranges, p);
         Subnet {
             name: w.name,
             cidr: net,
@@ -891,25 +805,10 @@ impl Validator {
         racks: &[(Loc, Rack)],
         profiles: &[(Loc, Profile)],
     ) -> Vec<(Loc, Host)> {
-        let subnet_by_name: HashMap<&str, &Subnet> =
-            subnets.iter().map(|(_, s)| (s.name.as_str(), s)).collect();
-        let rack_names: HashSet<&str> = racks.iter().map(|(_, r)| r.name.as_str()).collect();
-        let profile_names: HashSet<&str> = profiles.iter().map(|(_, p)| p.name.as_str()).collect();
-        let bmc_subnets: Vec<&Subnet> = subnets
-            .iter()
-            .map(|(_, s)| s)
-            .filter(|s| s.purpose == Purpose::Bmc)
-            .collect();
-
+        let known = Known::new(subnets, racks, profiles);
         let mut out: Vec<(Loc, Host)> = Vec::with_capacity(raw.entries.len());
         let mut seen = HashMap::new();
-        // Who holds each MAC / reserved IP / rack slot, described for the message.
-        let mut macs: HashMap<MacAddr, String> = HashMap::new();
-        let mut ips: HashMap<Ipv4Addr, String> = HashMap::new();
-        let mut slots: HashMap<(String, u32), String> = HashMap::new();
-        // BMC endpoint → (system, who): hosts may share a BMC (one BMC, several systems)
-        // when each names a different system.
-        let mut endpoints: HashMap<(Ipv4Addr, Option<u16>), Vec<SharedBmc>> = HashMap::new();
+        let mut claims = Claims::default();
 
         for (loc, value) in &raw.entries {
             let Some(w) = deserialize_entry::<HostWire>(loc, value, &mut self.problems) else {
@@ -929,116 +828,360 @@ impl Validator {
             if !unique_name(&mut seen, &w.name, loc, "host", p) {
                 continue;
             }
-
-            let rack_known = w
-                .rack
-                .as_ref()
-                .is_none_or(|r| rack_names.contains(r.as_str()));
-            match (&w.rack, w.position) {
-                // A rack that failed to parse was reported already.
-                (Some(rack), _) if !rack_known && !self.broken_racks.contains(rack) => {
-                    p.at(loc, "rack", format!("no rack named {rack:?}"));
-                }
-                (Some(_), _) if !rack_known => {}
-                (Some(rack), Some(pos)) => match slots.entry((rack.clone(), pos)) {
-                    Entry::Occupied(first) => p.at(
-                        loc,
-                        "position",
-                        format!(
-                            "position {pos} in rack {rack:?} is already taken by {}",
-                            first.get()
-                        ),
-                    ),
-                    Entry::Vacant(slot) => {
-                        slot.insert(loc.to_string());
-                    }
-                },
-                (None, Some(_)) => p.at(loc, "position", "position given without a rack"),
-                _ => {}
-            }
-            if let Some(profile) = &w.profile
-                && !profile_names.contains(profile.as_str())
-                && !self.broken_profiles.contains(profile)
-            {
-                p.at(loc, "profile", format!("no profile named {profile:?}"));
-            }
-
-            for (i, mac) in w.macs.iter().enumerate() {
-                let field = format!("macs[{i}]");
-                claim_mac(&mut macs, *mac, loc, &field, p);
-            }
-            if let Some(mac) = w.bmc.as_ref().and_then(|b| b.mac) {
-                claim_mac(&mut macs, mac, loc, "bmc.mac", p);
-            }
-
-            for (subnet_name, ip) in &w.addresses {
-                let field = format!("addresses.{subnet_name}");
-                let Some(subnet) = subnet_by_name.get(subnet_name.as_str()) else {
-                    if !self.broken_subnets.contains(subnet_name) {
-                        p.at(loc, &field, format!("no subnet named {subnet_name:?}"));
-                    }
-                    continue;
-                };
-                check_reserved(subnet, *ip, loc, &field, p);
-                claim_ip(&mut ips, *ip, loc, &field, p);
-                if w.macs.is_empty() && subnet.served != Served::NotServed {
-                    p.at(
-                        loc,
-                        &field,
-                        format!(
-                            "the host has no MAC in macs, but needs one to be served by DHCP on subnet {subnet_name:?}"
-                        ),
-                    );
-                }
-            }
-
+            self.host_placement(loc, &w, &known, &mut claims.slots);
+            self.host_addresses(loc, &w, &known, &mut claims);
             if let Some(bmc) = &w.bmc {
-                let ip = bmc.address;
-                if !bmc_subnets.is_empty() && !bmc_subnets.iter().any(|s| s.cidr.contains(&ip)) {
-                    let names: Vec<String> = bmc_subnets
-                        .iter()
-                        .map(|s| format!("{:?} ({})", s.name, s.cidr))
-                        .collect();
-                    p.at(
-                        loc,
-                        "bmc.address",
-                        format!("{ip} is not inside any bmc subnet: {}", names.join(", ")),
-                    );
-                } else if let Some(subnet) = subnets
-                    .iter()
-                    .map(|(_, s)| s)
-                    .find(|s| s.cidr.contains(&ip))
-                {
-                    check_reserved(subnet, ip, loc, "bmc.address", p);
-                }
-                // Another port on the same address is another BMC (emulators, port
-                // forwards): the address is claimed once, by the first.
-                let address_claimed = endpoints.keys().any(|(a, _)| *a == ip);
-                let shared = endpoints.entry((ip, bmc.port)).or_default();
-                if shared.is_empty() {
-                    if !address_claimed {
-                        claim_ip(&mut ips, ip, loc, "bmc.address", p);
-                    }
-                } else if let Some((_, first)) = shared.iter().find(|(system, _)| {
-                    system.is_none() || bmc.system.is_none() || *system == bmc.system
-                }) {
-                    let why = match &bmc.system {
-                        Some(s) if shared.iter().any(|(x, _)| x.as_ref() == Some(s)) => {
-                            format!("BMC {ip} system {s:?} is already {first}'s")
-                        }
-                        _ => format!(
-                            "duplicate reserved address {ip}; also bmc.address of {first} (hosts may share a BMC only when each names a different bmc.system)"
-                        ),
-                    };
-                    p.at(loc, "bmc.address", why);
-                }
-                shared.push((bmc.system.clone(), loc.to_string()));
-                check_bmc_access(dir, bmc, loc, p);
+                claim_bmc(dir, loc, bmc, &known, &mut claims, &mut self.problems);
             }
-
             out.push((loc.clone(), host(dir, w)));
         }
         out
+    }
+
+    /// The host's rack and position (one host per slot) and its profile must exist.
+    fn host_placement(
+        &mut self,
+        loc: &Loc,
+        w: &HostWire,
+        known: &Known<'_>,
+        slots: &mut HashMap<(String, u32), String>,
+    ) {
+        let p = &mut self.problems;
+        let rack_known = w
+            .rack
+            .as_ref()
+            .is_none_or(|r| known.rack_names.contains(r.as_str()));
+        match (&w.rack, w.position) {
+            // A rack that failed to parse was reported already.
+            (Some(rack), _) if !rack_known && !self.broken_racks.contains(rack) => {
+                p.at(loc, "rack", format!("no rack named {rack:?}"));
+            }
+            (Some(_), _) if !rack_known => {}
+            (Some(rack), Some(pos)) => match slots.entry((rack.clone(), pos)) {
+                Entry::Occupied(first) => p.at(
+                    loc,
+                    "position",
+                    format!(
+                        "position {pos} in rack {rack:?} is already taken by {}",
+                        first.get()
+                    ),
+                ),
+                Entry::Vacant(slot) => {
+                    slot.insert(loc.to_string());
+                }
+            },
+            (None, Some(_)) => p.at(loc, "position", "position given without a rack"),
+            _ => {}
+        }
+        if let Some(profile) = &w.profile
+            && !known.profile_names.contains(profile.as_str())
+            && !self.broken_profiles.contains(profile)
+        {
+            p.at(loc, "profile", format!("no profile named {profile:?}"));
+        }
+    }
+
+    /// The host's MACs (and its BMC's) are its own; each reserved address is on a known
+    /// subnet, usable there, nobody else's, and reachable by DHCP when the subnet is served.
+    fn host_addresses(&mut self, loc: &Loc, w: &HostWire, known: &Known<'_>, claims: &mut Claims) {
+        let p = &mut self.problems;
+        for (i, mac) in w.macs.iter().enumerate() {
+            let field = format!("macs[{i}]");
+            claim_mac(&mut claims.macs, *mac, loc, &field, p);
+        }
+        if let Some(mac) = w.bmc.as_ref().and_then(|b| b.mac) {
+            claim_mac(&mut claims.macs, mac, loc, "bmc.mac", p);
+        }
+
+        for (subnet_name, ip) in &w.addresses {
+            let field = format!("addresses.{subnet_name}");
+            let Some(subnet) = known.subnet_by_name.get(subnet_name.as_str()) else {
+                if !self.broken_subnets.contains(subnet_name) {
+                    p.at(loc, &field, format!("no subnet named {subnet_name:?}"));
+                }
+                continue;
+            };
+            check_reserved(subnet, *ip, loc, &field, p);
+            claim_ip(&mut claims.ips, *ip, loc, &field, p);
+            if w.macs.is_empty() && subnet.served != Served::NotServed {
+                p.at(
+                    loc,
+                    &field,
+                    format!(
+                        "the host has no MAC in macs, but needs one to be served by DHCP on subnet {subnet_name:?}"
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// What the other entries define, as the host checks look it up.
+struct Known<'a> {
+    subnets: &'a [(Loc, Subnet)],
+    subnet_by_name: HashMap<&'a str, &'a Subnet>,
+    rack_names: HashSet<&'a str>,
+    profile_names: HashSet<&'a str>,
+    bmc_subnets: Vec<&'a Subnet>,
+}
+
+impl<'a> Known<'a> {
+    fn new(
+        subnets: &'a [(Loc, Subnet)],
+        racks: &'a [(Loc, Rack)],
+        profiles: &'a [(Loc, Profile)],
+    ) -> Self {
+        Known {
+            subnets,
+            subnet_by_name: subnets.iter().map(|(_, s)| (s.name.as_str(), s)).collect(),
+            rack_names: racks.iter().map(|(_, r)| r.name.as_str()).collect(),
+            profile_names: profiles.iter().map(|(_, p)| p.name.as_str()).collect(),
+            bmc_subnets: subnets
+                .iter()
+                .map(|(_, s)| s)
+                .filter(|s| s.purpose == Purpose::Bmc)
+                .collect(),
+        }
+    }
+}
+
+/// Who holds each MAC / reserved IP / rack slot / BMC endpoint so far, described for the
+/// message.
+#[derive(Default)]
+struct Claims {
+    macs: HashMap<MacAddr, String>,
+    ips: HashMap<Ipv4Addr, String>,
+    slots: HashMap<(String, u32), String>,
+    /// BMC endpoint → (system, who): hosts may share a BMC (one BMC, several systems)
+    /// when each names a different system.
+    endpoints: HashMap<(Ipv4Addr, Option<u16>), Vec<SharedBmc>>,
+}
+
+/// A host's BMC address lies in a bmc subnet (when there are any) and is usable there; its
+/// endpoint is shared with another host only to reach a different system.
+fn claim_bmc(
+    dir: &Path,
+    loc: &Loc,
+    bmc: &BmcWire,
+    known: &Known<'_>,
+    claims: &mut Claims,
+    p: &mut Problems,
+) {
+    let ip = bmc.address;
+    let bmc_subnets = &known.bmc_subnets;
+    if !bmc_subnets.is_empty() && !bmc_subnets.iter().any(|s| s.cidr.contains(&ip)) {
+        let names: Vec<String> = bmc_subnets
+            .iter()
+            .map(|s| format!("{:?} ({})", s.name, s.cidr))
+            .collect();
+        p.at(
+            loc,
+            "bmc.address",
+            format!("{ip} is not inside any bmc subnet: {}", names.join(", ")),
+        );
+    } else if let Some(subnet) = known
+        .subnets
+        .iter()
+        .map(|(_, s)| s)
+        .find(|s| s.cidr.contains(&ip))
+    {
+        check_reserved(subnet, ip, loc, "bmc.address", p);
+    }
+    // Another port on the same address is another BMC (emulators, port
+    // forwards): the address is claimed once, by the first.
+    let address_claimed = claims.endpoints.keys().any(|(a, _)| *a == ip);
+    let shared = claims.endpoints.entry((ip, bmc.port)).or_default();
+    if shared.is_empty() {
+        if !address_claimed {
+            claim_ip(&mut claims.ips, ip, loc, "bmc.address", p);
+        }
+    } else if let Some((_, first)) = shared
+        .iter()
+        .find(|(system, _)| system.is_none() || bmc.system.is_none() || *system == bmc.system)
+    {
+        let why = match &bmc.system {
+            Some(s) if shared.iter().any(|(x, _)| x.as_ref() == Some(s)) => {
+                format!("BMC {ip} system {s:?} is already {first}'s")
+            }
+            _ => format!(
+                "duplicate reserved address {ip}; also bmc.address of {first} (hosts may share a BMC only when each names a different bmc.system)"
+            ),
+        };
+        p.at(loc, "bmc.address", why);
+    }
+    shared.push((bmc.system.clone(), loc.to_string()));
+    check_bmc_access(dir, bmc, loc, p);
+}
+
+/// `dynamic_ranges`: each range inside the subnet, in order, and not overlapping another.
+/// A bad range is still kept, so later ranges keep their indices in messages.
+fn dynamic_ranges(loc: &Loc, net: &Ipv4Net, raw: &[RangeWire], p: &mut Problems) -> Vec<IpRange> {
+    let mut ranges: Vec<IpRange> = Vec::with_capacity(raw.len());
+    for (i, r) in raw.iter().enumerate() {
+        let field = format!("dynamic_ranges[{i}]");
+        let mut ok = true;
+        for (end, ip) in [("start", r.start), ("end", r.end)] {
+            if let Some(why) = unusable(net, ip) {
+                p.at(loc, format!("{field}.{end}"), format!("range {end} {why}"));
+                ok = false;
+            }
+        }
+        if r.start > r.end {
+            p.at(
+                loc,
+                &field,
+                format!("range start {} is after its end {}", r.start, r.end),
+            );
+            ok = false;
+        }
+        let range = IpRange {
+            start: r.start,
+            end: r.end,
+        };
+        if ok
+            && let Some((j, other)) = ranges
+                .iter()
+                .enumerate()
+                .find(|(_, o)| o.start <= range.end && range.start <= o.end)
+        {
+            p.at(
+                loc,
+                &field,
+                format!(
+                    "range {}-{} overlaps dynamic_ranges[{j}] ({}-{})",
+                    range.start, range.end, other.start, other.end
+                ),
+            );
+        }
+        ranges.push(range);
+    }
+    ranges
+}
+
+/// The dynamic range holding `ip`, if any.
+fn range_with(ranges: &[IpRange], ip: Ipv4Addr) -> Option<&IpRange> {
+    ranges.iter().find(|r| r.contains(ip))
+}
+
+/// How the subnet is reached by DHCP: on an interface, behind relays, or not at all.
+fn served(
+    loc: &Loc,
+    net: &Ipv4Net,
+    ranges: &[IpRange],
+    purpose: Purpose,
+    interface: Option<String>,
+    relays: Option<Vec<Ipv4Addr>>,
+    p: &mut Problems,
+) -> Served {
+    match (purpose, interface, relays) {
+        (Purpose::Ipoib, interface, relays) if interface.is_some() || relays.is_some() => {
+            let field = if interface.is_some() {
+                "interface"
+            } else {
+                "relay_addresses"
+            };
+            p.at(
+                loc,
+                field,
+                "ipoib subnets are not served by DHCP (Ansible configures the addresses); remove it",
+            );
+            Served::NotServed
+        }
+        (_, Some(_), Some(_)) => {
+            p.at(
+                loc,
+                "relay_addresses",
+                "interface and relay_addresses are both set; a subnet is served either on an interface or behind relays",
+            );
+            Served::NotServed
+        }
+        (_, Some(name), None) => {
+            if name.is_empty() || name.len() > MAX_IFNAME_LEN {
+                p.at(
+                    loc,
+                    "interface",
+                    format!(
+                        "interface name {name:?} must be 1 to {MAX_IFNAME_LEN} bytes (IFNAMSIZ)"
+                    ),
+                );
+            }
+            Served::Interface(name)
+        }
+        (_, None, Some(relays)) => {
+            check_relays(loc, net, ranges, &relays, p);
+            Served::Relays(relays)
+        }
+        (_, None, None) => Served::NotServed,
+    }
+}
+
+/// `relay_addresses`: at least one, each a usable address of the subnet outside the pool.
+fn check_relays(
+    loc: &Loc,
+    net: &Ipv4Net,
+    ranges: &[IpRange],
+    relays: &[Ipv4Addr],
+    p: &mut Problems,
+) {
+    if relays.is_empty() {
+        p.at(
+            loc,
+            "relay_addresses",
+            "empty: list the relays' giaddr addresses, or drop the key if the subnet is not served",
+        );
+    }
+    for (i, relay) in relays.iter().enumerate() {
+        if let Some(why) = unusable(net, *relay) {
+            p.at(
+                loc,
+                format!("relay_addresses[{i}]"),
+                format!("relay address {why}"),
+            );
+        } else if let Some(r) = range_with(ranges, *relay) {
+            p.at(
+                loc,
+                format!("relay_addresses[{i}]"),
+                format!(
+                    "relay address {relay} is inside dynamic range {}-{}",
+                    r.start, r.end
+                ),
+            );
+        }
+    }
+}
+
+/// A proxyDHCP subnet must be served and hand out no addresses; `mtu` must be legal.
+fn check_proxy_and_mtu(
+    loc: &Loc,
+    proxy_dhcp: bool,
+    mtu: Option<u16>,
+    served: &Served,
+    ranges: &[IpRange],
+    p: &mut Problems,
+) {
+    if proxy_dhcp && *served == Served::NotServed {
+        p.at(
+            loc,
+            "proxy_dhcp",
+            "a proxyDHCP subnet must be served: set interface or relay_addresses",
+        );
+    }
+    if proxy_dhcp && !ranges.is_empty() {
+        p.at(
+            loc,
+            "dynamic_ranges",
+            "a proxyDHCP subnet hands out no addresses (another server does): remove the ranges",
+        );
+    }
+    if let Some(mtu) = mtu
+        && mtu < 68
+    {
+        // RFC 2132 §5.1: option 26's minimum legal value is 68.
+        p.at(
+            loc,
+            "mtu",
+            format!("mtu {mtu} is below 68, the minimum of DHCP option 26"),
+        );
     }
 }
 
@@ -1200,9 +1343,38 @@ fn site_settings(loc: &Loc, w: &SiteWire, p: &mut Problems) -> SiteSettings {
             );
         }
     }
-    let mut users = Vec::with_capacity(w.users.len());
+    let users = users(loc, &w.users, p);
+    let pk = &w.packages;
+    check_packages(loc, pk, p);
+    let k = &w.kubernetes;
+    check_kubernetes(loc, k, p);
+    let oidc = w.oidc.as_ref().map(|o| oidc(loc, o, p));
+
+    SiteSettings {
+        domain: w.domain.clone(),
+        ntp_servers: w.ntp_servers.clone(),
+        users,
+        packages: Packages {
+            nvidia_repo_url: pk.nvidia_repo_url.clone(),
+            nvidia_driver_branch: pk.nvidia_driver_branch.clone(),
+            nvidia_container_toolkit_repo_url: pk.nvidia_container_toolkit_repo_url.clone(),
+            doca_repo_url: pk.doca_repo_url.clone(),
+            kubernetes_repo_url: pk.kubernetes_repo_url.clone(),
+        },
+        kubernetes: Kubernetes {
+            version: k.version.clone(),
+            api_endpoint: k.api_endpoint.clone(),
+            gpu_taint: k.gpu_taint.clone(),
+        },
+        oidc,
+    }
+}
+
+/// `[[site.users]]`: Linux user names, unique, with OpenSSH public keys.
+fn users(loc: &Loc, raw: &[UserWire], p: &mut Problems) -> Vec<User> {
+    let mut users = Vec::with_capacity(raw.len());
     let mut seen: HashSet<&str> = HashSet::new();
-    for (i, u) in w.users.iter().enumerate() {
+    for (i, u) in raw.iter().enumerate() {
         let f = |field: &str| format!("users[{i}].{field}");
         if !is_user_name(&u.name) {
             p.at(
@@ -1227,8 +1399,11 @@ fn site_settings(loc: &Loc, w: &SiteWire, p: &mut Problems) -> SiteSettings {
             sudo: u.sudo,
         });
     }
+    users
+}
 
-    let pk = &w.packages;
+/// `[site.packages]`: repository URLs and the driver branch.
+fn check_packages(loc: &Loc, pk: &PackagesWire, p: &mut Problems) {
     for (field, url) in [
         ("packages.nvidia_repo_url", &pk.nvidia_repo_url),
         (
@@ -1257,8 +1432,10 @@ fn site_settings(loc: &Loc, w: &SiteWire, p: &mut Problems) -> SiteSettings {
             format!("{b:?}: expected a driver branch number like \"550\""),
         );
     }
+}
 
-    let k = &w.kubernetes;
+/// `[site.kubernetes]`: version, API endpoint and GPU taint as kubeadm and kubectl take them.
+fn check_kubernetes(loc: &Loc, k: &KubernetesWire, p: &mut Problems) {
     if let Some(v) = &k.version
         && !is_version(v)
     {
@@ -1278,67 +1455,49 @@ fn site_settings(loc: &Loc, w: &SiteWire, p: &mut Problems) -> SiteSettings {
     {
         p.at(loc, "kubernetes.gpu_taint", why);
     }
+}
 
-    let oidc = w.oidc.as_ref().map(|o| {
-        if o.client_id.trim().is_empty() {
-            p.at(loc, "oidc.client_id", "empty client id");
+/// `[site.oidc]`: what kube-apiserver accepts (an https issuer, claim names, e-mails).
+fn oidc(loc: &Loc, o: &OidcWire, p: &mut Problems) -> Oidc {
+    if o.client_id.trim().is_empty() {
+        p.at(loc, "oidc.client_id", "empty client id");
+    }
+    if !o.issuer_url.starts_with("https://") || o.issuer_url.len() <= "https://".len() {
+        p.at(
+            loc,
+            "oidc.issuer_url",
+            format!(
+                "{:?}: kube-apiserver accepts only an https:// issuer",
+                o.issuer_url
+            ),
+        );
+    }
+    for (field, claim) in [
+        ("oidc.username_claim", &o.username_claim),
+        ("oidc.groups_claim", &o.groups_claim),
+    ] {
+        if claim.is_empty() || claim.contains(char::is_whitespace) {
+            p.at(loc, field, format!("{claim:?} is not a claim name"));
         }
-        if !o.issuer_url.starts_with("https://") || o.issuer_url.len() <= "https://".len() {
-            p.at(
-                loc,
-                "oidc.issuer_url",
-                format!(
-                    "{:?}: kube-apiserver accepts only an https:// issuer",
-                    o.issuer_url
-                ),
-            );
-        }
-        for (field, claim) in [
-            ("oidc.username_claim", &o.username_claim),
-            ("oidc.groups_claim", &o.groups_claim),
-        ] {
-            if claim.is_empty() || claim.contains(char::is_whitespace) {
-                p.at(loc, field, format!("{claim:?} is not a claim name"));
+    }
+    for (list, emails) in [("admins", &o.admins), ("viewers", &o.viewers)] {
+        for (i, e) in emails.iter().enumerate() {
+            if !is_email(e) {
+                p.at(
+                    loc,
+                    format!("oidc.{list}[{i}]"),
+                    format!("{e:?} is not an e-mail address"),
+                );
             }
         }
-        for (list, emails) in [("admins", &o.admins), ("viewers", &o.viewers)] {
-            for (i, e) in emails.iter().enumerate() {
-                if !is_email(e) {
-                    p.at(
-                        loc,
-                        format!("oidc.{list}[{i}]"),
-                        format!("{e:?} is not an e-mail address"),
-                    );
-                }
-            }
-        }
-        Oidc {
-            client_id: o.client_id.clone(),
-            issuer_url: o.issuer_url.clone(),
-            username_claim: o.username_claim.clone(),
-            groups_claim: o.groups_claim.clone(),
-            admins: o.admins.clone(),
-            viewers: o.viewers.clone(),
-        }
-    });
-
-    SiteSettings {
-        domain: w.domain.clone(),
-        ntp_servers: w.ntp_servers.clone(),
-        users,
-        packages: Packages {
-            nvidia_repo_url: pk.nvidia_repo_url.clone(),
-            nvidia_driver_branch: pk.nvidia_driver_branch.clone(),
-            nvidia_container_toolkit_repo_url: pk.nvidia_container_toolkit_repo_url.clone(),
-            doca_repo_url: pk.doca_repo_url.clone(),
-            kubernetes_repo_url: pk.kubernetes_repo_url.clone(),
-        },
-        kubernetes: Kubernetes {
-            version: k.version.clone(),
-            api_endpoint: k.api_endpoint.clone(),
-            gpu_taint: k.gpu_taint.clone(),
-        },
-        oidc,
+    }
+    Oidc {
+        client_id: o.client_id.clone(),
+        issuer_url: o.issuer_url.clone(),
+        username_claim: o.username_claim.clone(),
+        groups_claim: o.groups_claim.clone(),
+        admins: o.admins.clone(),
+        viewers: o.viewers.clone(),
     }
 }
 
