@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod dhcp;
+pub mod diag;
 pub mod discovery;
 pub mod events;
 pub mod ha;

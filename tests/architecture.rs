@@ -71,8 +71,25 @@ const RULES: &[Rule] = &[
     Rule {
         from: &["store", "model"],
         forbidden: &[
-            "dhcp", "tftp", "http", "pxe", "scripts", "boot", "bmc", "power", "handoff", "audit",
-            "rack", "ipam", "ha", "events", "discovery", "snapshot", "control", "ops", "config",
+            "dhcp",
+            "tftp",
+            "http",
+            "pxe",
+            "scripts",
+            "boot",
+            "bmc",
+            "power",
+            "handoff",
+            "audit",
+            "rack",
+            "ipam",
+            "ha",
+            "events",
+            "discovery",
+            "snapshot",
+            "control",
+            "ops",
+            "config",
             "inventory",
         ],
         why: "the store knows no protocol and no room above it",
@@ -123,7 +140,10 @@ fn blank_non_code(source: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'/' if b.get(i + 1) == Some(&b'/') => {
-                let end = b[i..].iter().position(|&c| c == b'\n').map_or(b.len(), |p| i + p);
+                let end = b[i..]
+                    .iter()
+                    .position(|&c| c == b'\n')
+                    .map_or(b.len(), |p| i + p);
                 blank(&mut out, i, end);
                 i = end;
             }
@@ -177,7 +197,10 @@ fn blank_non_code(source: &str) -> String {
             b'\'' => {
                 // A char literal ('x', '\n', '\u{..}'), not a lifetime ('a).
                 let end = if b.get(i + 1) == Some(&b'\\') {
-                    b[i + 2..].iter().position(|&c| c == b'\'').map(|p| i + 2 + p)
+                    b[i + 2..]
+                        .iter()
+                        .position(|&c| c == b'\'')
+                        .map(|p| i + 2 + p)
                 } else if b.get(i + 2) == Some(&b'\'') {
                     Some(i + 2)
                 } else {
@@ -272,7 +295,10 @@ fn group_heads(code: &[u8], open: usize) -> (Vec<String>, usize) {
             }
             b',' if depth == 1 => expect_head = true,
             c if is_ident(c) && expect_head && depth == 1 => {
-                let end = code[i..].iter().position(|&c| !is_ident(c)).map_or(code.len(), |p| i + p);
+                let end = code[i..]
+                    .iter()
+                    .position(|&c| !is_ident(c))
+                    .map_or(code.len(), |p| i + p);
                 heads.push(String::from_utf8_lossy(&code[i..end]).into_owned());
                 expect_head = false;
                 i = end;
@@ -321,7 +347,10 @@ fn named_modules(code: &str, module: &[String]) -> BTreeSet<String> {
                 i = end;
                 continue;
             }
-            let end = b[j..].iter().position(|&c| !is_ident(c)).map_or(b.len(), |p| j + p);
+            let end = b[j..]
+                .iter()
+                .position(|&c| !is_ident(c))
+                .map_or(b.len(), |p| j + p);
             found.insert(code[j..end].to_string());
             i = end;
         } else {
@@ -339,8 +368,15 @@ type Sources = BTreeMap<String, String>;
 /// The module path of a source file: `dhcp/server.rs` → [dhcp, server]; `dhcp/mod.rs` and
 /// `dhcp.rs` → [dhcp]; `lib.rs` → [].
 fn module_path(file: &str) -> Vec<String> {
-    let mut parts: Vec<String> = file.trim_end_matches(".rs").split('/').map(String::from).collect();
-    if parts.last().is_some_and(|p| p == "mod" || p == "lib" || p == "main") {
+    let mut parts: Vec<String> = file
+        .trim_end_matches(".rs")
+        .split('/')
+        .map(String::from)
+        .collect();
+    if parts
+        .last()
+        .is_some_and(|p| p == "mod" || p == "lib" || p == "main")
+    {
         parts.pop();
     }
     parts
@@ -433,8 +469,10 @@ fn cycles(g: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
             .chain(back)
             .chain(std::iter::once(m.clone()))
             .collect();
-        let component: BTreeSet<String> =
-            reach(m).into_iter().filter(|x| reach(x).contains(m)).collect();
+        let component: BTreeSet<String> = reach(m)
+            .into_iter()
+            .filter(|x| reach(x).contains(m))
+            .collect();
         reported.extend(component.iter().cloned());
         out.push(format!(
             "{} (circle among: {})",
@@ -458,11 +496,15 @@ fn violations(sources: &Sources, g: &BTreeMap<String, BTreeSet<String>>) -> Vec<
         }
     }
     for file in PURE_FILES {
-        let Some(text) = sources.get(*file) else { continue };
+        let Some(text) = sources.get(*file) else {
+            continue;
+        };
         let (code, _) = strip_tests(&blank_non_code(text));
         for name in IMPURE {
             if code.contains(name) {
-                out.push(format!("{file} names {name}: pure policy touches no socket, store or runtime"));
+                out.push(format!(
+                    "{file} names {name}: pure policy touches no socket, store or runtime"
+                ));
             }
         }
     }
@@ -493,7 +535,10 @@ fn read_sources(root: &Path) -> Sources {
 fn src_has_no_import_circles_and_keeps_its_layers() {
     let sources = read_sources(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
     let g = graph(&sources);
-    assert!(g.contains_key("dhcp") && g.contains_key("app"), "the checker found src/");
+    assert!(
+        g.contains_key("dhcp") && g.contains_key("app"),
+        "the checker found src/"
+    );
     for m in g.keys() {
         assert!(
             BELOW_APP.contains(&m.as_str()) || ["app", "cli"].contains(&m.as_str()),
@@ -554,21 +599,33 @@ fn a_protocol_module_importing_the_store_is_refused() {
     let src = fixture(&[
         ("lib.rs", "pub mod dhcp; pub mod store; pub mod model;"),
         ("dhcp/mod.rs", "pub mod server;"),
-        ("dhcp/server.rs", "use super::super::store::sqlite::SqliteStore;"),
+        (
+            "dhcp/server.rs",
+            "use super::super::store::sqlite::SqliteStore;",
+        ),
         ("store/mod.rs", "pub use crate::model::*;"),
         ("model.rs", "pub struct Lease;"),
     ]);
     let g = graph(&src);
     let v = violations(&src, &g);
-    assert!(v.iter().any(|m| m.starts_with("dhcp imports store")), "{v:?}");
+    assert!(
+        v.iter().any(|m| m.starts_with("dhcp imports store")),
+        "{v:?}"
+    );
     assert!(cycles(&g).is_empty());
 }
 
 #[test]
 fn the_core_importing_the_cli_or_app_is_refused_and_pure_files_stay_pure() {
     let src = fixture(&[
-        ("lib.rs", "pub mod audit; pub mod cli; pub mod app; pub mod dhcp;"),
-        ("audit/mod.rs", "use crate::cli::Output;\nfn f(a: &crate::app::App) {}"),
+        (
+            "lib.rs",
+            "pub mod audit; pub mod cli; pub mod app; pub mod dhcp;",
+        ),
+        (
+            "audit/mod.rs",
+            "use crate::cli::Output;\nfn f(a: &crate::app::App) {}",
+        ),
         ("cli/mod.rs", "use crate::audit;"),
         ("app.rs", ""),
         ("dhcp/mod.rs", "pub mod policy;"),
@@ -576,8 +633,18 @@ fn the_core_importing_the_cli_or_app_is_refused_and_pure_files_stay_pure() {
     ]);
     let g = graph(&src);
     let v = violations(&src, &g);
-    assert!(v.iter().any(|m| m.starts_with("audit imports cli")), "{v:?}");
-    assert!(v.iter().any(|m| m.starts_with("audit imports app")), "{v:?}");
-    assert!(v.iter().any(|m| m.starts_with("dhcp/policy.rs names tokio::")), "{v:?}");
+    assert!(
+        v.iter().any(|m| m.starts_with("audit imports cli")),
+        "{v:?}"
+    );
+    assert!(
+        v.iter().any(|m| m.starts_with("audit imports app")),
+        "{v:?}"
+    );
+    assert!(
+        v.iter()
+            .any(|m| m.starts_with("dhcp/policy.rs names tokio::")),
+        "{v:?}"
+    );
     assert_eq!(cycles(&g).len(), 1, "audit <-> cli");
 }

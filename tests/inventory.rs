@@ -4,8 +4,8 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use bootgate::config::Config;
-use bootgate::inventory::load::{check_against_config, load_dir};
+use bootgate::config::{Config, check_inventory};
+use bootgate::inventory::load::load_dir;
 use bootgate::inventory::{BmcScheme, Inventory, Problem, Purpose, Served};
 use bootgate::store::StoreUrl;
 use bootgate::types::{MacAddr, Role};
@@ -97,7 +97,7 @@ fn lab_inventory_loads_and_matches_its_config() {
     assert_eq!(cfg.interfaces[0].name, "gw0");
     assert_eq!(cfg.inventory_dir, dir.join("."));
     assert_eq!(
-        check_against_config(&inv, &cfg),
+        check_inventory(&inv, &cfg),
         [],
         "lab inventory vs its config"
     );
@@ -156,7 +156,7 @@ fn example_inventory_loads_and_matches_its_config() {
         cfg.secrets_file,
         Some(PathBuf::from("/etc/bootgate/secrets.toml"))
     );
-    assert_eq!(check_against_config(&inv, &cfg), []);
+    assert_eq!(check_inventory(&inv, &cfg), []);
 }
 
 #[test]
@@ -1400,7 +1400,7 @@ fn subnet_on_an_interface_the_config_lacks() {
         &format!("{CONFIG_HEAD}[[interface]]\nname = \"eth9\"\naddress = \"10.0.0.1/24\"\n"),
     );
     let cfg = config_ok(&path);
-    let found = check_against_config(&inv, &cfg);
+    let found = check_inventory(&inv, &cfg);
     assert_eq!(found.len(), 1, "{found:#?}");
     assert_eq!(found[0].file, path);
     assert_eq!(
@@ -1423,7 +1423,7 @@ fn interface_address_outside_its_subnet() {
         &format!("{CONFIG_HEAD}[[interface]]\nname = \"gw0\"\naddress = \"10.5.0.1/24\"\n"),
     );
     let cfg = config_ok(&path);
-    let found = check_against_config(&inv, &cfg);
+    let found = check_inventory(&inv, &cfg);
     assert_eq!(found.len(), 1, "{found:#?}");
     assert_eq!(found[0].file, path);
     assert_eq!(
@@ -1440,7 +1440,7 @@ fn interface_address_outside_its_subnet() {
         dir.path(),
         &format!("{CONFIG_HEAD}[[interface]]\nname = \"gw0\"\naddress = \"10.0.0.1/16\"\n"),
     );
-    let found = check_against_config(&inv, &config_ok(&path));
+    let found = check_inventory(&inv, &config_ok(&path));
     assert_eq!(found.len(), 1, "{found:#?}");
     assert!(found[0].reason.contains("prefix /16"), "{}", found[0]);
 }

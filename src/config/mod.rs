@@ -2,30 +2,30 @@
 //! the HTTP listener, state, store, inventory, boot images and secrets are. Parsed into wire
 //! structs (`deny_unknown_fields`), then validated into [`Config`]. Relative paths are taken
 //! relative to the config file's directory, so a config in git works from any checkout.
+//! The settings each server reads are its own types (`dhcp::DhcpSettings`, …): the config sits
+//! above the rooms it configures, and no room imports it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
-
-use crate::inventory::Invalid;
+use crate::diag::Invalid;
 use crate::store::StoreUrl;
 
+mod check;
 mod site;
 mod wire;
 
+pub use check::check_inventory;
 pub use site::load_inventory;
+// Each room owns the settings it reads; the config composes them (and names them here, so
+// `config::DhcpSettings` and the like read as before).
+pub use crate::dhcp::{DhcpSettings, Interface};
+pub use crate::handoff::HandoffSettings;
+pub use crate::http::HttpSettings;
+pub use crate::pxe::BootSettings;
 
 pub const DEFAULT_PATH: &str = "/etc/bootgate/bootgate.toml";
-
-/// A gateway interface bootgate serves (DHCP/TFTP/HTTP answer only on these).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Interface {
-    pub name: String,
-    /// The gateway's own address and prefix on that interface (server identifier, next-server).
-    pub address: Ipv4Net,
-}
 
 /// The validated daemon config.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -59,28 +59,6 @@ pub struct Config {
     /// `[ha]`: this gateway's id and its peer's, for RFC 3074 load balancing (None: answer
     /// every client).
     pub ha: Option<crate::ha::HaSettings>,
-}
-
-/// The Ansible hand-off (`[handoff]`): how `ansible-playbook` is run against a host once it
-/// phones home `installed`, and by `bootgate handoff HOST`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct HandoffSettings {
-    /// Run the hand-off automatically when a host phones home `installed`.
-    pub enabled: bool,
-    /// The playbooks directory: `site.yml` and (optionally) `ansible.cfg`.
-    pub playbooks_dir: PathBuf,
-    /// The `ansible-playbook` executable: a path, or resolved from `$BOOTGATE_VENV/bin`
-    /// then `PATH` when the config gives a bare name.
-    pub ansible_playbook: PathBuf,
-    /// Runs at once; more hosts wait for a slot (a rack powering on together must not
-    /// fork hundreds of SSH sessions from the gateway).
-    pub concurrency: usize,
-    /// A run still going after this is killed and the host marked `failed`.
-    pub timeout: Duration,
-    /// The account Ansible logs in as.
-    pub ssh_user: String,
-    /// Private key Ansible logs in with (none: ssh's defaults / agent).
-    pub ssh_key: Option<PathBuf>,
 }
 
 /// A shared PostgreSQL store's pool and timings (`[postgres]`): how long a DHCP request
@@ -124,41 +102,6 @@ impl PostgresSettings {
             call_timeout: self.call_timeout,
         }
     }
-}
-
-/// API access (`[http]`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct HttpSettings {
-    /// Root-only file of API bearer tokens (`crate::http::auth`); none → no mutating API.
-    pub tokens_file: Option<PathBuf>,
-    /// Read endpoints answer without a token (they are on the provisioning network only).
-    pub open_reads: bool,
-    /// Bytes of boot files kept in RAM for whole-file GETs (`image_cache_mb`; 0: off).
-    pub image_cache: u64,
-}
-
-/// What PXE clients are told to fetch (`[boot]`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct BootSettings {
-    /// Base URL of the HTTP listener as clients reach it (`http://10.250.0.1:8080`).
-    pub http_base: String,
-    #[serde(skip)]
-    pub files: crate::pxe::BootFiles,
-}
-
-/// Server-wide DHCP settings (`[dhcp]`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct DhcpSettings {
-    /// How long an OFFERed address stays reserved for the client (RFC 2131 §4.3.1 lets
-    /// the server reserve it; 30 s covers slow PXE ROMs).
-    pub offer_hold: Duration,
-    /// How long a DECLINEd address stays out of the pool (RFC 2131 §4.3.3).
-    pub decline_quarantine: Duration,
-    /// Requests processed concurrently.
-    pub max_in_flight: usize,
-    /// Ping a dynamic address before offering it (RFC 2131 §4.4.1 "SHOULD probe").
-    pub conflict_probe: crate::dhcp::probe::ProbeMode,
-    pub probe_timeout: Duration,
 }
 
 impl Config {

@@ -19,7 +19,7 @@ pub fn load_inventory(config: &Config) -> Result<(Inventory, BootAssets), Invali
             return Err(Invalid(all));
         }
     };
-    let mut problems = load::check_against_config(&inv, config);
+    let mut problems = super::check_inventory(&inv, config);
     // Every profile's image must be in the manifest.
     for p in &inv.profiles {
         if let Some(img) = &p.image

@@ -13,8 +13,9 @@ use serde::Deserialize;
 use super::{
     BootSettings, Config, DhcpSettings, HandoffSettings, HttpSettings, Interface, PostgresSettings,
 };
-use crate::inventory::load::{MAX_IFNAME_LEN, deserialize_collecting, lease_time, syntax_problem};
-use crate::inventory::{Invalid, Problem};
+use crate::diag::{
+    Invalid, MAX_IFNAME_LEN, Problem, deserialize_collecting, lease_time, syntax_problem,
+};
 use crate::secrets::SecretsSource;
 use crate::store::StoreUrl;
 
@@ -311,56 +312,18 @@ impl Problems<'_> {
     }
 }
 
+/// Sections whose field errors are reported under the section's name (entry `http`, field
+/// `listen`) rather than as entry `-`, field `http.listen`.
+const SECTIONS: &[&str] = &["http", "dhcp", "boot", "bmc", "handoff", "postgres"];
+
 pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
     let mut p = Problems {
         file: path,
         list: Vec::new(),
     };
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Invalid(vec![Problem {
-            file: path.to_path_buf(),
-            entry: "-".to_string(),
-            field: "-".to_string(),
-            reason: format!("cannot read: {e}"),
-        }])
-    })?;
-    let mut table = text
-        .parse::<toml::Table>()
-        .map_err(|e| Invalid(vec![syntax_problem(path, &text, &e)]))?;
-
+    let mut table = read_table(path)?;
     let raw_interfaces = table.remove("interface");
-    let top = deserialize_collecting::<ConfigWire>(&toml::Value::Table(table));
-    let top = match top {
-        Ok(w) => Some(w),
-        Err(errors) => {
-            for e in errors {
-                match e.field.strip_prefix("http.") {
-                    Some(field) => p.push("http", field, e.reason),
-                    None if e.field.starts_with("dhcp.") => {
-                        p.push("dhcp", &e.field["dhcp.".len()..], e.reason)
-                    }
-                    None if e.field.starts_with("boot.") => {
-                        p.push("boot", &e.field["boot.".len()..], e.reason)
-                    }
-                    None if e.field.starts_with("bmc.") => {
-                        p.push("bmc", &e.field["bmc.".len()..], e.reason)
-                    }
-                    None if e.field.starts_with("handoff.") => {
-                        p.push("handoff", &e.field["handoff.".len()..], e.reason)
-                    }
-                    None if e.field.starts_with("postgres.") => {
-                        p.push("postgres", &e.field["postgres.".len()..], e.reason)
-                    }
-                    // `interface` was taken out before, so serde's list lacks it.
-                    None if e.reason.starts_with("unknown field, expected one of:") => {
-                        p.push("-", &e.field, format!("{}, interface", e.reason))
-                    }
-                    None => p.push("-", &e.field, e.reason),
-                }
-            }
-            None
-        }
-    };
+    let top = top_level(table, &mut p);
     let interfaces = interfaces(raw_interfaces.as_ref(), &mut p);
 
     let base = match path.parent() {
@@ -376,7 +339,97 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
         return Err(Invalid(p.list));
     };
     let state_dir = resolve(&w.state_dir);
-    let store = match &w.store {
+    let store = store_url(w.store.as_deref(), &state_dir, &resolve, &mut p);
+    let inventory_dir = resolve(&w.inventory);
+    let boot_images_dir = resolve(&w.boot_images);
+    check_dirs(
+        [
+            ("inventory", &inventory_dir),
+            ("boot_images", &boot_images_dir),
+        ],
+        &mut p,
+    );
+    let secrets = secrets_source(w.secrets.as_deref(), &resolve, &mut p);
+    let boot = boot_settings(&w.boot, w.http.listen, &mut p);
+    let handoff = handoff_settings(&w.handoff, &resolve, &mut p);
+    let bmc = bmc_settings(&w.bmc, &mut p);
+    let postgres = postgres_settings(&w.postgres, &mut p);
+    let shared = matches!(store, Some(StoreUrl::Postgres(_)));
+    let ha = crate::ha::ha_settings(&w.ha, shared, |field, reason| p.push("ha", field, reason));
+    let (Some(store), true) = (store, p.list.is_empty()) else {
+        return Err(Invalid(p.list));
+    };
+    Ok(Config {
+        path: path.to_path_buf(),
+        interfaces,
+        http_listen: w.http.listen,
+        http: http_settings(&w.http, &resolve),
+        control_socket: w
+            .control_socket
+            .as_deref()
+            .map_or_else(|| state_dir.join("control.sock"), &resolve),
+        secrets_file: secrets.as_ref().and_then(|s| s.path().ok()),
+        secrets,
+        state_dir,
+        store,
+        inventory_dir,
+        boot_images_dir,
+        dhcp: dhcp_settings(&w.dhcp),
+        boot,
+        handoff,
+        bmc,
+        postgres,
+        ha,
+    })
+}
+
+/// Reads and parses the file; failing either is the file's only problem.
+fn read_table(path: &Path) -> Result<toml::Table, Invalid> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Invalid(vec![Problem {
+            file: path.to_path_buf(),
+            entry: "-".to_string(),
+            field: "-".to_string(),
+            reason: format!("cannot read: {e}"),
+        }])
+    })?;
+    text.parse::<toml::Table>()
+        .map_err(|e| Invalid(vec![syntax_problem(path, &text, &e)]))
+}
+
+/// Deserializes the whole file except `[[interface]]` (taken out of `table` before), each
+/// field error labelled by its section.
+fn top_level(table: toml::Table, p: &mut Problems<'_>) -> Option<ConfigWire> {
+    let errors = match deserialize_collecting::<ConfigWire>(&toml::Value::Table(table)) {
+        Ok(w) => return Some(w),
+        Err(errors) => errors,
+    };
+    for e in errors {
+        let in_section = SECTIONS.iter().find_map(|&section| {
+            let field = e.field.strip_prefix(section)?.strip_prefix('.')?;
+            Some((section, field))
+        });
+        match in_section {
+            Some((section, field)) => p.push(section, field, e.reason),
+            // `interface` was taken out before, so serde's list lacks it.
+            None if e.reason.starts_with("unknown field, expected one of:") => {
+                p.push("-", &e.field, format!("{}, interface", e.reason))
+            }
+            None => p.push("-", &e.field, e.reason),
+        }
+    }
+    None
+}
+
+/// `store`: `sqlite:{state_dir}/bootgate.db` when absent; a relative SQLite path is taken
+/// relative to the config's directory.
+fn store_url(
+    store: Option<&str>,
+    state_dir: &Path,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    p: &mut Problems<'_>,
+) -> Option<StoreUrl> {
+    match store {
         None => Some(StoreUrl::Sqlite(state_dir.join("bootgate.db"))),
         Some(s) => match s.parse::<StoreUrl>() {
             Ok(StoreUrl::Sqlite(db)) => Some(StoreUrl::Sqlite(resolve(&db))),
@@ -386,13 +439,12 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
                 None
             }
         },
-    };
-    let inventory_dir = resolve(&w.inventory);
-    let boot_images_dir = resolve(&w.boot_images);
-    for (field, dir) in [
-        ("inventory", &inventory_dir),
-        ("boot_images", &boot_images_dir),
-    ] {
+    }
+}
+
+/// The inventory and boot image directories must exist when the daemon starts.
+fn check_dirs(dirs: [(&str, &PathBuf); 2], p: &mut Problems<'_>) {
+    for (field, dir) in dirs {
         if !dir.is_dir() {
             let why = if dir.exists() {
                 "is not a directory"
@@ -402,8 +454,15 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
             p.push("-", field, format!("{} {why}", dir.display()));
         }
     }
+}
 
-    let secrets = match w.secrets.as_deref().map(SecretsSource::parse) {
+/// `secrets`: a path (made absolute) or a systemd credential name.
+fn secrets_source(
+    secrets: Option<&str>,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    p: &mut Problems<'_>,
+) -> Option<SecretsSource> {
+    match secrets.map(SecretsSource::parse) {
         None => None,
         Some(Ok(SecretsSource::File(f))) => Some(SecretsSource::File(resolve(&f))),
         Some(Ok(c)) => Some(c),
@@ -411,47 +470,25 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
             p.push("-", "secrets", e.to_string());
             None
         }
-    };
-    let boot = boot_settings(&w.boot, w.http.listen, &mut p);
-    let handoff = handoff_settings(&w.handoff, &resolve, &mut p);
-    let bmc = bmc_settings(&w.bmc, &mut p);
-    let postgres = postgres_settings(&w.postgres, &mut p);
-    let shared = matches!(store, Some(StoreUrl::Postgres(_)));
-    let ha = crate::ha::ha_settings(&w.ha, shared, |field, reason| p.push("ha", field, reason));
-    match (store, p.list.is_empty()) {
-        (Some(store), true) => Ok(Config {
-            path: path.to_path_buf(),
-            interfaces,
-            http_listen: w.http.listen,
-            http: HttpSettings {
-                tokens_file: w.http.tokens.as_deref().map(&resolve),
-                open_reads: w.http.open_reads,
-                image_cache: w.http.image_cache_mb.saturating_mul(1024 * 1024),
-            },
-            control_socket: w
-                .control_socket
-                .as_deref()
-                .map_or_else(|| state_dir.join("control.sock"), &resolve),
-            secrets_file: secrets.as_ref().and_then(|s| s.path().ok()),
-            secrets,
-            state_dir,
-            store,
-            inventory_dir,
-            boot_images_dir,
-            dhcp: DhcpSettings {
-                offer_hold: w.dhcp.offer_hold,
-                decline_quarantine: w.dhcp.decline_quarantine,
-                max_in_flight: w.dhcp.max_in_flight.max(1),
-                conflict_probe: w.dhcp.conflict_probe,
-                probe_timeout: Duration::from_millis(w.dhcp.probe_timeout_ms.clamp(10, 5000)),
-            },
-            boot,
-            handoff,
-            bmc,
-            postgres,
-            ha,
-        }),
-        _ => Err(Invalid(p.list)),
+    }
+}
+
+fn http_settings(w: &HttpWire, resolve: &dyn Fn(&Path) -> PathBuf) -> HttpSettings {
+    HttpSettings {
+        tokens_file: w.tokens.as_deref().map(resolve),
+        open_reads: w.open_reads,
+        image_cache: w.image_cache_mb.saturating_mul(1024 * 1024),
+    }
+}
+
+/// `[dhcp]`: nothing to refuse; values past what makes sense are clamped.
+fn dhcp_settings(w: &DhcpWire) -> DhcpSettings {
+    DhcpSettings {
+        offer_hold: w.offer_hold,
+        decline_quarantine: w.decline_quarantine,
+        max_in_flight: w.max_in_flight.max(1),
+        conflict_probe: w.conflict_probe,
+        probe_timeout: Duration::from_millis(w.probe_timeout_ms.clamp(10, 5000)),
     }
 }
 

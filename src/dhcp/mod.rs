@@ -18,6 +18,9 @@ pub mod probe;
 pub mod reply;
 pub mod request;
 pub mod server;
+mod settings;
+
+pub use settings::{DhcpSettings, Interface};
 
 /// DHCP message types a server receives (option 53). Server-sent types live in `reply`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

@@ -19,14 +19,14 @@ use super::balance::ShareSource;
 use super::policy::{self, AddressBook, ClientKey, Decision, View};
 use super::reply::{self, BootInfo, Destination, ReplyParams};
 use super::{Arrival, Request};
+use super::{DhcpSettings, Interface};
 use super::{arp, probe, request};
-use crate::config::{BootSettings, DhcpSettings, Interface};
 use crate::discovery::{DiscoverySink, Sighting};
 use crate::events::EventSink;
 use crate::inventory::{Host, Inventory, Purpose, Served, Subnet};
 use crate::ipam::{Claim, ClaimKind, Committed, Ipam};
 use crate::model::{EventKind, Lease, LeaseState, NewEvent, RelayInfo, StoreError};
-use crate::pxe;
+use crate::pxe::{self, BootSettings};
 use crate::snapshot::Snapshot;
 use crate::types::MacAddr;
 

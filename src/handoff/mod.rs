@@ -9,9 +9,11 @@ use crate::types::HostState;
 
 pub mod render;
 pub mod runner;
+mod settings;
 
 pub use render::{Rendered, render};
 pub use runner::{Mode, Outcome, Recap, RunReport, Runner};
+pub use settings::HandoffSettings;
 
 /// Everything the hand-off can fail with. Messages name the host, file or group.
 #[derive(Debug, thiserror::Error)]

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use super::{HandoffError, io_err, render};
-use crate::config::HandoffSettings;
+use crate::handoff::HandoffSettings;
 use crate::inventory::Inventory;
 use crate::store::{EventKind, EventQuery, NewEvent, Store, StoreError};
 use crate::types::HostState;

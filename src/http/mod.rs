@@ -30,6 +30,8 @@ pub mod auth;
 pub mod boot;
 pub mod image_cache;
 pub mod query;
+mod settings;
+pub use settings::HttpSettings;
 
 /// Errors a handler answers with; each maps to one status and a JSON `{"error": …}` body.
 #[derive(Debug, thiserror::Error)]

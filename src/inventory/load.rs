@@ -11,15 +11,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer};
 
 use super::{
     Bmc, BmcProtocol, BmcScheme, BmcVendor, Gpus, Hardware, Host, InfiniBand, Invalid, Inventory,
     IpRange, Kubernetes, Oidc, Packages, Problem, Profile, Purpose, Rack, Served, Site,
     SiteSettings, Subnet, Switch, User,
 };
-use crate::config::Config;
+use crate::diag::{MAX_IFNAME_LEN, deserialize_collecting, lease_time, syntax_problem};
 use crate::types::{MacAddr, Role};
 
 /// The daemon's own config may sit in the inventory directory; it is not inventory.
@@ -273,232 +273,6 @@ fn default_bmc_scheme() -> BmcScheme {
     BmcScheme::Https
 }
 
-/// `lease_time`: either integer seconds, or a string in jiff's "friendly" (`30m`, `12h`,
-/// `1d`, `1h 30m`, `2 days`) or ISO 8601 (`PT12H`) duration format, with days and weeks
-/// taken as 24 h and 7 d. Must be a whole, positive number of seconds that fits DHCP
-/// option 51 (u32).
-pub(crate) fn lease_time<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    struct Visitor;
-    impl serde::de::Visitor<'_> for Visitor {
-        type Value = Duration;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a duration like \"30m\", \"12h\" or \"1d\", or integer seconds")
-        }
-        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
-            lease_secs(i128::from(v)).map_err(E::custom)
-        }
-        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Duration, E> {
-            lease_secs(i128::from(v)).map_err(E::custom)
-        }
-        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
-            let bad = |why: String| {
-                E::custom(format!(
-                    "invalid duration {v:?} ({why}); expected e.g. \"30m\", \"12h\", \"1d\" or integer seconds"
-                ))
-            };
-            let d = crate::types::parse_duration(v).map_err(|e| {
-                E::custom(format!(
-                    "{e}; expected e.g. \"30m\", \"12h\", \"1d\" or integer seconds"
-                ))
-            })?;
-            if d.subsec_nanos() != 0 {
-                return Err(bad("not a whole number of seconds".to_string()));
-            }
-            lease_secs(i128::from(d.as_secs())).map_err(E::custom)
-        }
-    }
-    d.deserialize_any(Visitor)
-}
-
-fn lease_secs(secs: i128) -> Result<Duration, String> {
-    match u32::try_from(secs) {
-        Ok(0) => Err("lease time must be positive".to_string()),
-        Ok(s) => Ok(Duration::from_secs(u64::from(s))),
-        Err(_) => Err(format!(
-            "lease time {secs}s is out of range (1s ..= {}s, DHCP option 51 is 32 bits)",
-            u32::MAX
-        )),
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Deserializing one entry while collecting every field error (shared with config::wire).
-// ---------------------------------------------------------------------------------------
-
-/// One field of an entry that failed to deserialize.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct FieldError {
-    /// Path inside the entry (`bmc.vendor`, `macs[1]`), or `-` for the entry as a whole.
-    pub field: String,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Seg {
-    Key(String),
-    Index(usize),
-}
-
-fn path_string(path: &[Seg]) -> String {
-    let mut out = String::new();
-    for seg in path {
-        match seg {
-            Seg::Key(k) => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(k);
-            }
-            Seg::Index(i) => out.push_str(&format!("[{i}]")),
-        }
-    }
-    if out.is_empty() { "-".to_string() } else { out }
-}
-
-/// serde stops at the first error, so to report them all we drop the offending key and
-/// try again (bounded). A required key we dropped then comes back as "missing field": that
-/// one is not reported twice. A bad array element drops the whole array, so later
-/// elements keep their indices in the messages that were already recorded.
-pub(crate) fn deserialize_collecting<T: DeserializeOwned>(
-    value: &toml::Value,
-) -> Result<T, Vec<FieldError>> {
-    const MAX_ATTEMPTS: usize = 32;
-    let mut value = value.clone();
-    let mut errors = Vec::new();
-    let mut removed: Vec<Vec<Seg>> = Vec::new();
-    for _ in 0..MAX_ATTEMPTS {
-        let err = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
-            Ok(t) if errors.is_empty() => return Ok(t),
-            Ok(_) => return Err(errors),
-            Err(e) => e,
-        };
-        let mut path: Vec<Seg> = err
-            .path()
-            .iter()
-            .filter_map(|s| match s {
-                serde_path_to_error::Segment::Map { key } => Some(Seg::Key(key.clone())),
-                serde_path_to_error::Segment::Seq { index } => Some(Seg::Index(*index)),
-                _ => None,
-            })
-            .collect();
-        let message = err.inner().message();
-        if let Some(missing) = missing_field(message) {
-            let mut full = path.clone();
-            full.push(Seg::Key(missing.to_string()));
-            if !removed.contains(&full) {
-                errors.push(FieldError {
-                    field: path_string(&full),
-                    reason: "missing (required)".to_string(),
-                });
-            }
-        } else {
-            let raw = value_at(&value, &path);
-            errors.push(FieldError {
-                field: path_string(&path),
-                reason: humane_reason(message, raw),
-            });
-        }
-        // Drop the smallest thing that removes this error: the key itself, or the whole
-        // array for an array element, or the incomplete table for a missing field.
-        while matches!(path.last(), Some(Seg::Index(_))) {
-            path.pop();
-        }
-        if path.is_empty() || !remove_at(&mut value, &path) {
-            return Err(errors);
-        }
-        removed.push(path);
-    }
-    Err(errors)
-}
-
-fn missing_field(message: &str) -> Option<&str> {
-    message
-        .strip_prefix("missing field `")
-        .and_then(|rest| rest.split('`').next())
-}
-
-fn value_at<'a>(value: &'a toml::Value, path: &[Seg]) -> Option<&'a toml::Value> {
-    let mut v = value;
-    for seg in path {
-        v = match seg {
-            Seg::Key(k) => v.as_table()?.get(k)?,
-            Seg::Index(i) => v.as_array()?.get(*i)?,
-        };
-    }
-    Some(v)
-}
-
-fn remove_at(value: &mut toml::Value, path: &[Seg]) -> bool {
-    let Some((Seg::Key(last), parents)) = path.split_last() else {
-        return false;
-    };
-    let mut v = value;
-    for seg in parents {
-        let next = match seg {
-            Seg::Key(k) => v.as_table_mut().and_then(|t| t.get_mut(k)),
-            Seg::Index(i) => v.as_array_mut().and_then(|a| a.get_mut(*i)),
-        };
-        match next {
-            Some(n) => v = n,
-            None => return false,
-        }
-    }
-    v.as_table_mut().and_then(|t| t.remove(last)).is_some()
-}
-
-/// Turns serde's messages into the house form: `unknown field, expected one of: a, b`, and
-/// echoes the offending string (std's IP parser does not say what it was given).
-fn humane_reason(message: &str, raw: Option<&toml::Value>) -> String {
-    if let Some(rest) = message.strip_prefix("unknown field `") {
-        let expected: Vec<&str> = rest
-            .split_once('`')
-            .map(|(_, tail)| tail)
-            .unwrap_or_default()
-            .split('`')
-            .skip(1)
-            .step_by(2)
-            .collect();
-        return if expected.is_empty() {
-            "unknown field, this table takes no fields".to_string()
-        } else {
-            format!("unknown field, expected one of: {}", expected.join(", "))
-        };
-    }
-    match raw {
-        Some(toml::Value::String(s)) if !message.contains(s.as_str()) => {
-            format!("{message}: {s:?}")
-        }
-        _ => message.to_string(),
-    }
-}
-
-/// A TOML syntax error as a problem, with the line and column the parser stopped at.
-pub(crate) fn syntax_problem(file: &Path, source: &str, err: &toml::de::Error) -> Problem {
-    let reason = match err.span() {
-        Some(span) => {
-            let (line, col) = line_col(source, span.start);
-            format!(
-                "TOML syntax error at line {line}, column {col}: {}",
-                err.message()
-            )
-        }
-        None => format!("TOML syntax error: {}", err.message()),
-    };
-    Problem {
-        file: file.to_path_buf(),
-        entry: "-".to_string(),
-        field: "-".to_string(),
-        reason,
-    }
-}
-
-fn line_col(source: &str, offset: usize) -> (usize, usize) {
-    let before = source.get(..offset).unwrap_or(source);
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, col)
-}
-
 // ---------------------------------------------------------------------------------------
 // Loading
 // ---------------------------------------------------------------------------------------
@@ -564,86 +338,10 @@ pub fn load_dir(dir: &Path) -> Result<Inventory, Invalid> {
         return Err(Invalid(problems.0));
     }
 
-    let mut tables = Vec::with_capacity(files.len());
-    for file in &files {
-        match std::fs::read_to_string(file) {
-            Err(e) => problems.file(file, "-", "-", format!("cannot read: {e}")),
-            Ok(text) => match text.parse::<toml::Table>() {
-                Ok(table) => tables.push((file.clone(), table)),
-                Err(e) => problems.0.push(syntax_problem(file, &text, &e)),
-            },
-        }
-    }
-
-    let mut site: Option<(Loc, &toml::Value)> = None;
-    let mut subnets = Raw::new("subnet");
-    let mut racks = Raw::new("rack");
-    let mut profiles = Raw::new("profile");
-    let mut hosts = Raw::new("host");
-    for (file, table) in &tables {
-        for (key, value) in table {
-            let raw = match key.as_str() {
-                "site" => {
-                    let loc = Loc {
-                        file: file.clone(),
-                        entry: "site".to_string(),
-                    };
-                    if !value.is_table() {
-                        problems.at(&loc, "-", "expected a single [site] table");
-                    } else if let Some((first, _)) = &site {
-                        problems.at(
-                            &loc,
-                            "-",
-                            format!(
-                                "second [site] table; the site is already defined in {}",
-                                first_file(first)
-                            ),
-                        );
-                    } else {
-                        site = Some((loc, value));
-                    }
-                    continue;
-                }
-                "subnet" => &mut subnets,
-                "rack" => &mut racks,
-                "profile" => &mut profiles,
-                "host" => &mut hosts,
-                _ => {
-                    problems.file(
-                        file,
-                        "-",
-                        key,
-                        format!(
-                            "unknown top-level key, expected one of: {}",
-                            TOP_LEVEL_KEYS.join(", ")
-                        ),
-                    );
-                    continue;
-                }
-            };
-            raw.collect(file, key, value, &mut problems);
-        }
-    }
-
-    let site = match site {
-        Some((loc, value)) => deserialize_entry::<SiteWire>(&loc, value, &mut problems).map(|w| {
-            let settings = site_settings(&loc, &w, &mut problems);
-            let bmc_ca_file = w.bmc_ca_file.map(|f| {
-                let path = dir.join(f);
-                if let Some(why) = not_a_file(&path) {
-                    problems.at(&loc, "bmc_ca_file", why);
-                }
-                path
-            });
-            Site {
-                settings,
-                name: w.name,
-                description: w.description,
-                location: w.location,
-                gateways: w.gateways,
-                bmc_ca_file,
-            }
-        }),
+    let tables = read_tables(&files, &mut problems);
+    let entries = Entries::sort(&tables, &mut problems);
+    let site = match entries.site {
+        Some((loc, value)) => site(dir, &loc, value, &mut problems),
         None => {
             // Only worth saying when the files themselves were readable.
             if problems.0.is_empty() {
@@ -654,10 +352,10 @@ pub fn load_dir(dir: &Path) -> Result<Inventory, Invalid> {
     };
 
     let mut v = Validator::new(problems);
-    let subnets = v.subnets(&subnets);
-    let racks = v.racks(&racks);
-    let profiles = v.profiles(&profiles);
-    let hosts = v.hosts(dir, &hosts, &subnets, &racks, &profiles);
+    let subnets = v.subnets(&entries.subnets);
+    let racks = v.racks(&entries.racks);
+    let profiles = v.profiles(&entries.profiles);
+    let hosts = v.hosts(dir, &entries.hosts, &subnets, &racks, &profiles);
 
     match site {
         Some(site) if v.problems.0.is_empty() => Ok(Inventory {
@@ -670,6 +368,115 @@ pub fn load_dir(dir: &Path) -> Result<Inventory, Invalid> {
         }),
         _ => Err(Invalid(v.problems.0)),
     }
+}
+
+/// Each file read and parsed as TOML; a file that fails is reported and left out.
+fn read_tables(files: &[PathBuf], problems: &mut Problems) -> Vec<(PathBuf, toml::Table)> {
+    let mut tables = Vec::with_capacity(files.len());
+    for file in files {
+        match std::fs::read_to_string(file) {
+            Err(e) => problems.file(file, "-", "-", format!("cannot read: {e}")),
+            Ok(text) => match text.parse::<toml::Table>() {
+                Ok(table) => tables.push((file.clone(), table)),
+                Err(e) => problems.0.push(syntax_problem(file, &text, &e)),
+            },
+        }
+    }
+    tables
+}
+
+/// The raw entries of all files, by kind.
+struct Entries<'a> {
+    site: Option<(Loc, &'a toml::Value)>,
+    subnets: Raw<'a>,
+    racks: Raw<'a>,
+    profiles: Raw<'a>,
+    hosts: Raw<'a>,
+}
+
+impl<'a> Entries<'a> {
+    /// Sorts every top-level key of every file into its kind; unknown keys and a second
+    /// `[site]` are reported.
+    fn sort(tables: &'a [(PathBuf, toml::Table)], problems: &mut Problems) -> Self {
+        let mut e = Entries {
+            site: None,
+            subnets: Raw::new("subnet"),
+            racks: Raw::new("rack"),
+            profiles: Raw::new("profile"),
+            hosts: Raw::new("host"),
+        };
+        for (file, table) in tables {
+            for (key, value) in table {
+                let raw = match key.as_str() {
+                    "site" => {
+                        e.site_table(file, value, problems);
+                        continue;
+                    }
+                    "subnet" => &mut e.subnets,
+                    "rack" => &mut e.racks,
+                    "profile" => &mut e.profiles,
+                    "host" => &mut e.hosts,
+                    _ => {
+                        problems.file(
+                            file,
+                            "-",
+                            key,
+                            format!(
+                                "unknown top-level key, expected one of: {}",
+                                TOP_LEVEL_KEYS.join(", ")
+                            ),
+                        );
+                        continue;
+                    }
+                };
+                raw.collect(file, key, value, problems);
+            }
+        }
+        e
+    }
+
+    /// The one `[site]` table of the directory.
+    fn site_table(&mut self, file: &Path, value: &'a toml::Value, problems: &mut Problems) {
+        let loc = Loc {
+            file: file.to_path_buf(),
+            entry: "site".to_string(),
+        };
+        if !value.is_table() {
+            problems.at(&loc, "-", "expected a single [site] table");
+        } else if let Some((first, _)) = &self.site {
+            problems.at(
+                &loc,
+                "-",
+                format!(
+                    "second [site] table; the site is already defined in {}",
+                    first_file(first)
+                ),
+            );
+        } else {
+            self.site = Some((loc, value));
+        }
+    }
+}
+
+/// Deserializes and validates `[site]`; its CA file is taken relative to the inventory dir.
+fn site(dir: &Path, loc: &Loc, value: &toml::Value, problems: &mut Problems) -> Option<Site> {
+    let w = deserialize_entry::<SiteWire>(loc, value, problems)?;
+    let settings = site_settings(loc, &w, problems);
+    let bmc_ca_file = w.bmc_ca_file.map(|f| {
+        let path = dir.join(f);
+        if let Some(why) = not_a_file(&path) {
+            problems.at(loc, "bmc_ca_file", why);
+        }
+        path
+    });
+    Some(Site {
+        settings,
+        name: w.name,
+        description: w.description,
+        location: w.location,
+        gateways: w.gateways,
+        bmc_ca_file,
+    })
 }
 
 fn first_file(loc: &Loc) -> String {
@@ -777,9 +584,6 @@ fn is_dns_label(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
-/// Linux IFNAMSIZ is 16 including the terminating NUL.
-pub(crate) const MAX_IFNAME_LEN: usize = 15;
-
 /// Cross-entry checks over entries that deserialized. Names of entries that did not are
 /// remembered, so a broken subnet does not also make every host "reference an unknown
 /// subnet".
@@ -883,49 +687,9 @@ impl Validator {
         {
             p.at(loc, "gateway", format!("gateway {why}"));
         }
-
-        let mut ranges: Vec<IpRange> = Vec::with_capacity(w.dynamic_ranges.len());
-        for (i, r) in w.dynamic_ranges.iter().enumerate() {
-            let field = format!("dynamic_ranges[{i}]");
-            let mut ok = true;
-            for (end, ip) in [("start", r.start), ("end", r.end)] {
-                if let Some(why) = unusable(&net, ip) {
-                    p.at(loc, format!("{field}.{end}"), format!("range {end} {why}"));
-                    ok = false;
-                }
-            }
-            if r.start > r.end {
-                p.at(
-                    loc,
-                    &field,
-                    format!("range start {} is after its end {}", r.start, r.end),
-                );
-                ok = false;
-            }
-            let range = IpRange {
-                start: r.start,
-                end: r.end,
-            };
-            if ok
-                && let Some((j, other)) = ranges
-                    .iter()
-                    .enumerate()
-                    .find(|(_, o)| o.start <= range.end && range.start <= o.end)
-            {
-                p.at(
-                    loc,
-                    &field,
-                    format!(
-                        "range {}-{} overlaps dynamic_ranges[{j}] ({}-{})",
-                        range.start, range.end, other.start, other.end
-                    ),
-                );
-            }
-            ranges.push(range);
-        }
-        let in_range = |ip: Ipv4Addr| ranges.iter().find(|r| r.contains(ip));
+        let ranges = dynamic_ranges(loc, &net, &w.dynamic_ranges, p);
         if let Some(gw) = w.gateway
-            && let Some(r) = in_range(gw)
+            && let Some(r) = range_with(&ranges, gw)
         {
             p.at(
                 loc,
@@ -933,95 +697,16 @@ impl Validator {
                 format!("gateway {gw} is inside dynamic range {}-{}", r.start, r.end),
             );
         }
-
-        let served = match (w.purpose, w.interface, w.relay_addresses) {
-            (Purpose::Ipoib, interface, relays) if interface.is_some() || relays.is_some() => {
-                let field = if interface.is_some() {
-                    "interface"
-                } else {
-                    "relay_addresses"
-                };
-                p.at(
-                    loc,
-                    field,
-                    "ipoib subnets are not served by DHCP (Ansible configures the addresses); remove it",
-                );
-                Served::NotServed
-            }
-            (_, Some(_), Some(_)) => {
-                p.at(
-                    loc,
-                    "relay_addresses",
-                    "interface and relay_addresses are both set; a subnet is served either on an interface or behind relays",
-                );
-                Served::NotServed
-            }
-            (_, Some(name), None) => {
-                if name.is_empty() || name.len() > MAX_IFNAME_LEN {
-                    p.at(
-                        loc,
-                        "interface",
-                        format!(
-                            "interface name {name:?} must be 1 to {MAX_IFNAME_LEN} bytes (IFNAMSIZ)"
-                        ),
-                    );
-                }
-                Served::Interface(name)
-            }
-            (_, None, Some(relays)) => {
-                if relays.is_empty() {
-                    p.at(
-                        loc,
-                        "relay_addresses",
-                        "empty: list the relays' giaddr addresses, or drop the key if the subnet is not served",
-                    );
-                }
-                for (i, relay) in relays.iter().enumerate() {
-                    if let Some(why) = unusable(&net, *relay) {
-                        p.at(
-                            loc,
-                            format!("relay_addresses[{i}]"),
-                            format!("relay address {why}"),
-                        );
-                    } else if let Some(r) = in_range(*relay) {
-                        p.at(
-                            loc,
-                            format!("relay_addresses[{i}]"),
-                            format!(
-                                "relay address {relay} is inside dynamic range {}-{}",
-                                r.start, r.end
-                            ),
-                        );
-                    }
-                }
-                Served::Relays(relays)
-            }
-            (_, None, None) => Served::NotServed,
-        };
-        if w.proxy_dhcp && served == Served::NotServed {
-            p.at(
-                loc,
-                "proxy_dhcp",
-                "a proxyDHCP subnet must be served: set interface or relay_addresses",
-            );
-        }
-        if w.proxy_dhcp && !ranges.is_empty() {
-            p.at(
-                loc,
-                "dynamic_ranges",
-                "a proxyDHCP subnet hands out no addresses (another server does): remove the ranges",
-            );
-        }
-        if let Some(mtu) = w.mtu
-            && mtu < 68
-        {
-            // RFC 2132 §5.1: option 26's minimum legal value is 68.
-            p.at(
-                loc,
-                "mtu",
-                format!("mtu {mtu} is below 68, the minimum of DHCP option 26"),
-            );
-        }
+        let served = served(
+            loc,
+            &net,
+            &ranges,
+            w.purpose,
+            w.interface,
+            w.relay_addresses,
+            p,
+        );
+        check_proxy_and_mtu(loc, w.proxy_dhcp, w.mtu, &served, &ranges, p);
         Subnet {
             name: w.name,
             cidr: net,
@@ -1120,25 +805,10 @@ impl Validator {
         racks: &[(Loc, Rack)],
         profiles: &[(Loc, Profile)],
     ) -> Vec<(Loc, Host)> {
-        let subnet_by_name: HashMap<&str, &Subnet> =
-            subnets.iter().map(|(_, s)| (s.name.as_str(), s)).collect();
-        let rack_names: HashSet<&str> = racks.iter().map(|(_, r)| r.name.as_str()).collect();
-        let profile_names: HashSet<&str> = profiles.iter().map(|(_, p)| p.name.as_str()).collect();
-        let bmc_subnets: Vec<&Subnet> = subnets
-            .iter()
-            .map(|(_, s)| s)
-            .filter(|s| s.purpose == Purpose::Bmc)
-            .collect();
-
+        let known = Known::new(subnets, racks, profiles);
         let mut out: Vec<(Loc, Host)> = Vec::with_capacity(raw.entries.len());
         let mut seen = HashMap::new();
-        // Who holds each MAC / reserved IP / rack slot, described for the message.
-        let mut macs: HashMap<MacAddr, String> = HashMap::new();
-        let mut ips: HashMap<Ipv4Addr, String> = HashMap::new();
-        let mut slots: HashMap<(String, u32), String> = HashMap::new();
-        // BMC endpoint → (system, who): hosts may share a BMC (one BMC, several systems)
-        // when each names a different system.
-        let mut endpoints: HashMap<(Ipv4Addr, Option<u16>), Vec<SharedBmc>> = HashMap::new();
+        let mut claims = Claims::default();
 
         for (loc, value) in &raw.entries {
             let Some(w) = deserialize_entry::<HostWire>(loc, value, &mut self.problems) else {
@@ -1158,116 +828,360 @@ impl Validator {
             if !unique_name(&mut seen, &w.name, loc, "host", p) {
                 continue;
             }
-
-            let rack_known = w
-                .rack
-                .as_ref()
-                .is_none_or(|r| rack_names.contains(r.as_str()));
-            match (&w.rack, w.position) {
-                // A rack that failed to parse was reported already.
-                (Some(rack), _) if !rack_known && !self.broken_racks.contains(rack) => {
-                    p.at(loc, "rack", format!("no rack named {rack:?}"));
-                }
-                (Some(_), _) if !rack_known => {}
-                (Some(rack), Some(pos)) => match slots.entry((rack.clone(), pos)) {
-                    Entry::Occupied(first) => p.at(
-                        loc,
-                        "position",
-                        format!(
-                            "position {pos} in rack {rack:?} is already taken by {}",
-                            first.get()
-                        ),
-                    ),
-                    Entry::Vacant(slot) => {
-                        slot.insert(loc.to_string());
-                    }
-                },
-                (None, Some(_)) => p.at(loc, "position", "position given without a rack"),
-                _ => {}
-            }
-            if let Some(profile) = &w.profile
-                && !profile_names.contains(profile.as_str())
-                && !self.broken_profiles.contains(profile)
-            {
-                p.at(loc, "profile", format!("no profile named {profile:?}"));
-            }
-
-            for (i, mac) in w.macs.iter().enumerate() {
-                let field = format!("macs[{i}]");
-                claim_mac(&mut macs, *mac, loc, &field, p);
-            }
-            if let Some(mac) = w.bmc.as_ref().and_then(|b| b.mac) {
-                claim_mac(&mut macs, mac, loc, "bmc.mac", p);
-            }
-
-            for (subnet_name, ip) in &w.addresses {
-                let field = format!("addresses.{subnet_name}");
-                let Some(subnet) = subnet_by_name.get(subnet_name.as_str()) else {
-                    if !self.broken_subnets.contains(subnet_name) {
-                        p.at(loc, &field, format!("no subnet named {subnet_name:?}"));
-                    }
-                    continue;
-                };
-                check_reserved(subnet, *ip, loc, &field, p);
-                claim_ip(&mut ips, *ip, loc, &field, p);
-                if w.macs.is_empty() && subnet.served != Served::NotServed {
-                    p.at(
-                        loc,
-                        &field,
-                        format!(
-                            "the host has no MAC in macs, but needs one to be served by DHCP on subnet {subnet_name:?}"
-                        ),
-                    );
-                }
-            }
-
+            self.host_placement(loc, &w, &known, &mut claims.slots);
+            self.host_addresses(loc, &w, &known, &mut claims);
             if let Some(bmc) = &w.bmc {
-                let ip = bmc.address;
-                if !bmc_subnets.is_empty() && !bmc_subnets.iter().any(|s| s.cidr.contains(&ip)) {
-                    let names: Vec<String> = bmc_subnets
-                        .iter()
-                        .map(|s| format!("{:?} ({})", s.name, s.cidr))
-                        .collect();
-                    p.at(
-                        loc,
-                        "bmc.address",
-                        format!("{ip} is not inside any bmc subnet: {}", names.join(", ")),
-                    );
-                } else if let Some(subnet) = subnets
-                    .iter()
-                    .map(|(_, s)| s)
-                    .find(|s| s.cidr.contains(&ip))
-                {
-                    check_reserved(subnet, ip, loc, "bmc.address", p);
-                }
-                // Another port on the same address is another BMC (emulators, port
-                // forwards): the address is claimed once, by the first.
-                let address_claimed = endpoints.keys().any(|(a, _)| *a == ip);
-                let shared = endpoints.entry((ip, bmc.port)).or_default();
-                if shared.is_empty() {
-                    if !address_claimed {
-                        claim_ip(&mut ips, ip, loc, "bmc.address", p);
-                    }
-                } else if let Some((_, first)) = shared.iter().find(|(system, _)| {
-                    system.is_none() || bmc.system.is_none() || *system == bmc.system
-                }) {
-                    let why = match &bmc.system {
-                        Some(s) if shared.iter().any(|(x, _)| x.as_ref() == Some(s)) => {
-                            format!("BMC {ip} system {s:?} is already {first}'s")
-                        }
-                        _ => format!(
-                            "duplicate reserved address {ip}; also bmc.address of {first} (hosts may share a BMC only when each names a different bmc.system)"
-                        ),
-                    };
-                    p.at(loc, "bmc.address", why);
-                }
-                shared.push((bmc.system.clone(), loc.to_string()));
-                check_bmc_access(dir, bmc, loc, p);
+                claim_bmc(dir, loc, bmc, &known, &mut claims, &mut self.problems);
             }
-
             out.push((loc.clone(), host(dir, w)));
         }
         out
+    }
+
+    /// The host's rack and position (one host per slot) and its profile must exist.
+    fn host_placement(
+        &mut self,
+        loc: &Loc,
+        w: &HostWire,
+        known: &Known<'_>,
+        slots: &mut HashMap<(String, u32), String>,
+    ) {
+        let p = &mut self.problems;
+        let rack_known = w
+            .rack
+            .as_ref()
+            .is_none_or(|r| known.rack_names.contains(r.as_str()));
+        match (&w.rack, w.position) {
+            // A rack that failed to parse was reported already.
+            (Some(rack), _) if !rack_known && !self.broken_racks.contains(rack) => {
+                p.at(loc, "rack", format!("no rack named {rack:?}"));
+            }
+            (Some(_), _) if !rack_known => {}
+            (Some(rack), Some(pos)) => match slots.entry((rack.clone(), pos)) {
+                Entry::Occupied(first) => p.at(
+                    loc,
+                    "position",
+                    format!(
+                        "position {pos} in rack {rack:?} is already taken by {}",
+                        first.get()
+                    ),
+                ),
+                Entry::Vacant(slot) => {
+                    slot.insert(loc.to_string());
+                }
+            },
+            (None, Some(_)) => p.at(loc, "position", "position given without a rack"),
+            _ => {}
+        }
+        if let Some(profile) = &w.profile
+            && !known.profile_names.contains(profile.as_str())
+            && !self.broken_profiles.contains(profile)
+        {
+            p.at(loc, "profile", format!("no profile named {profile:?}"));
+        }
+    }
+
+    /// The host's MACs (and its BMC's) are its own; each reserved address is on a known
+    /// subnet, usable there, nobody else's, and reachable by DHCP when the subnet is served.
+    fn host_addresses(&mut self, loc: &Loc, w: &HostWire, known: &Known<'_>, claims: &mut Claims) {
+        let p = &mut self.problems;
+        for (i, mac) in w.macs.iter().enumerate() {
+            let field = format!("macs[{i}]");
+            claim_mac(&mut claims.macs, *mac, loc, &field, p);
+        }
+        if let Some(mac) = w.bmc.as_ref().and_then(|b| b.mac) {
+            claim_mac(&mut claims.macs, mac, loc, "bmc.mac", p);
+        }
+
+        for (subnet_name, ip) in &w.addresses {
+            let field = format!("addresses.{subnet_name}");
+            let Some(subnet) = known.subnet_by_name.get(subnet_name.as_str()) else {
+                if !self.broken_subnets.contains(subnet_name) {
+                    p.at(loc, &field, format!("no subnet named {subnet_name:?}"));
+                }
+                continue;
+            };
+            check_reserved(subnet, *ip, loc, &field, p);
+            claim_ip(&mut claims.ips, *ip, loc, &field, p);
+            if w.macs.is_empty() && subnet.served != Served::NotServed {
+                p.at(
+                    loc,
+                    &field,
+                    format!(
+                        "the host has no MAC in macs, but needs one to be served by DHCP on subnet {subnet_name:?}"
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// What the other entries define, as the host checks look it up.
+struct Known<'a> {
+    subnets: &'a [(Loc, Subnet)],
+    subnet_by_name: HashMap<&'a str, &'a Subnet>,
+    rack_names: HashSet<&'a str>,
+    profile_names: HashSet<&'a str>,
+    bmc_subnets: Vec<&'a Subnet>,
+}
+
+impl<'a> Known<'a> {
+    fn new(
+        subnets: &'a [(Loc, Subnet)],
+        racks: &'a [(Loc, Rack)],
+        profiles: &'a [(Loc, Profile)],
+    ) -> Self {
+        Known {
+            subnets,
+            subnet_by_name: subnets.iter().map(|(_, s)| (s.name.as_str(), s)).collect(),
+            rack_names: racks.iter().map(|(_, r)| r.name.as_str()).collect(),
+            profile_names: profiles.iter().map(|(_, p)| p.name.as_str()).collect(),
+            bmc_subnets: subnets
+                .iter()
+                .map(|(_, s)| s)
+                .filter(|s| s.purpose == Purpose::Bmc)
+                .collect(),
+        }
+    }
+}
+
+/// Who holds each MAC / reserved IP / rack slot / BMC endpoint so far, described for the
+/// message.
+#[derive(Default)]
+struct Claims {
+    macs: HashMap<MacAddr, String>,
+    ips: HashMap<Ipv4Addr, String>,
+    slots: HashMap<(String, u32), String>,
+    /// BMC endpoint → (system, who): hosts may share a BMC (one BMC, several systems)
+    /// when each names a different system.
+    endpoints: HashMap<(Ipv4Addr, Option<u16>), Vec<SharedBmc>>,
+}
+
+/// A host's BMC address lies in a bmc subnet (when there are any) and is usable there; its
+/// endpoint is shared with another host only to reach a different system.
+fn claim_bmc(
+    dir: &Path,
+    loc: &Loc,
+    bmc: &BmcWire,
+    known: &Known<'_>,
+    claims: &mut Claims,
+    p: &mut Problems,
+) {
+    let ip = bmc.address;
+    let bmc_subnets = &known.bmc_subnets;
+    if !bmc_subnets.is_empty() && !bmc_subnets.iter().any(|s| s.cidr.contains(&ip)) {
+        let names: Vec<String> = bmc_subnets
+            .iter()
+            .map(|s| format!("{:?} ({})", s.name, s.cidr))
+            .collect();
+        p.at(
+            loc,
+            "bmc.address",
+            format!("{ip} is not inside any bmc subnet: {}", names.join(", ")),
+        );
+    } else if let Some(subnet) = known
+        .subnets
+        .iter()
+        .map(|(_, s)| s)
+        .find(|s| s.cidr.contains(&ip))
+    {
+        check_reserved(subnet, ip, loc, "bmc.address", p);
+    }
+    // Another port on the same address is another BMC (emulators, port
+    // forwards): the address is claimed once, by the first.
+    let address_claimed = claims.endpoints.keys().any(|(a, _)| *a == ip);
+    let shared = claims.endpoints.entry((ip, bmc.port)).or_default();
+    if shared.is_empty() {
+        if !address_claimed {
+            claim_ip(&mut claims.ips, ip, loc, "bmc.address", p);
+        }
+    } else if let Some((_, first)) = shared
+        .iter()
+        .find(|(system, _)| system.is_none() || bmc.system.is_none() || *system == bmc.system)
+    {
+        let why = match &bmc.system {
+            Some(s) if shared.iter().any(|(x, _)| x.as_ref() == Some(s)) => {
+                format!("BMC {ip} system {s:?} is already {first}'s")
+            }
+            _ => format!(
+                "duplicate reserved address {ip}; also bmc.address of {first} (hosts may share a BMC only when each names a different bmc.system)"
+            ),
+        };
+        p.at(loc, "bmc.address", why);
+    }
+    shared.push((bmc.system.clone(), loc.to_string()));
+    check_bmc_access(dir, bmc, loc, p);
+}
+
+/// `dynamic_ranges`: each range inside the subnet, in order, and not overlapping another.
+/// A bad range is still kept, so later ranges keep their indices in messages.
+fn dynamic_ranges(loc: &Loc, net: &Ipv4Net, raw: &[RangeWire], p: &mut Problems) -> Vec<IpRange> {
+    let mut ranges: Vec<IpRange> = Vec::with_capacity(raw.len());
+    for (i, r) in raw.iter().enumerate() {
+        let field = format!("dynamic_ranges[{i}]");
+        let mut ok = true;
+        for (end, ip) in [("start", r.start), ("end", r.end)] {
+            if let Some(why) = unusable(net, ip) {
+                p.at(loc, format!("{field}.{end}"), format!("range {end} {why}"));
+                ok = false;
+            }
+        }
+        if r.start > r.end {
+            p.at(
+                loc,
+                &field,
+                format!("range start {} is after its end {}", r.start, r.end),
+            );
+            ok = false;
+        }
+        let range = IpRange {
+            start: r.start,
+            end: r.end,
+        };
+        if ok
+            && let Some((j, other)) = ranges
+                .iter()
+                .enumerate()
+                .find(|(_, o)| o.start <= range.end && range.start <= o.end)
+        {
+            p.at(
+                loc,
+                &field,
+                format!(
+                    "range {}-{} overlaps dynamic_ranges[{j}] ({}-{})",
+                    range.start, range.end, other.start, other.end
+                ),
+            );
+        }
+        ranges.push(range);
+    }
+    ranges
+}
+
+/// The dynamic range holding `ip`, if any.
+fn range_with(ranges: &[IpRange], ip: Ipv4Addr) -> Option<&IpRange> {
+    ranges.iter().find(|r| r.contains(ip))
+}
+
+/// How the subnet is reached by DHCP: on an interface, behind relays, or not at all.
+fn served(
+    loc: &Loc,
+    net: &Ipv4Net,
+    ranges: &[IpRange],
+    purpose: Purpose,
+    interface: Option<String>,
+    relays: Option<Vec<Ipv4Addr>>,
+    p: &mut Problems,
+) -> Served {
+    match (purpose, interface, relays) {
+        (Purpose::Ipoib, interface, relays) if interface.is_some() || relays.is_some() => {
+            let field = if interface.is_some() {
+                "interface"
+            } else {
+                "relay_addresses"
+            };
+            p.at(
+                loc,
+                field,
+                "ipoib subnets are not served by DHCP (Ansible configures the addresses); remove it",
+            );
+            Served::NotServed
+        }
+        (_, Some(_), Some(_)) => {
+            p.at(
+                loc,
+                "relay_addresses",
+                "interface and relay_addresses are both set; a subnet is served either on an interface or behind relays",
+            );
+            Served::NotServed
+        }
+        (_, Some(name), None) => {
+            if name.is_empty() || name.len() > MAX_IFNAME_LEN {
+                p.at(
+                    loc,
+                    "interface",
+                    format!(
+                        "interface name {name:?} must be 1 to {MAX_IFNAME_LEN} bytes (IFNAMSIZ)"
+                    ),
+                );
+            }
+            Served::Interface(name)
+        }
+        (_, None, Some(relays)) => {
+            check_relays(loc, net, ranges, &relays, p);
+            Served::Relays(relays)
+        }
+        (_, None, None) => Served::NotServed,
+    }
+}
+
+/// `relay_addresses`: at least one, each a usable address of the subnet outside the pool.
+fn check_relays(
+    loc: &Loc,
+    net: &Ipv4Net,
+    ranges: &[IpRange],
+    relays: &[Ipv4Addr],
+    p: &mut Problems,
+) {
+    if relays.is_empty() {
+        p.at(
+            loc,
+            "relay_addresses",
+            "empty: list the relays' giaddr addresses, or drop the key if the subnet is not served",
+        );
+    }
+    for (i, relay) in relays.iter().enumerate() {
+        if let Some(why) = unusable(net, *relay) {
+            p.at(
+                loc,
+                format!("relay_addresses[{i}]"),
+                format!("relay address {why}"),
+            );
+        } else if let Some(r) = range_with(ranges, *relay) {
+            p.at(
+                loc,
+                format!("relay_addresses[{i}]"),
+                format!(
+                    "relay address {relay} is inside dynamic range {}-{}",
+                    r.start, r.end
+                ),
+            );
+        }
+    }
+}
+
+/// A proxyDHCP subnet must be served and hand out no addresses; `mtu` must be legal.
+fn check_proxy_and_mtu(
+    loc: &Loc,
+    proxy_dhcp: bool,
+    mtu: Option<u16>,
+    served: &Served,
+    ranges: &[IpRange],
+    p: &mut Problems,
+) {
+    if proxy_dhcp && *served == Served::NotServed {
+        p.at(
+            loc,
+            "proxy_dhcp",
+            "a proxyDHCP subnet must be served: set interface or relay_addresses",
+        );
+    }
+    if proxy_dhcp && !ranges.is_empty() {
+        p.at(
+            loc,
+            "dynamic_ranges",
+            "a proxyDHCP subnet hands out no addresses (another server does): remove the ranges",
+        );
+    }
+    if let Some(mtu) = mtu
+        && mtu < 68
+    {
+        // RFC 2132 §5.1: option 26's minimum legal value is 68.
+        p.at(
+            loc,
+            "mtu",
+            format!("mtu {mtu} is below 68, the minimum of DHCP option 26"),
+        );
     }
 }
 
@@ -1429,9 +1343,38 @@ fn site_settings(loc: &Loc, w: &SiteWire, p: &mut Problems) -> SiteSettings {
             );
         }
     }
-    let mut users = Vec::with_capacity(w.users.len());
+    let users = users(loc, &w.users, p);
+    let pk = &w.packages;
+    check_packages(loc, pk, p);
+    let k = &w.kubernetes;
+    check_kubernetes(loc, k, p);
+    let oidc = w.oidc.as_ref().map(|o| oidc(loc, o, p));
+
+    SiteSettings {
+        domain: w.domain.clone(),
+        ntp_servers: w.ntp_servers.clone(),
+        users,
+        packages: Packages {
+            nvidia_repo_url: pk.nvidia_repo_url.clone(),
+            nvidia_driver_branch: pk.nvidia_driver_branch.clone(),
+            nvidia_container_toolkit_repo_url: pk.nvidia_container_toolkit_repo_url.clone(),
+            doca_repo_url: pk.doca_repo_url.clone(),
+            kubernetes_repo_url: pk.kubernetes_repo_url.clone(),
+        },
+        kubernetes: Kubernetes {
+            version: k.version.clone(),
+            api_endpoint: k.api_endpoint.clone(),
+            gpu_taint: k.gpu_taint.clone(),
+        },
+        oidc,
+    }
+}
+
+/// `[[site.users]]`: Linux user names, unique, with OpenSSH public keys.
+fn users(loc: &Loc, raw: &[UserWire], p: &mut Problems) -> Vec<User> {
+    let mut users = Vec::with_capacity(raw.len());
     let mut seen: HashSet<&str> = HashSet::new();
-    for (i, u) in w.users.iter().enumerate() {
+    for (i, u) in raw.iter().enumerate() {
         let f = |field: &str| format!("users[{i}].{field}");
         if !is_user_name(&u.name) {
             p.at(
@@ -1456,8 +1399,11 @@ fn site_settings(loc: &Loc, w: &SiteWire, p: &mut Problems) -> SiteSettings {
             sudo: u.sudo,
         });
     }
+    users
+}
 
-    let pk = &w.packages;
+/// `[site.packages]`: repository URLs and the driver branch.
+fn check_packages(loc: &Loc, pk: &PackagesWire, p: &mut Problems) {
     for (field, url) in [
         ("packages.nvidia_repo_url", &pk.nvidia_repo_url),
         (
@@ -1486,8 +1432,10 @@ fn site_settings(loc: &Loc, w: &SiteWire, p: &mut Problems) -> SiteSettings {
             format!("{b:?}: expected a driver branch number like \"550\""),
         );
     }
+}
 
-    let k = &w.kubernetes;
+/// `[site.kubernetes]`: version, API endpoint and GPU taint as kubeadm and kubectl take them.
+fn check_kubernetes(loc: &Loc, k: &KubernetesWire, p: &mut Problems) {
     if let Some(v) = &k.version
         && !is_version(v)
     {
@@ -1507,67 +1455,49 @@ fn site_settings(loc: &Loc, w: &SiteWire, p: &mut Problems) -> SiteSettings {
     {
         p.at(loc, "kubernetes.gpu_taint", why);
     }
+}
 
-    let oidc = w.oidc.as_ref().map(|o| {
-        if o.client_id.trim().is_empty() {
-            p.at(loc, "oidc.client_id", "empty client id");
+/// `[site.oidc]`: what kube-apiserver accepts (an https issuer, claim names, e-mails).
+fn oidc(loc: &Loc, o: &OidcWire, p: &mut Problems) -> Oidc {
+    if o.client_id.trim().is_empty() {
+        p.at(loc, "oidc.client_id", "empty client id");
+    }
+    if !o.issuer_url.starts_with("https://") || o.issuer_url.len() <= "https://".len() {
+        p.at(
+            loc,
+            "oidc.issuer_url",
+            format!(
+                "{:?}: kube-apiserver accepts only an https:// issuer",
+                o.issuer_url
+            ),
+        );
+    }
+    for (field, claim) in [
+        ("oidc.username_claim", &o.username_claim),
+        ("oidc.groups_claim", &o.groups_claim),
+    ] {
+        if claim.is_empty() || claim.contains(char::is_whitespace) {
+            p.at(loc, field, format!("{claim:?} is not a claim name"));
         }
-        if !o.issuer_url.starts_with("https://") || o.issuer_url.len() <= "https://".len() {
-            p.at(
-                loc,
-                "oidc.issuer_url",
-                format!(
-                    "{:?}: kube-apiserver accepts only an https:// issuer",
-                    o.issuer_url
-                ),
-            );
-        }
-        for (field, claim) in [
-            ("oidc.username_claim", &o.username_claim),
-            ("oidc.groups_claim", &o.groups_claim),
-        ] {
-            if claim.is_empty() || claim.contains(char::is_whitespace) {
-                p.at(loc, field, format!("{claim:?} is not a claim name"));
+    }
+    for (list, emails) in [("admins", &o.admins), ("viewers", &o.viewers)] {
+        for (i, e) in emails.iter().enumerate() {
+            if !is_email(e) {
+                p.at(
+                    loc,
+                    format!("oidc.{list}[{i}]"),
+                    format!("{e:?} is not an e-mail address"),
+                );
             }
         }
-        for (list, emails) in [("admins", &o.admins), ("viewers", &o.viewers)] {
-            for (i, e) in emails.iter().enumerate() {
-                if !is_email(e) {
-                    p.at(
-                        loc,
-                        format!("oidc.{list}[{i}]"),
-                        format!("{e:?} is not an e-mail address"),
-                    );
-                }
-            }
-        }
-        Oidc {
-            client_id: o.client_id.clone(),
-            issuer_url: o.issuer_url.clone(),
-            username_claim: o.username_claim.clone(),
-            groups_claim: o.groups_claim.clone(),
-            admins: o.admins.clone(),
-            viewers: o.viewers.clone(),
-        }
-    });
-
-    SiteSettings {
-        domain: w.domain.clone(),
-        ntp_servers: w.ntp_servers.clone(),
-        users,
-        packages: Packages {
-            nvidia_repo_url: pk.nvidia_repo_url.clone(),
-            nvidia_driver_branch: pk.nvidia_driver_branch.clone(),
-            nvidia_container_toolkit_repo_url: pk.nvidia_container_toolkit_repo_url.clone(),
-            doca_repo_url: pk.doca_repo_url.clone(),
-            kubernetes_repo_url: pk.kubernetes_repo_url.clone(),
-        },
-        kubernetes: Kubernetes {
-            version: k.version.clone(),
-            api_endpoint: k.api_endpoint.clone(),
-            gpu_taint: k.gpu_taint.clone(),
-        },
-        oidc,
+    }
+    Oidc {
+        client_id: o.client_id.clone(),
+        issuer_url: o.issuer_url.clone(),
+        username_claim: o.username_claim.clone(),
+        groups_claim: o.groups_claim.clone(),
+        admins: o.admins.clone(),
+        viewers: o.viewers.clone(),
     }
 }
 
@@ -1691,65 +1621,10 @@ pub(crate) fn check_ssh_public_key(line: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks the inventory against the daemon config: every subnet served on an interface
-/// needs that interface in the config, with an address inside the subnet (it becomes the
-/// DHCP server identifier there). Problems name the config file.
-pub fn check_against_config(inv: &Inventory, cfg: &Config) -> Vec<Problem> {
-    let mut problems = Vec::new();
-    let mut problem = |entry: String, field: &str, reason: String| {
-        problems.push(Problem {
-            file: cfg.path.clone(),
-            entry,
-            field: field.to_string(),
-            reason,
-        });
-    };
-    for subnet in &inv.subnets {
-        let Served::Interface(name) = &subnet.served else {
-            continue;
-        };
-        let Some(iface) = cfg.interfaces.iter().find(|i| &i.name == name) else {
-            problem(
-                "-".to_string(),
-                "interface",
-                format!(
-                    "no [[interface]] named {name:?}, but inventory subnet {:?} ({}) is served on it",
-                    subnet.name, subnet.cidr
-                ),
-            );
-            continue;
-        };
-        let entry = format!("interface {name:?}");
-        if !subnet.cidr.contains(&iface.address.addr()) {
-            problem(
-                entry,
-                "address",
-                format!(
-                    "{} is not inside subnet {:?} ({}), which the inventory serves on this interface",
-                    iface.address.addr(),
-                    subnet.name,
-                    subnet.cidr
-                ),
-            );
-        } else if iface.address.prefix_len() != subnet.cidr.prefix_len() {
-            problem(
-                entry,
-                "address",
-                format!(
-                    "prefix /{} differs from subnet {:?} ({}), which the inventory serves on this interface",
-                    iface.address.prefix_len(),
-                    subnet.name,
-                    subnet.cidr
-                ),
-            );
-        }
-    }
-    problems
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diag::FieldError;
 
     fn de<T: DeserializeOwned>(src: &str) -> Result<T, Vec<FieldError>> {
         let table: toml::Table = src.parse().unwrap();
@@ -1907,18 +1782,6 @@ viewers = ["carol@localhost"]
         assert_eq!(
             (oidc.username_claim.as_str(), oidc.groups_claim.as_str()),
             ("email", "groups")
-        );
-    }
-
-    #[test]
-    fn syntax_errors_have_line_and_column() {
-        let src = "a = 1\nb = [1,\nc = 2\n";
-        let e = src.parse::<toml::Table>().unwrap_err();
-        let p = syntax_problem(Path::new("x.toml"), src, &e);
-        assert!(
-            p.reason
-                .starts_with("TOML syntax error at line 3, column 3"),
-            "{p}"
         );
     }
 }

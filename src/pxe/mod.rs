@@ -9,6 +9,9 @@ use serde::Serialize;
 
 use crate::types::MacAddr;
 
+mod settings;
+pub use settings::BootSettings;
+
 /// A client's PXE identity (RFC 4578 options 93/94/97, option 60 vendor class, option 77
 /// user class, iPXE's option 175).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
