@@ -598,11 +598,15 @@ impl ResetRun<'_> {
                 self.deadline
                     .min(tokio::time::Instant::now() + self.opts.step_wait)
             };
-            if let Some((at, what)) =
-                wait_event(self.store, host, step_start, wait_until, self.opts.poll, |e| {
-                    e.mac.is_some_and(|m| host.macs.contains(&m)) && dhcp_proof(e.kind)
-                })
-                .await
+            if let Some((at, what)) = wait_event(
+                self.store,
+                host,
+                step_start,
+                wait_until,
+                self.opts.poll,
+                |e| e.mac.is_some_and(|m| host.macs.contains(&m)) && dhcp_proof(e.kind),
+            )
+            .await
             {
                 self.tl.mark(what);
                 return Ok(at);

@@ -319,12 +319,12 @@ pub async fn check_bmcs(inv: &Inventory, scope: &Scope, settings: BmcSettings) -
     out
 }
 
-/// The in-scope Redfish BMC endpoints (label → target and the hosts behind it), and the
-/// checks already decided without a probe: a BMC that does not resolve, an IPMI one.
-fn bmc_endpoints(
-    inv: &Inventory,
-    scope: &Scope,
-) -> (BTreeMap<String, (BmcTarget, Vec<String>)>, Vec<BmcCheck>) {
+/// Redfish BMC endpoints to probe: label → target and the hosts behind it.
+type Endpoints = BTreeMap<String, (BmcTarget, Vec<String>)>;
+
+/// The in-scope Redfish BMC endpoints, and the checks already decided without a probe: a
+/// BMC that does not resolve, an IPMI one.
+fn bmc_endpoints(inv: &Inventory, scope: &Scope) -> (Endpoints, Vec<BmcCheck>) {
     let in_scope = |ip: &Ipv4Addr| match scope {
         Scope::All => true,
         Scope::Name(n) => inv
@@ -334,7 +334,7 @@ fn bmc_endpoints(
         Scope::Cidr(c) => c.contains(ip),
     };
     // One probe per endpoint.
-    let mut endpoints: BTreeMap<String, (BmcTarget, Vec<String>)> = BTreeMap::new();
+    let mut endpoints: Endpoints = BTreeMap::new();
     let mut out = Vec::new();
     for h in &inv.hosts {
         let Some(b) = &h.bmc else { continue };
@@ -379,10 +379,7 @@ fn bmc_endpoints(
 
 /// One GET of each endpoint's service root, `settings.concurrency` at once; in the order
 /// they finish.
-async fn probe_roots(
-    endpoints: BTreeMap<String, (BmcTarget, Vec<String>)>,
-    settings: BmcSettings,
-) -> Vec<BmcCheck> {
+async fn probe_roots(endpoints: Endpoints, settings: BmcSettings) -> Vec<BmcCheck> {
     let redfish = std::sync::Arc::new(crate::bmc::redfish::Redfish::new(settings.clone()));
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(settings.concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();

@@ -526,7 +526,11 @@ impl ArpSocket {
                         SLL_LEN,
                     )
                 };
-                if n < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
             })
             .await
     }

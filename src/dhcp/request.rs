@@ -110,7 +110,11 @@ pub fn decode(buf: &[u8], arrival: Arrival) -> Result<Request, DecodeError> {
     };
     let head = Header::parse(h)?;
     let (xid, mac) = (head.xid, head.mac);
-    let opts = Options::of_message(buf, h).map_err(|code| DecodeError::OptionOverrun { xid, mac, code })?;
+    let opts = Options::of_message(buf, h).map_err(|code| DecodeError::OptionOverrun {
+        xid,
+        mac,
+        code,
+    })?;
     let kind = message_type(&opts, xid, mac)?;
     let vendor_class = opts.get(OPT_VENDOR_CLASS);
     Ok(Request {

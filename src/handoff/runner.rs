@@ -517,7 +517,11 @@ impl Runner {
 
     /// Starts `cmd` and waits for it, the timeout or the daemon's shutdown; on the latter
     /// two the whole process tree is killed.
-    async fn wait(&self, host: &str, mut cmd: tokio::process::Command) -> Result<Exit, HandoffError> {
+    async fn wait(
+        &self,
+        host: &str,
+        mut cmd: tokio::process::Command,
+    ) -> Result<Exit, HandoffError> {
         let program = &self.settings.ansible_playbook;
         let mut child = cmd.spawn().map_err(|source| HandoffError::Spawn {
             program: program.clone(),

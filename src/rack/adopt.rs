@@ -326,7 +326,9 @@ pub fn decide(req: &AdoptRequest, site: &AdoptSite<'_>) -> Result<Adoption, Rack
 
 /// The inventory file that declares host `name` (empty when unknown).
 fn file_of(origins: &Origins, name: &str) -> PathBuf {
-    origins.host(name).map_or_else(PathBuf::new, Path::to_path_buf)
+    origins
+        .host(name)
+        .map_or_else(PathBuf::new, Path::to_path_buf)
 }
 
 /// `req.name` is declared already: adopt the MAC into it if it has none, with an address
@@ -352,8 +354,7 @@ fn decide_add_mac(
             ),
         });
     }
-    if req.rack.is_some() || req.position.is_some() || req.profile.is_some() || req.role.is_some()
-    {
+    if req.rack.is_some() || req.position.is_some() || req.profile.is_some() || req.role.is_some() {
         return Err(RackError::Refused(format!(
             "host {:?} is already declared in {}: --rack, --position, --profile and --role apply only to a new host; edit that file instead",
             req.name,
