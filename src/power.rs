@@ -298,15 +298,20 @@ impl std::fmt::Display for Step {
     }
 }
 
+/// A `--escalation` / `escalation=` item that names no step (the API answers 400 with it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?}: expected a Redfish ResetType or ForceOff+On")]
+pub struct BadStep(pub String);
+
 impl std::str::FromStr for Step {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Step, String> {
+    type Err = BadStep;
+    fn from_str(s: &str) -> Result<Step, BadStep> {
         match s {
             "ForceOff+On" | "off-on" => Ok(Step::OffOn),
             other => other
                 .parse::<ResetType>()
                 .map(Step::Reset)
-                .map_err(|_| format!("{other:?}: expected a Redfish ResetType or ForceOff+On")),
+                .map_err(|_| BadStep(other.to_string())),
         }
     }
 }
@@ -374,11 +379,6 @@ pub async fn reset(
     let target = BmcTarget::resolve(host, inv, fleet.secrets)?;
     let start = Timestamp::now();
     let deadline = tokio::time::Instant::now() + opts.timeout;
-    let mut tl = Timeline {
-        start,
-        host: host.name.clone(),
-        marks: vec![],
-    };
     let ev = |kind: EventKind, detail: serde_json::Value| {
         NewEvent::new(kind, actor)
             .host(host.name.clone())
@@ -391,10 +391,26 @@ pub async fn reset(
                 "timeout_s": opts.timeout.as_secs()}),
         ))
         .await?;
-    let result = reset_steps(pc, store, inv, host, &target, opts, deadline, &mut tl).await;
+    let mut run = ResetRun {
+        pc,
+        store,
+        inv,
+        host,
+        target: &target,
+        opts,
+        deadline,
+        tl: Timeline {
+            start,
+            host: host.name.clone(),
+            marks: vec![],
+        },
+    };
+    let result = run.run().await;
+    let mut tl = run.tl;
     let (came_back, outcome) = match result {
         Ok(()) => (true, "came-back".to_string()),
         Err(why) => {
+            let why = why.to_string();
             tl.mark(format!("gave up: {why}"));
             (false, why)
         }
@@ -415,69 +431,134 @@ pub async fn reset(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn reset_steps(
-    pc: &dyn PowerControl,
-    store: &dyn Store,
-    inv: &Inventory,
-    host: &Host,
-    target: &BmcTarget,
-    opts: &ResetOptions,
+/// Why a reset gave up. Not an error of [`reset`] (that still answers with a report): its
+/// text is the report's `outcome` and the `reset-finished` event's.
+#[derive(Debug, thiserror::Error)]
+pub enum ResetError {
+    #[error(transparent)]
+    Bmc(Box<BmcError>),
+    /// Reading the host's stored state before a reprovision.
+    #[error("{0}")]
+    Store(StoreError),
+    #[error("setting state registered: {0}")]
+    SetRegistered(StoreError),
+    #[error(
+        "the BMC advertises none of the escalation steps ({}); it offers {}",
+        join(.escalation),
+        join(.advertised)
+    )]
+    NoUsableStep {
+        escalation: Vec<Step>,
+        advertised: Vec<ResetType>,
+    },
+    #[error("no DHCP request from {} within the deadline", join(.macs))]
+    NoDhcp { macs: Vec<MacAddr> },
+    #[error(
+        "DHCP seen but no phone-home{} before the deadline",
+        .ip.map_or(String::new(), |ip| format!(" and no SSH banner on {ip}"))
+    )]
+    NoComeback { ip: Option<Ipv4Addr> },
+}
+
+impl From<BmcError> for ResetError {
+    fn from(e: BmcError) -> Self {
+        ResetError::Bmc(Box::new(e))
+    }
+}
+
+/// One reset between its `reset-started` and `reset-finished` events: what it works on, and
+/// the timeline it writes. Each step of the story is a method.
+struct ResetRun<'a> {
+    pc: &'a dyn PowerControl,
+    store: &'a dyn Store,
+    inv: &'a Inventory,
+    host: &'a Host,
+    target: &'a BmcTarget,
+    opts: &'a ResetOptions,
+    /// `opts.timeout` after the start: no step starts and no wait runs past it.
     deadline: tokio::time::Instant,
-    tl: &mut Timeline,
-) -> Result<(), String> {
-    let step_event = |what: &str, detail: serde_json::Value| {
-        NewEvent::new(EventKind::ResetStep, "reset")
-            .host(host.name.clone())
-            .detail(serde_json::json!({"step": what, "detail": detail}))
-    };
-    let record = |e: NewEvent| async move {
-        if let Err(err) = store.append(&e).await {
+    tl: Timeline,
+}
+
+impl ResetRun<'_> {
+    /// Power state, optional reprovision, escalation until a DHCP request, then proof.
+    async fn run(&mut self) -> Result<(), ResetError> {
+        let state = self.pc.power_state(self.target).await?;
+        self.tl.mark(format!(
+            "power state {state} (BMC {})",
+            self.target.bmc_label()
+        ));
+        let override_mode = if self.opts.reprovision {
+            Some(self.reprovision().await?)
+        } else {
+            None
+        };
+        let steps = self.steps(state).await?;
+        let seen = self.escalate(&steps).await?;
+        if override_mode == Some(OverrideMode::Continuous) {
+            match self.pc.clear_boot_override(self.target).await {
+                Ok(()) => self
+                    .tl
+                    .mark("boot override cleared (the BMC only kept it Continuous)"),
+                Err(e) => self
+                    .tl
+                    .mark(format!("could not clear the boot override: {e}")),
+            }
+        }
+        self.await_comeback(seen).await
+    }
+
+    /// A `reset-step` event; a store error is logged (the reset goes on).
+    async fn record_step(&self, what: &str, detail: serde_json::Value) {
+        let e = NewEvent::new(EventKind::ResetStep, "reset")
+            .host(self.host.name.clone())
+            .detail(serde_json::json!({"step": what, "detail": detail}));
+        if let Err(err) = self.store.append(&e).await {
             tracing::error!(error = %err, "could not record a reset step");
         }
-    };
-    let bmc_err = |e: BmcError| e.to_string();
+    }
 
-    let state = pc.power_state(target).await.map_err(bmc_err)?;
-    tl.mark(format!("power state {state} (BMC {})", target.bmc_label()));
-
-    let mut override_mode = None;
-    if opts.reprovision {
-        let record_now = store
-            .get_host(&host.name)
-            .await
-            .map_err(|e| e.to_string())?;
+    /// `--reprovision`: state → registered (so the daemon serves an install), then PXE once.
+    async fn reprovision(&mut self) -> Result<OverrideMode, ResetError> {
+        let host = &self.host.name;
+        let record_now = self.store.get_host(host).await.map_err(ResetError::Store)?;
         let from = record_now.map(|r| r.state);
         if from != Some(HostState::Registered) {
-            store
+            self.store
                 .set_host_state(
-                    &host.name,
+                    host,
                     from,
                     HostState::Registered,
                     "reset",
                     serde_json::json!({"reason": "reset --reprovision"}),
                 )
                 .await
-                .map_err(|e| format!("setting state registered: {e}"))?;
-            tl.mark(format!(
+                .map_err(ResetError::SetRegistered)?;
+            self.tl.mark(format!(
                 "state {} → registered (reprovision)",
                 from.map_or("none".into(), |s| s.to_string())
             ));
         }
-        let mode = pc
-            .set_boot_override(target, BootSource::Pxe)
-            .await
-            .map_err(bmc_err)?;
-        tl.mark(format!("boot override Pxe ({})", mode.redfish_name()));
-        record(step_event("pxe-once", serde_json::json!({"mode": mode}))).await;
-        override_mode = Some(mode);
+        let mode = self
+            .pc
+            .set_boot_override(self.target, BootSource::Pxe)
+            .await?;
+        self.tl
+            .mark(format!("boot override Pxe ({})", mode.redfish_name()));
+        self.record_step("pxe-once", serde_json::json!({"mode": mode}))
+            .await;
+        Ok(mode)
     }
 
-    let steps: Vec<Step> = if state == PowerState::Off {
-        vec![Step::Reset(ResetType::On)]
-    } else {
-        let advertised = pc.reset_types(target).await.map_err(bmc_err)?;
-        let usable: Vec<Step> = opts
+    /// The steps to try: `On` for a host that is off, else the escalation steps the BMC
+    /// advertises.
+    async fn steps(&self, state: PowerState) -> Result<Vec<Step>, ResetError> {
+        if state == PowerState::Off {
+            return Ok(vec![Step::Reset(ResetType::On)]);
+        }
+        let advertised = self.pc.reset_types(self.target).await?;
+        let usable: Vec<Step> = self
+            .opts
             .escalation
             .iter()
             .copied()
@@ -489,103 +570,103 @@ async fn reset_steps(
             })
             .collect();
         if usable.is_empty() {
-            return Err(format!(
-                "the BMC advertises none of the escalation steps ({}); it offers {}",
-                join(&opts.escalation),
-                join(&advertised)
-            ));
+            return Err(ResetError::NoUsableStep {
+                escalation: self.opts.escalation.clone(),
+                advertised,
+            });
         }
-        usable
-    };
+        Ok(usable)
+    }
 
-    let mut seen_dhcp: Option<Timestamp> = None;
-    for (i, step) in steps.iter().enumerate() {
-        if tokio::time::Instant::now() >= deadline {
-            break;
-        }
-        let step_start = Timestamp::now();
-        match step {
-            Step::Reset(k) => pc.reset(target, *k).await.map_err(bmc_err)?,
-            Step::OffOn => {
-                pc.reset(target, ResetType::ForceOff)
-                    .await
-                    .map_err(bmc_err)?;
-                let s = crate::bmc::wait_for_power(pc, target, PowerState::Off, SETTLE, POLL)
-                    .await
-                    .map_err(bmc_err)?;
-                tl.mark(format!("ForceOff: power {s}"));
-                pc.reset(target, ResetType::On).await.map_err(bmc_err)?;
+    /// Sends each step in turn until one shows a DHCP request (each but the last waits up
+    /// to `step_wait`); when the request was seen.
+    async fn escalate(&mut self, steps: &[Step]) -> Result<Timestamp, ResetError> {
+        let host = self.host;
+        for (i, step) in steps.iter().enumerate() {
+            if tokio::time::Instant::now() >= self.deadline {
+                break;
+            }
+            let step_start = Timestamp::now();
+            self.send(*step).await?;
+            self.tl.mark(format!("{step} sent"));
+            self.record_step(&step.to_string(), serde_json::json!({"index": i}))
+                .await;
+            let last = i + 1 == steps.len();
+            let wait_until = if last {
+                self.deadline
+            } else {
+                self.deadline
+                    .min(tokio::time::Instant::now() + self.opts.step_wait)
+            };
+            if let Some((at, what)) = wait_event(
+                self.store,
+                host,
+                step_start,
+                wait_until,
+                self.opts.poll,
+                |e| e.mac.is_some_and(|m| host.macs.contains(&m)) && dhcp_proof(e.kind),
+            )
+            .await
+            {
+                self.tl.mark(what);
+                return Ok(at);
+            }
+            if !last {
+                self.tl.mark(format!(
+                    "no DHCP request within {}s of {step}: escalating",
+                    self.opts.step_wait.as_secs()
+                ));
             }
         }
-        tl.mark(format!("{step} sent"));
-        record(step_event(
-            &step.to_string(),
-            serde_json::json!({"index": i}),
-        ))
-        .await;
-        let last = i + 1 == steps.len();
-        let wait_until = if last {
-            deadline
-        } else {
-            deadline.min(tokio::time::Instant::now() + opts.step_wait)
-        };
-        if let Some((at, what)) = wait_event(store, host, step_start, wait_until, opts.poll, |e| {
-            e.mac.is_some_and(|m| host.macs.contains(&m)) && dhcp_proof(e.kind)
+        Err(ResetError::NoDhcp {
+            macs: host.macs.clone(),
         })
-        .await
-        {
-            tl.mark(what);
-            seen_dhcp = Some(at);
-            break;
-        }
-        if !last {
-            tl.mark(format!(
-                "no DHCP request within {}s of {step}: escalating",
-                opts.step_wait.as_secs()
-            ));
-        }
-    }
-    let Some(seen) = seen_dhcp else {
-        return Err(format!(
-            "no DHCP request from {} within the deadline",
-            join(&host.macs)
-        ));
-    };
-
-    if override_mode == Some(OverrideMode::Continuous) {
-        match pc.clear_boot_override(target).await {
-            Ok(()) => tl.mark("boot override cleared (the BMC only kept it Continuous)"),
-            Err(e) => tl.mark(format!("could not clear the boot override: {e}")),
-        }
     }
 
-    // Came back: its phone-home, or an SSH banner on its provisioning address.
-    let ip = inv.provisioning_ip(host);
-    loop {
-        if let Some((_, what)) = wait_event(
-            store,
-            host,
-            seen,
-            deadline.min(tokio::time::Instant::now() + opts.poll * 3),
-            opts.poll,
-            |e| e.kind == EventKind::PhoneHome && e.host.as_deref() == Some(host.name.as_str()),
-        )
-        .await
-        {
-            tl.mark(what);
-            return Ok(());
+    /// One escalation step's BMC calls.
+    async fn send(&mut self, step: Step) -> Result<(), ResetError> {
+        let (pc, target) = (self.pc, self.target);
+        match step {
+            Step::Reset(k) => pc.reset(target, k).await?,
+            Step::OffOn => {
+                pc.reset(target, ResetType::ForceOff).await?;
+                let s =
+                    crate::bmc::wait_for_power(pc, target, PowerState::Off, SETTLE, POLL).await?;
+                self.tl.mark(format!("ForceOff: power {s}"));
+                pc.reset(target, ResetType::On).await?;
+            }
         }
-        if let Some(ip) = ip
-            && let Some(banner) = ssh_banner(ip).await
-        {
-            tl.mark(format!("SSH answers on {ip}: {banner}"));
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(format!(
-                "DHCP seen but no phone-home{} before the deadline",
-                ip.map_or(String::new(), |ip| format!(" and no SSH banner on {ip}"))
-            ));
+        Ok(())
+    }
+
+    /// Came back: its phone-home after `seen`, or an SSH banner on its provisioning address.
+    async fn await_comeback(&mut self, seen: Timestamp) -> Result<(), ResetError> {
+        let host = self.host;
+        let ip = self.inv.provisioning_ip(host);
+        loop {
+            if let Some((_, what)) = wait_event(
+                self.store,
+                host,
+                seen,
+                self.deadline
+                    .min(tokio::time::Instant::now() + self.opts.poll * 3),
+                self.opts.poll,
+                |e| e.kind == EventKind::PhoneHome && e.host.as_deref() == Some(host.name.as_str()),
+            )
+            .await
+            {
+                self.tl.mark(what);
+                return Ok(());
+            }
+            if let Some(ip) = ip
+                && let Some(banner) = ssh_banner(ip).await
+            {
+                self.tl.mark(format!("SSH answers on {ip}: {banner}"));
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= self.deadline {
+                return Err(ResetError::NoComeback { ip });
+            }
         }
     }
 }
@@ -682,7 +763,13 @@ mod tests {
             Ok(Step::Reset(ResetType::ForceRestart))
         );
         assert_eq!("ForceOff+On".parse::<Step>(), Ok(Step::OffOn));
-        assert!("Reboot".parse::<Step>().unwrap_err().contains("Reboot"));
+        assert!(
+            "Reboot"
+                .parse::<Step>()
+                .unwrap_err()
+                .to_string()
+                .contains("Reboot")
+        );
         assert_eq!(Step::OffOn.to_string(), "ForceOff+On");
     }
 

@@ -11,7 +11,7 @@ use ipnet::Ipv4Net;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::inventory::{Inventory, Subnet};
+use crate::inventory::{Host, Inventory, Subnet};
 use crate::store::{Event, EventKind, LastSeen, Lease, LeaseState};
 use crate::types::{MacAddr, text_enum};
 
@@ -284,13 +284,30 @@ pub fn audit_live(
     now: Timestamp,
     opts: &Options,
 ) -> Result<Report, AuditError> {
-    let subnets = &inv.subnets;
-    let index = SubnetIndex::new(subnets);
-    let mac_index = inv.mac_index();
-    let mut findings: Vec<Finding> = Vec::new();
+    let selected = selected_subnets(&inv.subnets, &opts.scope)?;
+    let (site, mut findings) = Site::new(inv);
+    findings.extend(site.dynamic_range_findings());
+    findings.extend(site.duplicate_findings());
+    let held = site.lease_findings(leases, now, &mut findings);
+    findings.extend(stale_findings(inv, &host_last_seen(inv, last), now, opts));
+    if opts.scope != Scope::All {
+        site.retain_in_scope(&mut findings, &selected);
+    }
+    let usage = site.usage(&selected, &held, &findings);
+    sort_findings(&mut findings);
+    let worst = findings.iter().map(|f| f.severity).max();
+    Ok(Report {
+        time: now,
+        stale_days: opts.stale_after.as_secs() / 86_400,
+        subnets: usage,
+        findings,
+        worst,
+    })
+}
 
-    // Which subnets are in scope.
-    let selected: Vec<bool> = match &opts.scope {
+/// Which subnets are in scope (by inventory index); an error when none is.
+fn selected_subnets(subnets: &[Subnet], scope: &Scope) -> Result<Vec<bool>, AuditError> {
+    let selected: Vec<bool> = match scope {
         Scope::All => vec![true; subnets.len()],
         Scope::Name(n) => subnets.iter().map(|s| &s.name == n).collect(),
         Scope::Cidr(c) => subnets
@@ -299,61 +316,99 @@ pub fn audit_live(
             .collect(),
     };
     if !selected.iter().any(|b| *b) {
-        let what = match &opts.scope {
+        let what = match scope {
             Scope::All => "any".to_string(),
             Scope::Name(n) => n.clone(),
             Scope::Cidr(c) => c.to_string(),
         };
         return Err(AuditError::NoSuchSubnet(what));
     }
+    Ok(selected)
+}
 
-    // Reservations, and the per-host MAC sets (a host may PXE from several NICs).
-    let mut reservations: Vec<Reservation> = Vec::new();
-    for (hi, h) in inv.hosts.iter().enumerate() {
-        for (key, ip) in &h.addresses {
-            let subnet = inv.subnets.iter().position(|s| &s.name == key);
-            reservations.push(Reservation {
-                ip: *ip,
-                host: hi,
-                subnet: subnet.filter(|i| subnets[*i].cidr.contains(ip)),
-                key: Some(key.as_str()),
-                bmc: false,
-            });
-            let inside = subnet.is_some_and(|i| subnets[i].cidr.contains(ip));
-            if !inside {
-                let why = match subnet {
-                    Some(i) => format!("outside {} ({})", subnets[i].name, subnets[i].cidr),
-                    None => format!("on subnet {key:?}, which the inventory does not define"),
-                };
-                findings.push(Finding {
-                    severity: Severity::Critical,
-                    code: Code::ReservationOutsideSubnet,
-                    message: format!("host {} reserves {ip} {why}", h.name),
-                    addresses: vec![*ip],
-                    macs: h.macs.clone(),
-                    hosts: vec![h.name.clone()],
-                    action: format!(
-                        "fix addresses.{key} of host {} in the inventory (an address inside the subnet, outside its dynamic ranges)",
-                        h.name
-                    ),
+/// The inventory as the finding families read it: its reservations and the lookups over
+/// them, built once.
+struct Site<'a> {
+    inv: &'a Inventory,
+    index: SubnetIndex,
+    reservations: Vec<Reservation<'a>>,
+    /// Indices into `reservations` per reserved address.
+    by_ip: HashMap<Ipv4Addr, Vec<usize>>,
+    /// Inventory index per host name.
+    host_pos: HashMap<&'a str, usize>,
+}
+
+/// Per subnet (inventory index): the addresses live leases hold, and how many of those
+/// leases are active and how many declined (quarantined).
+struct Held {
+    addresses: Vec<HashSet<Ipv4Addr>>,
+    leased: Vec<u64>,
+    quarantined: Vec<u64>,
+}
+
+impl<'a> Site<'a> {
+    /// The reservations (a host's `addresses` and its BMC address), with a
+    /// `reservation-outside-subnet` finding for each address its subnet does not contain.
+    fn new(inv: &'a Inventory) -> (Site<'a>, Vec<Finding>) {
+        let subnets = &inv.subnets;
+        let index = SubnetIndex::new(subnets);
+        let mut findings = Vec::new();
+        let mut reservations: Vec<Reservation> = Vec::new();
+        for (hi, h) in inv.hosts.iter().enumerate() {
+            for (key, ip) in &h.addresses {
+                let subnet = subnets.iter().position(|s| &s.name == key);
+                reservations.push(Reservation {
+                    ip: *ip,
+                    host: hi,
+                    subnet: subnet.filter(|i| subnets[*i].cidr.contains(ip)),
+                    key: Some(key.as_str()),
+                    bmc: false,
+                });
+                let inside = subnet.is_some_and(|i| subnets[i].cidr.contains(ip));
+                if !inside {
+                    findings.push(outside_subnet(h, key, *ip, subnet.map(|i| &subnets[i])));
+                }
+            }
+            if let Some(b) = &h.bmc {
+                reservations.push(Reservation {
+                    ip: b.address,
+                    host: hi,
+                    subnet: index.find(b.address),
+                    key: None,
+                    bmc: true,
                 });
             }
         }
-        if let Some(b) = &h.bmc {
-            reservations.push(Reservation {
-                ip: b.address,
-                host: hi,
-                subnet: index.find(b.address),
-                key: None,
-                bmc: true,
-            });
+        let mut by_ip: HashMap<Ipv4Addr, Vec<usize>> = HashMap::with_capacity(reservations.len());
+        for (i, r) in reservations.iter().enumerate() {
+            by_ip.entry(r.ip).or_default().push(i);
         }
+        let host_pos = inv
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.name.as_str(), i))
+            .collect();
+        let site = Site {
+            inv,
+            index,
+            reservations,
+            by_ip,
+            host_pos,
+        };
+        (site, findings)
     }
-    for r in &reservations {
-        let Some(si) = r.subnet else { continue };
-        let s = &subnets[si];
-        if let Some(range) = s.dynamic_ranges.iter().find(|d| d.contains(r.ip)) {
-            let h = &inv.hosts[r.host];
+
+    /// `reservation-in-dynamic-range`: a reservation the pool could hand to a stranger.
+    fn dynamic_range_findings(&self) -> Vec<Finding> {
+        let mut findings = Vec::new();
+        for r in &self.reservations {
+            let Some(si) = r.subnet else { continue };
+            let s = &self.inv.subnets[si];
+            let Some(range) = s.dynamic_ranges.iter().find(|d| d.contains(r.ip)) else {
+                continue;
+            };
+            let h = &self.inv.hosts[r.host];
             let what = if r.bmc {
                 "bmc.address".to_string()
             } else {
@@ -375,139 +430,162 @@ pub fn audit_live(
                 ),
             });
         }
+        findings
     }
 
-    // Two claims on one address.
-    let mut by_ip: HashMap<Ipv4Addr, Vec<usize>> = HashMap::with_capacity(reservations.len());
-    for (i, r) in reservations.iter().enumerate() {
-        by_ip.entry(r.ip).or_default().push(i);
-    }
-    let mut dup_ips: Vec<(&Ipv4Addr, &Vec<usize>)> =
-        by_ip.iter().filter(|(_, v)| v.len() > 1).collect();
-    dup_ips.sort_unstable_by_key(|(ip, _)| **ip);
-    for (ip, rs) in dup_ips {
-        // Hosts may share one BMC (each naming its own bmc.system): not a conflict.
-        if rs.iter().all(|i| reservations[*i].bmc) {
-            continue;
-        }
-        let hosts: BTreeSet<usize> = rs.iter().map(|i| reservations[*i].host).collect();
-        let macs: BTreeSet<MacAddr> = rs
-            .iter()
-            .flat_map(|i| {
-                let r = &reservations[*i];
-                let h = &inv.hosts[r.host];
-                if r.bmc {
-                    h.bmc
-                        .as_ref()
-                        .and_then(|b| b.mac)
-                        .into_iter()
-                        .collect::<Vec<_>>()
-                } else {
-                    h.macs.clone()
-                }
-            })
-            .collect();
-        let names: Vec<String> = hosts.iter().map(|i| inv.hosts[*i].name.clone()).collect();
-        let two_macs = hosts.len() > 1 && macs.len() > 1;
-        findings.push(Finding {
-            severity: Severity::Critical,
-            code: if two_macs {
-                Code::AddressTwoMacs
-            } else {
-                Code::DuplicateReservation
-            },
-            message: if two_macs {
-                format!("{ip} is reserved for {} hosts: {}", hosts.len(), names.join(", "))
-            } else {
-                format!("{ip} is reserved {} times ({})", rs.len(), names.join(", "))
-            },
-            addresses: vec![*ip],
-            macs: macs.into_iter().collect(),
-            hosts: names,
-            action: format!("keep one reservation of {ip} in the inventory and give the others their own address"),
-        });
-    }
-
-    // Leases.
-    let mut held: Vec<HashSet<Ipv4Addr>> = vec![HashSet::new(); subnets.len()];
-    let mut leased = vec![0u64; subnets.len()];
-    let mut quarantined = vec![0u64; subnets.len()];
-    let host_of = |mac: MacAddr| inv.host_by_boot_mac(&mac_index, mac);
-    let host_pos: HashMap<&str, usize> = inv
-        .hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| (h.name.as_str(), i))
-        .collect();
-    for l in leases {
-        let owner = host_of(l.mac).and_then(|h| host_pos.get(h.name.as_str()).copied());
-        let live = l.state.holds_address() && l.ends > now;
-        if !live {
-            continue;
-        }
-        let si = subnets
-            .iter()
-            .position(|s| s.name == l.subnet && s.cidr.contains(&l.ip))
-            .or_else(|| index.find(l.ip));
-        let Some(si) = si else { continue };
-        held[si].insert(l.ip);
-        match l.state {
-            LeaseState::Active => leased[si] += 1,
-            LeaseState::Declined => {
-                quarantined[si] += 1;
+    /// Two reservations of one address: `address-two-macs` when two hosts with different
+    /// MACs claim it, else `duplicate-reservation`. In address order.
+    fn duplicate_findings(&self) -> Vec<Finding> {
+        let inv = self.inv;
+        let mut dup_ips: Vec<(&Ipv4Addr, &Vec<usize>)> =
+            self.by_ip.iter().filter(|(_, v)| v.len() > 1).collect();
+        dup_ips.sort_unstable_by_key(|(ip, _)| **ip);
+        let mut findings = Vec::new();
+        for (ip, rs) in dup_ips {
+            // Hosts may share one BMC (each naming its own bmc.system): not a conflict.
+            if rs.iter().all(|i| self.reservations[*i].bmc) {
                 continue;
             }
-            _ => continue,
-        }
-        let s = &subnets[si];
-        let lease_host = owner.map(|i| inv.hosts[i].name.clone());
-        // Reserved for somebody else?
-        if let Some(rs) = by_ip.get(&l.ip) {
-            let others: BTreeSet<usize> = rs
+            let hosts: BTreeSet<usize> = rs.iter().map(|i| self.reservations[*i].host).collect();
+            let macs: BTreeSet<MacAddr> = rs
                 .iter()
-                .map(|i| reservations[*i].host)
-                .filter(|h| Some(*h) != owner)
-                .filter(|h| {
-                    let r = &inv.hosts[*h];
-                    !r.macs.contains(&l.mac) && r.bmc.as_ref().and_then(|b| b.mac) != Some(l.mac)
+                .flat_map(|i| {
+                    let r = &self.reservations[*i];
+                    let h = &inv.hosts[r.host];
+                    if r.bmc {
+                        h.bmc
+                            .as_ref()
+                            .and_then(|b| b.mac)
+                            .into_iter()
+                            .collect::<Vec<_>>()
+                    } else {
+                        h.macs.clone()
+                    }
                 })
                 .collect();
-            if !others.is_empty() {
-                let mut macs = vec![l.mac];
-                let mut hosts: Vec<String> = lease_host.iter().cloned().collect();
-                for h in &others {
-                    macs.extend(inv.hosts[*h].macs.iter().copied());
-                    hosts.push(inv.hosts[*h].name.clone());
-                }
-                let holder = match &lease_host {
-                    Some(h) => format!("{} (host {h})", l.mac),
-                    None => format!("{} (not in the inventory)", l.mac),
-                };
-                let reserved_for: Vec<String> = others
-                    .iter()
-                    .map(|h| format!("host {}", inv.hosts[*h].name))
-                    .collect();
-                findings.push(Finding {
-                    severity: Severity::Critical,
-                    code: Code::AddressTwoMacs,
-                    message: format!(
-                        "{} is leased to {holder} until {} but reserved for {}",
-                        l.ip,
-                        l.ends,
-                        reserved_for.join(", ")
-                    ),
-                    addresses: vec![l.ip],
-                    macs,
-                    hosts,
-                    action: format!(
-                        "find {} (`bootgate audit mac {}`), take it off {} and run `bootgate leases release {}`",
-                        l.mac, l.mac, l.ip, l.ip
-                    ),
-                });
-            }
+            let names: Vec<String> = hosts.iter().map(|i| inv.hosts[*i].name.clone()).collect();
+            let two_macs = hosts.len() > 1 && macs.len() > 1;
+            findings.push(Finding {
+                severity: Severity::Critical,
+                code: if two_macs {
+                    Code::AddressTwoMacs
+                } else {
+                    Code::DuplicateReservation
+                },
+                message: if two_macs {
+                    format!("{ip} is reserved for {} hosts: {}", hosts.len(), names.join(", "))
+                } else {
+                    format!("{ip} is reserved {} times ({})", rs.len(), names.join(", "))
+                },
+                addresses: vec![*ip],
+                macs: macs.into_iter().collect(),
+                hosts: names,
+                action: format!("keep one reservation of {ip} in the inventory and give the others their own address"),
+            });
         }
+        findings
+    }
+
+    /// Counts the live leases per subnet and adds each active lease's findings to
+    /// `findings`: held against another host's reservation, unknown on a known-hosts-only
+    /// subnet, or off its host's moved reservation.
+    fn lease_findings(
+        &self,
+        leases: &[Lease],
+        now: Timestamp,
+        findings: &mut Vec<Finding>,
+    ) -> Held {
+        let (inv, subnets) = (self.inv, &self.inv.subnets);
+        let mut held = Held {
+            addresses: vec![HashSet::new(); subnets.len()],
+            leased: vec![0u64; subnets.len()],
+            quarantined: vec![0u64; subnets.len()],
+        };
+        let mac_index = inv.mac_index();
+        for l in leases {
+            let owner = inv
+                .host_by_boot_mac(&mac_index, l.mac)
+                .and_then(|h| self.host_pos.get(h.name.as_str()).copied());
+            let live = l.state.holds_address() && l.ends > now;
+            if !live {
+                continue;
+            }
+            let si = subnets
+                .iter()
+                .position(|s| s.name == l.subnet && s.cidr.contains(&l.ip))
+                .or_else(|| self.index.find(l.ip));
+            let Some(si) = si else { continue };
+            held.addresses[si].insert(l.ip);
+            match l.state {
+                LeaseState::Active => held.leased[si] += 1,
+                LeaseState::Declined => {
+                    held.quarantined[si] += 1;
+                    continue;
+                }
+                _ => continue,
+            }
+            findings.extend(self.reserved_for_others(l, owner));
+            findings.extend(self.owner_finding(l, &subnets[si], owner));
+        }
+        held
+    }
+
+    /// `address-two-macs`: an active lease on an address reserved for another host.
+    fn reserved_for_others(&self, l: &Lease, owner: Option<usize>) -> Option<Finding> {
+        let inv = self.inv;
+        let rs = self.by_ip.get(&l.ip)?;
+        let others: BTreeSet<usize> = rs
+            .iter()
+            .map(|i| self.reservations[*i].host)
+            .filter(|h| Some(*h) != owner)
+            .filter(|h| {
+                let r = &inv.hosts[*h];
+                !r.macs.contains(&l.mac) && r.bmc.as_ref().and_then(|b| b.mac) != Some(l.mac)
+            })
+            .collect();
+        if others.is_empty() {
+            return None;
+        }
+        let lease_host = owner.map(|i| inv.hosts[i].name.clone());
+        let mut macs = vec![l.mac];
+        let mut hosts: Vec<String> = lease_host.iter().cloned().collect();
+        for h in &others {
+            macs.extend(inv.hosts[*h].macs.iter().copied());
+            hosts.push(inv.hosts[*h].name.clone());
+        }
+        let holder = match &lease_host {
+            Some(h) => format!("{} (host {h})", l.mac),
+            None => format!("{} (not in the inventory)", l.mac),
+        };
+        let reserved_for: Vec<String> = others
+            .iter()
+            .map(|h| format!("host {}", inv.hosts[*h].name))
+            .collect();
+        Some(Finding {
+            severity: Severity::Critical,
+            code: Code::AddressTwoMacs,
+            message: format!(
+                "{} is leased to {holder} until {} but reserved for {}",
+                l.ip,
+                l.ends,
+                reserved_for.join(", ")
+            ),
+            addresses: vec![l.ip],
+            macs,
+            hosts,
+            action: format!(
+                "find {} (`bootgate audit mac {}`), take it off {} and run `bootgate leases release {}`",
+                l.mac, l.mac, l.ip, l.ip
+            ),
+        })
+    }
+
+    /// What an active lease on subnet `s` says about its holder: a MAC in no host's `macs`
+    /// on a known-hosts-only subnet, or a host whose reservation there is now another
+    /// address.
+    fn owner_finding(&self, l: &Lease, s: &Subnet, owner: Option<usize>) -> Option<Finding> {
         match owner {
-            None if s.known_hosts_only => findings.push(Finding {
+            None if s.known_hosts_only => Some(Finding {
                 severity: Severity::Warning,
                 code: Code::UnknownMacOnKnownOnlySubnet,
                 message: format!(
@@ -523,36 +601,113 @@ pub fn audit_live(
                 ),
             }),
             Some(hi) => {
-                let h = &inv.hosts[hi];
-                if let Some(want) = h.addresses.get(&s.name)
-                    && *want != l.ip
-                {
-                    findings.push(Finding {
-                        severity: Severity::Warning,
-                        code: Code::ReservationMoved,
-                        message: format!(
-                            "host {} ({}) holds {} until {}, but its reservation on {} is now {want}",
-                            h.name, l.mac, l.ip, l.ends, s.name
-                        ),
-                        addresses: vec![l.ip, *want],
-                        macs: vec![l.mac],
-                        hosts: vec![h.name.clone()],
-                        action: format!(
-                            "release {} (`bootgate leases release {}`) and renew or reboot {} so it takes {want}",
-                            l.ip, l.ip, h.name
-                        ),
-                    });
-                }
+                let h = &self.inv.hosts[hi];
+                let want = h.addresses.get(&s.name).filter(|want| **want != l.ip)?;
+                Some(Finding {
+                    severity: Severity::Warning,
+                    code: Code::ReservationMoved,
+                    message: format!(
+                        "host {} ({}) holds {} until {}, but its reservation on {} is now {want}",
+                        h.name, l.mac, l.ip, l.ends, s.name
+                    ),
+                    addresses: vec![l.ip, *want],
+                    macs: vec![l.mac],
+                    hosts: vec![h.name.clone()],
+                    action: format!(
+                        "release {} (`bootgate leases release {}`) and renew or reboot {} so it takes {want}",
+                        l.ip, l.ip, h.name
+                    ),
+                })
             }
-            None => {}
+            None => None,
         }
     }
-    // When each host last took an address: its MACs' newest commit or its name's.
+
+    /// Keeps the findings about an in-scope address, or about a host with one.
+    fn retain_in_scope(&self, findings: &mut Vec<Finding>, selected: &[bool]) {
+        let in_scope = |ip: &Ipv4Addr| self.index.find(*ip).is_some_and(|i| selected[i]);
+        findings.retain(|f| {
+            f.addresses.iter().any(in_scope)
+                || f.hosts.iter().any(|n| {
+                    self.host_pos
+                        .get(n.as_str())
+                        .is_some_and(|hi| self.inv.hosts[*hi].addresses.values().any(in_scope))
+                })
+        });
+    }
+
+    /// The per-subnet summary of the selected subnets.
+    fn usage(&self, selected: &[bool], held: &Held, findings: &[Finding]) -> Vec<SubnetUsage> {
+        let subnets = &self.inv.subnets;
+        let mut conflict_ips: Vec<HashSet<Ipv4Addr>> = vec![HashSet::new(); subnets.len()];
+        for f in findings.iter().filter(|f| f.code == Code::AddressTwoMacs) {
+            for ip in &f.addresses {
+                if let Some(i) = self.index.find(*ip) {
+                    conflict_ips[i].insert(*ip);
+                }
+            }
+        }
+        let mut reserved: Vec<HashSet<Ipv4Addr>> = vec![HashSet::new(); subnets.len()];
+        for r in &self.reservations {
+            if let Some(i) = r.subnet {
+                reserved[i].insert(r.ip);
+            }
+        }
+        let mut usage = Vec::new();
+        for (i, s) in subnets.iter().enumerate() {
+            if !selected[i] {
+                continue;
+            }
+            let size = usable(&s.cidr);
+            let used = reserved[i].len()
+                + held.addresses[i]
+                    .iter()
+                    .filter(|ip| !reserved[i].contains(ip))
+                    .count();
+            usage.push(SubnetUsage {
+                name: s.name.clone(),
+                cidr: s.cidr,
+                known_hosts_only: s.known_hosts_only,
+                size,
+                reserved: reserved[i].len() as u64,
+                leased: held.leased[i],
+                free: size.saturating_sub(used as u64),
+                quarantined: held.quarantined[i],
+                conflicts: conflict_ips[i].len() as u64,
+            });
+        }
+        usage
+    }
+}
+
+/// `reservation-outside-subnet`: host `h` reserves `ip` under `addresses.<key>`, which
+/// `subnet` (the one named `key`, if any) does not contain.
+fn outside_subnet(h: &Host, key: &str, ip: Ipv4Addr, subnet: Option<&Subnet>) -> Finding {
+    let why = match subnet {
+        Some(s) => format!("outside {} ({})", s.name, s.cidr),
+        None => format!("on subnet {key:?}, which the inventory does not define"),
+    };
+    Finding {
+        severity: Severity::Critical,
+        code: Code::ReservationOutsideSubnet,
+        message: format!("host {} reserves {ip} {why}", h.name),
+        addresses: vec![ip],
+        macs: h.macs.clone(),
+        hosts: vec![h.name.clone()],
+        action: format!(
+            "fix addresses.{key} of host {} in the inventory (an address inside the subnet, outside its dynamic ranges)",
+            h.name
+        ),
+    }
+}
+
+/// When each host (inventory index) last took an address: its MACs' newest commit or its
+/// name's.
+fn host_last_seen(inv: &Inventory, last: &LastSeen) -> HashMap<usize, Timestamp> {
     let mac_seen: HashMap<MacAddr, Timestamp> = last.macs.iter().copied().collect();
     let host_seen: HashMap<&str, Timestamp> =
         last.hosts.iter().map(|(h, t)| (h.as_str(), *t)).collect();
-    let last_seen: HashMap<usize, Timestamp> = inv
-        .hosts
+    inv.hosts
         .iter()
         .enumerate()
         .filter_map(|(hi, h)| {
@@ -564,12 +719,20 @@ pub fn audit_live(
                 .max()?;
             Some((hi, t))
         })
-        .collect();
+        .collect()
+}
 
-    // Hosts DHCP never saw, or not lately. Only hosts that can DHCP (a boot MAC).
+/// Hosts DHCP never saw, or not lately. Only hosts that can DHCP (a boot MAC).
+fn stale_findings(
+    inv: &Inventory,
+    last_seen: &HashMap<usize, Timestamp>,
+    now: Timestamp,
+    opts: &Options,
+) -> Vec<Finding> {
     let stale =
         jiff::SignedDuration::try_from(opts.stale_after).unwrap_or(jiff::SignedDuration::MAX);
     let cutoff = now.checked_sub(stale).unwrap_or(Timestamp::MIN);
+    let mut findings = Vec::new();
     for (hi, h) in inv.hosts.iter().enumerate() {
         if h.macs.is_empty() {
             continue;
@@ -612,66 +775,7 @@ pub fn audit_live(
             Some(_) => {}
         }
     }
-
-    // Scope, then the per-subnet summary.
-    let in_scope = |ip: &Ipv4Addr| index.find(*ip).is_some_and(|i| selected[i]);
-    if opts.scope != Scope::All {
-        findings.retain(|f| {
-            f.addresses.iter().any(in_scope)
-                || f.hosts.iter().any(|n| {
-                    host_pos
-                        .get(n.as_str())
-                        .is_some_and(|hi| inv.hosts[*hi].addresses.values().any(in_scope))
-                })
-        });
-    }
-    let mut conflict_ips: Vec<HashSet<Ipv4Addr>> = vec![HashSet::new(); subnets.len()];
-    for f in findings.iter().filter(|f| f.code == Code::AddressTwoMacs) {
-        for ip in &f.addresses {
-            if let Some(i) = index.find(*ip) {
-                conflict_ips[i].insert(*ip);
-            }
-        }
-    }
-    let mut reserved: Vec<HashSet<Ipv4Addr>> = vec![HashSet::new(); subnets.len()];
-    for r in &reservations {
-        if let Some(i) = r.subnet {
-            reserved[i].insert(r.ip);
-        }
-    }
-    let mut usage = Vec::new();
-    for (i, s) in subnets.iter().enumerate() {
-        if !selected[i] {
-            continue;
-        }
-        let size = usable(&s.cidr);
-        let used = reserved[i].len()
-            + held[i]
-                .iter()
-                .filter(|ip| !reserved[i].contains(ip))
-                .count();
-        usage.push(SubnetUsage {
-            name: s.name.clone(),
-            cidr: s.cidr,
-            known_hosts_only: s.known_hosts_only,
-            size,
-            reserved: reserved[i].len() as u64,
-            leased: leased[i],
-            free: size.saturating_sub(used as u64),
-            quarantined: quarantined[i],
-            conflicts: conflict_ips[i].len() as u64,
-        });
-    }
-
-    sort_findings(&mut findings);
-    let worst = findings.iter().map(|f| f.severity).max();
-    Ok(Report {
-        time: now,
-        stale_days: opts.stale_after.as_secs() / 86_400,
-        subnets: usage,
-        findings,
-        worst,
-    })
+    findings
 }
 
 fn join(macs: &[MacAddr]) -> String {

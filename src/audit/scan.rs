@@ -114,36 +114,7 @@ pub fn scan_findings(
     skip: &HashSet<Ipv4Addr>,
     now: jiff::Timestamp,
 ) -> Vec<Finding> {
-    // Who may answer for each given address: MACs, and the hosts they belong to.
-    #[derive(Default)]
-    struct Given {
-        macs: BTreeSet<MacAddr>,
-        hosts: BTreeSet<String>,
-        why: Vec<String>,
-    }
-    let mut given: BTreeMap<Ipv4Addr, Given> = BTreeMap::new();
-    for l in leases {
-        if matches!(l.state, LeaseState::Active | LeaseState::Offered) && l.ends > now {
-            let g = given.entry(l.ip).or_default();
-            g.macs.insert(l.mac);
-            g.hosts.extend(l.host.clone());
-            g.why.push(format!("leased to {}", l.mac));
-        }
-    }
-    for h in &inv.hosts {
-        for ip in h.addresses.values() {
-            let g = given.entry(*ip).or_default();
-            g.macs.extend(h.macs.iter().copied());
-            g.hosts.insert(h.name.clone());
-            g.why.push(format!("reserved for host {}", h.name));
-        }
-        if let Some(b) = &h.bmc {
-            let g = given.entry(b.address).or_default();
-            g.macs.extend(b.mac);
-            g.hosts.insert(h.name.clone());
-            g.why.push(format!("the BMC of host {}", h.name));
-        }
-    }
+    let given = given(inv, leases, now);
     let mut by_ip: BTreeMap<Ipv4Addr, BTreeSet<Option<MacAddr>>> = BTreeMap::new();
     for a in answers {
         by_ip.entry(a.ip).or_default().insert(a.mac);
@@ -161,24 +132,7 @@ pub fn scan_findings(
         };
         match given.get(&ip) {
             None => {
-                out.push(Finding {
-                    severity: Severity::Warning,
-                    code: Code::AddressAnswersUnassigned,
-                    message: format!(
-                        "{ip} answers ({seen_text}) but has no lease and no reservation"
-                    ),
-                    addresses: vec![ip],
-                    macs: seen.clone(),
-                    hosts: vec![],
-                    action: match seen.first() {
-                        Some(m) => format!(
-                            "find the machine with MAC {m} (switch MAC table) that set {ip} by hand, and move it to DHCP or reserve {ip} for it in the inventory"
-                        ),
-                        None => format!(
-                            "find the machine that set {ip} by hand (its relay's ARP table has the MAC), and move it to DHCP or reserve {ip} for it in the inventory"
-                        ),
-                    },
-                });
+                out.push(unassigned(ip, &seen, &seen_text));
                 if seen.len() > 1 {
                     out.push(two_macs(ip, &seen, &BTreeSet::new(), &[], &seen_text));
                 }
@@ -205,6 +159,63 @@ pub fn scan_findings(
         }
     }
     out
+}
+
+/// Who may answer for one given address: MACs, the hosts they belong to, and why (for
+/// the message).
+#[derive(Default)]
+struct Given {
+    macs: BTreeSet<MacAddr>,
+    hosts: BTreeSet<String>,
+    why: Vec<String>,
+}
+
+/// Every given address: live offered/active leases, reservations, BMC addresses.
+fn given(inv: &Inventory, leases: &[Lease], now: jiff::Timestamp) -> BTreeMap<Ipv4Addr, Given> {
+    let mut given: BTreeMap<Ipv4Addr, Given> = BTreeMap::new();
+    for l in leases {
+        if matches!(l.state, LeaseState::Active | LeaseState::Offered) && l.ends > now {
+            let g = given.entry(l.ip).or_default();
+            g.macs.insert(l.mac);
+            g.hosts.extend(l.host.clone());
+            g.why.push(format!("leased to {}", l.mac));
+        }
+    }
+    for h in &inv.hosts {
+        for ip in h.addresses.values() {
+            let g = given.entry(*ip).or_default();
+            g.macs.extend(h.macs.iter().copied());
+            g.hosts.insert(h.name.clone());
+            g.why.push(format!("reserved for host {}", h.name));
+        }
+        if let Some(b) = &h.bmc {
+            let g = given.entry(b.address).or_default();
+            g.macs.extend(b.mac);
+            g.hosts.insert(h.name.clone());
+            g.why.push(format!("the BMC of host {}", h.name));
+        }
+    }
+    given
+}
+
+/// `address-answers-unassigned`: `ip` answered (`seen_text`) though nobody was given it.
+fn unassigned(ip: Ipv4Addr, seen: &[MacAddr], seen_text: &str) -> Finding {
+    Finding {
+        severity: Severity::Warning,
+        code: Code::AddressAnswersUnassigned,
+        message: format!("{ip} answers ({seen_text}) but has no lease and no reservation"),
+        addresses: vec![ip],
+        macs: seen.to_vec(),
+        hosts: vec![],
+        action: match seen.first() {
+            Some(m) => format!(
+                "find the machine with MAC {m} (switch MAC table) that set {ip} by hand, and move it to DHCP or reserve {ip} for it in the inventory"
+            ),
+            None => format!(
+                "find the machine that set {ip} by hand (its relay's ARP table has the MAC), and move it to DHCP or reserve {ip} for it in the inventory"
+            ),
+        },
+    }
 }
 
 fn two_macs(
@@ -302,6 +313,18 @@ pub struct BmcCheck {
 /// each bounded by `settings.timeout` (retries as configured). Unauthenticated: no
 /// secrets file needed. IPMI BMCs are listed as skipped.
 pub async fn check_bmcs(inv: &Inventory, scope: &Scope, settings: BmcSettings) -> Vec<BmcCheck> {
+    let (endpoints, mut out) = bmc_endpoints(inv, scope);
+    out.extend(probe_roots(endpoints, settings).await);
+    out.sort_by(|a, b| a.endpoint.cmp(&b.endpoint).then(a.hosts.cmp(&b.hosts)));
+    out
+}
+
+/// Redfish BMC endpoints to probe: label → target and the hosts behind it.
+type Endpoints = BTreeMap<String, (BmcTarget, Vec<String>)>;
+
+/// The in-scope Redfish BMC endpoints, and the checks already decided without a probe: a
+/// BMC that does not resolve, an IPMI one.
+fn bmc_endpoints(inv: &Inventory, scope: &Scope) -> (Endpoints, Vec<BmcCheck>) {
     let in_scope = |ip: &Ipv4Addr| match scope {
         Scope::All => true,
         Scope::Name(n) => inv
@@ -311,7 +334,7 @@ pub async fn check_bmcs(inv: &Inventory, scope: &Scope, settings: BmcSettings) -
         Scope::Cidr(c) => c.contains(ip),
     };
     // One probe per endpoint.
-    let mut endpoints: BTreeMap<String, (BmcTarget, Vec<String>)> = BTreeMap::new();
+    let mut endpoints: Endpoints = BTreeMap::new();
     let mut out = Vec::new();
     for h in &inv.hosts {
         let Some(b) = &h.bmc else { continue };
@@ -351,6 +374,12 @@ pub async fn check_bmcs(inv: &Inventory, scope: &Scope, settings: BmcSettings) -
             .1
             .push(h.name.clone());
     }
+    (endpoints, out)
+}
+
+/// One GET of each endpoint's service root, `settings.concurrency` at once; in the order
+/// they finish.
+async fn probe_roots(endpoints: Endpoints, settings: BmcSettings) -> Vec<BmcCheck> {
     let redfish = std::sync::Arc::new(crate::bmc::redfish::Redfish::new(settings.clone()));
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(settings.concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
@@ -374,13 +403,13 @@ pub async fn check_bmcs(inv: &Inventory, scope: &Scope, settings: BmcSettings) -
             }
         });
     }
+    let mut out = Vec::new();
     while let Some(r) = tasks.join_next().await {
         match r {
             Ok(c) => out.push(c),
             Err(e) => tracing::warn!(error = %e, "BMC check task failed"),
         }
     }
-    out.sort_by(|a, b| a.endpoint.cmp(&b.endpoint).then(a.hosts.cmp(&b.hosts)));
     out
 }
 

@@ -219,10 +219,10 @@ impl Redfish {
                 c.follow_task(&r).await?;
             }
             let after = c.system_at(&sys.url).await?;
-            applied_override(&after.body, source, mode).map_err(|reason| BmcError::Protocol {
+            applied_override(&after.body, source, mode).map_err(|e| BmcError::Protocol {
                 host: c.t.host.clone(),
                 url: after.url.to_string(),
-                reason,
+                reason: e.to_string(),
             })
         })
         .await
@@ -433,36 +433,10 @@ impl Conn<'_> {
     ) -> Result<Reply, BmcError> {
         let mut attempt = 0;
         loop {
-            let mut req = self
-                .http
-                .request(method.clone(), url.clone())
-                .timeout(self.settings.timeout)
-                .header("Accept", "application/json")
-                .header("OData-Version", "4.0");
-            req = match &self.auth {
-                Auth::None => req,
-                Auth::Basic => req.basic_auth(
-                    &self.t.credential.username,
-                    Some(self.t.credential.password.expose()),
-                ),
-                Auth::Session { token, .. } => req.header("X-Auth-Token", token.expose()),
-            };
-            if let Some(b) = body {
-                req = req.json(b);
-            }
-            if let Some(tag) = if_match {
-                req = req.header("If-Match", tag);
-            }
             let retries_left = attempt < self.settings.retries;
-            match req.send().await {
-                Err(e) if e.is_timeout() => {
-                    return Err(BmcError::Timeout {
-                        host: self.t.host.clone(),
-                        bmc: self.t.bmc_label(),
-                        url: url.to_string(),
-                        deadline: self.settings.timeout,
-                    });
-                }
+            let resp = match self.request(&method, url, body, if_match).send().await {
+                Ok(resp) => resp,
+                Err(e) if e.is_timeout() => return Err(self.timed_out(url)),
                 Err(e) => {
                     let retry = retries_left && (idem == Idem::Safe || e.is_connect());
                     if let Some(reason) = tls_failure(&e) {
@@ -472,53 +446,26 @@ impl Conn<'_> {
                             reason,
                         });
                     }
-                    if retry {
-                        tokio::time::sleep(backoff(attempt)).await;
-                        attempt += 1;
-                        continue;
+                    if !retry {
+                        return Err(self.connect_failed(url, &e));
                     }
-                    return Err(BmcError::Connect {
-                        host: self.t.host.clone(),
-                        bmc: self.t.bmc_label(),
-                        url: url.to_string(),
-                        reason: self.redact(&chain(&e)),
-                    });
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                    continue;
                 }
-                Ok(resp) => {
-                    let status = resp.status();
-                    if status == StatusCode::SERVICE_UNAVAILABLE && retries_left {
-                        let wait = retry_after(resp.headers()).unwrap_or(self.q.busy_backoff);
-                        tracing::debug!(host = %self.t.host, url = %url, ?wait, "BMC busy (503); retrying");
-                        tokio::time::sleep(wait).await;
-                        attempt += 1;
-                        continue;
-                    }
-                    let headers = resp.headers().clone();
-                    let final_url = resp.url().clone();
-                    let text = match resp.text().await {
-                        Ok(t) => t,
-                        Err(e) if e.is_timeout() => {
-                            return Err(BmcError::Timeout {
-                                host: self.t.host.clone(),
-                                bmc: self.t.bmc_label(),
-                                url: url.to_string(),
-                                deadline: self.settings.timeout,
-                            });
-                        }
-                        Err(e) => {
-                            if retries_left && idem == Idem::Safe {
-                                tokio::time::sleep(backoff(attempt)).await;
-                                attempt += 1;
-                                continue;
-                            }
-                            return Err(BmcError::Connect {
-                                host: self.t.host.clone(),
-                                bmc: self.t.bmc_label(),
-                                url: url.to_string(),
-                                reason: self.redact(&chain(&e)),
-                            });
-                        }
-                    };
+            };
+            let status = resp.status();
+            if status == StatusCode::SERVICE_UNAVAILABLE && retries_left {
+                let wait = retry_after(resp.headers()).unwrap_or(self.q.busy_backoff);
+                tracing::debug!(host = %self.t.host, url = %url, ?wait, "BMC busy (503); retrying");
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+                continue;
+            }
+            let headers = resp.headers().clone();
+            let final_url = resp.url().clone();
+            match resp.text().await {
+                Ok(text) => {
                     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
                     return Ok(Reply {
                         method: method.clone(),
@@ -529,7 +476,63 @@ impl Conn<'_> {
                         text,
                     });
                 }
+                Err(e) if e.is_timeout() => return Err(self.timed_out(url)),
+                // The body broke off: a safe request is sent again.
+                Err(_) if retries_left && idem == Idem::Safe => {
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(self.connect_failed(url, &e)),
             }
+        }
+    }
+
+    /// The request with this connection's authentication, JSON body and `If-Match`.
+    fn request(
+        &self,
+        method: &Method,
+        url: &Url,
+        body: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let mut req = self
+            .http
+            .request(method.clone(), url.clone())
+            .timeout(self.settings.timeout)
+            .header("Accept", "application/json")
+            .header("OData-Version", "4.0");
+        req = match &self.auth {
+            Auth::None => req,
+            Auth::Basic => req.basic_auth(
+                &self.t.credential.username,
+                Some(self.t.credential.password.expose()),
+            ),
+            Auth::Session { token, .. } => req.header("X-Auth-Token", token.expose()),
+        };
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        if let Some(tag) = if_match {
+            req = req.header("If-Match", tag);
+        }
+        req
+    }
+
+    fn timed_out(&self, url: &Url) -> BmcError {
+        BmcError::Timeout {
+            host: self.t.host.clone(),
+            bmc: self.t.bmc_label(),
+            url: url.to_string(),
+            deadline: self.settings.timeout,
+        }
+    }
+
+    fn connect_failed(&self, url: &Url, e: &reqwest::Error) -> BmcError {
+        BmcError::Connect {
+            host: self.t.host.clone(),
+            bmc: self.t.bmc_label(),
+            url: url.to_string(),
+            reason: self.redact(&chain(e)),
         }
     }
 
@@ -1003,32 +1006,53 @@ pub fn task_outcome(body: &Value) -> TaskOutcome {
     }
 }
 
+/// Why the boot override the BMC reports is not the one asked for (`to`: the boot source
+/// asked for).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OverrideMismatch {
+    #[error(
+        "accepted the boot override to {} but reports BootSourceOverrideTarget {target:?}",
+        .to.redfish_name()
+    )]
+    Target { to: BootSource, target: String },
+    #[error(
+        "accepted the boot override to {} ({}) but reports BootSourceOverrideEnabled {enabled:?}",
+        .to.redfish_name(),
+        .asked.redfish_name()
+    )]
+    Enabled {
+        to: BootSource,
+        asked: OverrideMode,
+        enabled: String,
+    },
+}
+
 /// What the BMC reports after the override PATCH: the mode in effect, or why it is not
 /// what was asked.
 pub fn applied_override(
     system: &Value,
     source: BootSource,
     asked: OverrideMode,
-) -> Result<OverrideMode, String> {
+) -> Result<OverrideMode, OverrideMismatch> {
     let boot = &system["Boot"];
     let target = boot["BootSourceOverrideTarget"].as_str();
     if let Some(t) = target
         && t != source.redfish_name()
     {
-        return Err(format!(
-            "accepted the boot override to {} but reports BootSourceOverrideTarget {t:?}",
-            source.redfish_name()
-        ));
+        return Err(OverrideMismatch::Target {
+            to: source,
+            target: t.to_string(),
+        });
     }
     match boot["BootSourceOverrideEnabled"].as_str() {
         Some("Once") => Ok(OverrideMode::Once),
         Some("Continuous") => Ok(OverrideMode::Continuous),
         None => Ok(asked),
-        Some(other) => Err(format!(
-            "accepted the boot override to {} ({}) but reports BootSourceOverrideEnabled {other:?}",
-            source.redfish_name(),
-            asked.redfish_name()
-        )),
+        Some(other) => Err(OverrideMismatch::Enabled {
+            to: source,
+            asked,
+            enabled: other.to_string(),
+        }),
     }
 }
 

@@ -415,46 +415,13 @@ pub async fn arp_sweep(
     per_second: u32,
     linger: Duration,
 ) -> Result<Vec<ArpAnswer>, ProbeError> {
-    use nix::libc;
     let err = |what, source| ProbeError::Arp {
         iface: iface.to_string(),
         what,
         source,
     };
     let (ifindex, our_mac) = link_of(iface)?;
-    let socket = Socket::new(
-        Domain::PACKET,
-        Type::DGRAM,
-        Some(Protocol::from(i32::from(ETH_P_ARP.to_be()))),
-    )
-    .map_err(|e| err("opening an AF_PACKET socket (needs CAP_NET_RAW)", e))?;
-    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value we then fill in.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = ETH_P_ARP.to_be();
-    sll.sll_ifindex = ifindex;
-    let sll_len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-    // SAFETY: `sll` is a valid sockaddr_ll of the length given, the fd is open.
-    let rc = unsafe {
-        libc::bind(
-            socket.as_raw_fd(),
-            (&sll as *const libc::sockaddr_ll).cast(),
-            sll_len,
-        )
-    };
-    if rc != 0 {
-        return Err(err("binding to the interface", io::Error::last_os_error()));
-    }
-    socket
-        .set_nonblocking(true)
-        .map_err(|e| err("setting non-blocking", e))?;
-    let mut to = sll;
-    to.sll_halen = 6;
-    to.sll_addr[..6].copy_from_slice(&[0xff; 6]);
-    // SAFETY: as in `probe`: the AsyncFd owns the Socket and so its descriptor.
-    let fd = unsafe { AsyncFd::register(socket) }
-        .map_err(|e| err("registering the socket", io::Error::from(e)))?;
-
+    let sock = ArpSocket::open(ifindex).map_err(|(what, e)| err(what, e))?;
     let mut answers: std::collections::BTreeSet<ArpAnswer> = Default::default();
     let wanted: std::collections::HashSet<Ipv4Addr> = targets.iter().copied().collect();
     let mut pacer = Pacer::new(per_second);
@@ -475,32 +442,12 @@ pub async fn arp_sweep(
                     deadline = Some(tokio::time::Instant::now() + linger);
                     continue;
                 };
-                let req = arp_request(our_mac, source, *ip);
-                let r = fd
-                    .async_io(Interest::WRITABLE, |s| {
-                        // SAFETY: `req` and `to` are valid for the lengths given.
-                        let n = unsafe {
-                            libc::sendto(
-                                s.as_raw_fd(),
-                                req.as_ptr().cast(),
-                                req.len(),
-                                0,
-                                (&to as *const libc::sockaddr_ll).cast(),
-                                sll_len,
-                            )
-                        };
-                        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
-                    })
-                    .await;
-                match r {
-                    Ok(()) => sent += 1,
-                    Err(e) => return Err(err("sending an ARP request", e)),
-                }
+                sock.send(&arp_request(our_mac, source, *ip))
+                    .await
+                    .map_err(|e| err("sending an ARP request", e))?;
+                sent += 1;
             }
-            r = fd.async_io(Interest::READABLE, |s| {
-                nix::sys::socket::recv(s.as_raw_fd(), &mut buf, nix::sys::socket::MsgFlags::empty())
-                    .map_err(io::Error::from)
-            }) => {
+            r = sock.recv(&mut buf) => {
                 let n = r.map_err(|e| err("receiving ARP replies", e))?;
                 if let Some(a) = arp_reply_sender(&buf[..n])
                     && wanted.contains(&a.ip)
@@ -514,6 +461,89 @@ pub async fn arp_sweep(
     }
     tracing::debug!(%iface, sent, answered = answers.len(), "ARP sweep done");
     Ok(answers.into_iter().collect())
+}
+
+/// A non-blocking AF_PACKET datagram socket for ARP, bound to one interface.
+struct ArpSocket {
+    fd: AsyncFd<Socket>,
+    /// The interface's link-layer broadcast address: where requests go.
+    to: nix::libc::sockaddr_ll,
+}
+
+const SLL_LEN: nix::libc::socklen_t =
+    std::mem::size_of::<nix::libc::sockaddr_ll>() as nix::libc::socklen_t;
+
+impl ArpSocket {
+    /// Opens and binds the socket to interface `ifindex`; on failure, what failed and why.
+    fn open(ifindex: i32) -> Result<ArpSocket, (&'static str, io::Error)> {
+        use nix::libc;
+        let socket = Socket::new(
+            Domain::PACKET,
+            Type::DGRAM,
+            Some(Protocol::from(i32::from(ETH_P_ARP.to_be()))),
+        )
+        .map_err(|e| ("opening an AF_PACKET socket (needs CAP_NET_RAW)", e))?;
+        // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value we then fill in.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = ETH_P_ARP.to_be();
+        sll.sll_ifindex = ifindex;
+        // SAFETY: `sll` is a valid sockaddr_ll of the length given, the fd is open.
+        let rc = unsafe {
+            libc::bind(
+                socket.as_raw_fd(),
+                (&sll as *const libc::sockaddr_ll).cast(),
+                SLL_LEN,
+            )
+        };
+        if rc != 0 {
+            return Err(("binding to the interface", io::Error::last_os_error()));
+        }
+        socket
+            .set_nonblocking(true)
+            .map_err(|e| ("setting non-blocking", e))?;
+        let mut to = sll;
+        to.sll_halen = 6;
+        to.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+        // SAFETY: as in `probe`: the AsyncFd owns the Socket and so its descriptor.
+        let fd = unsafe { AsyncFd::register(socket) }
+            .map_err(|e| ("registering the socket", io::Error::from(e)))?;
+        Ok(ArpSocket { fd, to })
+    }
+
+    /// Broadcasts one ARP packet.
+    async fn send(&self, packet: &[u8]) -> io::Result<()> {
+        self.fd
+            .async_io(Interest::WRITABLE, |s| {
+                // SAFETY: `packet` and `to` are valid for the lengths given.
+                let n = unsafe {
+                    nix::libc::sendto(
+                        s.as_raw_fd(),
+                        packet.as_ptr().cast(),
+                        packet.len(),
+                        0,
+                        (&self.to as *const nix::libc::sockaddr_ll).cast(),
+                        SLL_LEN,
+                    )
+                };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            })
+            .await
+    }
+
+    /// The next ARP packet's length, in `buf`.
+    async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.fd
+            .async_io(Interest::READABLE, |s| {
+                nix::sys::socket::recv(s.as_raw_fd(), buf, nix::sys::socket::MsgFlags::empty())
+                    .map_err(io::Error::from)
+            })
+            .await
+    }
 }
 
 /// One echo request's identity.

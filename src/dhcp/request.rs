@@ -108,69 +108,15 @@ pub fn decode(buf: &[u8], arrival: Arrival) -> Result<Request, DecodeError> {
     let Some(h) = buf.first_chunk::<MIN_LEN>() else {
         return Err(DecodeError::Truncated { len: buf.len() });
     };
-    let (op, htype, hlen, hops) = (h[0], h[1], h[2], h[3]);
-    if op != 1 {
-        return Err(DecodeError::NotBootRequest { op });
-    }
-    let xid = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
-    if htype != 1 || hlen != 6 {
-        return Err(DecodeError::NotEthernet { xid, htype, hlen });
-    }
-    let mac = MacAddr([h[28], h[29], h[30], h[31], h[32], h[33]]);
-    if h[236..240] != MAGIC {
-        return Err(DecodeError::BadMagic { xid, mac });
-    }
-    // RFC 2131 §2: the leftmost bit of 'flags' is the BROADCAST flag.
-    let broadcast = h[10] & 0x80 != 0;
-    let ciaddr = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
-    let giaddr = Ipv4Addr::new(h[24], h[25], h[26], h[27]);
-
-    let overrun = |code| DecodeError::OptionOverrun { xid, mac, code };
-    let mut opts = Options::default();
-    opts.scan(buf.get(MIN_LEN..).unwrap_or_default())
-        .map_err(overrun)?;
-    // RFC 2131 §4.1 / RFC 2132 §9.3 option overload: 1 = 'file' holds options, 2 = 'sname',
-    // 3 = both. RFC 3396 §7 fixes the order: options, then file, then sname.
-    if let Some(&[overload]) = opts.get(OPT_OVERLOAD) {
-        if overload & 1 != 0 {
-            opts.scan(&h[FILE]).map_err(overrun)?;
-        }
-        if overload & 2 != 0 {
-            opts.scan(&h[SNAME]).map_err(overrun)?;
-        }
-    }
-
-    let kind = match opts.get(OPT_MESSAGE_TYPE) {
-        None => return Err(DecodeError::NoMessageType { xid, mac }),
-        Some(&[kind]) => match kind {
-            1 => ClientMessage::Discover,
-            3 => ClientMessage::Request,
-            4 => ClientMessage::Decline,
-            7 => ClientMessage::Release,
-            8 => ClientMessage::Inform,
-            kind => return Err(DecodeError::UnsupportedMessageType { xid, mac, kind }),
-        },
-        Some(other) => {
-            return Err(DecodeError::MalformedMessageType {
-                xid,
-                mac,
-                len: other.len(),
-            });
-        }
-    };
-
+    let head = Header::parse(h)?;
+    let (xid, mac) = (head.xid, head.mac);
+    let opts = Options::of_message(buf, h).map_err(|code| DecodeError::OptionOverrun {
+        xid,
+        mac,
+        code,
+    })?;
+    let kind = message_type(&opts, xid, mac)?;
     let vendor_class = opts.get(OPT_VENDOR_CLASS);
-    let pxe = PxeInfo {
-        arch: opts.get(OPT_CLIENT_ARCH).and_then(first_arch),
-        // RFC 4578 §2.1 / UEFI 2.x §24.7: "PXEClient:Arch:00007:UNDI:003016",
-        // "HTTPClient:Arch:00016:UNDI:003001".
-        pxe_client: vendor_class.is_some_and(|v| v.starts_with(b"PXEClient")),
-        http_client: vendor_class.is_some_and(|v| v.starts_with(b"HTTPClient")),
-        ipxe: opts.get(OPT_USER_CLASS).is_some_and(user_class_is_ipxe)
-            || opts.get(OPT_IPXE).is_some(),
-        uuid: opts.get(OPT_CLIENT_UUID).and_then(machine_uuid),
-    };
-
     Ok(Request {
         kind,
         xid,
@@ -180,10 +126,10 @@ pub fn decode(buf: &[u8], arrival: Arrival) -> Result<Request, DecodeError> {
             .get(OPT_CLIENT_ID)
             .filter(|id| !id.is_empty())
             .map(<[u8]>::to_vec),
-        ciaddr,
-        giaddr,
-        hops,
-        broadcast,
+        ciaddr: head.ciaddr,
+        giaddr: head.giaddr,
+        hops: head.hops,
+        broadcast: head.broadcast,
         requested_ip: opts.get(OPT_REQUESTED_IP).and_then(ipv4),
         server_id: opts.get(OPT_SERVER_ID).and_then(ipv4),
         hostname: opts.get(OPT_HOSTNAME).and_then(text),
@@ -194,9 +140,81 @@ pub fn decode(buf: &[u8], arrival: Arrival) -> Result<Request, DecodeError> {
             .and_then(|v| <[u8; 2]>::try_from(v).ok())
             .map(u16::from_be_bytes),
         relay: opts.get(OPT_RELAY_AGENT).map(relay_agent),
-        pxe,
+        pxe: pxe_info(&opts),
         arrival,
     })
+}
+
+/// The fixed header fields a request is judged by.
+struct Header {
+    xid: u32,
+    mac: MacAddr,
+    hops: u8,
+    broadcast: bool,
+    ciaddr: Ipv4Addr,
+    giaddr: Ipv4Addr,
+}
+
+impl Header {
+    /// A BOOTREQUEST from an Ethernet client with the DHCP magic cookie, or why not.
+    fn parse(h: &[u8; MIN_LEN]) -> Result<Header, DecodeError> {
+        let (op, htype, hlen, hops) = (h[0], h[1], h[2], h[3]);
+        if op != 1 {
+            return Err(DecodeError::NotBootRequest { op });
+        }
+        let xid = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+        if htype != 1 || hlen != 6 {
+            return Err(DecodeError::NotEthernet { xid, htype, hlen });
+        }
+        let mac = MacAddr([h[28], h[29], h[30], h[31], h[32], h[33]]);
+        if h[236..240] != MAGIC {
+            return Err(DecodeError::BadMagic { xid, mac });
+        }
+        Ok(Header {
+            xid,
+            mac,
+            hops,
+            // RFC 2131 §2: the leftmost bit of 'flags' is the BROADCAST flag.
+            broadcast: h[10] & 0x80 != 0,
+            ciaddr: Ipv4Addr::new(h[12], h[13], h[14], h[15]),
+            giaddr: Ipv4Addr::new(h[24], h[25], h[26], h[27]),
+        })
+    }
+}
+
+/// Option 53, or why the message has none a client sends to a server.
+fn message_type(opts: &Options, xid: u32, mac: MacAddr) -> Result<ClientMessage, DecodeError> {
+    match opts.get(OPT_MESSAGE_TYPE) {
+        None => Err(DecodeError::NoMessageType { xid, mac }),
+        Some(&[kind]) => match kind {
+            1 => Ok(ClientMessage::Discover),
+            3 => Ok(ClientMessage::Request),
+            4 => Ok(ClientMessage::Decline),
+            7 => Ok(ClientMessage::Release),
+            8 => Ok(ClientMessage::Inform),
+            kind => Err(DecodeError::UnsupportedMessageType { xid, mac, kind }),
+        },
+        Some(other) => Err(DecodeError::MalformedMessageType {
+            xid,
+            mac,
+            len: other.len(),
+        }),
+    }
+}
+
+/// What the options say about the client's network boot firmware.
+fn pxe_info(opts: &Options) -> PxeInfo {
+    let vendor_class = opts.get(OPT_VENDOR_CLASS);
+    PxeInfo {
+        arch: opts.get(OPT_CLIENT_ARCH).and_then(first_arch),
+        // RFC 4578 §2.1 / UEFI 2.x §24.7: "PXEClient:Arch:00007:UNDI:003016",
+        // "HTTPClient:Arch:00016:UNDI:003001".
+        pxe_client: vendor_class.is_some_and(|v| v.starts_with(b"PXEClient")),
+        http_client: vendor_class.is_some_and(|v| v.starts_with(b"HTTPClient")),
+        ipxe: opts.get(OPT_USER_CLASS).is_some_and(user_class_is_ipxe)
+            || opts.get(OPT_IPXE).is_some(),
+        uuid: opts.get(OPT_CLIENT_UUID).and_then(machine_uuid),
+    }
 }
 
 /// The options of one message by code, with split options concatenated (RFC 3396).
@@ -204,6 +222,24 @@ pub fn decode(buf: &[u8], arrival: Arrival) -> Result<Request, DecodeError> {
 struct Options(BTreeMap<u8, Vec<u8>>);
 
 impl Options {
+    /// The options of datagram `buf` (header `h`): the options field, then the 'file' and
+    /// 'sname' fields when option 52 says they hold options too. Err(code) as for `scan`.
+    fn of_message(buf: &[u8], h: &[u8; MIN_LEN]) -> Result<Options, u8> {
+        let mut opts = Options::default();
+        opts.scan(buf.get(MIN_LEN..).unwrap_or_default())?;
+        // RFC 2131 §4.1 / RFC 2132 §9.3 option overload: 1 = 'file' holds options,
+        // 2 = 'sname', 3 = both. RFC 3396 §7 fixes the order: options, then file, then sname.
+        if let Some(&[overload]) = opts.get(OPT_OVERLOAD) {
+            if overload & 1 != 0 {
+                opts.scan(&h[FILE])?;
+            }
+            if overload & 2 != 0 {
+                opts.scan(&h[SNAME])?;
+            }
+        }
+        Ok(opts)
+    }
+
     fn get(&self, code: u8) -> Option<&[u8]> {
         self.0.get(&code).map(Vec::as_slice)
     }

@@ -118,11 +118,81 @@ impl Runner {
         mode: Mode,
         actor: &str,
     ) -> Result<RunReport, HandoffError> {
+        self.preflight(inv, host)?;
+        // Closed only at shutdown: then nothing new starts.
+        let Ok(_permit) = self.slots.acquire().await else {
+            return Err(HandoffError::ShuttingDown);
+        };
+        let state = self.startable_state(host, mode).await?;
+        let keys = match self.pinned_keys(host).await {
+            Ok(k) => k,
+            Err(e) => {
+                let detail = serde_json::json!({"mode": mode, "reason": e.to_string()});
+                self.event(EventKind::HandoffFailed, host, actor, detail)
+                    .await;
+                return Err(e);
+            }
+        };
+        let files = self.prepare(inv, host, mode, &keys).await?;
+        if mode == Mode::Apply {
+            self.start_configuring(host, state, actor, &files.log)
+                .await?;
+        }
+        self.event(
+            EventKind::HandoffStarted,
+            host,
+            actor,
+            serde_json::json!({"mode": mode, "log": files.log, "address": files.address}),
+        )
+        .await;
+
+        let t0 = Instant::now();
+        let result = self
+            .ansible(host, mode, &files.inv_dir, &files.known_hosts, &files.log)
+            .await;
+        let log = files.log;
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let summary = parse_log(&text, host);
+        let (outcome, exit_code, reason) = judge(result, &summary, self.settings.timeout);
+        let failed_task = match outcome {
+            Outcome::Succeeded => None,
+            Outcome::Failed => summary.failed_task.clone(),
+            Outcome::TimedOut => summary.last_task.clone(),
+        };
+        append_footer(&log, outcome, exit_code, reason.as_deref());
+
+        let final_state = if mode == Mode::Apply {
+            let detail = serde_json::json!({
+                "reason": reason.as_deref().unwrap_or("hand-off succeeded"),
+                "task": failed_task,
+                "log": log,
+            });
+            self.finish_configuring(host, outcome, actor, detail).await
+        } else {
+            state
+        };
+        let report = RunReport {
+            host: host.to_string(),
+            mode,
+            outcome,
+            state: final_state,
+            recap: summary.recap,
+            failed_task,
+            reason,
+            exit_code,
+            log,
+            duration_ms: t0.elapsed().as_millis() as u64,
+        };
+        self.record_end(&report, actor).await;
+        Ok(report)
+    }
+
+    /// Before any state change: an unknown host is refused, and a missing tool or playbook
+    /// is a setup problem, not the host's failure.
+    fn preflight(&self, inv: &Inventory, host: &str) -> Result<(), HandoffError> {
         if inv.host(host).is_none() {
             return Err(HandoffError::NoSuchHost(host.to_string()));
         }
-        // Before any state change: a missing tool or playbook is a setup problem, not the
-        // host's failure.
         let site_yml = self.settings.playbooks_dir.join("site.yml");
         if !site_yml.is_file() {
             return Err(HandoffError::NotConfigured(format!(
@@ -136,10 +206,11 @@ impl Runner {
                 self.settings.ansible_playbook.display()
             )));
         }
-        // Closed only at shutdown: then nothing new starts.
-        let Ok(_permit) = self.slots.acquire().await else {
-            return Err(HandoffError::ShuttingDown);
-        };
+        Ok(())
+    }
+
+    /// The host's stored state; in apply mode refused unless a hand-off may start from it.
+    async fn startable_state(&self, host: &str, mode: Mode) -> Result<HostState, HandoffError> {
         let state = self
             .store
             .get_host(host)
@@ -155,20 +226,18 @@ impl Runner {
                 state,
             });
         }
-        let keys = match self.pinned_keys(host).await {
-            Ok(k) => k,
-            Err(e) => {
-                self.event(
-                    EventKind::HandoffFailed,
-                    host,
-                    actor,
-                    serde_json::json!({"mode": mode, "reason": e.to_string()}),
-                )
-                .await;
-                return Err(e);
-            }
-        };
+        Ok(state)
+    }
 
+    /// The run's files under `{state_dir}/handoff/<host>/`: the pinned known_hosts and a
+    /// fresh inventory rendered with every host's stored state.
+    async fn prepare(
+        &self,
+        inv: &Inventory,
+        host: &str,
+        mode: Mode,
+        keys: &[String],
+    ) -> Result<RunFiles, HandoffError> {
         let dir = self.state_dir.join("handoff").join(host);
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let stamp = Timestamp::now().strftime("%Y%m%dT%H%M%S%.3fZ").to_string();
@@ -180,7 +249,7 @@ impl Runner {
             .host(host)
             .ok_or_else(|| HandoffError::NoSuchHost(host.into()))?;
         let address = render::connect_address(inv, h);
-        write_private(&known_hosts, &known_hosts_text(&address, host, &keys))?;
+        write_private(&known_hosts, &known_hosts_text(&address, host, keys))?;
         let states: BTreeMap<String, HostState> = self
             .store
             .list_hosts()
@@ -189,118 +258,77 @@ impl Runner {
             .map(|r| (r.name, r.state))
             .collect();
         render::render(inv, &states)?.write_dir(&inv_dir)?;
-
-        if mode == Mode::Apply {
-            match self
-                .store
-                .set_host_state(
-                    host,
-                    Some(state),
-                    HostState::Configuring,
-                    actor,
-                    serde_json::json!({"reason": "hand-off started", "log": log}),
-                )
-                .await
-            {
-                Ok(_) => {}
-                Err(StoreError::StateMismatch { actual, .. }) => {
-                    return Err(HandoffError::WrongState {
-                        host: host.to_string(),
-                        state: actual,
-                    });
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        self.event(
-            EventKind::HandoffStarted,
-            host,
-            actor,
-            serde_json::json!({"mode": mode, "log": log, "address": address}),
-        )
-        .await;
-
-        let t0 = Instant::now();
-        let result = self.ansible(host, mode, &inv_dir, &known_hosts, &log).await;
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let summary = parse_log(&text, host);
-        let (outcome, exit_code, reason) = match result {
-            Ok(Exit::Status(code)) => {
-                let clean = summary
-                    .recap
-                    .is_some_and(|r| r.failed == 0 && r.unreachable == 0);
-                if code == Some(0) && clean {
-                    (Outcome::Succeeded, code, None)
-                } else {
-                    let why = summary.message.clone().unwrap_or_else(|| match code {
-                        Some(c) => format!("ansible-playbook exited with status {c}"),
-                        None => "ansible-playbook was killed by a signal".to_string(),
-                    });
-                    (Outcome::Failed, code, Some(why))
-                }
-            }
-            Ok(Exit::Cancelled) => (
-                Outcome::Failed,
-                None,
-                Some("the daemon stopped during the hand-off".to_string()),
-            ),
-            Ok(Exit::TimedOut) => {
-                let mut why = format!("timeout after {}", human(self.settings.timeout));
-                if let Some(t) = &summary.last_task {
-                    why.push_str(&format!(" (in task {t:?})"));
-                }
-                (Outcome::TimedOut, None, Some(why))
-            }
-            Err(e) => (Outcome::Failed, None, Some(e.to_string())),
-        };
-        let failed_task = match outcome {
-            Outcome::Succeeded => None,
-            Outcome::Failed => summary.failed_task.clone(),
-            Outcome::TimedOut => summary.last_task.clone(),
-        };
-        append_footer(&log, outcome, exit_code, reason.as_deref());
-
-        let mut final_state = state;
-        if mode == Mode::Apply {
-            let to = if outcome == Outcome::Succeeded {
-                HostState::Ready
-            } else {
-                HostState::Failed
-            };
-            let detail = serde_json::json!({
-                "reason": reason.as_deref().unwrap_or("hand-off succeeded"),
-                "task": failed_task,
-                "log": log,
-            });
-            match self
-                .store
-                .set_host_state(host, Some(HostState::Configuring), to, actor, detail)
-                .await
-            {
-                Ok(r) => final_state = r.state,
-                Err(e) => {
-                    tracing::error!(host, error = %e, "hand-off: could not record the final state");
-                    final_state = HostState::Configuring;
-                }
-            }
-        }
-        let report = RunReport {
-            host: host.to_string(),
-            mode,
-            outcome,
-            state: final_state,
-            recap: summary.recap,
-            failed_task,
-            reason,
-            exit_code,
+        Ok(RunFiles {
             log,
-            duration_ms: t0.elapsed().as_millis() as u64,
+            inv_dir,
+            known_hosts,
+            address,
+        })
+    }
+
+    /// `state → configuring`; refused when another run moved the host first.
+    async fn start_configuring(
+        &self,
+        host: &str,
+        state: HostState,
+        actor: &str,
+        log: &Path,
+    ) -> Result<(), HandoffError> {
+        match self
+            .store
+            .set_host_state(
+                host,
+                Some(state),
+                HostState::Configuring,
+                actor,
+                serde_json::json!({"reason": "hand-off started", "log": log}),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(StoreError::StateMismatch { actual, .. }) => Err(HandoffError::WrongState {
+                host: host.to_string(),
+                state: actual,
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `configuring → ready | failed` after the run; the state the host is left in
+    /// (`configuring` when the store refuses, which is logged).
+    async fn finish_configuring(
+        &self,
+        host: &str,
+        outcome: Outcome,
+        actor: &str,
+        detail: serde_json::Value,
+    ) -> HostState {
+        let to = if outcome == Outcome::Succeeded {
+            HostState::Ready
+        } else {
+            HostState::Failed
         };
+        match self
+            .store
+            .set_host_state(host, Some(HostState::Configuring), to, actor, detail)
+            .await
+        {
+            Ok(r) => r.state,
+            Err(e) => {
+                tracing::error!(host, error = %e, "hand-off: could not record the final state");
+                HostState::Configuring
+            }
+        }
+    }
+
+    /// `handoff-succeeded` or `handoff-failed`, carrying the report.
+    async fn record_end(&self, report: &RunReport, actor: &str) {
         let kind = if report.ok() {
             EventKind::HandoffSucceeded
         } else {
             EventKind::HandoffFailed
         };
+        let host = report.host.as_str();
         self.event(
             kind,
             host,
@@ -318,7 +346,6 @@ impl Runner {
             }),
         )
         .await;
-        Ok(report)
     }
 
     /// Runs `fut` (a hand-off) in the background, tracked for [`Runner::shutdown`].
@@ -397,6 +424,63 @@ impl Runner {
         let cfg = s.playbooks_dir.join("ansible.cfg");
         let ansible_home = self.state_dir.join("handoff").join(".ansible");
         std::fs::create_dir_all(ansible_home.join("tmp")).map_err(io_err(&ansible_home))?;
+        let (args, ssh_args) = self.ansible_args(host, mode, inv_dir, known_hosts);
+        let header = format!(
+            "# bootgate hand-off of {host} ({mode:?}) at {}\n# {} {}\n# ANSIBLE_CONFIG={}\n",
+            Timestamp::now(),
+            s.ansible_playbook.display(),
+            args.join(" "),
+            if cfg.is_file() {
+                cfg.display().to_string()
+            } else {
+                "(none)".into()
+            },
+        );
+        let (out, err) = open_log(log, &header)?;
+        let mut cmd = tokio::process::Command::new(&s.ansible_playbook);
+        cmd.args(&args)
+            .current_dir(&s.playbooks_dir)
+            .env_clear()
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+            )
+            .env(
+                "HOME",
+                std::env::var_os("HOME").unwrap_or_else(|| ansible_home.clone().into()),
+            )
+            .env("LC_ALL", "C.UTF-8")
+            .env("LANG", "C.UTF-8")
+            .env("ANSIBLE_HOME", &ansible_home)
+            .env("ANSIBLE_LOCAL_TEMP", ansible_home.join("tmp"))
+            .env("ANSIBLE_HOST_KEY_CHECKING", "True")
+            .env("ANSIBLE_SSH_ARGS", &ssh_args)
+            .env("ANSIBLE_STDOUT_CALLBACK", "ansible.builtin.default")
+            .env("ANSIBLE_DISPLAY_FAILED_STDERR", "False")
+            .env("ANSIBLE_NOCOLOR", "1")
+            .env("ANSIBLE_FORCE_COLOR", "0")
+            .env("ANSIBLE_RETRY_FILES_ENABLED", "False")
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .process_group(0)
+            .kill_on_drop(true);
+        if cfg.is_file() {
+            cmd.env("ANSIBLE_CONFIG", &cfg);
+        }
+        self.wait(host, cmd).await
+    }
+
+    /// ansible-playbook's arguments, and the ssh arguments for `ANSIBLE_SSH_ARGS`.
+    fn ansible_args(
+        &self,
+        host: &str,
+        mode: Mode,
+        inv_dir: &Path,
+        known_hosts: &Path,
+    ) -> (Vec<String>, String) {
+        let s = &self.settings;
         // Pinned and strict. These go first in ssh_args (ssh keeps the first value of an
         // option, so a playbook's ansible.cfg cannot turn checking off) and again in
         // ansible_ssh_common_args. No connection sharing: a master started by an earlier
@@ -428,76 +512,33 @@ impl Runner {
         if mode == Mode::Check {
             args.push("--check".into());
         }
+        (args, ssh_args)
+    }
 
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .map_err(io_err(log))?;
-        {
-            use std::io::Write;
-            let header = format!(
-                "# bootgate hand-off of {host} ({mode:?}) at {}\n# {} {}\n# ANSIBLE_CONFIG={}\n",
-                Timestamp::now(),
-                s.ansible_playbook.display(),
-                args.join(" "),
-                if cfg.is_file() {
-                    cfg.display().to_string()
-                } else {
-                    "(none)".into()
-                },
-            );
-            file.write_all(header.as_bytes()).map_err(io_err(log))?;
-        }
-        let out = file.try_clone().map_err(io_err(log))?;
-
-        let mut cmd = tokio::process::Command::new(&s.ansible_playbook);
-        cmd.args(&args)
-            .current_dir(&s.playbooks_dir)
-            .env_clear()
-            .env(
-                "PATH",
-                std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
-            )
-            .env(
-                "HOME",
-                std::env::var_os("HOME").unwrap_or_else(|| ansible_home.clone().into()),
-            )
-            .env("LC_ALL", "C.UTF-8")
-            .env("LANG", "C.UTF-8")
-            .env("ANSIBLE_HOME", &ansible_home)
-            .env("ANSIBLE_LOCAL_TEMP", ansible_home.join("tmp"))
-            .env("ANSIBLE_HOST_KEY_CHECKING", "True")
-            .env("ANSIBLE_SSH_ARGS", &ssh_args)
-            .env("ANSIBLE_STDOUT_CALLBACK", "ansible.builtin.default")
-            .env("ANSIBLE_DISPLAY_FAILED_STDERR", "False")
-            .env("ANSIBLE_NOCOLOR", "1")
-            .env("ANSIBLE_FORCE_COLOR", "0")
-            .env("ANSIBLE_RETRY_FILES_ENABLED", "False")
-            .env("PYTHONUNBUFFERED", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(file))
-            .process_group(0)
-            .kill_on_drop(true);
-        if cfg.is_file() {
-            cmd.env("ANSIBLE_CONFIG", &cfg);
-        }
+    /// Starts `cmd` and waits for it, the timeout or the daemon's shutdown; on the latter
+    /// two the whole process tree is killed.
+    async fn wait(
+        &self,
+        host: &str,
+        mut cmd: tokio::process::Command,
+    ) -> Result<Exit, HandoffError> {
+        let program = &self.settings.ansible_playbook;
         let mut child = cmd.spawn().map_err(|source| HandoffError::Spawn {
-            program: s.ansible_playbook.clone(),
+            program: program.clone(),
             source,
         })?;
         let pgid = child.id();
+        let timeout = self.settings.timeout;
         let exit = tokio::select! {
             status = child.wait() => {
                 let status = status.map_err(|source| HandoffError::Spawn {
-                    program: s.ansible_playbook.clone(),
+                    program: program.clone(),
                     source,
                 })?;
                 return Ok(Exit::Status(status.code()));
             }
-            _ = tokio::time::sleep(s.timeout) => {
-                tracing::warn!(host, timeout = ?s.timeout, "hand-off timed out; killing ansible-playbook and its children");
+            _ = tokio::time::sleep(timeout) => {
+                tracing::warn!(host, ?timeout, "hand-off timed out; killing ansible-playbook and its children");
                 Exit::TimedOut
             }
             _ = self.cancel.cancelled() => {
@@ -510,6 +551,70 @@ impl Runner {
         }
         let _ = child.kill().await;
         Ok(exit)
+    }
+}
+
+/// The files of one run.
+struct RunFiles {
+    /// ansible-playbook's output, with bootgate's header and footer.
+    log: PathBuf,
+    /// The rendered inventory.
+    inv_dir: PathBuf,
+    /// The host's pinned keys (0600).
+    known_hosts: PathBuf,
+    /// The address Ansible connects to.
+    address: String,
+}
+
+/// Opens `log` for appending and writes `header`; the handles for the child's stdout and
+/// stderr.
+fn open_log(log: &Path, header: &str) -> Result<(std::fs::File, std::fs::File), HandoffError> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(io_err(log))?;
+    file.write_all(header.as_bytes()).map_err(io_err(log))?;
+    let out = file.try_clone().map_err(io_err(log))?;
+    Ok((out, file))
+}
+
+/// How a run ended (outcome, exit status, reason), from how the process ended and what
+/// its log says.
+fn judge(
+    result: Result<Exit, HandoffError>,
+    summary: &LogSummary,
+    timeout: Duration,
+) -> (Outcome, Option<i32>, Option<String>) {
+    match result {
+        Ok(Exit::Status(code)) => {
+            let clean = summary
+                .recap
+                .is_some_and(|r| r.failed == 0 && r.unreachable == 0);
+            if code == Some(0) && clean {
+                (Outcome::Succeeded, code, None)
+            } else {
+                let why = summary.message.clone().unwrap_or_else(|| match code {
+                    Some(c) => format!("ansible-playbook exited with status {c}"),
+                    None => "ansible-playbook was killed by a signal".to_string(),
+                });
+                (Outcome::Failed, code, Some(why))
+            }
+        }
+        Ok(Exit::Cancelled) => (
+            Outcome::Failed,
+            None,
+            Some("the daemon stopped during the hand-off".to_string()),
+        ),
+        Ok(Exit::TimedOut) => {
+            let mut why = format!("timeout after {}", human(timeout));
+            if let Some(t) = &summary.last_task {
+                why.push_str(&format!(" (in task {t:?})"));
+            }
+            (Outcome::TimedOut, None, Some(why))
+        }
+        Err(e) => (Outcome::Failed, None, Some(e.to_string())),
     }
 }
 

@@ -12,7 +12,7 @@ use super::manifest::{Manifest, expand_name};
 use super::plan::{Allocator, discovered_by_position};
 use super::{Origins, RackError, is_dns_label, load_inventory, open_store, read_live};
 use crate::config::Config;
-use crate::inventory::{Inventory, Purpose, Served, Subnet};
+use crate::inventory::{Host, Inventory, Purpose, Served, Subnet};
 use crate::store::{EventKind, HostRecord, Lease, NewEvent};
 use crate::types::{MacAddr, Role};
 
@@ -303,11 +303,6 @@ pub struct AdoptSite<'a> {
 /// Decides how to adopt `req.mac` as `req.name`, or why not.
 pub fn decide(req: &AdoptRequest, site: &AdoptSite<'_>) -> Result<Adoption, RackError> {
     let inv = site.inventory;
-    let file_of = |name: &str| {
-        site.origins
-            .host(name)
-            .map_or_else(PathBuf::new, Path::to_path_buf)
-    };
     for h in &inv.hosts {
         let what = if h.macs.contains(&req.mac) {
             "boot MAC"
@@ -320,53 +315,73 @@ pub fn decide(req: &AdoptRequest, site: &AdoptSite<'_>) -> Result<Adoption, Rack
             mac: req.mac,
             what,
             host: h.name.clone(),
-            file: file_of(&h.name),
+            file: file_of(site.origins, &h.name),
         });
     }
     if let Some(h) = inv.host(&req.name) {
-        let file = file_of(&h.name);
-        if !h.macs.is_empty() {
-            return Err(RackError::NameTaken {
-                name: req.name.clone(),
-                holder: format!(
-                    "inventory host in {} with MAC {}",
-                    file.display(),
-                    h.macs
-                        .iter()
-                        .map(|m| m.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            });
-        }
-        if req.rack.is_some()
-            || req.position.is_some()
-            || req.profile.is_some()
-            || req.role.is_some()
-        {
-            return Err(RackError::Refused(format!(
-                "host {:?} is already declared in {}: --rack, --position, --profile and --role apply only to a new host; edit that file instead",
-                req.name,
-                file.display()
-            )));
-        }
-        let rec = site.discovered.iter().find(|d| d.macs.contains(&req.mac));
-        let address = match seen_subnet(inv, req.mac, rec, site.leases) {
-            Some(s) if s.purpose == Purpose::Provisioning && !h.addresses.contains_key(&s.name) => {
-                let mut alloc =
-                    Allocator::new(inv, site.origins, site.leases, site.gateway_addresses);
-                let ip = alloc.next_free(s, None, &req.name).ok_or_else(|| {
-                    RackError::Refused(format!(
-                        "no free address left on subnet {:?} ({}) outside its dynamic ranges",
-                        s.name, s.cidr
-                    ))
-                })?;
-                Some((s.name.clone(), ip))
-            }
-            _ => None,
-        };
-        return Ok(Adoption::AddMac { file, address });
+        return decide_add_mac(req, site, h);
     }
+    decide_new_host(req, site)
+}
+
+/// The inventory file that declares host `name` (empty when unknown).
+fn file_of(origins: &Origins, name: &str) -> PathBuf {
+    origins
+        .host(name)
+        .map_or_else(PathBuf::new, Path::to_path_buf)
+}
+
+/// `req.name` is declared already: adopt the MAC into it if it has none, with an address
+/// on the provisioning subnet the MAC was seen on when it has none there.
+fn decide_add_mac(
+    req: &AdoptRequest,
+    site: &AdoptSite<'_>,
+    h: &Host,
+) -> Result<Adoption, RackError> {
+    let inv = site.inventory;
+    let file = file_of(site.origins, &h.name);
+    if !h.macs.is_empty() {
+        return Err(RackError::NameTaken {
+            name: req.name.clone(),
+            holder: format!(
+                "inventory host in {} with MAC {}",
+                file.display(),
+                h.macs
+                    .iter()
+                    .map(|m| m.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
+    if req.rack.is_some() || req.position.is_some() || req.profile.is_some() || req.role.is_some() {
+        return Err(RackError::Refused(format!(
+            "host {:?} is already declared in {}: --rack, --position, --profile and --role apply only to a new host; edit that file instead",
+            req.name,
+            file.display()
+        )));
+    }
+    let rec = site.discovered.iter().find(|d| d.macs.contains(&req.mac));
+    let address = match seen_subnet(inv, req.mac, rec, site.leases) {
+        Some(s) if s.purpose == Purpose::Provisioning && !h.addresses.contains_key(&s.name) => {
+            let mut alloc = Allocator::new(inv, site.origins, site.leases, site.gateway_addresses);
+            let ip = alloc.next_free(s, None, &req.name).ok_or_else(|| {
+                RackError::Refused(format!(
+                    "no free address left on subnet {:?} ({}) outside its dynamic ranges",
+                    s.name, s.cidr
+                ))
+            })?;
+            Some((s.name.clone(), ip))
+        }
+        _ => None,
+    };
+    Ok(Adoption::AddMac { file, address })
+}
+
+/// A new host: its rack place, profile and an address on the provisioning subnet the MAC
+/// was seen on.
+fn decide_new_host(req: &AdoptRequest, site: &AdoptSite<'_>) -> Result<Adoption, RackError> {
+    let inv = site.inventory;
     if !is_dns_label(&req.name) {
         return Err(RackError::Refused(format!(
             "{:?} is not a valid host name (a DNS label: lowercase letters, digits, '-')",
@@ -374,48 +389,7 @@ pub fn decide(req: &AdoptRequest, site: &AdoptSite<'_>) -> Result<Adoption, Rack
         )));
     }
     let rec = site.discovered.iter().find(|h| h.macs.contains(&req.mac));
-    // Where its switch port says it sits, unless the operator says otherwise.
-    let located = rec.and_then(|h| {
-        let c = spec_str(h, "circuit_id")?;
-        let (rack, pos) = inv.locate(&c, spec_str(h, "remote_id").as_deref())?;
-        Some((rack.name.clone(), pos))
-    });
-    let rack = req
-        .rack
-        .clone()
-        .or_else(|| located.as_ref().map(|l| l.0.clone()));
-    let position = req.position.or_else(|| {
-        located
-            .as_ref()
-            .filter(|l| Some(&l.0) == rack.as_ref())
-            .map(|l| l.1)
-    });
-    match (&rack, position) {
-        (None, Some(_)) => {
-            return Err(RackError::Refused(
-                "--position needs --rack (or a switch port that names the rack)".into(),
-            ));
-        }
-        (Some(r), _) if !inv.racks.iter().any(|x| &x.name == r) => {
-            return Err(RackError::Refused(format!(
-                "no rack named {r:?} in the inventory"
-            )));
-        }
-        (Some(r), Some(p)) => {
-            if let Some(h) = inv
-                .hosts
-                .iter()
-                .find(|h| h.rack.as_ref() == Some(r) && h.position == Some(p))
-            {
-                return Err(RackError::Refused(format!(
-                    "rack {r:?} position {p} is already host {:?} ({}); adopt the MAC as that host instead",
-                    h.name,
-                    file_of(&h.name).display()
-                )));
-            }
-        }
-        _ => {}
-    }
+    let (rack, position) = placement(req, site, rec)?;
     let profile = match &req.profile {
         Some(p) if !inv.profiles.iter().any(|x| &x.name == p) => {
             return Err(RackError::Refused(format!(
@@ -460,6 +434,58 @@ pub fn decide(req: &AdoptRequest, site: &AdoptSite<'_>) -> Result<Adoption, Rack
     })
 }
 
+/// The new host's rack and position: where its switch port says it sits, unless the
+/// operator says otherwise; refused when the rack is unknown or the position taken.
+fn placement(
+    req: &AdoptRequest,
+    site: &AdoptSite<'_>,
+    rec: Option<&HostRecord>,
+) -> Result<(Option<String>, Option<u32>), RackError> {
+    let inv = site.inventory;
+    let located = rec.and_then(|h| {
+        let c = spec_str(h, "circuit_id")?;
+        let (rack, pos) = inv.locate(&c, spec_str(h, "remote_id").as_deref())?;
+        Some((rack.name.clone(), pos))
+    });
+    let rack = req
+        .rack
+        .clone()
+        .or_else(|| located.as_ref().map(|l| l.0.clone()));
+    let position = req.position.or_else(|| {
+        located
+            .as_ref()
+            .filter(|l| Some(&l.0) == rack.as_ref())
+            .map(|l| l.1)
+    });
+    match (&rack, position) {
+        (None, Some(_)) => {
+            return Err(RackError::Refused(
+                "--position needs --rack (or a switch port that names the rack)".into(),
+            ));
+        }
+        (Some(r), _) if !inv.racks.iter().any(|x| &x.name == r) => {
+            return Err(RackError::Refused(format!(
+                "no rack named {r:?} in the inventory"
+            )));
+        }
+        (Some(r), Some(p)) => {
+            if let Some(h) = inv
+                .hosts
+                .iter()
+                .find(|h| h.rack.as_ref() == Some(r) && h.position == Some(p))
+            {
+                return Err(RackError::Refused(format!(
+                    "rack {r:?} position {p} is already host {:?} ({}); adopt the MAC as that host instead",
+                    h.name,
+                    file_of(site.origins, &h.name).display()
+                )));
+            }
+        }
+        _ => {}
+    }
+    Ok((rack, position))
+}
+
 /// Adopts a MAC: edits the inventory, validates it (undoing the edit if invalid) and
 /// records a `host-adopted` event.
 pub async fn adopt_command(config: &Config, req: &AdoptRequest) -> Result<Adopted, RackError> {
@@ -476,69 +502,8 @@ pub async fn adopt_command(config: &Config, req: &AdoptRequest) -> Result<Adopte
         gateway_addresses: &gateways,
     };
     let decision = decide(req, &site)?;
-    let (file, adopted) = match &decision {
-        Adoption::AddMac { file, address } => {
-            let h = inv.host(&req.name);
-            (
-                file.clone(),
-                Adopted {
-                    name: req.name.clone(),
-                    mac: req.mac,
-                    file: file.clone(),
-                    existing: true,
-                    rack: h.and_then(|h| h.rack.clone()),
-                    position: h.and_then(|h| h.position),
-                    subnet: address.as_ref().map(|a| a.0.clone()),
-                    ip: address
-                        .as_ref()
-                        .map(|a| a.1)
-                        .or_else(|| h.and_then(|h| inv.provisioning_ip(h))),
-                },
-            )
-        }
-        Adoption::NewHost {
-            rack,
-            position,
-            subnet,
-            ip,
-            ..
-        } => {
-            let file = config.inventory_dir.join(ADOPTED_FILE);
-            (
-                file.clone(),
-                Adopted {
-                    name: req.name.clone(),
-                    mac: req.mac,
-                    file,
-                    existing: false,
-                    rack: rack.clone(),
-                    position: *position,
-                    subnet: Some(subnet.clone()),
-                    ip: Some(*ip),
-                },
-            )
-        }
-    };
-    let old = match std::fs::read_to_string(&file) {
-        Ok(t) => Some(t),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(super::io(&file)(e)),
-    };
-    let new = edit(old.as_deref(), req, &decision).map_err(|reason| RackError::Edit {
-        path: file.clone(),
-        reason,
-    })?;
-    replace(&file, &new)?;
-    if let Err(RackError::Inventory { problems, .. }) = load_inventory(config) {
-        match &old {
-            Some(text) => replace(&file, text)?,
-            None => std::fs::remove_file(&file).map_err(super::io(&file))?,
-        }
-        return Err(RackError::WrittenInvalid {
-            path: file,
-            problems,
-        });
-    }
+    let adopted = adopted(config, &inv, req, &decision);
+    write_validated(config, &adopted.file, req, &decision)?;
     if let Some(store) = &store {
         let mut ev = NewEvent::new(EventKind::HostAdopted, "cli:hosts-adopt")
             .mac(req.mac)
@@ -558,14 +523,97 @@ pub async fn adopt_command(config: &Config, req: &AdoptRequest) -> Result<Adopte
     Ok(adopted)
 }
 
+/// What `hosts adopt` will report for `decision` (the file it changes included).
+fn adopted(config: &Config, inv: &Inventory, req: &AdoptRequest, decision: &Adoption) -> Adopted {
+    match decision {
+        Adoption::AddMac { file, address } => {
+            let h = inv.host(&req.name);
+            Adopted {
+                name: req.name.clone(),
+                mac: req.mac,
+                file: file.clone(),
+                existing: true,
+                rack: h.and_then(|h| h.rack.clone()),
+                position: h.and_then(|h| h.position),
+                subnet: address.as_ref().map(|a| a.0.clone()),
+                ip: address
+                    .as_ref()
+                    .map(|a| a.1)
+                    .or_else(|| h.and_then(|h| inv.provisioning_ip(h))),
+            }
+        }
+        Adoption::NewHost {
+            rack,
+            position,
+            subnet,
+            ip,
+            ..
+        } => Adopted {
+            name: req.name.clone(),
+            mac: req.mac,
+            file: config.inventory_dir.join(ADOPTED_FILE),
+            existing: false,
+            rack: rack.clone(),
+            position: *position,
+            subnet: Some(subnet.clone()),
+            ip: Some(*ip),
+        },
+    }
+}
+
+/// Applies `decision` to `file`, then loads the inventory again: when it no longer
+/// validates, puts the old file back (or removes the new one).
+fn write_validated(
+    config: &Config,
+    file: &Path,
+    req: &AdoptRequest,
+    decision: &Adoption,
+) -> Result<(), RackError> {
+    let old = match std::fs::read_to_string(file) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(super::io(file)(e)),
+    };
+    let new = edit(old.as_deref(), req, decision).map_err(|reason| RackError::Edit {
+        path: file.to_path_buf(),
+        reason,
+    })?;
+    replace(file, &new)?;
+    if let Err(RackError::Inventory { problems, .. }) = load_inventory(config) {
+        match &old {
+            Some(text) => replace(file, text)?,
+            None => std::fs::remove_file(file).map_err(super::io(file))?,
+        }
+        return Err(RackError::WrittenInvalid {
+            path: file.to_path_buf(),
+            problems,
+        });
+    }
+    Ok(())
+}
+
+/// Why [`edit`] cannot change the file.
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    #[error(transparent)]
+    Parse(#[from] toml_edit::TomlError),
+    #[error("no [[host]] array of tables")]
+    NoHosts,
+    #[error("no [[host]] named {0:?}")]
+    NoSuchHost(String),
+    #[error("`host` is not an array of tables ([[host]])")]
+    HostNotArray,
+}
+
 /// The file's new text (pure): the MAC added to the named host, or a new `[[host]]`.
-pub fn edit(old: Option<&str>, req: &AdoptRequest, decision: &Adoption) -> Result<String, String> {
+pub fn edit(
+    old: Option<&str>,
+    req: &AdoptRequest,
+    decision: &Adoption,
+) -> Result<String, EditError> {
     use toml_edit::{Array, ArrayOfTables, DocumentMut, InlineTable, Item, Table, value};
     let header = "# Hosts adopted from discovery with `bootgate hosts adopt`. Review in git.\n";
-    let mut doc: DocumentMut = old
-        .unwrap_or(header)
-        .parse()
-        .map_err(|e: toml_edit::TomlError| e.to_string())?;
+    let mut doc: DocumentMut = old.unwrap_or(header).parse()?;
     let mut macs = Array::new();
     macs.push(req.mac.to_string());
     match decision {
@@ -573,11 +621,11 @@ pub fn edit(old: Option<&str>, req: &AdoptRequest, decision: &Adoption) -> Resul
             let hosts = doc
                 .get_mut("host")
                 .and_then(Item::as_array_of_tables_mut)
-                .ok_or("no [[host]] array of tables")?;
+                .ok_or(EditError::NoHosts)?;
             let host = hosts
                 .iter_mut()
                 .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(req.name.as_str()))
-                .ok_or_else(|| format!("no [[host]] named {:?}", req.name))?;
+                .ok_or_else(|| EditError::NoSuchHost(req.name.clone()))?;
             host["macs"] = value(macs);
             if let Some((subnet, ip)) = address {
                 match host
@@ -628,7 +676,7 @@ pub fn edit(old: Option<&str>, req: &AdoptRequest, decision: &Adoption) -> Resul
                 .entry("host")
                 .or_insert(Item::ArrayOfTables(ArrayOfTables::new()))
                 .as_array_of_tables_mut()
-                .ok_or("`host` is not an array of tables ([[host]])")?;
+                .ok_or(EditError::HostNotArray)?;
             hosts.push(t);
         }
     }

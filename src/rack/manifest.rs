@@ -318,7 +318,7 @@ fn finish(
         reason,
     };
     if let Err(why) = check_pattern(&rack.name_pattern) {
-        problems.push(at(&rack.origin, "rack.name_pattern", why));
+        problems.push(at(&rack.origin, "rack.name_pattern", why.to_string()));
     }
     if nodes.is_empty() && problems.is_empty() {
         problems.push(at(
@@ -384,18 +384,32 @@ fn finish(
     }
 }
 
+/// Why a name pattern cannot be expanded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error("unclosed '{{' in {pattern:?}")]
+    Unclosed { pattern: String },
+    #[error(
+        "unknown token {{{token}}} in {pattern:?}; expected {{rack}}, {{position}}, {{position:02}} or {{serial}}"
+    )]
+    UnknownToken { token: String, pattern: String },
+}
+
 /// Refuses a name pattern with an unknown `{token}`.
-fn check_pattern(pattern: &str) -> Result<(), String> {
+fn check_pattern(pattern: &str) -> Result<(), PatternError> {
     let mut rest = pattern;
     while let Some(open) = rest.find('{') {
         let Some(close) = rest[open..].find('}') else {
-            return Err(format!("unclosed '{{' in {pattern:?}"));
+            return Err(PatternError::Unclosed {
+                pattern: pattern.to_string(),
+            });
         };
         let token = &rest[open + 1..open + close];
         if !matches!(token, "rack" | "position" | "serial") && parse_width(token).is_none() {
-            return Err(format!(
-                "unknown token {{{token}}} in {pattern:?}; expected {{rack}}, {{position}}, {{position:02}} or {{serial}}"
-            ));
+            return Err(PatternError::UnknownToken {
+                token: token.to_string(),
+                pattern: pattern.to_string(),
+            });
         }
         rest = &rest[open + close + 1..];
     }
@@ -521,94 +535,137 @@ pub fn parse_csv_manifest(
 /// The nodes of a delivery sheet: a header row (any case, vendor synonyms), then one node
 /// per row. Lines are the file's own 1-based line numbers (the header is line 1).
 pub fn parse_csv_nodes(path: &Path, text: &str) -> Result<Vec<Node>, ManifestError> {
-    let problem = |line: usize, field: String, reason: String| ManifestProblem {
-        file: path.to_path_buf(),
-        line,
-        field,
-        reason,
-    };
     let mut rdr = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .comment(Some(b'#'))
         .from_reader(text.as_bytes());
     let headers = rdr
         .headers()
-        .map_err(|e| ManifestError(vec![problem(1, "-".into(), e.to_string())]))?
+        .map_err(|e| ManifestError(vec![csv_problem(path, 1, "-".into(), e.to_string())]))?
         .clone();
     // The csv crate's line counter skips blank lines; byte offsets do not lie.
     let header_line = text
         .lines()
         .position(|l| !l.trim().is_empty() && !l.starts_with('#'))
         .map_or(1, |i| i + 1);
+    let cols = CsvColumns::from_header(path, &headers, header_line).map_err(ManifestError)?;
     let mut problems = Vec::new();
-    let mut canon = csv::StringRecord::new();
-    // Column label for messages: the header as written, with its 1-based number.
-    let mut label: HashMap<&'static str, String> = HashMap::new();
-    let mut seen: HashMap<&'static str, usize> = HashMap::new();
-    for (i, h) in headers.iter().enumerate() {
-        match canonical_column(h) {
-            Some(c) => {
-                if let Some(first) = seen.insert(c, i + 1) {
-                    problems.push(problem(
-                        header_line,
-                        format!("column {} ({h})", i + 1),
-                        format!("column {c} is also column {first}"),
-                    ));
-                }
-                label.insert(c, format!("column {} ({h})", i + 1));
-                canon.push_field(c);
-            }
-            None => {
-                problems.push(problem(
-                    header_line,
-                    format!("column {} ({h})", i + 1),
-                    format!(
-                        "unknown column {h:?}; expected serial, boot_mac (or mac, pxe_mac), bmc_mac, position (or u, slot), name, bmc_address, bmc_port, bmc_system"
-                    ),
-                ));
-                canon.push_field("");
-            }
-        }
-    }
-    for required in ["boot_mac", "position"] {
-        if !seen.contains_key(required) {
-            problems.push(problem(
-                header_line,
-                "-".into(),
-                format!("no {required} column in the header row"),
-            ));
-        }
-    }
-    if !problems.is_empty() {
-        return Err(ManifestError(problems));
-    }
-    let col = |c: &'static str| label.get(c).cloned().unwrap_or_else(|| c.to_string());
     let mut nodes = Vec::new();
     for record in rdr.records() {
+        match cols.node(path, text, record) {
+            Ok(Some(n)) => nodes.push(n),
+            Ok(None) => {}
+            Err(p) => problems.extend(p),
+        }
+    }
+    if problems.is_empty() {
+        Ok(nodes)
+    } else {
+        Err(ManifestError(problems))
+    }
+}
+
+fn csv_problem(path: &Path, line: usize, field: String, reason: String) -> ManifestProblem {
+    ManifestProblem {
+        file: path.to_path_buf(),
+        line,
+        field,
+        reason,
+    }
+}
+
+/// A sheet's header row, understood.
+struct CsvColumns {
+    /// The canonical column name per column (empty for an unknown one): the header
+    /// [`CsvRow`] is deserialized with.
+    canon: csv::StringRecord,
+    /// Column label for messages: the header as written, with its 1-based number.
+    label: HashMap<&'static str, String>,
+}
+
+impl CsvColumns {
+    /// Every problem of the header row at once: unknown or repeated columns, a required
+    /// column missing.
+    fn from_header(
+        path: &Path,
+        headers: &csv::StringRecord,
+        header_line: usize,
+    ) -> Result<CsvColumns, Vec<ManifestProblem>> {
+        let problem = |field: String, reason: String| csv_problem(path, header_line, field, reason);
+        let mut problems = Vec::new();
+        let mut canon = csv::StringRecord::new();
+        let mut label: HashMap<&'static str, String> = HashMap::new();
+        let mut seen: HashMap<&'static str, usize> = HashMap::new();
+        for (i, h) in headers.iter().enumerate() {
+            match canonical_column(h) {
+                Some(c) => {
+                    if let Some(first) = seen.insert(c, i + 1) {
+                        problems.push(problem(
+                            format!("column {} ({h})", i + 1),
+                            format!("column {c} is also column {first}"),
+                        ));
+                    }
+                    label.insert(c, format!("column {} ({h})", i + 1));
+                    canon.push_field(c);
+                }
+                None => {
+                    problems.push(problem(
+                        format!("column {} ({h})", i + 1),
+                        format!(
+                            "unknown column {h:?}; expected serial, boot_mac (or mac, pxe_mac), bmc_mac, position (or u, slot), name, bmc_address, bmc_port, bmc_system"
+                        ),
+                    ));
+                    canon.push_field("");
+                }
+            }
+        }
+        for required in ["boot_mac", "position"] {
+            if !seen.contains_key(required) {
+                problems.push(problem(
+                    "-".into(),
+                    format!("no {required} column in the header row"),
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(CsvColumns { canon, label })
+        } else {
+            Err(problems)
+        }
+    }
+
+    fn label(&self, c: &'static str) -> String {
+        self.label.get(c).cloned().unwrap_or_else(|| c.to_string())
+    }
+
+    /// One row's node (`None` for a blank row), or every problem of the row.
+    fn node(
+        &self,
+        path: &Path,
+        text: &str,
+        record: csv::Result<csv::StringRecord>,
+    ) -> Result<Option<Node>, Vec<ManifestProblem>> {
+        let problem = |line: usize, field: String, reason: String| {
+            vec![csv_problem(path, line, field, reason)]
+        };
         let record = match record {
             Ok(r) => r,
             Err(e) => {
                 let line = e
                     .position()
                     .map_or(0, |p| record_line(text, p.byte() as usize));
-                problems.push(problem(line, "-".into(), e.to_string()));
-                continue;
+                return Err(problem(line, "-".into(), e.to_string()));
             }
         };
         let line = record
             .position()
             .map_or(0, |p| record_line(text, p.byte() as usize));
         if record.iter().all(|f| f.is_empty()) {
-            continue;
+            return Ok(None);
         }
-        let row: CsvRow = match record.deserialize(Some(&canon)) {
-            Ok(r) => r,
-            Err(e) => {
-                problems.push(problem(line, "-".into(), e.to_string()));
-                continue;
-            }
-        };
-        let mut bad = false;
+        let row: CsvRow = record
+            .deserialize(Some(&self.canon))
+            .map_err(|e| problem(line, "-".into(), e.to_string()))?;
         let nonempty = |v: Option<String>| v.filter(|s| !s.is_empty());
         let serial = nonempty(row.serial);
         let name = nonempty(row.name);
@@ -629,14 +686,13 @@ pub fn parse_csv_nodes(path: &Path, text: &str) -> Result<Vec<Node>, ManifestErr
             }
             (c, v) => typed_field::<u32>((c, v), &mut errs),
         };
-        for (c, reason) in errs {
-            bad = true;
-            problems.push(problem(line, col(c), reason));
+        if !errs.is_empty() {
+            return Err(errs
+                .into_iter()
+                .map(|(c, reason)| csv_problem(path, line, self.label(c), reason))
+                .collect());
         }
-        if bad {
-            continue;
-        }
-        nodes.push(Node {
+        Ok(Some(Node {
             origin: Origin {
                 file: path.to_path_buf(),
                 line,
@@ -652,12 +708,7 @@ pub fn parse_csv_nodes(path: &Path, text: &str) -> Result<Vec<Node>, ManifestErr
             bmc_port,
             bmc_system,
             addresses: BTreeMap::new(),
-        });
-    }
-    if problems.is_empty() {
-        Ok(nodes)
-    } else {
-        Err(ManifestError(problems))
+        }))
     }
 }
 

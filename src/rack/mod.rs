@@ -43,7 +43,10 @@ pub enum RackError {
         source: std::io::Error,
     },
     #[error("{path}: cannot edit: {reason}")]
-    Edit { path: PathBuf, reason: String },
+    Edit {
+        path: PathBuf,
+        reason: adopt::EditError,
+    },
     #[error("the inventory with {path} is invalid, so the change was undone:\n{problems}")]
     WrittenInvalid { path: PathBuf, problems: Invalid },
     #[error("store: {0}")]

@@ -303,6 +303,102 @@ pub async fn onboard(
         return Err(OnboardError::ZeroWave);
     }
     let store = fleet.store.clone();
+    let (members, states) = rack_members(fleet, rack).await?;
+    let handoff = opts.handoff == Handoff::Follow;
+    let (skipped, waves) = plan(&members, &states, opts.wave, handoff);
+    let started = Timestamp::now();
+    let t0 = Instant::now();
+    let names = |hosts: &[&Host]| hosts.iter().map(|h| h.name.clone()).collect::<Vec<_>>();
+    store
+        .append(
+            &NewEvent::new(EventKind::OnboardStarted, opts.actor.clone()).detail(
+                serde_json::json!({
+                    "rack": rack, "wave": opts.wave,
+                    "hosts": names(&members), "skipped": names(&skipped),
+                    "handoff": handoff_text(&opts.handoff),
+                    "timeout_s": opts.timeout.as_secs(),
+                }),
+            ),
+        )
+        .await?;
+
+    let mut reports: Vec<HostReport> = skipped
+        .iter()
+        .map(|h| skipped_report(h, states.get(&h.name).copied(), opts))
+        .collect();
+    for r in &reports {
+        progress.finished(r);
+    }
+    for (i, wave) in waves.iter().enumerate() {
+        if cancel.is_cancelled() {
+            reports.extend(wave.iter().map(|h| interrupted_before(h, i + 1, opts)));
+            continue;
+        }
+        let ctx = |h: &Host| HostCtx {
+            host: h.clone(),
+            target: BmcTarget::resolve(h, fleet.inventory, fleet.secrets),
+            pc: fleet.pc.clone(),
+            store: store.clone(),
+            opts: opts.clone(),
+            progress: progress.clone(),
+            cancel: cancel.clone(),
+            wave: i + 1,
+        };
+        reports.extend(run_wave(wave.iter().map(|&h| ctx(h)).collect()).await);
+    }
+
+    read_end_states(store.as_ref(), &mut reports).await;
+    sort_like_plan(&mut reports, &members, handoff);
+    let report = RackReport {
+        rack: rack.to_string(),
+        ok: reports
+            .iter()
+            .all(|r| matches!(r.outcome, Outcome::Ready | Outcome::Provisioned)),
+        interrupted: cancel.is_cancelled(),
+        target: if handoff {
+            HostState::Ready
+        } else {
+            HostState::Provisioned
+        },
+        wave: opts.wave,
+        started,
+        seconds: secs(t0),
+        hosts: reports,
+    };
+    record_report(store.as_ref(), &report, &opts.actor).await?;
+    Ok(report)
+}
+
+/// The state each host worked on ended in, read after the fact (never held across
+/// anything).
+async fn read_end_states(store: &dyn Store, reports: &mut [HostReport]) {
+    let now = states_or_empty(store).await;
+    for r in reports {
+        if !r.skipped {
+            r.state = now.get(&r.host).copied();
+        }
+    }
+}
+
+/// Puts the reports in the plan's order (position, then name) whatever their wave.
+fn sort_like_plan(reports: &mut [HostReport], members: &[&Host], handoff: bool) {
+    let order: BTreeMap<&str, usize> = {
+        let (s, w) = plan(members, &BTreeMap::new(), 1, handoff);
+        s.iter()
+            .chain(w.iter().flatten())
+            .enumerate()
+            .map(|(i, h)| (h.name.as_str(), i))
+            .collect()
+    };
+    reports.sort_by_key(|r| order.get(r.host.as_str()).copied().unwrap_or(usize::MAX));
+}
+
+/// The rack's inventory hosts and every host's stored state; refused when the rack has
+/// none, or some are not in the store yet.
+async fn rack_members<'a>(
+    fleet: &Fleet<'a>,
+    rack: &str,
+) -> Result<(Vec<&'a Host>, BTreeMap<String, HostState>), OnboardError> {
     let members: Vec<&Host> = fleet
         .inventory
         .hosts
@@ -312,7 +408,7 @@ pub async fn onboard(
     if members.is_empty() {
         return Err(OnboardError::EmptyRack(rack.to_string()));
     }
-    let states = states(store.as_ref()).await?;
+    let states = states(fleet.store.as_ref()).await?;
     let unknown: Vec<String> = members
         .iter()
         .filter(|h| !states.contains_key(&h.name))
@@ -324,128 +420,67 @@ pub async fn onboard(
             hosts: unknown,
         });
     }
-    let handoff = opts.handoff == Handoff::Follow;
-    let (skipped, waves) = plan(&members, &states, opts.wave, handoff);
-    let started = Timestamp::now();
-    let t0 = Instant::now();
-    store
-        .append(
-            &NewEvent::new(EventKind::OnboardStarted, opts.actor.clone()).detail(
-                serde_json::json!({
-                    "rack": rack, "wave": opts.wave,
-                    "hosts": members.iter().map(|h| &h.name).collect::<Vec<_>>(),
-                    "skipped": skipped.iter().map(|h| &h.name).collect::<Vec<_>>(),
-                    "handoff": handoff_text(&opts.handoff),
-                    "timeout_s": opts.timeout.as_secs(),
-                }),
-            ),
-        )
-        .await?;
+    Ok((members, states))
+}
 
-    let mut reports: Vec<HostReport> = skipped
-        .iter()
-        .map(|h| {
-            let state = states.get(&h.name).copied();
-            HostReport {
-                host: h.name.clone(),
-                position: h.position,
-                wave: None,
-                outcome: if state == Some(HostState::Ready) {
-                    Outcome::Ready
-                } else {
-                    Outcome::Provisioned
-                },
-                skipped: true,
-                state,
-                step: Stage::Done,
-                reason: Some(format!(
-                    "already {}",
-                    state.map_or("?".into(), |s| s.to_string())
-                )),
-                attempts: 0,
-                seconds: 0.0,
-                handoff: handoff_text(&opts.handoff),
-            }
-        })
-        .collect();
-    for r in &reports {
-        progress.finished(r);
+/// The line of a host already at its target (`state`) when the run began.
+fn skipped_report(h: &Host, state: Option<HostState>, opts: &Options) -> HostReport {
+    HostReport {
+        host: h.name.clone(),
+        position: h.position,
+        wave: None,
+        outcome: if state == Some(HostState::Ready) {
+            Outcome::Ready
+        } else {
+            Outcome::Provisioned
+        },
+        skipped: true,
+        state,
+        step: Stage::Done,
+        reason: Some(format!(
+            "already {}",
+            state.map_or("?".into(), |s| s.to_string())
+        )),
+        attempts: 0,
+        seconds: 0.0,
+        handoff: handoff_text(&opts.handoff),
     }
+}
 
-    for (i, wave) in waves.iter().enumerate() {
-        if cancel.is_cancelled() {
-            reports.extend(wave.iter().map(|h| interrupted_before(h, i + 1, opts)));
-            continue;
-        }
-        let mut set = tokio::task::JoinSet::new();
-        for (j, h) in wave.iter().enumerate() {
-            let ctx = HostCtx {
-                host: (*h).clone(),
-                target: BmcTarget::resolve(h, fleet.inventory, fleet.secrets),
-                pc: fleet.pc.clone(),
-                store: store.clone(),
-                opts: opts.clone(),
-                progress: progress.clone(),
-                cancel: cancel.clone(),
-                wave: i + 1,
-            };
-            set.spawn(async move { (j, run_host(ctx).await) });
-        }
-        let mut done: Vec<Option<HostReport>> = vec![None; wave.len()];
-        while let Some(joined) = set.join_next().await {
-            match joined {
-                Ok((j, r)) => done[j] = Some(r),
-                Err(e) => tracing::error!(error = %e, "an onboarding task panicked"),
-            }
-        }
-        reports.extend(done.into_iter().flatten());
+/// One wave: every host at once; their reports in the wave's order.
+async fn run_wave(hosts: Vec<HostCtx>) -> Vec<HostReport> {
+    let mut set = tokio::task::JoinSet::new();
+    let n = hosts.len();
+    for (j, ctx) in hosts.into_iter().enumerate() {
+        set.spawn(async move { (j, run_host(ctx).await) });
     }
-
-    // The state each host ended in, read after the fact (never held across anything).
-    let now = states_or_empty(store.as_ref()).await;
-    for r in &mut reports {
-        if !r.skipped {
-            r.state = now.get(&r.host).copied();
+    let mut done: Vec<Option<HostReport>> = vec![None; n];
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((j, r)) => done[j] = Some(r),
+            Err(e) => tracing::error!(error = %e, "an onboarding task panicked"),
         }
     }
-    let order: BTreeMap<&str, usize> = {
-        let (s, w) = plan(&members, &BTreeMap::new(), 1, handoff);
-        s.iter()
-            .chain(w.iter().flatten())
-            .enumerate()
-            .map(|(i, h)| (h.name.as_str(), i))
-            .collect()
-    };
-    reports.sort_by_key(|r| order.get(r.host.as_str()).copied().unwrap_or(usize::MAX));
-    let target = if handoff {
-        HostState::Ready
-    } else {
-        HostState::Provisioned
-    };
-    let report = RackReport {
-        rack: rack.to_string(),
-        ok: reports
-            .iter()
-            .all(|r| matches!(r.outcome, Outcome::Ready | Outcome::Provisioned)),
-        interrupted: cancel.is_cancelled(),
-        target,
-        wave: opts.wave,
-        started,
-        seconds: secs(t0),
-        hosts: reports,
-    };
+    done.into_iter().flatten().collect()
+}
+
+/// An `onboard-host` event per host worked on, then the `rack-report`.
+async fn record_report(
+    store: &dyn Store,
+    report: &RackReport,
+    actor: &str,
+) -> Result<(), StoreError> {
     let mut events: Vec<NewEvent> = report
         .hosts
         .iter()
         .filter(|r| !r.skipped)
-        .map(|r| host_event(r, &opts.actor))
+        .map(|r| host_event(r, actor))
         .collect();
     events.push(
-        NewEvent::new(EventKind::RackReport, opts.actor.clone())
-            .detail(serde_json::to_value(&report).unwrap_or_default()),
+        NewEvent::new(EventKind::RackReport, actor.to_string())
+            .detail(serde_json::to_value(report).unwrap_or_default()),
     );
-    store.append_many(&events).await?;
-    Ok(report)
+    store.append_many(&events).await
 }
 
 fn handoff_text(h: &Handoff) -> String {
@@ -518,6 +553,17 @@ struct Failure {
     reason: String,
     /// The BMC never answered: the host is left alone, no retry.
     unreachable: bool,
+}
+
+impl Failure {
+    /// A failure at `stage` that a retry may get past.
+    fn at(stage: Stage, reason: String) -> Failure {
+        Failure {
+            stage,
+            reason,
+            unreachable: false,
+        }
+    }
 }
 
 impl HostCtx {
@@ -599,11 +645,6 @@ async fn run_host(ctx: HostCtx) -> HostReport {
 /// One attempt: BMC check, PXE-once, `provisioning`, power on / force-restart, then follow.
 async fn try_once(ctx: &HostCtx, cur: &Mutex<Stage>, attempt: u32) -> Result<Outcome, Failure> {
     let deadline = tokio::time::Instant::now() + ctx.opts.timeout;
-    let fail = |stage: Stage, reason: String| Failure {
-        stage,
-        reason,
-        unreachable: false,
-    };
     ctx.at(cur, Stage::Bmc, &format!("attempt {attempt}"));
     let t = ctx.target.as_ref().map_err(|e| Failure {
         stage: Stage::Bmc,
@@ -620,14 +661,29 @@ async fn try_once(ctx: &HostCtx, cur: &Mutex<Stage>, attempt: u32) -> Result<Out
     let mode = pc
         .set_boot_override(t, BootSource::Pxe)
         .await
-        .map_err(|e| fail(Stage::PxeOnce, e.to_string()))?;
-    // An install is what the daemon serves a `provisioning` host (a `provisioned` or
-    // `failed` one would boot from disk, or not at all).
+        .map_err(|e| Failure::at(Stage::PxeOnce, e.to_string()))?;
+    ensure_provisioning(ctx, attempt).await?;
+    let since = Timestamp::now();
+    ctx.at(cur, Stage::PowerOn, mode.redfish_name());
+    let (_, sent) = crate::power::apply(pc, t, PowerAction::Cycle)
+        .await
+        .map_err(|e| Failure::at(Stage::PowerOn, e.to_string()))?;
+    ctx.at(
+        cur,
+        Stage::Dhcp,
+        &format!("{} sent", sent.as_deref().unwrap_or("nothing")),
+    );
+    follow(ctx, cur, t, mode, since, deadline).await
+}
+
+/// An install is what the daemon serves a `provisioning` host (a `provisioned` or `failed`
+/// one would boot from disk, or not at all).
+async fn ensure_provisioning(ctx: &HostCtx, attempt: u32) -> Result<(), Failure> {
     let record = ctx
         .store
         .get_host(&ctx.host.name)
         .await
-        .map_err(|e| fail(Stage::PxeOnce, format!("store: {e}")))?;
+        .map_err(|e| Failure::at(Stage::PxeOnce, format!("store: {e}")))?;
     if record.map(|r| r.state) != Some(HostState::Provisioning) {
         ctx.store
             .set_host_state(
@@ -638,18 +694,22 @@ async fn try_once(ctx: &HostCtx, cur: &Mutex<Stage>, attempt: u32) -> Result<Out
                 serde_json::json!({"reason": "rack onboard", "attempt": attempt}),
             )
             .await
-            .map_err(|e| fail(Stage::PxeOnce, format!("setting provisioning: {e}")))?;
+            .map_err(|e| Failure::at(Stage::PxeOnce, format!("setting provisioning: {e}")))?;
     }
-    let since = Timestamp::now();
-    ctx.at(cur, Stage::PowerOn, mode.redfish_name());
-    let (_, sent) = crate::power::apply(pc, t, PowerAction::Cycle)
-        .await
-        .map_err(|e| fail(Stage::PowerOn, e.to_string()))?;
-    ctx.at(
-        cur,
-        Stage::Dhcp,
-        &format!("{} sent", sent.as_deref().unwrap_or("nothing")),
-    );
+    Ok(())
+}
+
+/// Follows the host from its first DHCP request (events since `since`, its stored state)
+/// through [`step`] until it is done, fails or `deadline` passes. A boot override the BMC
+/// only kept `Continuous` is cleared once the host has DHCPed.
+async fn follow(
+    ctx: &HostCtx,
+    cur: &Mutex<Stage>,
+    t: &BmcTarget,
+    mode: OverrideMode,
+    since: Timestamp,
+    deadline: tokio::time::Instant,
+) -> Result<Outcome, Failure> {
     let handoff = ctx.opts.handoff == Handoff::Follow;
     let mut stage = Stage::Dhcp;
     let mut last_id = 0;
@@ -676,7 +736,7 @@ async fn try_once(ctx: &HostCtx, cur: &Mutex<Stage>, attempt: u32) -> Result<Out
                     if stage == Stage::Dhcp
                         && next != Stage::Dhcp
                         && mode == OverrideMode::Continuous
-                        && let Err(e) = pc.clear_boot_override(t).await
+                        && let Err(e) = ctx.pc.clear_boot_override(t).await
                     {
                         tracing::warn!(host = %ctx.host.name, error = %e, "clearing the boot override");
                     }
@@ -685,7 +745,7 @@ async fn try_once(ctx: &HostCtx, cur: &Mutex<Stage>, attempt: u32) -> Result<Out
                         ctx.at(cur, stage, "");
                     }
                 }
-                Next::Fail(reason) => return Err(fail(stage, reason)),
+                Next::Fail(reason) => return Err(Failure::at(stage, reason)),
                 Next::Done(o) => return Ok(o),
             }
         }

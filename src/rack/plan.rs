@@ -237,363 +237,41 @@ fn rack_subnets<'a>(m: &Manifest, inv: &'a Inventory) -> BTreeMap<Purpose, &'a S
 /// Plans a manifest against the site: every conflict, or the hosts it would add.
 pub fn plan(m: &Manifest, site: &Site<'_>) -> Result<Plan, Vec<Conflict>> {
     let inv = site.inventory;
-    let mut conflicts = Vec::new();
-    let mut notes = Vec::new();
-    let rack_at = |field: &str, reason: String| Conflict {
-        origin: m.rack.origin.clone(),
-        position: None,
-        field: field.to_string(),
-        reason,
+    let mut p = Planner {
+        m,
+        site,
+        subnets: rack_subnets(m, inv),
+        alloc: Allocator::new(inv, site.origins, site.leases, site.gateway_addresses),
+        planned_names: HashMap::new(),
+        conflicts: Vec::new(),
+        notes: Vec::new(),
     };
-    let node_at = |n: &Node, field: &str, reason: String| Conflict {
-        origin: n.origin.clone(),
-        position: Some(n.position),
-        field: field.to_string(),
-        reason,
+    p.check_rack();
+    let known = Known {
+        names: inv.hosts.iter().map(|h| h.name.as_str()).collect(),
+        owner: inventory_macs(inv),
+        boot: p.boot_macs(),
+        manifest: manifest_macs(m),
     };
-    let in_file = |name: &str, file: Option<&std::path::Path>| match file {
-        Some(f) => format!("{name:?} ({})", f.display()),
-        None => format!("{name:?}"),
-    };
-
-    // The rack itself.
-    let rack_name = &m.rack.name;
-    if !is_dns_label(rack_name) {
-        conflicts.push(rack_at(
-            "rack.name",
-            format!("{rack_name:?} is not a DNS label (lowercase letters, digits, '-')"),
-        ));
+    p.reserve_explicit();
+    let mut hosts: Vec<PlannedHost> = m.nodes.iter().map(|n| p.plan_node(n, &known)).collect();
+    if !p.subnets.contains_key(&Purpose::Provisioning) {
+        p.notes
+            .push("the site has no provisioning subnet: hosts get no boot address".into());
     }
-    if inv.racks.iter().any(|r| &r.name == rack_name) {
-        conflicts.push(rack_at(
-            "rack.name",
-            format!(
-                "rack {} is already in the inventory",
-                in_file(rack_name, site.origins.rack(rack_name))
-            ),
-        ));
-    }
-    if let Some(sw) = &m.rack.switch {
-        for r in &inv.racks {
-            let Some(other) = &r.switch else { continue };
-            if other.name == sw.name {
-                conflicts.push(rack_at(
-                    "rack.switch.name",
-                    format!(
-                        "switch {:?} is already the switch of rack {}",
-                        sw.name,
-                        in_file(&r.name, site.origins.rack(&r.name))
-                    ),
-                ));
-            }
-            if sw.remote_id.is_some() && sw.remote_id == other.remote_id {
-                conflicts.push(rack_at(
-                    "rack.switch.remote_id",
-                    format!(
-                        "remote-id {:?} is already sent by the switch of rack {}",
-                        sw.remote_id.as_deref().unwrap_or_default(),
-                        in_file(&r.name, site.origins.rack(&r.name))
-                    ),
-                ));
-            }
-        }
-    }
-    for (subnet, ip) in &m.rack.addressing {
-        match inv.subnet(subnet) {
-            None => conflicts.push(rack_at(
-                &format!("rack.addressing.{subnet}"),
-                format!("no subnet named {subnet:?} in the inventory"),
-            )),
-            Some(s) if !s.cidr.contains(ip) => conflicts.push(rack_at(
-                &format!("rack.addressing.{subnet}"),
-                format!("{ip} is outside subnet {subnet:?} ({})", s.cidr),
-            )),
-            Some(_) => {}
-        }
-    }
-    let profile_ok = |p: &str| inv.profiles.iter().any(|x| x.name == p);
-    let known_profiles = || {
-        inv.profiles
-            .iter()
-            .map(|p| p.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-
-    // Inventory MACs, names.
-    let mut mac_owner: HashMap<MacAddr, (String, &'static str)> = HashMap::new();
-    for h in &inv.hosts {
-        for mac in &h.macs {
-            mac_owner.insert(*mac, (h.name.clone(), "boot MAC"));
-        }
-        if let Some(mac) = h.bmc.as_ref().and_then(|b| b.mac) {
-            mac_owner.insert(mac, (h.name.clone(), "BMC MAC"));
-        }
-    }
-
-    // Boot MACs the manifest lacks, from machines that DHCPed on the rack's switch ports.
-    let mut boot_macs: HashMap<u32, (MacAddr, Option<String>)> = HashMap::new();
-    let on_port = discovered_by_position(m.rack.switch.as_ref(), site.discovered);
-    for n in &m.nodes {
-        match (n.boot_mac, on_port.get(&n.position)) {
-            (Some(mac), seen) => {
-                if let Some(seen) = seen
-                    && seen.mac != mac
-                {
-                    notes.push(format!(
-                        "{}: position {}: the machine on switch port {} DHCPed with MAC {}, but the manifest says {mac}: check the cabling or the sheet",
-                        n.origin, n.position, seen.port, seen.mac
-                    ));
-                }
-                boot_macs.insert(n.position, (mac, None));
-            }
-            (None, Some(seen)) => {
-                boot_macs.insert(
-                    n.position,
-                    (
-                        seen.mac,
-                        Some(format!(
-                            "discovered host {} on switch port {}",
-                            seen.host, seen.port
-                        )),
-                    ),
-                );
-            }
-            (None, None) => {}
-        }
-    }
-    // A discovered MAC filled in must not be another node's declared MAC.
-    let mut manifest_macs: HashMap<MacAddr, u32> = HashMap::new();
-    for n in &m.nodes {
-        for mac in [n.boot_mac, n.bmc_mac].into_iter().flatten() {
-            manifest_macs.insert(mac, n.position);
-        }
-    }
-
-    let mut alloc = Allocator::new(inv, site.origins, site.leases, site.gateway_addresses);
-    let subnets = rack_subnets(m, inv);
-    let taken_names: HashSet<&str> = inv.hosts.iter().map(|h| h.name.as_str()).collect();
-    let mut planned_names: HashMap<String, Origin> = HashMap::new();
-
-    // Explicit addresses first, so allocation never hands one of them to an earlier node.
-    let mut explicit: HashMap<Ipv4Addr, &Node> = HashMap::new();
-    for n in &m.nodes {
-        let own: Vec<MacAddr> = [n.boot_mac, n.bmc_mac].into_iter().flatten().collect();
-        let fixed = n
-            .addresses
-            .iter()
-            .map(|(s, ip)| (format!("addresses.{s}"), Some(s.as_str()), *ip))
-            .chain(
-                n.bmc_address
-                    .map(|ip| ("bmc_address".to_string(), None, ip)),
-            );
-        for (field, subnet, ip) in fixed {
-            let subnet = match subnet {
-                Some(name) => match inv.subnet(name) {
-                    Some(s) => Some(s),
-                    None => {
-                        conflicts.push(node_at(
-                            n,
-                            &field,
-                            format!("no subnet named {name:?} in the inventory"),
-                        ));
-                        continue;
-                    }
-                },
-                // A BMC address need not be on a served subnet (emulators on loopback).
-                None => inv.subnets.iter().find(|s| s.cidr.contains(&ip)),
-            };
-            if let Some(first) = explicit.insert(ip, n)
-                && !(subnet.is_none() && field == "bmc_address")
-            {
-                conflicts.push(node_at(
-                    n,
-                    &field,
-                    format!(
-                        "{ip} is also given to position {} at {}",
-                        first.position, first.origin
-                    ),
-                ));
-            }
-            if let Some(s) = subnet
-                && let Some(why) = alloc.why_not(s, ip, &own)
-            {
-                conflicts.push(node_at(n, &field, why));
-            }
-        }
-    }
-    for ip in explicit.keys() {
-        alloc.take(*ip, "an explicit manifest address");
-    }
-
-    let mut hosts = Vec::new();
-    for n in &m.nodes {
-        let name = n
-            .name
-            .clone()
-            .unwrap_or_else(|| expand_name(&m.rack.name_pattern, rack_name, n));
-        if !is_dns_label(&name) {
-            conflicts.push(node_at(
-                n,
-                "name",
-                format!("{name:?} is not a DNS label (lowercase letters, digits, '-')"),
-            ));
-        }
-        if taken_names.contains(name.as_str()) {
-            conflicts.push(node_at(
-                n,
-                "name",
-                format!(
-                    "host {} is already in the inventory",
-                    in_file(&name, site.origins.host(&name))
-                ),
-            ));
-        }
-        if let Some(first) = planned_names.insert(name.clone(), n.origin.clone()) {
-            conflicts.push(node_at(
-                n,
-                "name",
-                format!("name {name:?} is also planned for {first}"),
-            ));
-        }
-
-        let (boot_mac, source) = match boot_macs.get(&n.position) {
-            Some((mac, src)) => (Some(*mac), src.clone()),
-            None => (None, None),
-        };
-        for (field, mac) in [("boot_mac", boot_mac), ("bmc_mac", n.bmc_mac)] {
-            let Some(mac) = mac else { continue };
-            if let Some((owner, what)) = mac_owner.get(&mac) {
-                conflicts.push(node_at(
-                    n,
-                    field,
-                    format!(
-                        "MAC {mac} is already the {what} of host {}",
-                        in_file(owner, site.origins.host(owner))
-                    ),
-                ));
-            }
-            if source.is_some()
-                && field == "boot_mac"
-                && let Some(other) = manifest_macs.get(&mac)
-                && *other != n.position
-            {
-                conflicts.push(node_at(
-                    n,
-                    field,
-                    format!("discovered MAC {mac} is the manifest's MAC of position {other}"),
-                ));
-            }
-        }
-        if boot_mac.is_none() {
-            notes.push(format!(
-                "{}: position {}: {name} has no boot MAC yet, so no DHCP address: once it DHCPs, `bootgate hosts adopt MAC --as {name}`",
-                n.origin, n.position
-            ));
-        }
-        if let Some(src) = &source {
-            notes.push(format!(
-                "{}: position {}: boot MAC {} taken from {src}",
-                n.origin,
-                n.position,
-                boot_mac.map(|m| m.to_string()).unwrap_or_default()
-            ));
-        }
-
-        let role = n.role.unwrap_or(m.rack.role);
-        let profile = n.profile.clone().or_else(|| m.rack.profile.clone());
-        if let Some(p) = &profile
-            && !profile_ok(p)
-        {
-            conflicts.push(node_at(
-                n,
-                "profile",
-                format!(
-                    "no profile {p:?} in the inventory (known: {})",
-                    known_profiles()
-                ),
-            ));
-        }
-
-        // Addresses: explicit ones, then the next free one on each of the rack's subnets.
-        let mut addresses = n.addresses.clone();
-        for (purpose, subnet) in &subnets {
-            if *purpose == Purpose::Bmc || addresses.contains_key(&subnet.name) {
-                continue;
-            }
-            // The inventory refuses a DHCP-served address without a MAC to serve it to:
-            // `hosts adopt` assigns it with the MAC.
-            if boot_mac.is_none() && subnet.served != crate::inventory::Served::NotServed {
-                continue;
-            }
-            let from = m.rack.addressing.get(&subnet.name).copied();
-            match alloc.next_free(subnet, from, &name) {
-                Some(ip) => {
-                    addresses.insert(subnet.name.clone(), ip);
-                }
-                None => conflicts.push(node_at(
-                    n,
-                    &format!("addresses.{}", subnet.name),
-                    format!(
-                        "no free address left on subnet {:?} ({}){}",
-                        subnet.name,
-                        subnet.cidr,
-                        from.map(|f| format!(" from {f}")).unwrap_or_default()
-                    ),
-                )),
-            }
-        }
-
-        let bmc = plan_bmc(m, n, &name, &subnets, &mut alloc).unwrap_or_else(|c| {
-            conflicts.push(c);
-            None
-        });
-
-        hosts.push(PlannedHost {
-            name,
-            position: n.position,
-            serial: n.serial.clone(),
-            origin: n.origin.clone(),
-            role,
-            profile,
-            macs: boot_mac.into_iter().collect(),
-            boot_mac_source: source,
-            addresses,
-            bmc,
-            groups: Vec::new(),
-        });
-    }
-    if !subnets.contains_key(&Purpose::Provisioning) {
-        notes.push("the site has no provisioning subnet: hosts get no boot address".into());
-    }
-
     let rack = Rack {
-        name: rack_name.clone(),
+        name: m.rack.name.clone(),
         location: m.rack.location.clone(),
         switch: m.rack.switch.clone(),
     };
-    if conflicts.is_empty() {
-        // The Ansible groups, exactly as `bootgate playbook render` would make them.
-        let mut with = inv.clone();
-        with.racks.push(rack.clone());
-        with.hosts
-            .extend(hosts.iter().map(|h| h.to_host(rack_name)));
-        match crate::handoff::render(&with, &BTreeMap::new()) {
-            Ok(rendered) => {
-                for h in &mut hosts {
-                    h.groups = rendered
-                        .hosts
-                        .all
-                        .children
-                        .iter()
-                        .filter(|(_, g)| g.hosts.contains_key(&h.name))
-                        .map(|(name, _)| name.clone())
-                        .collect();
-                }
-            }
-            Err(e) => conflicts.push(rack_at("-", format!("Ansible groups: {e}"))),
-        }
+    if p.conflicts.is_empty() {
+        p.assign_groups(&rack, &mut hosts);
     }
+    let Planner {
+        mut conflicts,
+        notes,
+        ..
+    } = p;
     if conflicts.is_empty() {
         Ok(Plan {
             manifest: m.file.clone(),
@@ -606,6 +284,426 @@ pub fn plan(m: &Manifest, site: &Site<'_>) -> Result<Plan, Vec<Conflict>> {
         conflicts
             .sort_by(|a, b| (&a.origin.file, a.origin.line).cmp(&(&b.origin.file, b.origin.line)));
         Err(conflicts)
+    }
+}
+
+/// `"name" (file)` when the file is known.
+fn in_file(name: &str, file: Option<&std::path::Path>) -> String {
+    match file {
+        Some(f) => format!("{name:?} ({})", f.display()),
+        None => format!("{name:?}"),
+    }
+}
+
+/// What a node's name and MACs must not collide with.
+struct Known<'a> {
+    /// Inventory host names.
+    names: HashSet<&'a str>,
+    /// Inventory MACs: the host and which of its MACs it is.
+    owner: HashMap<MacAddr, (String, &'static str)>,
+    /// Boot MAC per position: the manifest's, else the discovered one and where it came from.
+    boot: HashMap<u32, (MacAddr, Option<String>)>,
+    /// The manifest's own boot and BMC MACs, by position.
+    manifest: HashMap<MacAddr, u32>,
+}
+
+fn inventory_macs(inv: &Inventory) -> HashMap<MacAddr, (String, &'static str)> {
+    let mut mac_owner = HashMap::new();
+    for h in &inv.hosts {
+        for mac in &h.macs {
+            mac_owner.insert(*mac, (h.name.clone(), "boot MAC"));
+        }
+        if let Some(mac) = h.bmc.as_ref().and_then(|b| b.mac) {
+            mac_owner.insert(mac, (h.name.clone(), "BMC MAC"));
+        }
+    }
+    mac_owner
+}
+
+/// A discovered MAC filled in must not be another node's declared MAC.
+fn manifest_macs(m: &Manifest) -> HashMap<MacAddr, u32> {
+    let mut manifest_macs = HashMap::new();
+    for n in &m.nodes {
+        for mac in [n.boot_mac, n.bmc_mac].into_iter().flatten() {
+            manifest_macs.insert(mac, n.position);
+        }
+    }
+    manifest_macs
+}
+
+/// One planning run: the manifest, the site, the addresses taken so far, and what it
+/// found (conflicts and notes in the order found).
+struct Planner<'a> {
+    m: &'a Manifest,
+    site: &'a Site<'a>,
+    /// The rack's subnets by purpose.
+    subnets: BTreeMap<Purpose, &'a Subnet>,
+    alloc: Allocator,
+    /// Names planned so far, and where.
+    planned_names: HashMap<String, Origin>,
+    conflicts: Vec<Conflict>,
+    notes: Vec<String>,
+}
+
+impl Planner<'_> {
+    fn rack_conflict(&mut self, field: &str, reason: String) {
+        self.conflicts.push(Conflict {
+            origin: self.m.rack.origin.clone(),
+            position: None,
+            field: field.to_string(),
+            reason,
+        });
+    }
+
+    fn node_conflict(&mut self, n: &Node, field: &str, reason: String) {
+        self.conflicts.push(Conflict {
+            origin: n.origin.clone(),
+            position: Some(n.position),
+            field: field.to_string(),
+            reason,
+        });
+    }
+
+    /// The rack itself: its name, its switch, its `[rack.addressing]`.
+    fn check_rack(&mut self) {
+        let (m, inv, origins) = (self.m, self.site.inventory, self.site.origins);
+        let rack_name = &m.rack.name;
+        if !is_dns_label(rack_name) {
+            self.rack_conflict(
+                "rack.name",
+                format!("{rack_name:?} is not a DNS label (lowercase letters, digits, '-')"),
+            );
+        }
+        if inv.racks.iter().any(|r| &r.name == rack_name) {
+            self.rack_conflict(
+                "rack.name",
+                format!(
+                    "rack {} is already in the inventory",
+                    in_file(rack_name, origins.rack(rack_name))
+                ),
+            );
+        }
+        if let Some(sw) = &m.rack.switch {
+            for r in &inv.racks {
+                let Some(other) = &r.switch else { continue };
+                if other.name == sw.name {
+                    self.rack_conflict(
+                        "rack.switch.name",
+                        format!(
+                            "switch {:?} is already the switch of rack {}",
+                            sw.name,
+                            in_file(&r.name, origins.rack(&r.name))
+                        ),
+                    );
+                }
+                if sw.remote_id.is_some() && sw.remote_id == other.remote_id {
+                    self.rack_conflict(
+                        "rack.switch.remote_id",
+                        format!(
+                            "remote-id {:?} is already sent by the switch of rack {}",
+                            sw.remote_id.as_deref().unwrap_or_default(),
+                            in_file(&r.name, origins.rack(&r.name))
+                        ),
+                    );
+                }
+            }
+        }
+        for (subnet, ip) in &m.rack.addressing {
+            match inv.subnet(subnet) {
+                None => self.rack_conflict(
+                    &format!("rack.addressing.{subnet}"),
+                    format!("no subnet named {subnet:?} in the inventory"),
+                ),
+                Some(s) if !s.cidr.contains(ip) => self.rack_conflict(
+                    &format!("rack.addressing.{subnet}"),
+                    format!("{ip} is outside subnet {subnet:?} ({})", s.cidr),
+                ),
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Boot MACs the manifest lacks, from machines that DHCPed on the rack's switch ports;
+    /// a note where the machine on a port disagrees with the manifest.
+    fn boot_macs(&mut self) -> HashMap<u32, (MacAddr, Option<String>)> {
+        let m = self.m;
+        let mut boot_macs = HashMap::new();
+        let on_port = discovered_by_position(m.rack.switch.as_ref(), self.site.discovered);
+        for n in &m.nodes {
+            match (n.boot_mac, on_port.get(&n.position)) {
+                (Some(mac), seen) => {
+                    if let Some(seen) = seen
+                        && seen.mac != mac
+                    {
+                        self.notes.push(format!(
+                            "{}: position {}: the machine on switch port {} DHCPed with MAC {}, but the manifest says {mac}: check the cabling or the sheet",
+                            n.origin, n.position, seen.port, seen.mac
+                        ));
+                    }
+                    boot_macs.insert(n.position, (mac, None));
+                }
+                (None, Some(seen)) => {
+                    boot_macs.insert(
+                        n.position,
+                        (
+                            seen.mac,
+                            Some(format!(
+                                "discovered host {} on switch port {}",
+                                seen.host, seen.port
+                            )),
+                        ),
+                    );
+                }
+                (None, None) => {}
+            }
+        }
+        boot_macs
+    }
+
+    /// Explicit addresses first, so allocation never hands one of them to an earlier node.
+    fn reserve_explicit(&mut self) {
+        let (m, inv) = (self.m, self.site.inventory);
+        let mut explicit: HashMap<Ipv4Addr, &Node> = HashMap::new();
+        for n in &m.nodes {
+            let own: Vec<MacAddr> = [n.boot_mac, n.bmc_mac].into_iter().flatten().collect();
+            let fixed = n
+                .addresses
+                .iter()
+                .map(|(s, ip)| (format!("addresses.{s}"), Some(s.as_str()), *ip))
+                .chain(
+                    n.bmc_address
+                        .map(|ip| ("bmc_address".to_string(), None, ip)),
+                );
+            for (field, subnet, ip) in fixed {
+                let subnet = match subnet {
+                    Some(name) => match inv.subnet(name) {
+                        Some(s) => Some(s),
+                        None => {
+                            self.node_conflict(
+                                n,
+                                &field,
+                                format!("no subnet named {name:?} in the inventory"),
+                            );
+                            continue;
+                        }
+                    },
+                    // A BMC address need not be on a served subnet (emulators on loopback).
+                    None => inv.subnets.iter().find(|s| s.cidr.contains(&ip)),
+                };
+                if let Some(first) = explicit.insert(ip, n)
+                    && !(subnet.is_none() && field == "bmc_address")
+                {
+                    self.node_conflict(
+                        n,
+                        &field,
+                        format!(
+                            "{ip} is also given to position {} at {}",
+                            first.position, first.origin
+                        ),
+                    );
+                }
+                if let Some(s) = subnet
+                    && let Some(why) = self.alloc.why_not(s, ip, &own)
+                {
+                    self.node_conflict(n, &field, why);
+                }
+            }
+        }
+        for ip in explicit.keys() {
+            self.alloc.take(*ip, "an explicit manifest address");
+        }
+    }
+
+    /// One node as it would enter the inventory, noting its conflicts.
+    fn plan_node(&mut self, n: &Node, known: &Known<'_>) -> PlannedHost {
+        let m = self.m;
+        let name = self.node_name(n, &known.names);
+        let (boot_mac, source) = match known.boot.get(&n.position) {
+            Some((mac, src)) => (Some(*mac), src.clone()),
+            None => (None, None),
+        };
+        self.check_macs(n, boot_mac, source.is_some(), known);
+        if boot_mac.is_none() {
+            self.notes.push(format!(
+                "{}: position {}: {name} has no boot MAC yet, so no DHCP address: once it DHCPs, `bootgate hosts adopt MAC --as {name}`",
+                n.origin, n.position
+            ));
+        }
+        if let Some(src) = &source {
+            self.notes.push(format!(
+                "{}: position {}: boot MAC {} taken from {src}",
+                n.origin,
+                n.position,
+                boot_mac.map(|m| m.to_string()).unwrap_or_default()
+            ));
+        }
+
+        let role = n.role.unwrap_or(m.rack.role);
+        let profile = n.profile.clone().or_else(|| m.rack.profile.clone());
+        let profiles = &self.site.inventory.profiles;
+        if let Some(p) = &profile
+            && !profiles.iter().any(|x| &x.name == p)
+        {
+            let known_profiles = profiles
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            self.node_conflict(
+                n,
+                "profile",
+                format!("no profile {p:?} in the inventory (known: {known_profiles})"),
+            );
+        }
+
+        let addresses = self.node_addresses(n, &name, boot_mac);
+        let bmc = plan_bmc(m, n, &name, &self.subnets, &mut self.alloc).unwrap_or_else(|c| {
+            self.conflicts.push(c);
+            None
+        });
+        PlannedHost {
+            name,
+            position: n.position,
+            serial: n.serial.clone(),
+            origin: n.origin.clone(),
+            role,
+            profile,
+            macs: boot_mac.into_iter().collect(),
+            boot_mac_source: source,
+            addresses,
+            bmc,
+            groups: Vec::new(),
+        }
+    }
+
+    /// The node's host name (given, else from the rack's pattern): a DNS label, not in
+    /// the inventory, not planned twice.
+    fn node_name(&mut self, n: &Node, taken: &HashSet<&str>) -> String {
+        let m = self.m;
+        let name = n
+            .name
+            .clone()
+            .unwrap_or_else(|| expand_name(&m.rack.name_pattern, &m.rack.name, n));
+        if !is_dns_label(&name) {
+            self.node_conflict(
+                n,
+                "name",
+                format!("{name:?} is not a DNS label (lowercase letters, digits, '-')"),
+            );
+        }
+        if taken.contains(name.as_str()) {
+            self.node_conflict(
+                n,
+                "name",
+                format!(
+                    "host {} is already in the inventory",
+                    in_file(&name, self.site.origins.host(&name))
+                ),
+            );
+        }
+        if let Some(first) = self.planned_names.insert(name.clone(), n.origin.clone()) {
+            self.node_conflict(
+                n,
+                "name",
+                format!("name {name:?} is also planned for {first}"),
+            );
+        }
+        name
+    }
+
+    /// The node's boot MAC (`discovered`: filled in from discovery) and BMC MAC are no
+    /// inventory host's, and a discovered one is no other node's in the manifest.
+    fn check_macs(
+        &mut self,
+        n: &Node,
+        boot_mac: Option<MacAddr>,
+        discovered: bool,
+        known: &Known<'_>,
+    ) {
+        for (field, mac) in [("boot_mac", boot_mac), ("bmc_mac", n.bmc_mac)] {
+            let Some(mac) = mac else { continue };
+            if let Some((owner, what)) = known.owner.get(&mac) {
+                self.node_conflict(
+                    n,
+                    field,
+                    format!(
+                        "MAC {mac} is already the {what} of host {}",
+                        in_file(owner, self.site.origins.host(owner))
+                    ),
+                );
+            }
+            if discovered
+                && field == "boot_mac"
+                && let Some(other) = known.manifest.get(&mac)
+                && *other != n.position
+            {
+                self.node_conflict(
+                    n,
+                    field,
+                    format!("discovered MAC {mac} is the manifest's MAC of position {other}"),
+                );
+            }
+        }
+    }
+
+    /// Addresses: explicit ones, then the next free one on each of the rack's subnets.
+    fn node_addresses(
+        &mut self,
+        n: &Node,
+        name: &str,
+        boot_mac: Option<MacAddr>,
+    ) -> BTreeMap<String, Ipv4Addr> {
+        let mut addresses = n.addresses.clone();
+        for (purpose, subnet) in self.subnets.clone() {
+            if purpose == Purpose::Bmc || addresses.contains_key(&subnet.name) {
+                continue;
+            }
+            // The inventory refuses a DHCP-served address without a MAC to serve it to:
+            // `hosts adopt` assigns it with the MAC.
+            if boot_mac.is_none() && subnet.served != crate::inventory::Served::NotServed {
+                continue;
+            }
+            let from = self.m.rack.addressing.get(&subnet.name).copied();
+            match self.alloc.next_free(subnet, from, name) {
+                Some(ip) => {
+                    addresses.insert(subnet.name.clone(), ip);
+                }
+                None => self.node_conflict(
+                    n,
+                    &format!("addresses.{}", subnet.name),
+                    format!(
+                        "no free address left on subnet {:?} ({}){}",
+                        subnet.name,
+                        subnet.cidr,
+                        from.map(|f| format!(" from {f}")).unwrap_or_default()
+                    ),
+                ),
+            }
+        }
+        addresses
+    }
+
+    /// The Ansible groups, exactly as `bootgate playbook render` would make them.
+    fn assign_groups(&mut self, rack: &Rack, hosts: &mut [PlannedHost]) {
+        let mut with = self.site.inventory.clone();
+        with.racks.push(rack.clone());
+        with.hosts
+            .extend(hosts.iter().map(|h| h.to_host(&rack.name)));
+        match crate::handoff::render(&with, &BTreeMap::new()) {
+            Ok(rendered) => {
+                for h in hosts {
+                    h.groups = rendered
+                        .hosts
+                        .all
+                        .children
+                        .iter()
+                        .filter(|(_, g)| g.hosts.contains_key(&h.name))
+                        .map(|(name, _)| name.clone())
+                        .collect();
+                }
+            }
+            Err(e) => self.rack_conflict("-", format!("Ansible groups: {e}")),
+        }
     }
 }
 

@@ -247,13 +247,7 @@ impl Shared {
         cancel: CancellationToken,
     ) {
         let started = Instant::now();
-        let sock = match udp_socket(&self.iface, self.local, 0, false)
-            .and_then(|s| {
-                s.connect(&SocketAddr::V4(peer).into())?;
-                Ok(s)
-            })
-            .and_then(|s| UdpSocket::from_std(s.into()))
-        {
+        let sock = match self.session_socket(peer) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot open a TFTP session socket");
@@ -290,25 +284,7 @@ impl Shared {
             "TFTP transfer starts"
         );
         let (blksize, windowsize) = (neg.blksize, neg.windowsize);
-        let gso = super::session::enable_gso(&sock, blksize);
-        let transfer = Transfer {
-            gso: std::sync::atomic::AtomicBool::new(gso),
-            busy_poll: BusyPoll {
-                sessions: self.sessions.clone(),
-                max_sessions: self.cfg.max_sessions,
-            },
-            sock,
-            source,
-            rto: Rto::new(
-                neg.timeout,
-                self.cfg.min_timeout,
-                self.cfg.default_timeout,
-                self.cfg.retries,
-            ),
-            neg,
-            cancel,
-        };
-        let out = transfer.run().await;
+        let out = self.transfer(sock, source, neg, cancel).run().await;
         match out.result {
             TransferResult::Ok => {}
             TransferResult::Aborted => count_error("client_error"),
@@ -331,6 +307,42 @@ impl Shared {
             blksize,
             windowsize,
         });
+    }
+
+    /// The session's own socket (our TID), on the server's interface and address,
+    /// connected to the client.
+    fn session_socket(&self, peer: SocketAddrV4) -> std::io::Result<UdpSocket> {
+        let s = udp_socket(&self.iface, self.local, 0, false)?;
+        s.connect(&SocketAddr::V4(peer).into())?;
+        UdpSocket::from_std(s.into())
+    }
+
+    /// The transfer of `source` over `sock` with the negotiated options.
+    fn transfer(
+        &self,
+        sock: UdpSocket,
+        source: Source,
+        neg: Negotiated,
+        cancel: CancellationToken,
+    ) -> Transfer {
+        let gso = super::session::enable_gso(&sock, neg.blksize);
+        Transfer {
+            gso: std::sync::atomic::AtomicBool::new(gso),
+            busy_poll: BusyPoll {
+                sessions: self.sessions.clone(),
+                max_sessions: self.cfg.max_sessions,
+            },
+            sock,
+            source,
+            rto: Rto::new(
+                neg.timeout,
+                self.cfg.min_timeout,
+                self.cfg.default_timeout,
+                self.cfg.retries,
+            ),
+            neg,
+            cancel,
+        }
     }
 
     /// The generated-file hook first, then the jailed filesystem.

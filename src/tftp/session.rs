@@ -276,128 +276,157 @@ impl Transfer {
     pub(super) async fn run(mut self) -> Outcome {
         let blksize = usize::from(self.neg.blksize);
         let window = usize::from(self.neg.windowsize);
-        let mut win = Window::new(blksize, window);
-        let mut bytes: u64 = 0;
-        let mut rbuf = [0u8; 1024];
-        let mut sbuf = Vec::with_capacity(4 + blksize);
         let oack = (!self.neg.oack.is_empty()).then(|| packet::encode_oack(&self.neg.oack));
-        let mut awaiting_oack_ack = oack.is_some();
+        let now = Instant::now();
+        let mut st = Flight {
+            win: Window::new(blksize, window),
+            bytes: 0,
+            sbuf: Vec::with_capacity(4 + blksize),
+            awaiting_oack_ack: oack.is_some(),
+            oack,
+            sent_at: now,
+            retransmitted: false,
+            progress_at: now,
+        };
+        let mut rbuf = [0u8; 1024];
         // Looked up once: the data path increments it on every acknowledged window.
         let bytes_total = metrics::counter!("bootgate_tftp_bytes_total");
 
-        let end = |result, bytes, detail: Option<String>| Outcome {
-            result,
-            bytes,
-            detail,
-        };
-        let fail = |ev: Event, bytes| match ev {
-            Event::Gone => end(TransferResult::PeerGone, bytes, None),
-            Event::Failed(e) => end(TransferResult::Io, bytes, Some(e.to_string())),
-            _ => end(TransferResult::Io, bytes, None),
-        };
-
-        if let Err(e) = win.refill(&mut self.source).await {
-            self.send_error(ErrorCode::NotDefined, "read error").await;
-            return end(TransferResult::Io, 0, Some(e.to_string()));
+        if let Err(out) = self.start(&mut st).await {
+            return out;
         }
-        let first = match &oack {
-            Some(o) => self.send(o).await,
-            None => self.send_window(&win, &mut sbuf).await,
-        };
-        if let Err(ev) = first {
-            return fail(ev, 0);
-        }
-        let mut sent_at = Instant::now();
-        let mut retransmitted = false;
-        let mut progress_at = sent_at;
-
         loop {
-            let give_up_at = progress_at + self.rto.patience();
-            let deadline = (sent_at + self.rto.current()).min(give_up_at);
-            let ev = self.next_event(&mut rbuf, deadline).await;
-            let block = match ev {
+            let give_up_at = st.progress_at + self.rto.patience();
+            let deadline = (st.sent_at + self.rto.current()).min(give_up_at);
+            let block = match self.next_event(&mut rbuf, deadline).await {
                 Event::Ack(block) => block,
-                Event::PeerError(code, msg) => {
-                    // The client gave up (PXE ROMs: right after the tsize OACK). Stop now.
-                    return end(
-                        TransferResult::Aborted,
-                        bytes,
-                        Some(format!("client error {code}: {msg}")),
-                    );
-                }
                 Event::Timeout => {
-                    if Instant::now() >= give_up_at {
-                        self.send_error(ErrorCode::NotDefined, "timed out").await;
-                        return end(TransferResult::Timeout, bytes, None);
+                    if let Err(out) = self.retransmit(&mut st, give_up_at).await {
+                        return out;
                     }
-                    self.rto.backoff = self.rto.backoff.saturating_add(1);
-                    tracing::trace!(
-                        block = win.base,
-                        wait_ms = self.rto.current().as_millis() as u64,
-                        "retransmit"
-                    );
-                    let r = match (&oack, awaiting_oack_ack) {
-                        (Some(o), true) => self.send(o).await,
-                        _ => self.send_window(&win, &mut sbuf).await,
-                    };
-                    if let Err(ev) = r {
-                        return fail(ev, bytes);
-                    }
-                    sent_at = Instant::now();
-                    retransmitted = true;
                     continue;
                 }
-                Event::Cancelled => {
-                    self.send_error(ErrorCode::NotDefined, "server shutting down")
-                        .await;
-                    return end(TransferResult::Shutdown, bytes, None);
-                }
-                ev @ (Event::Gone | Event::Failed(_)) => return fail(ev, bytes),
+                ev => return self.ended(ev, st.bytes).await,
             };
-
-            // Which block does this ACK name? Offset 0 is the block before the window (the
-            // OACK's "block 0" at the start); anything outside the window is stale.
-            let offset = u64::from(block.wrapping_sub(win.base.wrapping_sub(1) as u16));
-            if awaiting_oack_ack {
-                if offset != 0 {
-                    continue;
-                }
-                awaiting_oack_ack = false;
-            } else {
-                if offset == 0 || offset > win.blocks() as u64 {
-                    // A duplicate or stale ACK: never answer it with data (RFC 1123
-                    // §4.2.3.1, Sorcerer's Apprentice); only the timeout retransmits.
-                    continue;
-                }
-                let acked = win.base - 1 + offset;
-                let acked_bytes = win.bytes_through(acked);
-                bytes += acked_bytes as u64;
-                bytes_total.increment(acked_bytes as u64);
-                if win.last_block() == Some(acked) {
-                    return end(TransferResult::Ok, bytes, None);
-                }
-                win.advance(acked);
-                if let Err(e) = win.refill(&mut self.source).await {
-                    self.send_error(ErrorCode::NotDefined, "read error").await;
-                    return end(TransferResult::Io, bytes, Some(e.to_string()));
-                }
+            match self.acknowledged(&mut st, block, &bytes_total).await {
+                Ok(true) => {}
+                // Stale or duplicate: only the timeout retransmits.
+                Ok(false) => continue,
+                Err(out) => return out,
             }
-            if !retransmitted {
-                self.rto.sample(sent_at.elapsed());
+            if !st.retransmitted {
+                self.rto.sample(st.sent_at.elapsed());
             }
             self.rto.backoff = 0;
-            progress_at = Instant::now();
+            st.progress_at = Instant::now();
             // An ACK before the window's end means the client saw a gap: RFC 7440 §4 resumes
             // from the block after it, which is exactly the new window.
-            if let Err(ev) = self.send_window(&win, &mut sbuf).await {
-                return fail(ev, bytes);
+            if let Err(ev) = self.send_window(&st.win, &mut st.sbuf).await {
+                return fail(ev, st.bytes);
             }
-            sent_at = Instant::now();
-            retransmitted = false;
-            if let Err(e) = win.prefetch(&mut self.source).await {
+            st.sent_at = Instant::now();
+            st.retransmitted = false;
+            if let Err(e) = st.win.prefetch(&mut self.source).await {
                 self.send_error(ErrorCode::NotDefined, "read error").await;
-                return end(TransferResult::Io, bytes, Some(e.to_string()));
+                return end(TransferResult::Io, st.bytes, Some(e.to_string()));
             }
+        }
+    }
+
+    /// Reads the first window and sends the OACK, or else the first window.
+    async fn start(&mut self, st: &mut Flight) -> Result<(), Outcome> {
+        if let Err(e) = st.win.refill(&mut self.source).await {
+            self.send_error(ErrorCode::NotDefined, "read error").await;
+            return Err(end(TransferResult::Io, 0, Some(e.to_string())));
+        }
+        let first = match &st.oack {
+            Some(o) => self.send(o).await,
+            None => self.send_window(&st.win, &mut st.sbuf).await,
+        };
+        first.map_err(|ev| fail(ev, 0))?;
+        st.sent_at = Instant::now();
+        st.progress_at = st.sent_at;
+        Ok(())
+    }
+
+    /// Nothing came back in time: gives up after the patience, else backs off and sends
+    /// the OACK or the window again.
+    async fn retransmit(&mut self, st: &mut Flight, give_up_at: Instant) -> Result<(), Outcome> {
+        if Instant::now() >= give_up_at {
+            self.send_error(ErrorCode::NotDefined, "timed out").await;
+            return Err(end(TransferResult::Timeout, st.bytes, None));
+        }
+        self.rto.backoff = self.rto.backoff.saturating_add(1);
+        tracing::trace!(
+            block = st.win.base,
+            wait_ms = self.rto.current().as_millis() as u64,
+            "retransmit"
+        );
+        let r = match (&st.oack, st.awaiting_oack_ack) {
+            (Some(o), true) => self.send(o).await,
+            _ => self.send_window(&st.win, &mut st.sbuf).await,
+        };
+        r.map_err(|ev| fail(ev, st.bytes))?;
+        st.sent_at = Instant::now();
+        st.retransmitted = true;
+        Ok(())
+    }
+
+    /// An ACK of `block`: `Ok(true)` when it moved the transfer on (the window advanced
+    /// and is buffered again), `Ok(false)` for one to ignore; `Err` when the transfer ended
+    /// (the last block acknowledged, or a read error).
+    async fn acknowledged(
+        &mut self,
+        st: &mut Flight,
+        block: u16,
+        bytes_total: &metrics::Counter,
+    ) -> Result<bool, Outcome> {
+        let win = &mut st.win;
+        // Which block does this ACK name? Offset 0 is the block before the window (the
+        // OACK's "block 0" at the start); anything outside the window is stale.
+        let offset = u64::from(block.wrapping_sub(win.base.wrapping_sub(1) as u16));
+        if st.awaiting_oack_ack {
+            if offset != 0 {
+                return Ok(false);
+            }
+            st.awaiting_oack_ack = false;
+            return Ok(true);
+        }
+        if offset == 0 || offset > win.blocks() as u64 {
+            // A duplicate or stale ACK: never answer it with data (RFC 1123 §4.2.3.1,
+            // Sorcerer's Apprentice); only the timeout retransmits.
+            return Ok(false);
+        }
+        let acked = win.base - 1 + offset;
+        let acked_bytes = win.bytes_through(acked);
+        st.bytes += acked_bytes as u64;
+        bytes_total.increment(acked_bytes as u64);
+        if win.last_block() == Some(acked) {
+            return Err(end(TransferResult::Ok, st.bytes, None));
+        }
+        win.advance(acked);
+        if let Err(e) = win.refill(&mut self.source).await {
+            self.send_error(ErrorCode::NotDefined, "read error").await;
+            return Err(end(TransferResult::Io, st.bytes, Some(e.to_string())));
+        }
+        Ok(true)
+    }
+
+    /// The end a wait brought that is not an ACK or a timeout.
+    async fn ended(&self, ev: Event, bytes: u64) -> Outcome {
+        match ev {
+            // The client gave up (PXE ROMs: right after the tsize OACK). Stop now.
+            Event::PeerError(code, msg) => end(
+                TransferResult::Aborted,
+                bytes,
+                Some(format!("client error {code}: {msg}")),
+            ),
+            Event::Cancelled => {
+                self.send_error(ErrorCode::NotDefined, "server shutting down")
+                    .await;
+                end(TransferResult::Shutdown, bytes, None)
+            }
+            ev => fail(ev, bytes),
         }
     }
 
@@ -439,6 +468,42 @@ impl Transfer {
             self.send(sbuf).await?;
         }
         Ok(())
+    }
+}
+
+/// Where a running transfer stands between two waits.
+struct Flight {
+    win: Window,
+    /// File bytes the client has acknowledged.
+    bytes: u64,
+    /// Where DATA packets are assembled (reused: one allocation per transfer).
+    sbuf: Vec<u8>,
+    /// The encoded OACK, when options were negotiated.
+    oack: Option<Vec<u8>>,
+    /// The OACK is out and its ACK (block 0) has not come back yet.
+    awaiting_oack_ack: bool,
+    /// When the last send left (the retransmit timer runs from it).
+    sent_at: Instant,
+    /// The last send was a retransmission: its ACK is no round-trip sample (Karn).
+    retransmitted: bool,
+    /// When the client last moved the transfer on (the patience runs from it).
+    progress_at: Instant,
+}
+
+fn end(result: TransferResult, bytes: u64, detail: Option<String>) -> Outcome {
+    Outcome {
+        result,
+        bytes,
+        detail,
+    }
+}
+
+/// The end of a transfer whose send or wait failed.
+fn fail(ev: Event, bytes: u64) -> Outcome {
+    match ev {
+        Event::Gone => end(TransferResult::PeerGone, bytes, None),
+        Event::Failed(e) => end(TransferResult::Io, bytes, Some(e.to_string())),
+        _ => end(TransferResult::Io, bytes, None),
     }
 }
 
