@@ -16,6 +16,7 @@ pub mod handoff;
 pub mod http;
 pub mod inventory;
 pub mod ipam;
+pub mod jail;
 pub mod power;
 pub mod pxe;
 pub mod rack;

@@ -1,5 +1,6 @@
 //! The boot side of the HTTP listener: per-host iPXE scripts (by MAC and by UUID), the
-//! images under `/images/` (HEAD, Range and ETag from tower-http's ServeDir), and the
+//! images under `/images/` (behind the path jail; HEAD, Range and ETag from tower-http's
+//! ServeDir; see [`super::images`]), and the
 //! phone-home endpoint a booted host reports to with its per-boot token.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -14,27 +15,13 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
 use super::ApiError;
-use super::image_cache::ImageCache;
 use crate::app::App;
 use crate::boot;
 use crate::store::{BootPurpose, EventKind, NewEvent, TokenCheck, TokenUse};
 use crate::types::{HostState, MacAddr};
 
 pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
-    // 1 MiB reads: each chunk is one trip through tokio's blocking pool, so fewer, larger
-    // reads cut the per-GB CPU (64 KiB default → 256 KiB took a 256 MiB image from 0.49× to
-    // 0.73× nginx; see docs/boot-perf.md for 1 MiB). At most one chunk per response is in
-    // memory.
-    let images = tower_http::services::ServeDir::new(&app.config.boot_images_dir)
-        .append_index_html_on_directories(false)
-        .with_buf_chunk_size(1024 * 1024);
-    let files = Files {
-        cache: Arc::new(ImageCache::new(
-            &app.config.boot_images_dir,
-            app.config.http.image_cache,
-        )),
-        app,
-    };
+    let images = super::images::service(&app.config.boot_images_dir, app.config.http.image_cache);
     Router::new()
         .route("/ipxe/mac/{mac}", get(script_by_mac))
         .route("/ipxe/uuid/{uuid}", get(script_by_uuid))
@@ -42,23 +29,16 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .nest_service(
             "/images",
             tower::ServiceBuilder::new()
-                .layer(axum::middleware::from_fn_with_state(files, record_file))
+                .layer(axum::middleware::from_fn_with_state(app, record_file))
                 .service(images),
         )
 }
 
-/// What the `/images/` middleware needs: the app (events, leases) and the RAM cache.
-#[derive(Clone)]
-struct Files {
-    app: Arc<App>,
-    cache: Arc<ImageCache>,
-}
-
-/// Answers plain whole-file GETs from the RAM cache ([`ImageCache`]), everything else
-/// through `ServeDir`; records a `boot-file-served` event for each whole-file (or
-/// first-range) GET, attributed to the MAC that holds the client's address.
+/// Records a `boot-file-served` event for each whole-file (or first-range) GET the
+/// `/images/` service ([`super::images`]: path jail, RAM cache, `ServeDir`) answered,
+/// attributed to the MAC that holds the client's address.
 async fn record_file(
-    State(Files { app, cache }): State<Files>,
+    State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
     next: Next,
@@ -70,14 +50,7 @@ async fn record_file(
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
         .is_none_or(|r| r.starts_with("bytes=0-"));
-    let cached = match cache.wants(&req) {
-        Some(rel) => cache.serve(rel).await,
-        None => None,
-    };
-    let resp = match cached {
-        Some(resp) => resp,
-        None => next.run(req).await,
-    };
+    let resp = next.run(req).await;
     let ok = resp.status() == StatusCode::OK || resp.status() == StatusCode::PARTIAL_CONTENT;
     metrics::counter!("bootgate_http_files_total", "status" => resp.status().as_u16().to_string())
         .increment(1);

@@ -23,6 +23,7 @@ use crate::views::{EventView, HostDetail, HostView, LeaseView};
 pub mod auth;
 pub mod boot;
 pub mod image_cache;
+mod images;
 pub mod query;
 
 /// Errors a handler answers with; each maps to one status and a JSON `{"error": …}` body.
