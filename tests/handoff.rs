@@ -41,25 +41,21 @@ fn rendered(site: &str) -> render::Rendered {
     render(&inv, &BTreeMap::new()).expect("renders")
 }
 
-/// Compares the rendered files with `tests/golden/ansible/<site>/`; `BOOTGATE_BLESS=1`
-/// rewrites them.
+/// The sites whose rendering is checked in under `tests/golden/ansible/<site>/`.
+const GOLDEN_SITES: [&str; 2] = ["lab", "example"];
+
+/// Compares the rendered files with `tests/golden/ansible/<site>/` (and fails on a file
+/// there that is no longer rendered); `BOOTGATE_BLESS=1` rewrites them.
 fn check_golden(site: &str) {
-    let dir = repo().join("tests/golden/ansible").join(site);
+    assert!(
+        GOLDEN_SITES.contains(&site),
+        "{site}: add it to GOLDEN_SITES"
+    );
+    let mut golden = golden::GoldenDir::new(repo().join("tests/golden/ansible").join(site));
     for (rel, text) in rendered(site).files().unwrap() {
-        let path = dir.join(rel);
-        if std::env::var_os("BOOTGATE_BLESS").is_some() {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, &text).unwrap();
-            continue;
-        }
-        let want = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (run with BOOTGATE_BLESS=1)", path.display()));
-        assert!(
-            want == text,
-            "{} differs from the rendering (BOOTGATE_BLESS=1 rewrites it):\n{text}",
-            path.display()
-        );
+        golden.check(rel, &text);
     }
+    golden.finish();
 }
 
 #[test]
@@ -70,6 +66,35 @@ fn golden_lab_inventory() {
 #[test]
 fn golden_example_inventory() {
     check_golden("example");
+}
+
+/// Every directory under `tests/golden/ansible/` is a site the tests above render: a
+/// directory of a site no test renders any more fails (`BOOTGATE_BLESS=1` deletes it).
+#[test]
+fn golden_ansible_holds_only_rendered_sites() {
+    let dir = repo().join("tests/golden/ansible");
+    let stale: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| GOLDEN_SITES.iter().any(|s| n == *s))
+        })
+        .collect();
+    if golden::blessing() {
+        for p in &stale {
+            if p.is_dir() {
+                std::fs::remove_dir_all(p).unwrap();
+            } else {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+        return;
+    }
+    assert!(
+        stale.is_empty(),
+        "golden entries no test renders any more (delete them, or BOOTGATE_BLESS=1 does): {stale:?}"
+    );
 }
 
 /// `ansible-inventory -i DIR --list`, parsed.

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod golden;
 pub mod qemu;
 
 use std::os::unix::net::UnixDatagram;
