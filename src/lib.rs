@@ -18,6 +18,7 @@ pub mod handoff;
 pub mod http;
 pub mod inventory;
 pub mod ipam;
+pub mod jail;
 pub mod model;
 pub mod ops;
 pub mod power;

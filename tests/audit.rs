@@ -523,18 +523,6 @@ fn history_of_an_address_that_moved_between_two_macs() {
     );
 }
 
-/// Root, or a skip with the reason (only outside CI).
-fn root_or_skip(what: &str) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
-    if !root && std::env::var_os("CI").is_none() {
-        println!("skipped {what}: needs root (network namespaces)");
-        return false;
-    }
-    assert!(root, "{what}: CI runs tests as root");
-    true
-}
-
 fn findings_with<'a>(v: &'a Value, code: &str) -> Vec<&'a Value> {
     v["findings"]
         .as_array()
@@ -550,9 +538,7 @@ fn findings_with<'a>(v: &'a Value, code: &str) -> Vec<&'a Value> {
 /// 100 packets/s the 253 addresses of the /24 take at least 2.5 s.
 #[test]
 fn scan_finds_an_unassigned_address_and_a_second_mac() {
-    if !root_or_skip("scan_finds_an_unassigned_address_and_a_second_mac") {
-        return;
-    }
+    require_root!();
     let lab = Lab::new();
     let site = Site::from_inventory("lab");
     let store = open(&site);
@@ -704,9 +690,7 @@ fn bmc_check_names_only_the_dead_bmc() {
 /// history endpoint matches `audit ip`; without a token (reads closed) → 401.
 #[test]
 fn api_form_returns_the_cli_report_and_needs_a_token() {
-    if !root_or_skip("api_form_returns_the_cli_report_and_needs_a_token") {
-        return;
-    }
+    require_root!();
     let lab = Lab::new();
     let site = Site::from_inventory("lab");
     // A read token, reads closed to anonymous callers.

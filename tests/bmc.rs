@@ -1603,24 +1603,9 @@ async fn lab_inventory_bmcs_resolve_and_reach_sushy() {
     }
 }
 
-/// True when this process may create namespaces; a plain developer run without root
-/// skips (CI runs as root and never skips).
-fn root_or_skip(what: &str) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
-    if !root && std::env::var_os("CI").is_none() {
-        println!("skipped {what}: needs root (network namespaces, libvirtd)");
-        return false;
-    }
-    assert!(root, "{what}: CI runs tests as root");
-    true
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libvirt_vm_powers_on_and_off_through_redfish() {
-    if !root_or_skip("libvirt smoke test") {
-        return;
-    }
+    support::require_root!("network namespaces, libvirtd");
     // The lab topology (rack namespace with bridge br0), a private libvirtd in it, one PXE VM.
     let lab = support::Lab::new();
     let lv = libvirt::Libvirt::start(&lab.rack);
@@ -1956,20 +1941,7 @@ fn secrets_file_readable_by_others_is_refused_naming_path_and_mode() {
 #[test]
 fn secrets_file_must_belong_to_the_reader() {
     // Only meaningful as root (chown to another uid).
-    if !Path::new("/proc/self")
-        .metadata()
-        .map(|m| {
-            use std::os::unix::fs::MetadataExt;
-            m.uid() == 0
-        })
-        .unwrap_or(false)
-    {
-        if std::env::var_os("CI").is_none() {
-            println!("skipped: needs root to chown");
-            return;
-        }
-        panic!("CI runs tests as root");
-    }
+    support::require_root!("chown to another uid");
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("secrets.toml");
     std::fs::write(&p, "[bmc.x]\nusername = \"u\"\npassword = \"p\"\n").unwrap();

@@ -27,7 +27,11 @@ fn first(evs: &[Value], kind: &str) -> usize {
 #[test]
 fn vms_pxe_boot_through_bootgate_and_end_provisioned() {
     let missing = qemu::missing_host_files();
-    assert!(missing.is_empty(), "install: {missing:?}");
+    require_peer!(
+        "QEMU host files",
+        format!("{missing:?}"),
+        missing.is_empty()
+    );
     let image = qemu::test_image();
     let lab = Lab::new();
     let site = Site::from_inventory("lab");

@@ -415,3 +415,86 @@ fn tftp_serves_the_same_scripts_and_rescue_boots_carry_a_token() {
     );
     assert!(evs.iter().any(|e| e.0 == "phone-home-refused"), "{evs:?}");
 }
+
+/// `boot-images/` holds a symlink to a file outside it: every way of asking for it under
+/// `/images/` (plain, ranged, conditional, HEAD, `%`-encoded) is refused by the path jail
+/// before a file is read, and none of the secret leaves; a legal file keeps ServeDir's
+/// answers (206 to a range, 304 to its own ETag).
+#[test]
+fn images_never_follow_a_symlink_out_of_boot_images() {
+    require_root!();
+    let lab = Lab::new();
+    let site = site_with_image();
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret.txt");
+    std::fs::write(&secret, b"TOP-SECRET outside boot-images\n").unwrap();
+    std::os::unix::fs::symlink(&secret, site.boot_images().join("test/leak")).unwrap();
+    // A sibling of boot-images/, reachable only by climbing out of it.
+    std::fs::write(site.dir.path().join("sibling.txt"), b"TOP-SECRET sibling\n").unwrap();
+    let _daemon = Daemon::start(&lab, &site);
+
+    let images = format!("{}/images", base());
+    let leak = format!("{images}/test/leak");
+    let cases: Vec<(&str, Vec<String>)> = vec![
+        ("GET", vec![leak.clone()]),
+        ("Range", vec!["-r".into(), "0-3".into(), leak.clone()]),
+        (
+            "If-None-Match",
+            vec!["-H".into(), "If-None-Match: \"x\"".into(), leak.clone()],
+        ),
+        (
+            "If-Modified-Since",
+            vec![
+                "-H".into(),
+                "If-Modified-Since: Thu, 01 Jan 1970 00:00:00 GMT".into(),
+                leak.clone(),
+            ],
+        ),
+        ("HEAD", vec!["-I".into(), leak.clone()]),
+        ("%2F", vec![format!("{images}/test%2Fleak")]),
+        ("%6c", vec![format!("{images}/test/%6ceak")]),
+        (
+            "%2e%2e to the link",
+            vec![format!("{images}/ipxe/%2e%2e/test/leak")],
+        ),
+        (
+            "%2e%2e%2F out of the root",
+            vec![format!("{images}/%2e%2e%2Fsibling.txt")],
+        ),
+        (
+            "%2e%2e/ out of the root, ranged",
+            vec![
+                "-r".into(),
+                "0-3".into(),
+                format!("{images}/test/%2e%2e/%2e%2e/sibling.txt"),
+            ],
+        ),
+    ];
+    for (what, args) in cases {
+        let mut all = vec!["--path-as-is", "-D", "-"];
+        all.extend(args.iter().map(String::as_str));
+        let (code, out) = curl_args(&lab, &all);
+        assert_eq!(code, 403, "{what}: {out}");
+        assert!(!out.contains("TOP-SECRET"), "{what} leaked: {out}");
+        assert!(!out.to_ascii_lowercase().contains("etag"), "{what}: {out}");
+    }
+
+    // A legal file: the same requests get ServeDir's answers.
+    let url = format!("{images}/test/vmlinuz");
+    let (code, part) = curl_args(&lab, &["-r", "0-3", &url]);
+    assert_eq!((code, part.as_str()), (206, "kern"));
+    let (code, head) = curl_args(&lab, &["-I", &url]);
+    assert_eq!(code, 200, "{head}");
+    let etag = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("etag")
+                .then(|| value.trim().to_string())
+        })
+        .expect("ETag header");
+    let (code, _) = curl_args(&lab, &["-H", &format!("If-None-Match: {etag}"), &url]);
+    assert_eq!(code, 304);
+    let (code, body) = curl_args(&lab, &[&format!("{images}/test%2Fvmlinuz")]);
+    assert_eq!((code, body.as_str()), (200, "kernel"));
+}

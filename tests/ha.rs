@@ -22,21 +22,6 @@ use ha::{Ack, Capture, GwDaemon, HaLab};
 use pg::PgCluster;
 use support::wait_for;
 
-/// Skips only where the rules allow: not root and `CI` unset.
-fn skip() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
-    if !root && std::env::var_os("CI").is_none() {
-        eprintln!("skipping: needs root for network namespaces");
-        return true;
-    }
-    false
-}
-
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -134,9 +119,7 @@ fn finish(mut child: std::process::Child) -> String {
 /// both ACKed, no address went to two MACs, every ACK is an active lease in the store.
 #[test]
 fn two_gateways_share_load_and_survive_a_kill_9() {
-    if skip() {
-        return;
-    }
+    support::require_root!();
     let cluster = PgCluster::shared();
     let (url, lab, site_a, site_b) = two_gateway_lab(cluster);
     let mut a = GwDaemon::start(&lab.gwa, &site_a);
@@ -176,9 +159,7 @@ fn two_gateways_share_load_and_survive_a_kill_9() {
 /// heartbeat stop and answers everybody.
 #[test]
 fn rfc3074_load_balancing_ends_the_naks_and_fails_over() {
-    if skip() {
-        return;
-    }
+    support::require_root!();
     let cluster = PgCluster::shared();
     let url = rt().block_on(cluster.fresh_db());
     let sock = ha::socket_url(&url, cluster.socket_dir(), cluster.port());
@@ -262,9 +243,7 @@ fn rfc3074_load_balancing_ends_the_naks_and_fails_over() {
 /// lease in the store, held by the MAC it was ACKed to, and none went to two MACs.
 #[test]
 fn crash_loop_of_kill_9_loses_no_acked_lease() {
-    if skip() {
-        return;
-    }
+    support::require_root!();
     let cluster = PgCluster::shared();
     let url = rt().block_on(cluster.fresh_db());
     let sock = ha::socket_url(&url, cluster.socket_dir(), cluster.port());
@@ -308,9 +287,7 @@ fn crash_loop_of_kill_9_loses_no_acked_lease() {
 /// allocation resumes.
 #[test]
 fn postgres_restart_degrades_both_and_they_recover() {
-    if skip() {
-        return;
-    }
+    support::require_root!();
     let cluster = PgCluster::start();
     let (url, lab, site_a, site_b) = two_gateway_lab(&cluster);
     let _a = GwDaemon::start(&lab.gwa, &site_a);
@@ -394,9 +371,7 @@ fn postgres_restart_degrades_both_and_they_recover() {
 /// stranger as a discovered host) is in the database.
 #[test]
 fn gateway_starts_degraded_without_postgres_and_recovers() {
-    if skip() {
-        return;
-    }
+    support::require_root!();
     let cluster = PgCluster::start();
     let url = rt().block_on(cluster.fresh_db());
     let sock = ha::socket_url(&url, cluster.socket_dir(), cluster.port());
@@ -494,12 +469,14 @@ fn gateway_starts_degraded_without_postgres_and_recovers() {
 /// phone-home, and the shared store ends with vm0 `provisioned`.
 #[test]
 fn vm_network_boots_while_one_gateway_is_dead() {
-    if skip() {
-        return;
-    }
+    support::require_root!();
     use support::qemu::{self, Firmware, Vm};
     let missing = qemu::missing_host_files();
-    assert!(missing.is_empty(), "install: {missing:?}");
+    support::require_peer!(
+        "QEMU host files",
+        format!("{missing:?}"),
+        missing.is_empty()
+    );
     let image = qemu::test_image();
     let cluster = PgCluster::shared();
     let (url, lab, site_a, site_b) = two_gateway_lab(cluster);
@@ -581,9 +558,7 @@ fn store_hosts(url: &str) -> Vec<bootgate::store::HostRecord> {
 /// exactly once and was added once (one `host-added` event each).
 #[test]
 fn two_gateways_starting_together_on_an_empty_database_reconcile_once() {
-    if skip() {
-        return;
-    }
+    support::require_root!();
     let cluster = PgCluster::shared();
     let (url, lab, site_a, site_b) = two_gateway_lab(cluster);
     let (_a, _b) = std::thread::scope(|s| {
@@ -618,9 +593,7 @@ fn two_gateways_starting_together_on_an_empty_database_reconcile_once() {
 /// the outage both gateways ACK again under load.
 #[test]
 fn postgres_restart_under_perfdhcp_load_loses_no_ack() {
-    if skip() {
-        return;
-    }
+    support::require_root!();
     let cluster = PgCluster::start();
     let (url, lab, site_a, site_b) = two_gateway_lab(&cluster);
     let mut a = GwDaemon::start(&lab.gwa, &site_a);

@@ -28,36 +28,8 @@ const VM0_MAC: &str = "52:54:00:d7:8e:1d";
 const VM1_MAC: &str = "52:54:00:a8:28:2f";
 const VM2_MAC: &str = "52:54:00:e0:a7:44";
 
-fn venv_bin(tool: &str) -> PathBuf {
-    let venv = std::env::var_os("BOOTGATE_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/bootgate-venv"));
-    let p = venv.join("bin").join(tool);
-    assert!(
-        p.is_file(),
-        "{} not found: install ansible-core into $BOOTGATE_VENV (see tests/handoff.rs)",
-        p.display()
-    );
-    p
-}
-
 fn fixture(name: &str) -> PathBuf {
     repo().join("tests/fixtures/handoff").join(name)
-}
-
-/// Root is needed for namespaces and chroot; outside CI a non-root run says why it stops.
-fn root_or_skip(test: &str) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    // /proc/self belongs to the effective user.
-    if std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: must run as root in CI"
-    );
-    eprintln!("{test}: skipped (needs root for network namespaces and chroot)");
-    false
 }
 
 // ---------------------------------------------------------------------------------------
@@ -69,25 +41,21 @@ fn rendered(site: &str) -> render::Rendered {
     render(&inv, &BTreeMap::new()).expect("renders")
 }
 
-/// Compares the rendered files with `tests/golden/ansible/<site>/`; `BOOTGATE_BLESS=1`
-/// rewrites them.
+/// The sites whose rendering is checked in under `tests/golden/ansible/<site>/`.
+const GOLDEN_SITES: [&str; 2] = ["lab", "example"];
+
+/// Compares the rendered files with `tests/golden/ansible/<site>/` (and fails on a file
+/// there that is no longer rendered); `BOOTGATE_BLESS=1` rewrites them.
 fn check_golden(site: &str) {
-    let dir = repo().join("tests/golden/ansible").join(site);
+    assert!(
+        GOLDEN_SITES.contains(&site),
+        "{site}: add it to GOLDEN_SITES"
+    );
+    let mut golden = golden::GoldenDir::new(repo().join("tests/golden/ansible").join(site));
     for (rel, text) in rendered(site).files().unwrap() {
-        let path = dir.join(rel);
-        if std::env::var_os("BOOTGATE_BLESS").is_some() {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, &text).unwrap();
-            continue;
-        }
-        let want = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (run with BOOTGATE_BLESS=1)", path.display()));
-        assert!(
-            want == text,
-            "{} differs from the rendering (BOOTGATE_BLESS=1 rewrites it):\n{text}",
-            path.display()
-        );
+        golden.check(rel, &text);
     }
+    golden.finish();
 }
 
 #[test]
@@ -100,10 +68,39 @@ fn golden_example_inventory() {
     check_golden("example");
 }
 
+/// Every directory under `tests/golden/ansible/` is a site the tests above render: a
+/// directory of a site no test renders any more fails (`BOOTGATE_BLESS=1` deletes it).
+#[test]
+fn golden_ansible_holds_only_rendered_sites() {
+    let dir = repo().join("tests/golden/ansible");
+    let stale: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| GOLDEN_SITES.iter().any(|s| n == *s))
+        })
+        .collect();
+    if golden::blessing() {
+        for p in &stale {
+            if p.is_dir() {
+                std::fs::remove_dir_all(p).unwrap();
+            } else {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+        return;
+    }
+    assert!(
+        stale.is_empty(),
+        "golden entries no test renders any more (delete them, or BOOTGATE_BLESS=1 does): {stale:?}"
+    );
+}
+
 /// `ansible-inventory -i DIR --list`, parsed.
 fn ansible_inventory(dir: &Path) -> Value {
     let home = tempfile::tempdir().unwrap();
-    let out = sh(Command::new(venv_bin("ansible-inventory"))
+    let out = sh(Command::new(venv_tool("ansible-inventory"))
         .args(["-i"])
         .arg(dir)
         .arg("--list")
@@ -146,6 +143,7 @@ fn render_cli(site: &Site, out: &Path) {
 
 #[test]
 fn ansible_inventory_reads_the_lab_contract() {
+    require_venv_tool!("ansible-inventory");
     let site = Site::from_inventory("lab");
     let out = site.dir.path().join("ansible");
     render_cli(&site, &out);
@@ -219,6 +217,7 @@ fn ansible_inventory_reads_the_lab_contract() {
 
 #[test]
 fn ansible_inventory_reads_the_example_contract() {
+    require_venv_tool!("ansible-inventory");
     let site = Site::from_inventory("example");
     let out = site.dir.path().join("ansible");
     render_cli(&site, &out);
@@ -304,6 +303,7 @@ fn ansible_inventory_reads_the_example_contract() {
 /// stay the strings the operator wrote.
 #[test]
 fn yaml_lookalike_labels_stay_strings() {
+    require_venv_tool!("ansible-inventory");
     let site = Site::from_inventory("lab");
     let tricky = [
         ("a", "yes"),
@@ -383,7 +383,7 @@ fn settings(playbooks: &Path, timeout: Duration) -> bootgate::config::HandoffSet
     bootgate::config::HandoffSettings {
         enabled: true,
         playbooks_dir: playbooks.to_path_buf(),
-        ansible_playbook: venv_bin("ansible-playbook"),
+        ansible_playbook: venv_tool("ansible-playbook"),
         concurrency: 2,
         timeout,
         ssh_user: "root".into(),
@@ -403,6 +403,7 @@ fn sleepers(secs: u32) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_kills_the_run_and_fails_the_host() {
+    require_venv_tool!("ansible-playbook");
     let dir = tempfile::tempdir().unwrap();
     let inv = load_dir(&repo().join("inventory/lab")).unwrap();
     let store = scratch_store(dir.path()).await;
@@ -623,7 +624,7 @@ fn handoff_config(site: &Site, name: &str, playbooks: &Path, key: &Path) -> Path
         format!(
             "{base}\n[handoff]\nenabled = true\nplaybooks = \"{}\"\nansible_playbook = \"{}\"\nconcurrency = 2\ntimeout = \"5m\"\nssh_user = \"root\"\nssh_key = \"{}\"\n",
             playbooks.display(),
-            venv_bin("ansible-playbook").display(),
+            venv_tool("ansible-playbook").display(),
             key.display()
         ),
     )
@@ -646,9 +647,8 @@ fn cli_handoff(lab: &Lab, cfg: &Path, host: &str, check: bool) -> (bool, Value) 
 
 #[test]
 fn phone_home_runs_the_playbooks_to_ready_idempotently() {
-    if !root_or_skip("phone_home_runs_the_playbooks_to_ready_idempotently") {
-        return;
-    }
+    require_root!("network namespaces and chroot");
+    require_venv_tool!("ansible-playbook");
     let lab = Lab::new();
     lab.rack
         .ip(&["addr", "add", "10.250.0.10/24", "dev", "eth0"]);
@@ -760,9 +760,8 @@ fn phone_home_runs_the_playbooks_to_ready_idempotently() {
 
 #[test]
 fn wrong_or_missing_host_keys_are_never_accepted() {
-    if !root_or_skip("wrong_or_missing_host_keys_are_never_accepted") {
-        return;
-    }
+    require_root!("network namespaces and chroot");
+    require_venv_tool!("ansible-playbook");
     let lab = Lab::new();
     lab.rack
         .ip(&["addr", "add", "10.250.0.11/24", "dev", "eth0"]);
@@ -801,9 +800,8 @@ fn wrong_or_missing_host_keys_are_never_accepted() {
 /// the host is recorded `failed` (not left `configuring`).
 #[test]
 fn shutdown_kills_running_handoffs_and_fails_their_hosts() {
-    if !root_or_skip("shutdown_kills_running_handoffs_and_fails_their_hosts") {
-        return;
-    }
+    require_root!("network namespaces and chroot");
+    require_venv_tool!("ansible-playbook");
     let lab = Lab::new();
     let site = Site::from_inventory("lab");
     let key = site.dir.path().join("unused_key");

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use support::{repo, stderr, stdout};
+use support::{repo, require_venv_tool, stderr, stdout, venv_tool};
 
 fn playbooks() -> PathBuf {
     repo().join("playbooks")
@@ -21,40 +21,6 @@ fn playbooks() -> PathBuf {
 
 fn fixtures() -> PathBuf {
     playbooks().join("tests/fixtures")
-}
-
-/// Whether the effective user is root (from /proc, without an extra crate).
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// The venv's `tool`, or None (with the reason printed) when it is missing on a developer
-/// box. As root or under CI a missing tool fails the test: CI must not skip silently.
-fn tool(name: &str) -> Option<PathBuf> {
-    let venv = std::env::var_os("BOOTGATE_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/bootgate-venv"));
-    let path = venv.join("bin").join(name);
-    if path.is_file() {
-        return Some(path);
-    }
-    let why = format!(
-        "{} is missing: python3 -m venv {v} && {v}/bin/pip install ansible-core ansible-lint",
-        path.display(),
-        v = venv.display()
-    );
-    if is_root() || std::env::var_os("CI").is_some() {
-        panic!("{why}");
-    }
-    eprintln!("skipping (not root, CI unset): {why}");
-    None
 }
 
 /// An Ansible command with this repository's config, its state in a fresh temp dir, and
@@ -65,12 +31,15 @@ struct Ansible {
 }
 
 impl Ansible {
-    fn new() -> Option<Ansible> {
-        let playbook = tool("ansible-playbook")?;
-        Some(Ansible {
+    /// The venv's tools; a test checks first (`require_venv_tool!`) that they are there.
+    fn new() -> Ansible {
+        Ansible {
             tmp: tempfile::tempdir().unwrap(),
-            bin: playbook.parent().unwrap().to_path_buf(),
-        })
+            bin: venv_tool("ansible-playbook")
+                .parent()
+                .unwrap()
+                .to_path_buf(),
+        }
     }
 
     fn cmd(&self, name: &str, extra_path: Option<&Path>) -> Command {
@@ -123,12 +92,9 @@ fn recap(o: &Output) -> String {
 
 #[test]
 fn ansible_lint_production_profile_is_clean() {
-    let Some(ansible) = Ansible::new() else {
-        return;
-    };
-    if tool("ansible-lint").is_none() {
-        return;
-    }
+    require_venv_tool!("ansible-playbook");
+    let ansible = Ansible::new();
+    require_venv_tool!("ansible-lint");
     let out = ansible
         .cmd("ansible-lint", None)
         // offline: no Galaxy at test time (the roles need ansible.builtin only)
@@ -151,9 +117,8 @@ fn ansible_lint_production_profile_is_clean() {
 
 #[test]
 fn site_and_verify_pass_the_syntax_check() {
-    let Some(ansible) = Ansible::new() else {
-        return;
-    };
+    require_venv_tool!("ansible-playbook");
+    let ansible = Ansible::new();
     for playbook in ["site.yml", "verify.yml"] {
         let out = ansible
             .cmd("ansible-playbook", None)
@@ -167,9 +132,8 @@ fn site_and_verify_pass_the_syntax_check() {
 /// The groups and host vars the contract names, as ansible-inventory reads the fixture.
 #[test]
 fn fixture_inventory_follows_the_contract() {
-    let Some(ansible) = Ansible::new() else {
-        return;
-    };
+    require_venv_tool!("ansible-playbook");
+    let ansible = Ansible::new();
     let out = ansible
         .cmd("ansible-inventory", None)
         .args(["-i", "tests/fixtures/inventory", "--list"])
@@ -295,9 +259,8 @@ fn fixture_inventory_follows_the_contract() {
 /// Each play of site.yml reaches the hosts of the group the contract gives it.
 #[test]
 fn site_plays_reach_the_contract_groups() {
-    let Some(ansible) = Ansible::new() else {
-        return;
-    };
+    require_venv_tool!("ansible-playbook");
+    let ansible = Ansible::new();
     let out = ansible
         .cmd("ansible-playbook", None)
         .args(["--list-hosts", "-i", "tests/fixtures/inventory", "site.yml"])
@@ -352,9 +315,8 @@ fn site_plays_reach_the_contract_groups() {
 /// The model normalisation and the ibstat parser, table-driven in their doctests.
 #[test]
 fn filter_plugin_doctests() {
-    let Some(ansible) = Ansible::new() else {
-        return;
-    };
+    require_venv_tool!("ansible-playbook");
+    let ansible = Ansible::new();
     for plugin in [
         "roles/nvidia_gpu/filter_plugins/bootgate_gpu.py",
         "roles/infiniband/filter_plugins/bootgate_ibstat.py",
@@ -371,9 +333,8 @@ fn filter_plugin_doctests() {
 
 #[test]
 fn verify_passes_on_a_matching_report() {
-    let Some(ansible) = Ansible::new() else {
-        return;
-    };
+    require_venv_tool!("ansible-playbook");
+    let ansible = Ansible::new();
     let out = ansible.verify("nvidia-smi-8xh100.txt", "ibstat-8x400-active.txt", &[]);
     assert!(out.status.success(), "{}", output(&out));
     // six checks ran, nothing changed, nothing skipped
@@ -387,9 +348,8 @@ fn verify_passes_on_a_matching_report() {
 
 #[test]
 fn verify_fails_clearly_on_seven_gpus() {
-    let Some(ansible) = Ansible::new() else {
-        return;
-    };
+    require_venv_tool!("ansible-playbook");
+    let ansible = Ansible::new();
     let out = ansible.verify("nvidia-smi-7xh100.txt", "ibstat-8x400-active.txt", &[]);
     assert!(!out.status.success(), "{}", output(&out));
     assert!(
@@ -404,9 +364,8 @@ fn verify_fails_clearly_on_seven_gpus() {
 
 #[test]
 fn verify_fails_clearly_on_another_gpu_model() {
-    let Some(ansible) = Ansible::new() else {
-        return;
-    };
+    require_venv_tool!("ansible-playbook");
+    let ansible = Ansible::new();
     let out = ansible.verify("nvidia-smi-8xa100.txt", "ibstat-8x400-active.txt", &[]);
     assert!(!out.status.success(), "{}", output(&out));
     assert!(
@@ -422,9 +381,8 @@ fn verify_fails_clearly_on_another_gpu_model() {
 /// bootgate_gpu_smi_name replaces the token match with an exact comparison.
 #[test]
 fn verify_uses_the_exact_smi_name_when_given() {
-    let Some(ansible) = Ansible::new() else {
-        return;
-    };
+    require_venv_tool!("ansible-playbook");
+    let ansible = Ansible::new();
     let tags = ["--tags", "nvidia_gpu"];
     let exact = "bootgate_gpu_smi_name='NVIDIA H100 80GB HBM3'";
     let out = ansible.verify(
@@ -452,9 +410,8 @@ fn verify_uses_the_exact_smi_name_when_given() {
 
 #[test]
 fn verify_fails_clearly_when_the_driver_is_not_loaded() {
-    let Some(ansible) = Ansible::new() else {
-        return;
-    };
+    require_venv_tool!("ansible-playbook");
+    let ansible = Ansible::new();
     let out = {
         let reports = fixtures().join("reports");
         let mut cmd = ansible.cmd("ansible-playbook", Some(&fixtures().join("bin")));
@@ -485,9 +442,8 @@ fn verify_fails_clearly_when_the_driver_is_not_loaded() {
 
 #[test]
 fn verify_fails_clearly_on_a_port_down() {
-    let Some(ansible) = Ansible::new() else {
-        return;
-    };
+    require_venv_tool!("ansible-playbook");
+    let ansible = Ansible::new();
     let out = ansible.verify("nvidia-smi-8xh100.txt", "ibstat-one-down.txt", &[]);
     assert!(!out.status.success(), "{}", output(&out));
     assert!(
@@ -502,9 +458,8 @@ fn verify_fails_clearly_on_a_port_down() {
 
 #[test]
 fn verify_fails_clearly_on_a_wrong_rate() {
-    let Some(ansible) = Ansible::new() else {
-        return;
-    };
+    require_venv_tool!("ansible-playbook");
+    let ansible = Ansible::new();
     let out = ansible.verify("nvidia-smi-8xh100.txt", "ibstat-wrong-rate.txt", &[]);
     assert!(!out.status.success(), "{}", output(&out));
     assert!(
@@ -520,9 +475,8 @@ fn verify_fails_clearly_on_a_wrong_rate() {
 /// The InfiniBand count is checked too: a host expecting more ports than ibstat shows fails.
 #[test]
 fn verify_fails_clearly_on_missing_ports() {
-    let Some(ansible) = Ansible::new() else {
-        return;
-    };
+    require_venv_tool!("ansible-playbook");
+    let ansible = Ansible::new();
     let out = ansible.verify(
         "nvidia-smi-8xh100.txt",
         "ibstat-8x400-active.txt",
@@ -542,9 +496,8 @@ fn verify_fails_clearly_on_missing_ports() {
 /// `bootgate handoff HOST --check` runs check mode: the read-only checks still run there.
 #[test]
 fn verify_checks_in_check_mode_too() {
-    let Some(ansible) = Ansible::new() else {
-        return;
-    };
+    require_venv_tool!("ansible-playbook");
+    let ansible = Ansible::new();
     let out = ansible.verify(
         "nvidia-smi-7xh100.txt",
         "ibstat-8x400-active.txt",

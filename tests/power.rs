@@ -190,7 +190,11 @@ fn wrong_bmc_password_fails_each_host_clearly_and_never_prints_it() {
 #[test]
 fn reset_reprovision_brings_a_vm_back_and_proves_it() {
     let missing = qemu::missing_host_files();
-    assert!(missing.is_empty(), "install: {missing:?}");
+    require_peer!(
+        "QEMU host files",
+        format!("{missing:?}"),
+        missing.is_empty()
+    );
     let image = qemu::test_image();
     let lab = Lab::new();
     let site = Site::from_inventory("lab");
@@ -412,10 +416,9 @@ mod escalation {
 #[test]
 fn ipmi_power_through_virtualbmc_drives_a_libvirt_vm() {
     let bin = std::path::Path::new(sushy::VENV).join("bin");
-    assert!(
-        bin.join("vbmcd").exists(),
-        "{}/vbmcd missing: pip install -r scripts/requirements-test.txt",
-        bin.display()
+    require_peer!(
+        path_str(&bin.join("vbmcd")),
+        "pip install -r scripts/requirements-test.txt"
     );
     let lab = Lab::new();
     let lv = libvirt::Libvirt::start(&lab.rack);

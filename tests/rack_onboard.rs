@@ -99,7 +99,11 @@ fn plan_rack_from_the_csv_sheet(site: &Site) {
 #[test]
 fn a_three_vm_rack_is_onboarded_interrupted_resumed_and_skipped() {
     let missing = qemu::missing_host_files();
-    assert!(missing.is_empty(), "install: {missing:?}");
+    require_peer!(
+        "QEMU host files",
+        format!("{missing:?}"),
+        missing.is_empty()
+    );
     let image = qemu::test_image();
     let lab = Lab::new();
     let site = Site::from_inventory("lab");

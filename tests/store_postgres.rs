@@ -9,6 +9,7 @@
 mod contract;
 #[path = "support/postgres.rs"]
 mod pg;
+mod support;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -50,17 +51,21 @@ async fn fresh_pg() -> (PostgresStore, PgDb) {
     (open(&url).await, PgDb { url })
 }
 
-store_contract_tests!(postgres, fresh_pg());
-
-/// Skips (with the reason printed) only where the rules allow: not root and `CI` unset.
+/// Returns from the test unless PostgreSQL's server binaries are installed (under CI:
+/// fails instead).
 macro_rules! require_pg {
     () => {
-        if let Some(why) = pg::skip_reason() {
-            eprintln!("skipping: {why}");
-            return;
-        }
+        $crate::support::require_peer!(
+            "PostgreSQL server binaries (/usr/lib/postgresql/*/bin)",
+            $crate::pg::INSTALL,
+            $crate::pg::pg_bin_dir().is_some()
+        )
     };
 }
+
+store_contract_tests!(postgres, fresh_pg(), {
+    require_pg!();
+});
 
 /// A plain connection to the same database, bypassing the store.
 async fn raw(url: &str) -> PgConnection {

@@ -397,17 +397,63 @@ mod golden {
         (assets, inv)
     }
 
+    fn golden_dir() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/ipxe")
+    }
+
+    /// Whether `BOOTGATE_BLESS` asks to rewrite the golden files; never under CI (the same
+    /// rules as tests/support/golden.rs, which this crate's unit tests cannot reach).
+    fn blessing() -> bool {
+        let bless = std::env::var_os("BOOTGATE_BLESS").is_some();
+        let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
+        assert!(
+            !(bless && ci),
+            "BOOTGATE_BLESS rewrites golden files: refused under CI (bless locally, review the \
+             diff, commit it)"
+        );
+        bless
+    }
+
     fn check(name: &str, got: &str) {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/golden/ipxe")
-            .join(format!("{name}.ipxe"));
-        if std::env::var_os("BOOTGATE_BLESS").is_some() {
+        let path = golden_dir().join(format!("{name}.ipxe"));
+        if blessing() {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, got).unwrap();
         }
         let want = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("{}: {e} (run with BOOTGATE_BLESS=1)", path.display()));
         assert_eq!(got, want, "{name} differs from {}", path.display());
+    }
+
+    /// Fails on a golden file none of `rendered` (names without `.ipxe`) produced; blessing,
+    /// deletes it instead.
+    fn no_stale_golden_files(rendered: &[&str]) {
+        let mut stale = Vec::new();
+        for entry in std::fs::read_dir(golden_dir()).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let known = name
+                .strip_suffix(".ipxe")
+                .is_some_and(|n| rendered.contains(&n));
+            if !known {
+                stale.push(path);
+            }
+        }
+        if blessing() {
+            for path in &stale {
+                if path.is_dir() {
+                    std::fs::remove_dir_all(path).unwrap();
+                } else {
+                    std::fs::remove_file(path).unwrap();
+                }
+            }
+            return;
+        }
+        assert!(
+            stale.is_empty(),
+            "golden files no test renders any more (delete them, or BOOTGATE_BLESS=1 does): \
+             {stale:?}"
+        );
     }
 
     #[test]
@@ -447,10 +493,13 @@ mod golden {
             ),
             ("discovery", Plan::Discovery, None, None),
         ];
+        let mut rendered = Vec::new();
         for (name, plan, h, token) in cases {
             let text = render(&assets, &plan, base, mac, h, &inv, token).unwrap();
             check(name, &text);
+            rendered.push(name);
         }
+        no_stale_golden_files(&rendered);
     }
 
     #[test]

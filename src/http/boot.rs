@@ -1,5 +1,6 @@
 //! The boot side of the HTTP listener: per-host iPXE scripts (by MAC and by UUID), the
-//! images under `/images/` (HEAD, Range and ETag from tower-http's ServeDir), and the
+//! images under `/images/` (behind the path jail; HEAD, Range and ETag from tower-http's
+//! ServeDir; see [`super::images`]), and the
 //! phone-home endpoint a booted host reports to with its per-boot token.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -15,7 +16,6 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
 use super::ApiError;
-use super::image_cache::ImageCache;
 use crate::events::EventSink;
 use crate::handoff::Handoff;
 use crate::model::{BootPurpose, EventKind, NewEvent, Store, TokenCheck, TokenUse};
@@ -41,17 +41,7 @@ pub struct BootContext {
 }
 
 pub fn routes(app: Arc<BootContext>) -> Router {
-    // 1 MiB reads: each chunk is one trip through tokio's blocking pool, so fewer, larger
-    // reads cut the per-GB CPU (64 KiB default → 256 KiB took a 256 MiB image from 0.49× to
-    // 0.73× nginx; see docs/boot-perf.md for 1 MiB). At most one chunk per response is in
-    // memory.
-    let images = tower_http::services::ServeDir::new(&app.images_dir)
-        .append_index_html_on_directories(false)
-        .with_buf_chunk_size(1024 * 1024);
-    let files = Files {
-        cache: Arc::new(ImageCache::new(&app.images_dir, app.image_cache)),
-        app: app.clone(),
-    };
+    let images = super::images::service(&app.images_dir, app.image_cache);
     Router::new()
         .route("/ipxe/mac/{mac}", get(script_by_mac))
         .route("/ipxe/uuid/{uuid}", get(script_by_uuid))
@@ -59,24 +49,20 @@ pub fn routes(app: Arc<BootContext>) -> Router {
         .nest_service(
             "/images",
             tower::ServiceBuilder::new()
-                .layer(axum::middleware::from_fn_with_state(files, record_file))
+                .layer(axum::middleware::from_fn_with_state(
+                    app.clone(),
+                    record_file,
+                ))
                 .service(images),
         )
         .with_state(app)
 }
 
-/// What the `/images/` middleware needs: the app (events, leases) and the RAM cache.
-#[derive(Clone)]
-struct Files {
-    app: Arc<BootContext>,
-    cache: Arc<ImageCache>,
-}
-
-/// Answers plain whole-file GETs from the RAM cache ([`ImageCache`]), everything else
-/// through `ServeDir`; records a `boot-file-served` event for each whole-file (or
-/// first-range) GET, attributed to the MAC that holds the client's address.
+/// Records a `boot-file-served` event for each whole-file (or first-range) GET the
+/// `/images/` service ([`super::images`]: path jail, RAM cache, `ServeDir`) answered,
+/// attributed to the MAC that holds the client's address.
 async fn record_file(
-    State(Files { app, cache }): State<Files>,
+    State(app): State<Arc<BootContext>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
     next: Next,
@@ -88,14 +74,7 @@ async fn record_file(
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
         .is_none_or(|r| r.starts_with("bytes=0-"));
-    let cached = match cache.wants(&req) {
-        Some(rel) => cache.serve(rel).await,
-        None => None,
-    };
-    let resp = match cached {
-        Some(resp) => resp,
-        None => next.run(req).await,
-    };
+    let resp = next.run(req).await;
     let ok = resp.status() == StatusCode::OK || resp.status() == StatusCode::PARTIAL_CONTENT;
     metrics::counter!("bootgate_http_files_total", "status" => resp.status().as_u16().to_string())
         .increment(1);

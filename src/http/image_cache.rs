@@ -8,15 +8,16 @@
 //! request (HEAD, `Range`, conditional `If-*`, a file too big for the cache, a name with
 //! `%`-escapes) goes to `ServeDir` as before, and a cached response carries exactly
 //! `ServeDir`'s headers (type, `Last-Modified`, `ETag`, `Accept-Ranges`), so clients can't
-//! tell the two apart.
+//! tell the two apart. Every request has passed the path jail before it gets here
+//! ([`super::images`]).
 //!
 //! Freshness: every hit `stat`s the file (following symlinks, as `ServeDir` does) and is
 //! served only if device, inode, size and mtime are those of the cached copy; anything
-//! else is a miss, and a miss goes through the TFTP path jail (`crate::tftp::jail`: no
-//! `..`, no symlink out of the root, regular files only) before it is read. A file
-//! changed while it was being read is not cached. Replacing a file (`cp`, `mv`, `rsync`)
-//! is thus seen by the next request. Memory is bounded (`[http] image_cache_mb`): the
-//! least recently used files are dropped first.
+//! else is a miss, and a miss is read through the path jail again (`crate::jail::open`: no
+//! `..`, no symlink out of the root, regular files only, the last component opened
+//! without following a symlink). A file changed while it was being read is not cached.
+//! Replacing a file (`cp`, `mv`, `rsync`) is thus seen by the next request. Memory is
+//! bounded (`[http] image_cache_mb`): the least recently used files are dropped first.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -98,18 +99,14 @@ impl ImageCache {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The file `req` asks for (relative to the images root) when it is a request the
-    /// cache may answer: a plain whole-file GET while the cache is on.
-    pub fn wants<B>(&self, req: &Request<B>) -> Option<String> {
-        self.root.as_ref()?;
-        if !eligible(req) {
-            return None;
-        }
-        crate::tftp::jail::normalize(req.uri().path()).ok()
+    /// Whether `req` is a request the cache may answer: a plain whole-file GET while the
+    /// cache is on.
+    pub fn wants<B>(&self, req: &Request<B>) -> bool {
+        self.root.is_some() && eligible(req)
     }
 
-    /// The response for `rel` (from [`ImageCache::wants`]) when the cache can answer it;
-    /// `None` sends the request on to `ServeDir`.
+    /// The response for `rel` (the jailed name of a request the cache [wants](Self::wants))
+    /// when the cache can answer it; `None` sends the request on to `ServeDir`.
     pub async fn serve(&self, rel: String) -> Option<Response> {
         let root = self.root.as_ref()?;
         let meta = std::fs::metadata(root.join(&rel)).ok()?;
@@ -199,7 +196,7 @@ fn response(body: &Bytes, headers: &HeaderMap) -> Response {
 
 /// Reads `rel` through the path jail; refuses a file that changed while it was read.
 async fn load(root: &Path, rel: &str) -> Result<Entry, String> {
-    let (file, len) = crate::tftp::jail::open(root, rel)
+    let (file, len) = crate::jail::open(root, rel)
         .await
         .map_err(|e| e.to_string())?;
     let file = file.into_std().await;
@@ -266,8 +263,13 @@ mod tests {
     }
 
     impl ImageCache {
+        /// What the cache answers for `req` behind the lexical jail.
         async fn answer(&self, req: &Request<()>) -> Option<Response> {
-            self.serve(self.wants(req)?).await
+            if !self.wants(req) {
+                return None;
+            }
+            self.serve(crate::jail::normalize(req.uri().path()).ok()?)
+                .await
         }
     }
 

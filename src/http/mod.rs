@@ -29,6 +29,7 @@ use crate::views::{EventView, HostDetail, HostView, LeaseView};
 pub mod auth;
 pub mod boot;
 pub mod image_cache;
+mod images;
 pub mod query;
 mod settings;
 pub use settings::HttpSettings;

@@ -6,8 +6,8 @@
 //! retransmitting (PXE ROMs send ERROR right after the tsize OACK to abort, then re-request,
 //! on every boot), it runs its own smol executor inside our tokio runtime, and it serialises
 //! file opens behind one mutex. A tokio-native server is a few hundred lines: [`packet`]
-//! (codec), [`options`] (pure negotiation), [`jail`] (paths), `session` (one transfer)
-//! and `server` (the port-69 loop).
+//! (codec), [`options`] (pure negotiation), `session` (one transfer) and `server` (the
+//! port-69 loop); names go through the path jail shared with HTTP ([`crate::jail`]).
 //!
 //! Retransmission (RFC 1123 §4.2.3.2 asks for an adaptive timeout): when the client
 //! negotiates `timeout` we retransmit after exactly that long; otherwise the interval adapts
@@ -21,7 +21,6 @@
 //! own timer fires. Only a timeout retransmits: a duplicate ACK never does (RFC 1123
 //! §4.2.3.1, the Sorcerer's Apprentice bug).
 
-pub mod jail;
 pub mod options;
 pub mod packet;
 mod server;
@@ -193,6 +192,19 @@ pub enum TftpError {
         path: String,
         source: std::io::Error,
     },
+}
+
+/// A jail refusal is the TFTP refusal of the same name: not found (error 1) or access
+/// violation (error 2).
+impl From<crate::jail::JailError> for TftpError {
+    fn from(e: crate::jail::JailError) -> TftpError {
+        use crate::jail::JailError as J;
+        match e {
+            J::NotFound { path } => TftpError::NotFound { path },
+            J::Refused { path, reason } => TftpError::AccessViolation { path, reason },
+            J::Io { path, source } => TftpError::Io { path, source },
+        }
+    }
 }
 
 impl TftpError {

@@ -16,7 +16,8 @@ use tracing::Instrument;
 use super::options::{self, Limits, Negotiated};
 use super::packet::{self, ErrorCode, Packet, Request};
 use super::session::{BusyPoll, Rto, Source, Transfer};
-use super::{Generated, TftpConfig, TftpError, TransferRecord, TransferResult, jail};
+use super::{Generated, TftpConfig, TftpError, TransferRecord, TransferResult};
+use crate::jail;
 
 /// Largest request datagram read on port 69 (RRQs with options fit easily).
 const MAX_REQUEST: usize = 2048;

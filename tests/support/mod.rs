@@ -6,6 +6,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod golden;
 pub mod qemu;
 
 use std::os::unix::net::UnixDatagram;
@@ -16,6 +17,145 @@ use std::time::{Duration, Instant};
 
 pub const GW_IP: &str = "10.250.0.1";
 pub const HTTP_PORT: u16 = 8080;
+
+// ---------------------------------------------------------------------------------------
+// Prerequisites: root and real peers. Under CI a missing one fails the test; on a developer
+// box the test stops with a loud SKIPPED line (never a silent "ok").
+// ---------------------------------------------------------------------------------------
+
+/// Whether this run is CI (`CI` set and non-empty): a missing prerequisite is then a
+/// failure, never a skip.
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
+}
+
+/// Whether the effective user is root (`/proc/self` belongs to it).
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// Whether `peer` is installed: a path (with a `/`) that exists, or a program on `PATH`.
+pub fn peer_installed(peer: &str) -> bool {
+    if peer.contains('/') {
+        return Path::new(peer).exists();
+    }
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(dir.join(peer))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
+/// A prerequisite of `test` is missing: under CI that fails the test (panics with
+/// `reason`); otherwise prints `SKIPPED: <test>: <reason>` straight to stderr (past the
+/// test harness's capture, so it shows next to the "ok") and the caller returns.
+pub fn skip_or_fail(test: &str, reason: &str) {
+    if in_ci() {
+        panic!("{test}: {reason} (CI never skips)");
+    }
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED: {test}: {reason}");
+}
+
+/// The test's name from the type name of a fn item declared in its body
+/// (`crate::module::test_name::{{closure}}::here` → `module::test_name`).
+pub fn test_name(here: &'static str) -> &'static str {
+    let mut name = here.strip_suffix("::here").unwrap_or(here);
+    while let Some(outer) = name.strip_suffix("::{{closure}}") {
+        name = outer;
+    }
+    name.split_once("::").map_or(name, |(_, rest)| rest)
+}
+
+/// The enclosing test's name (see [`test_name`]).
+#[allow(unused_macros)] // each test binary uses a different part of this module
+macro_rules! current_test {
+    () => {{
+        fn here() {}
+        $crate::support::test_name(std::any::type_name_of_val(&here))
+    }};
+}
+#[allow(unused_imports)]
+pub(crate) use current_test;
+
+/// Returns from the test unless it runs as root (network namespaces, chroot, chown); under
+/// CI a non-root run fails instead. `require_root!("why")` names what root is for.
+#[allow(unused_macros)] // each test binary uses a different part of this module
+macro_rules! require_root {
+    () => {
+        $crate::support::require_root!("network namespaces")
+    };
+    ($why:expr) => {
+        if !$crate::support::is_root() {
+            $crate::support::skip_or_fail(
+                $crate::support::current_test!(),
+                &format!("needs root ({})", $why),
+            );
+            return;
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use require_root;
+
+/// Returns from the test unless peer `name` is installed, printing `why` (how to install
+/// it); under CI a missing peer fails instead. `name` is a program on `PATH` or a path
+/// ([`peer_installed`]); a third argument replaces that check with a computed `bool`
+/// (e.g. `require_peer!("qemu", hint, missing.is_empty())`).
+#[allow(unused_macros)] // each test binary uses a different part of this module
+macro_rules! require_peer {
+    ($name:expr, $why:expr) => {
+        $crate::support::require_peer!($name, $why, $crate::support::peer_installed($name))
+    };
+    ($name:expr, $why:expr, $found:expr) => {
+        if !$found {
+            $crate::support::skip_or_fail(
+                $crate::support::current_test!(),
+                &format!("{} missing: {}", $name, $why),
+            );
+            return;
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use require_peer;
+
+/// The Python tools' venv (Ansible, sushy-tools, …): `$BOOTGATE_VENV`, by default
+/// /var/tmp/bootgate-venv.
+pub fn venv() -> PathBuf {
+    std::env::var_os("BOOTGATE_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/bootgate-venv"))
+}
+
+/// `bin/<name>` in [`venv`].
+pub fn venv_tool(name: &str) -> PathBuf {
+    venv().join("bin").join(name)
+}
+
+/// How to fill [`venv`], for a missing tool's reason.
+pub fn venv_hint() -> String {
+    format!(
+        "python3 -m venv {v} && {v}/bin/pip install -r scripts/requirements-test.txt",
+        v = venv().display()
+    )
+}
+
+/// [`require_peer!`] for a tool of the venv ([`venv_tool`]).
+#[allow(unused_macros)] // each test binary uses a different part of this module
+macro_rules! require_venv_tool {
+    ($name:expr) => {
+        $crate::support::require_peer!(
+            $crate::support::path_str(&$crate::support::venv_tool($name)),
+            $crate::support::venv_hint()
+        )
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use require_venv_tool;
 
 /// The repository root (where Cargo.toml lives).
 pub fn repo() -> PathBuf {

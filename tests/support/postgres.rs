@@ -40,26 +40,8 @@ pub fn pg_bin_dir() -> Option<PathBuf> {
     versions.pop().map(|(_, bin)| bin)
 }
 
-fn is_root() -> bool {
-    // Our real uid from /proc: no libc dependency needed for one number.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// Why PostgreSQL tests cannot run here, when they may be skipped: only when not root and
-/// `CI` is unset (as root, or in CI, a missing package is a failure, not a skip).
-pub fn skip_reason() -> Option<String> {
-    if pg_bin_dir().is_some() || is_root() || std::env::var_os("CI").is_some() {
-        return None;
-    }
-    Some("PostgreSQL server binaries not found (apt-get install -y postgresql)".into())
-}
+/// How to get the server binaries, for a missing-peer reason.
+pub const INSTALL: &str = "apt-get install -y postgresql";
 
 /// A cluster this module started.
 pub struct PgCluster {
@@ -115,7 +97,7 @@ impl PgCluster {
             "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin \
              (apt-get install -y postgresql)",
         );
-        let run_as = is_root().then_some("postgres");
+        let run_as = crate::support::is_root().then_some("postgres");
         let dir = tempfile::Builder::new()
             .prefix("bootgate-pg-")
             .tempdir()

@@ -31,10 +31,14 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 
 /// Expands to one `#[tokio::test]` per contract item, in a module named after the backend.
-/// `$make` is an async expression giving `(store, guard)`.
+/// `$make` is an async expression giving `(store, guard)`; `$require` (an optional block)
+/// runs first in each test, e.g. `{ require_peer!(…); }` for the backend's server.
 macro_rules! store_contract_tests {
     ($backend:ident, $make:expr) => {
-        store_contract_tests!(@items $backend, $make,
+        store_contract_tests!($backend, $make, {});
+    };
+    ($backend:ident, $make:expr, $require:block) => {
+        store_contract_tests!(@items $backend, $make, $require,
             hosts_add_get_list_by_mac,
             host_update_keeps_state_and_created,
             host_remove_deletes_host_and_macs_keeps_events,
@@ -58,19 +62,20 @@ macro_rules! store_contract_tests {
             boot_token_replaced_by_a_new_boot_and_expires,
         );
     };
-    (@items $backend:ident, $make:expr, $($item:ident),+ $(,)?) => {
+    (@items $backend:ident, $make:expr, $require:block, $($item:ident),+ $(,)?) => {
         mod $backend {
             #[allow(unused_imports)]
             use super::*;
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $item() {
+                    $require
                     let (store, _guard) = $make.await;
                     crate::contract::$item(::std::sync::Arc::new(store)).await;
                 }
             )+
             // Items that need a second handle on the same database (see `Reopen`).
-            store_contract_tests!(@two_handles $make,
+            store_contract_tests!(@two_handles $make, $require,
                 two_handles_race_for_one_address,
                 boot_token_survives_a_restart_and_is_used_once,
                 two_handles_record_the_same_discovered_macs,
@@ -78,10 +83,11 @@ macro_rules! store_contract_tests {
             );
         }
     };
-    (@two_handles $make:expr, $($item:ident),+ $(,)?) => {
+    (@two_handles $make:expr, $require:block, $($item:ident),+ $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $item() {
+                $require
                 let (store, guard) = $make.await;
                 let other = crate::contract::Reopen::reopen(&guard).await;
                 crate::contract::$item(

@@ -1,20 +1,37 @@
-//! The path jail: a requested name becomes a regular file under the root, or a refusal.
-//! Two steps: a pure lexical check ([`normalize`]: no NUL, no `..`, leading `/` stripped)
-//! and a filesystem check ([`open`]: canonicalize, must stay under the canonical root, must
-//! be a regular file, opened without following a last-moment symlink).
+//! The path jail, shared by the TFTP server and the HTTP `/images/` tree: a requested name
+//! becomes a regular file under the root, or a refusal. Two steps: a pure lexical check
+//! ([`normalize`]: no NUL, no `..`, leading `/` stripped) and a filesystem check
+//! ([`resolve`]: canonicalize, must stay under the canonical root, must be a regular file);
+//! [`open`] adds opening it without following a last-moment symlink.
 
 use std::path::{Path, PathBuf};
 
-use super::TftpError;
+/// Why a name was refused; each protocol maps these to its own answer (TFTP error codes
+/// 1 and 2, HTTP 404 and 403).
+#[derive(Debug, thiserror::Error)]
+pub enum JailError {
+    /// No such regular file under the root (also: a directory, an empty name).
+    #[error("file not found: {path:?}")]
+    NotFound { path: String },
+    /// The name climbs out (lexically or through a symlink) or is not a regular file.
+    #[error("access violation: {path:?}: {reason}")]
+    Refused { path: String, reason: &'static str },
+    /// A local I/O error while resolving or opening.
+    #[error("reading {path:?}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
 
 /// The lexical jail. Returns the cleaned relative path (`a/b`, no empty or `.` components),
-/// which is also what the generated-file hook sees.
+/// which is also what the TFTP generated-file hook sees.
 ///
 /// Absolute names are taken relative to the root (`/pxelinux.0` and `pxelinux.0` are the
 /// same file), as tftpd-hpa `-s` and dnsmasq do; `..` is refused outright rather than
 /// resolved, so no name can climb out lexically.
-pub fn normalize(requested: &str) -> Result<String, TftpError> {
-    let refuse = |reason| TftpError::AccessViolation {
+pub fn normalize(requested: &str) -> Result<String, JailError> {
+    let refuse = |reason| JailError::Refused {
         path: requested.to_string(),
         reason,
     };
@@ -30,38 +47,52 @@ pub fn normalize(requested: &str) -> Result<String, TftpError> {
         }
     }
     if parts.is_empty() {
-        return Err(TftpError::NotFound {
+        return Err(JailError::NotFound {
             path: requested.to_string(),
         });
     }
     Ok(parts.join("/"))
 }
 
-/// The filesystem jail: resolves `rel` (from [`normalize`]) under `root` (already
-/// canonical), refuses symlink escapes and anything but a regular file, and opens it.
-/// Returns the file and its length.
+/// The filesystem jail, without opening: resolves `rel` (from [`normalize`]) under `root`
+/// (already canonical) and returns the canonical path of the regular file it names, or
+/// refuses symlink escapes and anything but a regular file. Blocking (a few `stat`s): call
+/// it from a blocking context, or use [`open`].
+///
+/// For a server that opens the file itself afterwards (HTTP's `ServeDir`), the name it
+/// opens may be swapped between this check and that open; as with the residual race in
+/// [`open`], only a local writer of the root could do that.
+pub fn resolve(root: &Path, rel: &str) -> Result<PathBuf, JailError> {
+    let canon = std::fs::canonicalize(root.join(rel)).map_err(|e| io_refusal(rel, e))?;
+    if !canon.starts_with(root) {
+        return Err(JailError::Refused {
+            path: rel.to_string(),
+            reason: "resolves outside the root",
+        });
+    }
+    // Check the kind before anyone opens it: opening a FIFO would block until a writer
+    // appears.
+    let meta = std::fs::metadata(&canon).map_err(|e| io_refusal(rel, e))?;
+    check_kind(rel, &meta)?;
+    Ok(canon)
+}
+
+/// The filesystem jail: [`resolve`], then open the file. Returns the file and its length.
 ///
 /// Residual race: a directory inside the root swapped for a symlink between canonicalize
 /// and open is not caught (openat2 RESOLVE_BENEATH would be); the root belongs to the
 /// operator, not to clients, so only a local writer could exploit it. The final component
 /// is opened with O_NOFOLLOW and re-checked with fstat.
-pub async fn open(root: &Path, rel: &str) -> Result<(tokio::fs::File, u64), TftpError> {
-    let joined = root.join(rel);
-    let canon = match tokio::fs::canonicalize(&joined).await {
-        Ok(p) => p,
-        Err(e) => return Err(io_refusal(rel, e)),
+pub async fn open(root: &Path, rel: &str) -> Result<(tokio::fs::File, u64), JailError> {
+    let canon = {
+        let (root, owned) = (root.to_path_buf(), rel.to_string());
+        tokio::task::spawn_blocking(move || resolve(&root, &owned))
+            .await
+            .map_err(|e| JailError::Io {
+                path: rel.to_string(),
+                source: std::io::Error::other(e),
+            })??
     };
-    if !canon.starts_with(root) {
-        return Err(TftpError::AccessViolation {
-            path: rel.to_string(),
-            reason: "resolves outside the root",
-        });
-    }
-    // Check the kind before opening: opening a FIFO would block until a writer appears.
-    let meta = tokio::fs::metadata(&canon)
-        .await
-        .map_err(|e| io_refusal(rel, e))?;
-    check_kind(rel, &meta)?;
     let file = open_nofollow(&canon)
         .await
         .map_err(|e| io_refusal(rel, e))?;
@@ -70,7 +101,7 @@ pub async fn open(root: &Path, rel: &str) -> Result<(tokio::fs::File, u64), Tftp
     Ok((file, meta.len()))
 }
 
-async fn open_nofollow(path: &PathBuf) -> std::io::Result<tokio::fs::File> {
+async fn open_nofollow(path: &Path) -> std::io::Result<tokio::fs::File> {
     // O_NONBLOCK: should a FIFO be swapped in after the kind check, open must not hang.
     tokio::fs::OpenOptions::new()
         .read(true)
@@ -79,14 +110,14 @@ async fn open_nofollow(path: &PathBuf) -> std::io::Result<tokio::fs::File> {
         .await
 }
 
-fn check_kind(rel: &str, meta: &std::fs::Metadata) -> Result<(), TftpError> {
+fn check_kind(rel: &str, meta: &std::fs::Metadata) -> Result<(), JailError> {
     if meta.is_dir() {
-        return Err(TftpError::NotFound {
+        return Err(JailError::NotFound {
             path: rel.to_string(),
         });
     }
     if !meta.is_file() {
-        return Err(TftpError::AccessViolation {
+        return Err(JailError::Refused {
             path: rel.to_string(),
             reason: "not a regular file",
         });
@@ -94,22 +125,22 @@ fn check_kind(rel: &str, meta: &std::fs::Metadata) -> Result<(), TftpError> {
     Ok(())
 }
 
-fn io_refusal(rel: &str, e: std::io::Error) -> TftpError {
+fn io_refusal(rel: &str, e: std::io::Error) -> JailError {
     use std::io::ErrorKind;
     match e.kind() {
-        ErrorKind::NotFound | ErrorKind::NotADirectory => TftpError::NotFound {
+        ErrorKind::NotFound | ErrorKind::NotADirectory => JailError::NotFound {
             path: rel.to_string(),
         },
-        ErrorKind::PermissionDenied => TftpError::AccessViolation {
+        ErrorKind::PermissionDenied => JailError::Refused {
             path: rel.to_string(),
             reason: "permission denied",
         },
         // ELOOP from O_NOFOLLOW: the last component became a symlink after canonicalize.
-        _ if e.raw_os_error() == Some(nix::libc::ELOOP) => TftpError::AccessViolation {
+        _ if e.raw_os_error() == Some(nix::libc::ELOOP) => JailError::Refused {
             path: rel.to_string(),
             reason: "symlink swapped in",
         },
-        _ => TftpError::Io {
+        _ => JailError::Io {
             path: rel.to_string(),
             source: e,
         },
@@ -120,11 +151,11 @@ fn io_refusal(rel: &str, e: std::io::Error) -> TftpError {
 mod tests {
     use super::*;
 
-    fn code(r: &Result<String, TftpError>) -> &'static str {
+    fn code(r: &Result<String, JailError>) -> &'static str {
         match r {
             Ok(_) => "ok",
-            Err(TftpError::NotFound { .. }) => "not_found",
-            Err(TftpError::AccessViolation { .. }) => "access_violation",
+            Err(JailError::NotFound { .. }) => "not_found",
+            Err(JailError::Refused { .. }) => "access_violation",
             Err(_) => "other",
         }
     }
@@ -160,7 +191,7 @@ mod tests {
         }
     }
 
-    fn kind(r: Result<(tokio::fs::File, u64), TftpError>) -> &'static str {
+    fn kind(r: Result<(tokio::fs::File, u64), JailError>) -> &'static str {
         code(&r.map(|_| String::new()))
     }
 
@@ -209,6 +240,9 @@ mod tests {
                 .await
                 .unwrap_or_else(|_| panic!("{rel}: open blocked"));
             let got = kind(got);
+            // The check alone (what HTTP runs before ServeDir) answers as open does.
+            let checked = code(&resolve(&root, rel).map(|_| String::new()));
+            assert_eq!(checked, got, "{rel}: resolve and open disagree");
             // "up" resolves outside: either refusal is acceptable, never "ok".
             if rel == "up" {
                 assert_ne!(got, "ok");
