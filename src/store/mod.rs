@@ -14,9 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::{HostState, MacAddr, Role, text_enum};
 
-mod common;
 pub mod postgres;
+mod rows;
 pub mod sqlite;
+mod writes;
 
 /// Everything a store backend can fail with. Messages name the IP, MAC or host involved.
 #[derive(Debug, thiserror::Error)]
