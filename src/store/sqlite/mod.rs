@@ -301,11 +301,23 @@ impl HostStore for SqliteStore {
 
 // ---- leases ------------------------------------------------------------------------------
 
+impl SqliteStore {
+    /// `commit_leases` on the writer thread (the batch moves there: one copy per call).
+    async fn write_leases(
+        &self,
+        batch: Vec<(Lease, NewEvent)>,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        self.writer()?
+            .call(move |c| statements::write_leases(c, &batch))
+            .await
+    }
+}
+
 #[async_trait]
 impl LeaseStore for SqliteStore {
     async fn commit_lease(&self, lease: &Lease, event: &NewEvent) -> Result<(), StoreError> {
         let mut results = self
-            .commit_leases(&[(lease.clone(), event.clone())])
+            .write_leases(vec![(lease.clone(), event.clone())])
             .await?;
         results.pop().unwrap_or(Ok(()))
     }
@@ -316,10 +328,7 @@ impl LeaseStore for SqliteStore {
         &self,
         batch: &[(Lease, NewEvent)],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-        let batch = batch.to_vec();
-        self.writer()?
-            .call(move |c| statements::write_leases(c, &batch))
-            .await
+        self.write_leases(batch.to_vec()).await
     }
 
     async fn get_lease(&self, ip: Ipv4Addr) -> Result<Option<Lease>, StoreError> {
