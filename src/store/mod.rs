@@ -15,9 +15,10 @@ use serde::Serialize;
 // name them through this path.
 pub use crate::model::*;
 
-mod common;
 pub mod postgres;
+mod rows;
 pub mod sqlite;
+mod writes;
 
 /// Where the state lives, parsed from the config's `store` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,31 +3,30 @@
 //! won: SQLite has one writer, here several pools (several daemons) write at once, so every
 //! decision that must not race is made inside one statement or under a row/advisory lock.
 
-use super::common::{corrupt, host_event, millis, now, state_change_detail, unique_macs};
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
-use serde_json::json;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::LastSeen;
+use super::rows::{
+    self, Columns, EVENT_INSERT_COLUMNS, EventRow, HostRow, LEASE_COLUMNS, LeaseRow, millis, now,
+};
+use super::writes::{self, WriteTx};
 use super::{
-    Event, EventKind, EventLog, EventQuery, HostChange, HostRecord, HostSource, HostStore, Lease,
-    LeaseFilter, LeaseState, LeaseStore, NewEvent, RelayInfo, Sighted, StoreError, StoreUrl,
+    Event, EventLog, EventQuery, HostChange, HostRecord, HostStore, Lease, LeaseFilter, LeaseState,
+    LeaseStore, NewEvent, Sighted, StoreError, StoreUrl,
 };
 use crate::types::{HostState, MacAddr};
 
 /// The schema, embedded at build time from `migrations/postgres/`. sqlx takes an advisory
 /// lock while migrating, so two daemons starting together do not both migrate.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
-
-/// The `actor` of the `lease-expired` events `expire_leases` writes.
-const EXPIRY_ACTOR: &str = "expiry";
 
 /// Key of the transaction-scoped advisory lock that serialises host writes across daemons
 /// (ASCII "bootgate"). Host writes are rare (inventory reloads, lifecycle moves); taking
@@ -299,27 +298,19 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
 
 // ---- value conversions -------------------------------------------------------------------
 
-fn timestamp(row: &PgRow, column: &'static str) -> Result<Timestamp, StoreError> {
-    let ms: i64 = row.try_get(column)?;
-    Timestamp::from_millisecond(ms).map_err(|_| corrupt(column, ms.to_string()))
-}
-
-/// A text column parsed into a typed value (enum, MAC, IP); unparsable text is `Corrupt`.
-fn parsed<T: FromStr>(row: &PgRow, column: &'static str) -> Result<T, StoreError> {
-    let text: String = row.try_get(column)?;
-    text.parse().map_err(|_| corrupt(column, text))
-}
-
-fn parsed_opt<T: FromStr>(row: &PgRow, column: &'static str) -> Result<Option<T>, StoreError> {
-    let text: Option<String> = row.try_get(column)?;
-    text.map(|t| t.parse().map_err(|_| corrupt(column, t)))
-        .transpose()
-}
-
-/// A `json` column, selected as `col::text AS col`.
-fn json_column(row: &PgRow, column: &'static str) -> Result<serde_json::Value, StoreError> {
-    let text: String = row.try_get(column)?;
-    serde_json::from_str(&text).map_err(|_| corrupt(column, text))
+impl Columns for PgRow {
+    fn text(&self, column: &'static str) -> Result<String, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn text_opt(&self, column: &'static str) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn int(&self, column: &'static str) -> Result<i64, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn mac_texts(&self, column: &'static str) -> Result<Vec<String>, StoreError> {
+        Ok(self.try_get(column)?)
+    }
 }
 
 /// The lease states that keep their address until `ends`, as the SQL array the conflict
@@ -345,32 +336,12 @@ macro_rules! host_select {
     };
 }
 
-fn host_from_row(row: &PgRow) -> Result<HostRecord, StoreError> {
-    let macs: Vec<String> = row.try_get("macs")?;
-    let macs = macs
-        .into_iter()
-        .map(|m| m.parse().map_err(|_| corrupt("mac", m)))
-        .collect::<Result<Vec<MacAddr>, _>>()?;
-    Ok(HostRecord {
-        name: row.try_get("name")?,
-        state: parsed(row, "state")?,
-        source: parsed(row, "source")?,
-        macs,
-        ip: parsed_opt(row, "ip")?,
-        rack: row.try_get("rack")?,
-        role: parsed_opt(row, "role")?,
-        spec: json_column(row, "spec")?,
-        created: timestamp(row, "created")?,
-        updated: timestamp(row, "updated")?,
-    })
-}
-
 async fn fetch_host(conn: &mut PgConnection, name: &str) -> Result<Option<HostRecord>, StoreError> {
     sqlx::query(concat!(host_select!(), " WHERE h.name = $1"))
         .bind(name)
         .fetch_optional(conn)
         .await?
-        .map(|row| host_from_row(&row))
+        .map(|row| rows::host(&row))
         .transpose()
 }
 
@@ -385,123 +356,113 @@ async fn begin_hosts(pool: &PgPool) -> Result<sqlx::Transaction<'static, Postgre
     Ok(tx)
 }
 
-/// Refuses any MAC that already belongs to a host other than `host`.
-async fn check_macs_free(
-    conn: &mut PgConnection,
-    host: &str,
-    macs: &[MacAddr],
-) -> Result<(), StoreError> {
-    for mac in macs {
-        let owner: Option<String> = sqlx::query_scalar("SELECT host FROM host_macs WHERE mac = $1")
-            .bind(mac.to_string())
-            .fetch_optional(&mut *conn)
+/// The host statements of [`WriteTx`] on an open transaction (under the hosts lock).
+struct PgTx<'c>(&'c mut PgConnection);
+
+impl WriteTx for PgTx<'_> {
+    async fn host(&mut self, name: &str) -> Result<Option<HostRecord>, StoreError> {
+        fetch_host(self.0, name).await
+    }
+
+    async fn host_exists(&mut self, name: &str) -> Result<bool, StoreError> {
+        let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM hosts WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *self.0)
             .await?;
-        if let Some(owner) = owner
-            && owner != host
-        {
-            return Err(StoreError::MacTaken {
-                mac: *mac,
-                owner,
-                host: host.to_string(),
-            });
+        Ok(found.is_some())
+    }
+
+    async fn mac_owner(&mut self, mac: MacAddr) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT host FROM host_macs WHERE mac = $1")
+                .bind(mac.to_string())
+                .fetch_optional(&mut *self.0)
+                .await?,
+        )
+    }
+
+    async fn insert_host(&mut self, h: &HostRow<'_>) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO hosts (name, state, source, ip, rack, role, spec, created, updated) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7::json, $8, $9)",
+        )
+        .bind(h.name)
+        .bind(h.state)
+        .bind(h.source)
+        .bind(&h.ip)
+        .bind(h.rack)
+        .bind(h.role)
+        .bind(&h.spec)
+        .bind(h.created)
+        .bind(h.updated)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    async fn update_host(&mut self, h: &HostRow<'_>) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE hosts SET source = $1, ip = $2, rack = $3, role = $4, spec = $5::json, \
+             updated = $6 WHERE name = $7",
+        )
+        .bind(h.source)
+        .bind(&h.ip)
+        .bind(h.rack)
+        .bind(h.role)
+        .bind(&h.spec)
+        .bind(h.updated)
+        .bind(h.name)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_state(
+        &mut self,
+        name: &str,
+        state: HostState,
+        updated: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE hosts SET state = $1, updated = $2 WHERE name = $3")
+            .bind(state.as_str())
+            .bind(updated)
+            .bind(name)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_host(&mut self, name: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM hosts WHERE name = $1")
+            .bind(name)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_macs(&mut self, host: &str, macs: &[MacAddr]) -> Result<(), StoreError> {
+        for (position, mac) in (0_i64..).zip(macs) {
+            sqlx::query("INSERT INTO host_macs (mac, host, position) VALUES ($1, $2, $3)")
+                .bind(mac.to_string())
+                .bind(host)
+                .bind(position)
+                .execute(&mut *self.0)
+                .await?;
         }
+        Ok(())
     }
-    Ok(())
-}
 
-async fn insert_macs(
-    conn: &mut PgConnection,
-    host: &str,
-    macs: &[MacAddr],
-) -> Result<(), StoreError> {
-    for (position, mac) in (0_i64..).zip(macs) {
-        sqlx::query("INSERT INTO host_macs (mac, host, position) VALUES ($1, $2, $3)")
-            .bind(mac.to_string())
+    async fn delete_macs(&mut self, host: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM host_macs WHERE host = $1")
             .bind(host)
-            .bind(position)
-            .execute(&mut *conn)
+            .execute(&mut *self.0)
             .await?;
+        Ok(())
     }
-    Ok(())
-}
 
-async fn add_host(
-    conn: &mut PgConnection,
-    host: &HostRecord,
-    actor: &str,
-) -> Result<(), StoreError> {
-    let macs = unique_macs(&host.macs);
-    check_macs_free(conn, &host.name, &macs).await?;
-    sqlx::query(
-        "INSERT INTO hosts (name, state, source, ip, rack, role, spec, created, updated) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7::json, $8, $9)",
-    )
-    .bind(&host.name)
-    .bind(host.state.as_str())
-    .bind(host.source.as_str())
-    .bind(host.ip.map(|ip| ip.to_string()))
-    .bind(&host.rack)
-    .bind(host.role.map(|r| r.as_str()))
-    .bind(host.spec.to_string())
-    .bind(millis(host.created))
-    .bind(millis(host.updated))
-    .execute(&mut *conn)
-    .await?;
-    insert_macs(conn, &host.name, &macs).await?;
-    let event = host_event(EventKind::HostAdded, host, actor)
-        .detail(json!({ "state": host.state, "source": host.source }));
-    insert_event(conn, &event).await?;
-    Ok(())
-}
-
-async fn update_host(
-    conn: &mut PgConnection,
-    host: &HostRecord,
-    fields: &[String],
-    actor: &str,
-) -> Result<(), StoreError> {
-    if fetch_host(conn, &host.name).await?.is_none() {
-        return Err(StoreError::NoSuchHost(host.name.clone()));
+    async fn insert_event(&mut self, event: &NewEvent) -> Result<i64, StoreError> {
+        insert_event(self.0, event).await
     }
-    let macs = unique_macs(&host.macs);
-    check_macs_free(conn, &host.name, &macs).await?;
-    // `state` and `created` are the store's, not the declaration's: left as stored.
-    sqlx::query(
-        "UPDATE hosts SET source = $1, ip = $2, rack = $3, role = $4, spec = $5::json, \
-         updated = $6 WHERE name = $7",
-    )
-    .bind(host.source.as_str())
-    .bind(host.ip.map(|ip| ip.to_string()))
-    .bind(&host.rack)
-    .bind(host.role.map(|r| r.as_str()))
-    .bind(host.spec.to_string())
-    .bind(millis(now()))
-    .bind(&host.name)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("DELETE FROM host_macs WHERE host = $1")
-        .bind(&host.name)
-        .execute(&mut *conn)
-        .await?;
-    insert_macs(conn, &host.name, &macs).await?;
-    let event = host_event(EventKind::HostChanged, host, actor).detail(json!({ "fields": fields }));
-    insert_event(conn, &event).await?;
-    Ok(())
-}
-
-async fn remove_host(conn: &mut PgConnection, name: &str, actor: &str) -> Result<(), StoreError> {
-    let Some(host) = fetch_host(conn, name).await? else {
-        return Err(StoreError::NoSuchHost(name.to_string()));
-    };
-    // host_macs rows go with it (ON DELETE CASCADE); events have no foreign key and stay.
-    sqlx::query("DELETE FROM hosts WHERE name = $1")
-        .bind(name)
-        .execute(&mut *conn)
-        .await?;
-    let event =
-        host_event(EventKind::HostRemoved, &host, actor).detail(json!({ "state": host.state }));
-    insert_event(conn, &event).await?;
-    Ok(())
 }
 
 impl PostgresStore {
@@ -511,16 +472,8 @@ impl PostgresStore {
         actor: &str,
     ) -> Result<(), StoreError> {
         let mut tx = begin_hosts(&self.pool).await?;
-        for change in changes {
-            // Any error returns early and drops `tx`, which rolls the whole batch back.
-            match change {
-                HostChange::Add(host) => add_host(&mut tx, host, actor).await?,
-                HostChange::Update { host, fields } => {
-                    update_host(&mut tx, host, fields, actor).await?
-                }
-                HostChange::Remove { name } => remove_host(&mut tx, name, actor).await?,
-            }
-        }
+        // Any error returns early and drops `tx`, which rolls the whole batch back.
+        writes::apply_changes(&mut PgTx(&mut tx), changes, actor).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -534,36 +487,11 @@ impl PostgresStore {
         detail: serde_json::Value,
     ) -> Result<HostRecord, StoreError> {
         let mut tx = begin_hosts(&self.pool).await?;
-        let Some(mut host) = fetch_host(&mut tx, name).await? else {
-            return Err(StoreError::NoSuchHost(name.to_string()));
-        };
-        if let Some(expected) = from
-            && expected != host.state
-        {
-            return Err(StoreError::StateMismatch {
-                host: name.to_string(),
-                expected,
-                actual: host.state,
-            });
-        }
-        let previous = host.state;
-        host.state = to;
-        host.updated = now();
-        sqlx::query("UPDATE hosts SET state = $1, updated = $2 WHERE name = $3")
-            .bind(to.as_str())
-            .bind(millis(host.updated))
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        let event = host_event(EventKind::HostStateChanged, &host, actor)
-            .detail(state_change_detail(previous, to, detail));
-        insert_event(&mut tx, &event).await?;
+        let host = writes::set_state(&mut PgTx(&mut tx), name, from, to, actor, detail).await?;
         tx.commit().await?;
         Ok(host)
     }
-}
 
-impl PostgresStore {
     /// Sightings under the hosts lock, reading each host inside the transaction: both
     /// gateways record every unknown MAC they see, and the lock orders them, so the second
     /// finds the first's row and refreshes it instead of failing on the primary key.
@@ -575,29 +503,7 @@ impl PostgresStore {
         let mut tx = begin_hosts(&self.pool).await?;
         let mut out = Vec::with_capacity(seen.len());
         for s in seen {
-            let by_name = fetch_host(&mut tx, &s.name).await?;
-            let owner = match (&by_name, s.macs.first()) {
-                (None, Some(mac)) => {
-                    sqlx::query_scalar::<_, String>("SELECT host FROM host_macs WHERE mac = $1")
-                        .bind(mac.to_string())
-                        .fetch_optional(&mut *tx)
-                        .await?
-                }
-                _ => None,
-            };
-            let sighted = match (by_name, owner) {
-                (Some(h), _) if h.source == HostSource::Discovered => {
-                    let host = super::refresh_discovered(h, s);
-                    update_host(&mut tx, &host, &["last_seen".to_string()], actor).await?;
-                    Sighted::Refreshed
-                }
-                (Some(_), _) | (None, Some(_)) => Sighted::Known,
-                (None, None) => {
-                    add_host(&mut tx, s, actor).await?;
-                    Sighted::Added
-                }
-            };
-            out.push(sighted);
+            out.push(writes::record_sighting(&mut PgTx(&mut tx), s, actor).await?);
         }
         tx.commit().await?;
         Ok(out)
@@ -611,7 +517,7 @@ impl HostStore for PostgresStore {
         self.run(async { Ok(rows.await?) })
             .await?
             .iter()
-            .map(host_from_row)
+            .map(rows::host)
             .collect()
     }
 
@@ -632,7 +538,7 @@ impl HostStore for PostgresStore {
         .fetch_optional(&self.pool);
         self.run(async { Ok(row.await?) })
             .await?
-            .map(|row| host_from_row(&row))
+            .map(|row| rows::host(&row))
             .transpose()
     }
 
@@ -686,6 +592,7 @@ async fn write_lease(
     lease: &Lease,
     event: &NewEvent,
 ) -> Result<(), StoreError> {
+    let l = LeaseRow::new(lease);
     let written = sqlx::query(
         "INSERT INTO leases (ip, mac, client_id, state, starts, ends, host, subnet, giaddr, \
              circuit_id, remote_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
@@ -695,56 +602,35 @@ async fn write_lease(
              circuit_id = EXCLUDED.circuit_id, remote_id = EXCLUDED.remote_id \
          WHERE leases.mac = EXCLUDED.mac OR leases.state <> ALL($12) OR leases.ends <= $13",
     )
-    .bind(lease.ip.to_string())
-    .bind(lease.mac.to_string())
-    .bind(&lease.client_id)
-    .bind(lease.state.as_str())
-    .bind(millis(lease.starts))
-    .bind(millis(lease.ends))
-    .bind(&lease.host)
-    .bind(&lease.subnet)
-    .bind(lease.relay.giaddr.map(|ip| ip.to_string()))
-    .bind(&lease.relay.circuit_id)
-    .bind(&lease.relay.remote_id)
+    .bind(&l.ip)
+    .bind(&l.mac)
+    .bind(l.client_id)
+    .bind(l.state)
+    .bind(l.starts)
+    .bind(l.ends)
+    .bind(l.host)
+    .bind(l.subnet)
+    .bind(&l.giaddr)
+    .bind(l.circuit_id)
+    .bind(l.remote_id)
     .bind(holding_states())
     .bind(millis(now()))
     .execute(&mut *conn)
     .await?;
     if written.rows_affected() == 0 {
         let row = sqlx::query("SELECT mac, ends FROM leases WHERE ip = $1")
-            .bind(lease.ip.to_string())
+            .bind(&l.ip)
             .fetch_one(&mut *conn)
             .await?;
         return Err(StoreError::Conflict {
             ip: lease.ip,
-            holder: parsed(&row, "mac")?,
-            until: timestamp(&row, "ends")?,
+            holder: row.parsed("mac")?,
+            until: row.timestamp("ends")?,
             requester: lease.mac,
         });
     }
     insert_event(conn, event).await?;
     Ok(())
-}
-
-const LEASE_COLUMNS: &str =
-    "ip, mac, client_id, state, starts, ends, host, subnet, giaddr, circuit_id, remote_id";
-
-fn lease_from_row(row: &PgRow) -> Result<Lease, StoreError> {
-    Ok(Lease {
-        ip: parsed(row, "ip")?,
-        mac: parsed(row, "mac")?,
-        client_id: row.try_get("client_id")?,
-        state: parsed(row, "state")?,
-        starts: timestamp(row, "starts")?,
-        ends: timestamp(row, "ends")?,
-        host: row.try_get("host")?,
-        subnet: row.try_get("subnet")?,
-        relay: RelayInfo {
-            giaddr: parsed_opt(row, "giaddr")?,
-            circuit_id: row.try_get("circuit_id")?,
-            remote_id: row.try_get("remote_id")?,
-        },
-    })
 }
 
 impl PostgresStore {
@@ -810,20 +696,11 @@ impl PostgresStore {
         .await?;
         let mut expired = rows
             .iter()
-            .map(|row| Ok((lease_from_row(row)?, parsed::<LeaseState>(row, "was")?)))
+            .map(|row| Ok((rows::lease(row)?, row.parsed::<LeaseState>("was")?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
         expired.sort_by_key(|(l, _)| (l.ends, l.ip));
         for (lease, was) in &expired {
-            let mut event = NewEvent::new(EventKind::LeaseExpired, EXPIRY_ACTOR)
-                .ip(lease.ip)
-                .mac(lease.mac)
-                .detail(json!({
-                    "was": was,
-                    "ends": lease.ends.to_string(),
-                    "subnet": lease.subnet,
-                }));
-            event.host = lease.host.clone();
-            insert_event(&mut tx, &event).await?;
+            insert_event(&mut tx, &writes::expired_event(lease, *was)).await?;
         }
         tx.commit().await?;
         Ok(expired.into_iter().map(|(l, _)| l).collect())
@@ -850,15 +727,12 @@ impl LeaseStore for PostgresStore {
     }
 
     async fn get_lease(&self, ip: Ipv4Addr) -> Result<Option<Lease>, StoreError> {
-        let row = sqlx::query(
-            "SELECT ip, mac, client_id, state, starts, ends, host, subnet, giaddr, circuit_id, \
-             remote_id FROM leases WHERE ip = $1",
-        )
-        .bind(ip.to_string())
-        .fetch_optional(&self.pool);
+        let mut q = QueryBuilder::<Postgres>::new(format!("SELECT {LEASE_COLUMNS} FROM leases"));
+        q.push(" WHERE ip = ").push_bind(ip.to_string());
+        let row = q.build().fetch_optional(&self.pool);
         self.run(async { Ok(row.await?) })
             .await?
-            .map(|row| lease_from_row(&row))
+            .map(|row| rows::lease(&row))
             .transpose()
     }
 
@@ -880,7 +754,7 @@ impl LeaseStore for PostgresStore {
             .run(async { Ok(rows.await?) })
             .await?
             .iter()
-            .map(lease_from_row)
+            .map(rows::lease)
             .collect::<Result<Vec<_>, _>>()?;
         // Text order would put 10.0.0.10 before 10.0.0.2: sort by the address itself.
         leases.sort_by_key(|l| l.ip);
@@ -902,7 +776,7 @@ impl LeaseStore for PostgresStore {
             .run(async { Ok(rows.await?) })
             .await?
             .iter()
-            .map(lease_from_row)
+            .map(rows::lease)
             .collect::<Result<Vec<_>, _>>()?;
         leases.sort_by_key(|l| l.ip);
         Ok(leases)
@@ -932,11 +806,11 @@ impl LeaseStore for PostgresStore {
         Ok(LastSeen {
             macs: by_mac
                 .iter()
-                .map(|r| Ok((parsed(r, "mac")?, timestamp(r, "t")?)))
+                .map(|r| Ok((r.parsed("mac")?, r.timestamp("t")?)))
                 .collect::<Result<_, StoreError>>()?,
             hosts: by_host
                 .iter()
-                .map(|r| Ok((r.try_get("host")?, timestamp(r, "t")?)))
+                .map(|r| Ok((r.text("host")?, r.timestamp("t")?)))
                 .collect::<Result<_, StoreError>>()?,
         })
     }
@@ -967,34 +841,39 @@ impl crate::model::Heartbeats for PostgresStore {
 
 /// Appends an event on `conn` (inside the caller's transaction, if any); returns its id.
 async fn insert_event(conn: &mut PgConnection, event: &NewEvent) -> Result<i64, StoreError> {
-    let time = event.time.unwrap_or_else(now);
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO events (time, kind, ip, mac, host, actor, detail) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7::json) RETURNING id",
-    )
-    .bind(millis(time))
-    .bind(event.kind.as_str())
-    .bind(event.ip.map(|ip| ip.to_string()))
-    .bind(event.mac.map(|mac| mac.to_string()))
-    .bind(&event.host)
-    .bind(&event.actor)
-    .bind(event.detail.to_string())
-    .fetch_one(conn)
-    .await?;
-    Ok(id)
+    let ids = insert_events(conn, std::slice::from_ref(event)).await?;
+    ids.first()
+        .copied()
+        .ok_or_else(|| StoreError::Batch("the event insert returned no id".into()))
 }
 
-fn event_from_row(row: &PgRow) -> Result<Event, StoreError> {
-    Ok(Event {
-        id: row.try_get("id")?,
-        time: timestamp(row, "time")?,
-        kind: parsed(row, "kind")?,
-        ip: parsed_opt(row, "ip")?,
-        mac: parsed_opt(row, "mac")?,
-        host: row.try_get("host")?,
-        actor: row.try_get("actor")?,
-        detail: json_column(row, "detail")?,
-    })
+/// The PostgreSQL backend's one event insert: multi-row INSERTs of up to
+/// [`EVENTS_PER_INSERT`] events, in order (ids follow the VALUES order, so a batch keeps its
+/// order in the log), each stamped now unless it brings its time. Returns the new ids.
+async fn insert_events(
+    conn: &mut PgConnection,
+    events: &[NewEvent],
+) -> Result<Vec<i64>, StoreError> {
+    let stamp = now();
+    let mut ids = Vec::with_capacity(events.len());
+    for chunk in events.chunks(EVENTS_PER_INSERT) {
+        let mut q =
+            QueryBuilder::<Postgres>::new(format!("INSERT INTO events ({EVENT_INSERT_COLUMNS}) "));
+        q.push_values(chunk, |mut row, e| {
+            let e = EventRow::new(e, stamp);
+            row.push_bind(e.time)
+                .push_bind(e.kind)
+                .push_bind(e.ip)
+                .push_bind(e.mac)
+                .push_bind(e.host.map(str::to_string))
+                .push_bind(e.actor.to_string())
+                .push_bind(e.detail)
+                .push_unseparated("::json");
+        });
+        q.push(" RETURNING id");
+        ids.extend(q.build_query_scalar::<i64>().fetch_all(&mut *conn).await?);
+    }
+    Ok(ids)
 }
 
 impl PostgresStore {
@@ -1003,30 +882,13 @@ impl PostgresStore {
         insert_event(&mut conn, event).await
     }
 
-    /// Multi-row INSERTs in one transaction: ids follow the VALUES order, so the batch
-    /// keeps its order in the log.
+    /// All the events in one transaction (all or none).
     async fn try_append_many(&self, events: &[NewEvent]) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());
         }
-        let stamp = now();
         let mut tx = self.pool.begin().await?;
-        for chunk in events.chunks(EVENTS_PER_INSERT) {
-            let mut q = QueryBuilder::<Postgres>::new(
-                "INSERT INTO events (time, kind, ip, mac, host, actor, detail) ",
-            );
-            q.push_values(chunk, |mut row, e| {
-                row.push_bind(millis(e.time.unwrap_or(stamp)))
-                    .push_bind(e.kind.as_str())
-                    .push_bind(e.ip.map(|ip| ip.to_string()))
-                    .push_bind(e.mac.map(|mac| mac.to_string()))
-                    .push_bind(e.host.clone())
-                    .push_bind(e.actor.clone())
-                    .push_bind(e.detail.to_string())
-                    .push_unseparated("::json");
-            });
-            q.build().execute(&mut *tx).await?;
-        }
+        insert_events(&mut tx, events).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1064,7 +926,7 @@ impl PostgresStore {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(event_from_row)
+            .map(rows::event)
             .collect()
     }
 }
@@ -1085,18 +947,6 @@ impl EventLog for PostgresStore {
 }
 
 // ---- boot tokens -------------------------------------------------------------------------
-
-/// The stored row of a MAC's token: (hash, host, purpose, expires).
-type TokenRow = (String, String, crate::store::BootPurpose, Timestamp);
-
-fn token_row(row: &PgRow) -> Result<TokenRow, StoreError> {
-    Ok((
-        row.try_get("token_sha256")?,
-        row.try_get("host")?,
-        parsed(row, "purpose")?,
-        timestamp(row, "expires")?,
-    ))
-}
 
 impl PostgresStore {
     async fn try_issue_boot_token(
@@ -1144,7 +994,7 @@ impl PostgresStore {
                 .fetch_optional(&self.pool)
                 .await?;
             return Ok(crate::store::decide_token(
-                row.as_ref().map(token_row).transpose()?,
+                row.as_ref().map(rows::boot_token).transpose()?,
                 offered,
                 now,
             ));
@@ -1157,8 +1007,11 @@ impl PostgresStore {
         .bind(mac.to_string())
         .fetch_optional(&mut *tx)
         .await?;
-        let check =
-            crate::store::decide_token(row.as_ref().map(token_row).transpose()?, offered, now);
+        let check = crate::store::decide_token(
+            row.as_ref().map(rows::boot_token).transpose()?,
+            offered,
+            now,
+        );
         if matches!(check, crate::store::TokenCheck::Accepted { .. }) {
             sqlx::query("DELETE FROM boot_tokens WHERE mac = $1")
                 .bind(mac.to_string())
@@ -1212,19 +1065,6 @@ mod tests {
         assert_eq!(
             shown("postgres://bg:hunter2@db1:5432/bootgate"),
             "postgres://***@db1:5432/bootgate"
-        );
-    }
-
-    #[test]
-    fn state_change_detail_merges_the_callers_detail() {
-        let d = state_change_detail(
-            HostState::Registered,
-            HostState::Ready,
-            json!({ "reason": "phone-home", "to": "forged" }),
-        );
-        assert_eq!(
-            d,
-            json!({ "reason": "phone-home", "from": "registered", "to": "ready" })
         );
     }
 }
