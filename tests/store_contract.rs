@@ -102,7 +102,7 @@ async fn sqlite_data_survives_close_and_reopen() {
 async fn sqlite_commit_is_in_the_file_before_close() {
     // No close, no checkpoint: the state a `kill -9` leaves. Another connection finds the
     // committed row in the file and its WAL, not in some in-process buffer. (Power-loss
-    // durability is `synchronous=FULL`, checked by a unit test in src/store/sqlite.rs.)
+    // durability is `synchronous=FULL`, checked by a unit test in src/store/sqlite/writer.rs.)
     let (store, dir) = fresh_sqlite().await;
     let held = lease(ip(9), mac(9), LeaseState::Active, now() + secs(3600));
     store.commit_lease(&held, &committed(&held)).await.unwrap();

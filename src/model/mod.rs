@@ -331,7 +331,7 @@ pub trait HostStore: Send + Sync {
                 (None, Some(mac)) => self.host_by_mac(*mac).await?,
                 _ => None,
             };
-            plan.push(discovery_change(s, by_name, owner));
+            plan.push(discovery_change(s, by_name, owner.is_some()));
         }
         let changes: Vec<HostChange> = plan.iter().filter_map(|(_, c)| c.clone()).collect();
         if changes.is_empty() || self.apply_host_changes(&changes, actor).await.is_ok() {
@@ -346,7 +346,7 @@ pub trait HostStore: Send + Sync {
                     (None, Some(mac)) => self.host_by_mac(*mac).await?,
                     _ => None,
                 };
-                let (sighted, change) = discovery_change(s, by_name, owner);
+                let (sighted, change) = discovery_change(s, by_name, owner.is_some());
                 let Some(change) = change else {
                     out.push(sighted);
                     break;
@@ -405,13 +405,14 @@ pub fn refresh_discovered(stored: HostRecord, seen: &HostRecord) -> HostRecord {
     }
 }
 
-/// The change that records `seen` given what the store holds under its name and MAC.
-fn discovery_change(
+/// The change that records `seen` given what the store holds under its name and MAC
+/// (shared by the trait's default and the backends' one-transaction writes).
+pub(crate) fn discovery_change(
     seen: &HostRecord,
     by_name: Option<HostRecord>,
-    mac_owner: Option<HostRecord>,
+    mac_owned: bool,
 ) -> (Sighted, Option<HostChange>) {
-    match (by_name, mac_owner) {
+    match (by_name, mac_owned) {
         (Some(h), _) if h.source == HostSource::Discovered => (
             Sighted::Refreshed,
             Some(HostChange::Update {
@@ -419,8 +420,8 @@ fn discovery_change(
                 fields: vec!["last_seen".into()],
             }),
         ),
-        (Some(_), _) | (None, Some(_)) => (Sighted::Known, None),
-        (None, None) => (Sighted::Added, Some(HostChange::Add(seen.clone()))),
+        (Some(_), _) | (None, true) => (Sighted::Known, None),
+        (None, false) => (Sighted::Added, Some(HostChange::Add(seen.clone()))),
     }
 }
 

@@ -1,4 +1,4 @@
-//! The store backends behind the traits of [`crate::model`]: SQLite (`sqlite.rs`) is the
+//! The store backends behind the traits of [`crate::model`]: SQLite (`sqlite/`) is the
 //! embedded default; PostgreSQL (`postgres.rs`) implements the same traits for two gateways
 //! sharing state. `tests/store_contract.rs` runs one battery against every backend, so
 //! callers may rely on what the model's docs promise, whatever the backend. Only `app.rs`

@@ -7,9 +7,7 @@
 use serde_json::json;
 
 use super::rows::{HostRow, millis, now};
-use super::{
-    EventKind, HostChange, HostRecord, HostSource, Lease, LeaseState, NewEvent, Sighted, StoreError,
-};
+use super::{EventKind, HostChange, HostRecord, Lease, LeaseState, NewEvent, Sighted, StoreError};
 use crate::types::{HostState, MacAddr};
 
 /// The `actor` of the `lease-expired` events `expire_leases` writes.
@@ -170,18 +168,14 @@ pub(crate) async fn record_sighting(
         (None, Some(mac)) => tx.mac_owner(*mac).await?,
         _ => None,
     };
-    Ok(match (by_name, owner) {
-        (Some(h), _) if h.source == HostSource::Discovered => {
-            let host = super::refresh_discovered(h, seen);
-            update_host(tx, &host, &["last_seen".to_string()], actor).await?;
-            Sighted::Refreshed
-        }
-        (Some(_), _) | (None, Some(_)) => Sighted::Known,
-        (None, None) => {
-            add_host(tx, seen, actor).await?;
-            Sighted::Added
-        }
-    })
+    // The same decision as the trait's default `record_discovered` (model::discovery_change).
+    let (sighted, change) = crate::model::discovery_change(seen, by_name, owner.is_some());
+    match change {
+        Some(HostChange::Update { host, fields }) => update_host(tx, &host, &fields, actor).await?,
+        Some(HostChange::Add(host)) => add_host(tx, &host, actor).await?,
+        Some(HostChange::Remove { .. }) | None => {}
+    }
+    Ok(sighted)
 }
 
 /// The `lease-expired` event of `lease`, which was `was` until the sweep.
