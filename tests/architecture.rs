@@ -389,7 +389,7 @@ fn graph(sources: &Sources) -> BTreeMap<String, BTreeSet<String>> {
     for (file, text) in sources {
         let (code, test_mods) = strip_tests(&blank_non_code(text));
         let dir = match file.rsplit_once('/') {
-            Some((d, f)) if f == "mod.rs" => format!("{d}/"),
+            Some((d, "mod.rs")) => format!("{d}/"),
             Some((d, f)) => format!("{d}/{}/", f.trim_end_matches(".rs")),
             None if file == "lib.rs" || file == "main.rs" => String::new(),
             None => format!("{}/", file.trim_end_matches(".rs")),
