@@ -512,7 +512,22 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let app = App::start(config).await?;
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    start_listeners(&app, &tracker, &cancel).await?;
+    tracker.close();
+    until_stopped(&app).await?;
+    notify(&[sd_notify::NotifyState::Stopping]);
+    cancel.cancel();
+    shut_down(&app, &tracker).await;
+    Ok(())
+}
 
+/// Binds and spawns every listener, each with its own context: HTTP (API + boot), the
+/// control socket, TFTP and DHCP on the served interfaces, the HA heartbeat.
+async fn start_listeners(
+    app: &Arc<App>,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(app.config.http_listen)
         .await
         .with_context(|| format!("binding HTTP listener on {}", app.config.http_listen))?;
@@ -530,9 +545,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     })?;
     tracker.spawn(crate::control::run(app.clone(), control, cancel.clone()));
     if !app.config.interfaces.is_empty() {
-        start_tftp(&app, &tracker, &cancel)?;
+        start_tftp(app, tracker, cancel)?;
         crate::dhcp::server::DhcpServer::new(app.dhcp_context())
-            .start(&tracker, &cancel)
+            .start(tracker, cancel)
             .context("starting DHCP")?;
     }
     if let Some(hb) = &app.heartbeats
@@ -544,8 +559,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             cancel.clone(),
         ));
     }
-    tracker.close();
+    Ok(())
+}
 
+/// Tells systemd we are ready, reloads on SIGHUP, returns on SIGTERM or SIGINT.
+async fn until_stopped(app: &App) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -558,16 +576,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     notify(&[sd_notify::NotifyState::Ready]);
     loop {
         tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
-            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(()); }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(()); }
             _ = hup.recv() => {
                 let out = app.reload("signal:SIGHUP").await;
                 tracing::info!(ok = out.ok, generation = out.generation, "SIGHUP reload done");
             }
         }
     }
-    notify(&[sd_notify::NotifyState::Stopping]);
-    cancel.cancel();
+}
+
+/// After the cancel: ends running plays, flushes events around the listeners' grace
+/// period, records the stop, removes the control socket.
+async fn shut_down(app: &App, tracker: &TaskTracker) {
     if let Some(handoff) = &app.handoff {
         // Kills running plays and records their hosts as failed.
         handoff.shutdown().await;
@@ -587,7 +608,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .append(&NewEvent::new(EventKind::DaemonStopped, "daemon"))
         .await;
     let _ = std::fs::remove_file(&app.config.control_socket);
-    Ok(())
 }
 
 /// Starts a TFTP server on every served interface's address, serving `boot_images`, and a

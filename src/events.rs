@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::model::StoreHealth;
-use crate::store::{EventKind, NewEvent, Store, StoreError};
+use crate::model::{EventKind, NewEvent, Store, StoreError};
 use crate::types::MacAddr;
 
 /// Events written per transaction at most.
@@ -233,7 +233,7 @@ fn coalesce(events: impl Iterator<Item = NewEvent>) -> Vec<NewEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{EventKind, EventQuery};
+    use crate::model::{EventKind, EventQuery};
 
     /// A fresh SQLite store in a temp dir (dropping the guard removes it).
     async fn sqlite_store() -> (Arc<dyn Store>, tempfile::TempDir) {

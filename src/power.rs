@@ -17,8 +17,8 @@ use crate::bmc::{
     BmcError, BmcTarget, BootSource, OverrideMode, PowerControl, PowerState, ResetType,
 };
 use crate::inventory::{Host, Inventory};
+use crate::model::{EventKind, EventQuery, NewEvent, Store, StoreError};
 use crate::secrets::Secrets;
-use crate::store::{EventKind, EventQuery, NewEvent, Store, StoreError};
 use crate::types::{HostState, MacAddr, Role, text_enum};
 
 #[derive(Debug, thiserror::Error)]
@@ -686,7 +686,7 @@ async fn wait_event(
     since: Timestamp,
     until: tokio::time::Instant,
     poll: Duration,
-    want: impl Fn(&crate::store::Event) -> bool,
+    want: impl Fn(&crate::model::Event) -> bool,
 ) -> Option<(Timestamp, String)> {
     loop {
         if let Some(e) = host_events(store, host, since)
@@ -712,7 +712,7 @@ pub(crate) async fn host_events(
     store: &dyn Store,
     host: &Host,
     since: Timestamp,
-) -> Vec<crate::store::Event> {
+) -> Vec<crate::model::Event> {
     let mut queries = vec![EventQuery {
         host: Some(host.name.clone()),
         since: Some(since),
@@ -723,7 +723,7 @@ pub(crate) async fn host_events(
         since: Some(since),
         ..Default::default()
     }));
-    let mut all: Vec<crate::store::Event> = Vec::new();
+    let mut all: Vec<crate::model::Event> = Vec::new();
     for q in &queries {
         match store.query(q).await {
             Ok(events) => all.extend(events),

@@ -9,7 +9,7 @@ use comfy_table::{Table, presets::NOTHING};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Event, HostRecord, Lease};
+use crate::model::{Event, HostRecord, Lease};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HostView {

@@ -12,7 +12,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::inventory::{Host, Inventory, Subnet};
-use crate::store::{Event, EventKind, LastSeen, Lease, LeaseState};
+use crate::model::{Event, EventKind, LastSeen, Lease, LeaseState};
 use crate::types::{MacAddr, text_enum};
 
 pub mod scan;
@@ -244,7 +244,7 @@ pub fn audit(
     audit_live(inv, leases, &last_seen_from(leases, seen), now, opts)
 }
 
-/// What [`crate::store::LeaseStore::last_seen`] answers, folded from leases and events in
+/// What [`crate::model::LeaseStore::last_seen`] answers, folded from leases and events in
 /// memory: per MAC the newest lease start or commit, per host name the newest commit.
 pub fn last_seen_from(leases: &[Lease], events: &[Event]) -> LastSeen {
     let mut macs: BTreeMap<MacAddr, Timestamp> = BTreeMap::new();

@@ -14,7 +14,7 @@ use super::{Code, Finding, Scope, Severity};
 use crate::bmc::{BmcError, BmcSettings, BmcTarget};
 use crate::dhcp::probe::{self, ProbeError, ProbeMode, Prober};
 use crate::inventory::{BmcProtocol, Inventory, Served};
-use crate::store::{Lease, LeaseState};
+use crate::model::{Lease, LeaseState};
 use crate::types::MacAddr;
 
 #[derive(Debug, thiserror::Error)]

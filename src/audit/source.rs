@@ -7,7 +7,7 @@ use jiff::Timestamp;
 
 use super::{AuditError, History, Options, Report, Subject, audit_live, history};
 use crate::inventory::Inventory;
-use crate::store::{Event, EventQuery, LastSeen, Lease, Store, StoreError};
+use crate::model::{Event, EventQuery, LastSeen, Lease, Store, StoreError};
 use crate::types::MacAddr;
 
 #[derive(Debug, thiserror::Error)]

@@ -161,22 +161,7 @@ fn scope(a: &AuditArgs) -> Scope {
 pub async fn run(cli: &Cli, a: &AuditArgs) -> anyhow::Result<ExitCode> {
     let csv = a.csv || cli.output == Output::Csv;
     if let Some(url) = &cli.api {
-        if a.scan || a.bmc {
-            bail!(
-                "--scan and --bmc probe from this machine with the gateway's config; run them on the gateway, without --api"
-            );
-        }
-        let c = crate::cli::api_client(cli, url)?;
-        if let Some(h) = &a.history {
-            let history: History = c.get(&history_path(&h.subject()), &[]).await?;
-            return print_history(cli, &history);
-        }
-        let mut q = vec![("stale_days", a.stale_days.to_string())];
-        if let Some(s) = &a.subnet {
-            q.push(("subnet", s.to_string()));
-        }
-        let report: Report = c.get("/api/v1/audit", &q).await?;
-        return print_report(cli, csv, &report);
+        return run_remote(cli, a, url, csv).await;
     }
     let t = std::time::Instant::now();
     let snap = snapshot(cli).await?;
@@ -209,23 +194,7 @@ pub async fn run(cli: &Cli, a: &AuditArgs) -> anyhow::Result<ExitCode> {
         "audit: report made"
     );
     if a.scan {
-        let own: Vec<ipnet::Ipv4Net> = snap.config.interfaces.iter().map(|i| i.address).collect();
-        let targets = scan::plan(&snap.inventory, &opts.scope, &own);
-        let answers = scan::sweep(&targets, a.scan_rate, a.scan_wait).await?;
-        tracing::info!(
-            subnets = targets.len(),
-            addresses = targets.iter().map(|t| t.addresses.len()).sum::<usize>(),
-            answered = answers.len(),
-            "scan done"
-        );
-        let skip = scan::skipped(&snap.inventory, &own);
-        report.add_findings(scan::scan_findings(
-            &snap.inventory,
-            &leases,
-            &answers,
-            &skip,
-            now,
-        ));
+        report.add_findings(scan_findings(&snap, a, &opts, &leases, now).await?);
     }
     if a.bmc {
         let settings = crate::bmc::BmcSettings {
@@ -238,6 +207,53 @@ pub async fn run(cli: &Cli, a: &AuditArgs) -> anyhow::Result<ExitCode> {
         report.add_findings(scan::bmc_findings(&checks));
     }
     print_report(cli, csv, &report)
+}
+
+/// `--api URL`: the same report or history from a running daemon.
+async fn run_remote(cli: &Cli, a: &AuditArgs, url: &str, csv: bool) -> anyhow::Result<ExitCode> {
+    if a.scan || a.bmc {
+        bail!(
+            "--scan and --bmc probe from this machine with the gateway's config; run them on the gateway, without --api"
+        );
+    }
+    let c = crate::cli::api_client(cli, url)?;
+    if let Some(h) = &a.history {
+        let history: History = c.get(&history_path(&h.subject()), &[]).await?;
+        return print_history(cli, &history);
+    }
+    let mut q = vec![("stale_days", a.stale_days.to_string())];
+    if let Some(s) = &a.subnet {
+        q.push(("subnet", s.to_string()));
+    }
+    let report: Report = c.get("/api/v1/audit", &q).await?;
+    print_report(cli, csv, &report)
+}
+
+/// `--scan`: who answers on the audited subnets, against what the store says.
+async fn scan_findings(
+    snap: &Snapshot,
+    a: &AuditArgs,
+    opts: &Options,
+    leases: &[crate::model::Lease],
+    now: jiff::Timestamp,
+) -> anyhow::Result<Vec<crate::audit::Finding>> {
+    let own: Vec<ipnet::Ipv4Net> = snap.config.interfaces.iter().map(|i| i.address).collect();
+    let targets = scan::plan(&snap.inventory, &opts.scope, &own);
+    let answers = scan::sweep(&targets, a.scan_rate, a.scan_wait).await?;
+    tracing::info!(
+        subnets = targets.len(),
+        addresses = targets.iter().map(|t| t.addresses.len()).sum::<usize>(),
+        answered = answers.len(),
+        "scan done"
+    );
+    let skip = scan::skipped(&snap.inventory, &own);
+    Ok(scan::scan_findings(
+        &snap.inventory,
+        leases,
+        &answers,
+        &skip,
+        now,
+    ))
 }
 
 fn print_report(cli: &Cli, csv: bool, report: &Report) -> anyhow::Result<ExitCode> {

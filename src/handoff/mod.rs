@@ -60,7 +60,7 @@ pub enum HandoffError {
     #[error("the daemon is shutting down; hand-off not started")]
     ShuttingDown,
     #[error("store: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] crate::model::StoreError),
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> HandoffError + '_ {
@@ -105,7 +105,7 @@ impl Handoff {
 /// daemon's exit (runs live in the daemon's process). It goes `failed` with that reason, so
 /// it neither hangs in `configuring` nor blocks `bootgate handoff HOST`.
 pub async fn fail_interrupted(
-    store: &dyn crate::store::Store,
+    store: &dyn crate::model::Store,
 ) -> Result<Vec<String>, HandoffError> {
     let mut failed = Vec::new();
     for h in store.list_hosts().await? {
@@ -123,12 +123,12 @@ pub async fn fail_interrupted(
             )
             .await
         {
-            Ok(_) | Err(crate::store::StoreError::StateMismatch { .. }) => {}
+            Ok(_) | Err(crate::model::StoreError::StateMismatch { .. }) => {}
             Err(e) => return Err(e.into()),
         }
         store
             .append(
-                &crate::store::NewEvent::new(crate::store::EventKind::HandoffFailed, "handoff")
+                &crate::model::NewEvent::new(crate::model::EventKind::HandoffFailed, "handoff")
                     .host(h.name.clone())
                     .detail(serde_json::json!({ "reason": reason })),
             )

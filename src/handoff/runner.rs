@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use super::{HandoffError, io_err, render};
 use crate::handoff::HandoffSettings;
 use crate::inventory::Inventory;
-use crate::store::{EventKind, EventQuery, NewEvent, Store, StoreError};
+use crate::model::{EventKind, EventQuery, NewEvent, Store, StoreError};
 use crate::types::HostState;
 
 /// Apply the playbook, or only report what it would change (`--check`, state untouched).

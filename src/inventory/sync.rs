@@ -8,7 +8,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use super::{Host, Inventory};
-use crate::store::{HostChange, HostRecord, HostSource, HostStore, StoreError};
+use crate::model::{HostChange, HostRecord, HostSource, HostStore, StoreError};
 use crate::types::HostState;
 
 /// What a reconcile changed, for the `inventory-loaded` event and `bootgate reload`.

@@ -13,7 +13,7 @@ use super::plan::{Allocator, discovered_by_position};
 use super::{Origins, RackError, is_dns_label, load_inventory, open_store, read_live};
 use crate::config::Config;
 use crate::inventory::{Host, Inventory, Purpose, Served, Subnet};
-use crate::store::{EventKind, HostRecord, Lease, NewEvent};
+use crate::model::{EventKind, HostRecord, Lease, NewEvent};
 use crate::types::{MacAddr, Role};
 
 /// The file `hosts adopt` appends new hosts to.
@@ -701,8 +701,8 @@ fn replace(path: &Path, text: &str) -> Result<(), RackError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{HostSource, LeaseState, RelayInfo};
     use crate::rack::test_inventory as inventory;
-    use crate::store::{HostSource, LeaseState, RelayInfo};
     use crate::types::HostState;
 
     fn req(mac: &str, name: &str) -> AdoptRequest {

@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bmc::{BmcTarget, BootSource, OverrideMode, PowerControl};
 use crate::inventory::Host;
+use crate::model::{Event, EventKind, NewEvent, Store, StoreError};
 use crate::power::{Fleet, PowerAction};
-use crate::store::{Event, EventKind, NewEvent, Store, StoreError};
 use crate::types::{HostState, text_enum};
 
 #[derive(Debug, thiserror::Error)]

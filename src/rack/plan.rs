@@ -14,7 +14,7 @@ use super::{Origins, is_dns_label};
 use crate::inventory::{
     Bmc, BmcProtocol, BmcScheme, Hardware, Host, Inventory, Purpose, Rack, Subnet, Switch,
 };
-use crate::store::{HostRecord, Lease};
+use crate::model::{HostRecord, Lease};
 use crate::types::{MacAddr, Role};
 
 /// What the site looks like now, as far as planning needs it.
@@ -1018,9 +1018,9 @@ pub fn render_text(plan: &Plan) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{LeaseState, RelayInfo};
     use crate::rack::manifest::{self, CsvRackArgs};
     use crate::rack::test_inventory as inventory;
-    use crate::store::{LeaseState, RelayInfo};
     use crate::types::HostState;
     use std::path::Path;
 
@@ -1230,7 +1230,7 @@ mod tests {
         let rec = |mac: &str, port: &str, remote: &str| HostRecord {
             name: format!("discovered-{}", mac.replace(':', "")),
             state: HostState::Discovered,
-            source: crate::store::HostSource::Discovered,
+            source: crate::model::HostSource::Discovered,
             macs: vec![mac.parse().unwrap()],
             ip: None,
             rack: None,

@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use jiff::Timestamp;
 
-use super::{BootPurpose, Event, HostRecord, Lease, NewEvent, RelayInfo, StoreError};
+use super::{BootPurpose, Event, EventQuery, HostRecord, Lease, NewEvent, RelayInfo, StoreError};
 use crate::types::MacAddr;
 
 pub(crate) fn corrupt(column: &'static str, value: impl Into<String>) -> StoreError {
@@ -19,6 +19,38 @@ pub(crate) fn corrupt(column: &'static str, value: impl Into<String>) -> StoreEr
 
 pub(crate) fn millis(t: Timestamp) -> i64 {
     t.as_millisecond()
+}
+
+/// The `WHERE` conditions and the newest-N limit of an event query, for the inner SELECT
+/// of either SQL backend (the caller re-sorts oldest first around it).
+pub(crate) fn push_event_filters<DB>(q: &mut sqlx::QueryBuilder<DB>, query: &EventQuery)
+where
+    DB: sqlx::Database,
+    for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> i64: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    if let Some(ip) = query.ip {
+        q.push(" AND ip = ").push_bind(ip.to_string());
+    }
+    if let Some(mac) = query.mac {
+        q.push(" AND mac = ").push_bind(mac.to_string());
+    }
+    if let Some(host) = &query.host {
+        q.push(" AND host = ").push_bind(host.clone());
+    }
+    if let Some(kind) = query.kind {
+        q.push(" AND kind = ").push_bind(kind.as_str().to_string());
+    }
+    if let Some(since) = query.since {
+        q.push(" AND time >= ").push_bind(millis(since));
+    }
+    if let Some(until) = query.until {
+        q.push(" AND time < ").push_bind(millis(until));
+    }
+    q.push(" ORDER BY id DESC");
+    if let Some(limit) = query.limit {
+        q.push(" LIMIT ").push_bind(i64::from(limit));
+    }
 }
 
 /// Now, at the precision the store keeps (milliseconds).

@@ -457,28 +457,7 @@ impl EventLog for SqliteStore {
         let mut q = QueryBuilder::<Sqlite>::new(format!(
             "SELECT {EVENT_COLUMNS} FROM (SELECT {EVENT_COLUMNS} FROM events WHERE 1 = 1"
         ));
-        if let Some(ip) = query.ip {
-            q.push(" AND ip = ").push_bind(ip.to_string());
-        }
-        if let Some(mac) = query.mac {
-            q.push(" AND mac = ").push_bind(mac.to_string());
-        }
-        if let Some(host) = &query.host {
-            q.push(" AND host = ").push_bind(host.clone());
-        }
-        if let Some(kind) = query.kind {
-            q.push(" AND kind = ").push_bind(kind.as_str());
-        }
-        if let Some(since) = query.since {
-            q.push(" AND time >= ").push_bind(millis(since));
-        }
-        if let Some(until) = query.until {
-            q.push(" AND time < ").push_bind(millis(until));
-        }
-        q.push(" ORDER BY id DESC");
-        if let Some(limit) = query.limit {
-            q.push(" LIMIT ").push_bind(i64::from(limit));
-        }
+        rows::push_event_filters(&mut q, query);
         q.push(") ORDER BY id");
         q.build()
             .fetch_all(&self.reader)
