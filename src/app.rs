@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::inventory::sync::{SyncReport, reconcile};
-use crate::inventory::{Invalid, Inventory};
+use crate::inventory::{Invalid, Inventory, Problem};
 use crate::model::{Heartbeats, Lease, LeaseState, StoreHealth};
 use crate::ops::{Operations, ReleaseError, ReloadFailure, ReloadOutcome};
 use crate::snapshot::{Loaded, Snapshot, Whois};
@@ -49,7 +49,7 @@ pub struct App {
     /// The Ansible hand-off runner when `[handoff] enabled` (shared: its semaphore bounds
     /// concurrent runs daemon-wide).
     pub handoff: Option<Arc<crate::handoff::Runner>>,
-    /// API bearer tokens (re-read on reload; a bad file keeps the previous set).
+    /// API bearer tokens (re-read on reload; a bad file refuses the reload, the set stays).
     pub tokens: Arc<ArcSwap<crate::http::auth::Tokens>>,
     /// BMC credentials (re-read on reload; a bad file keeps the previous set).
     pub secrets: Arc<ArcSwap<crate::secrets::Secrets>>,
@@ -68,6 +68,34 @@ pub fn load_tokens(
     match &config.http.tokens_file {
         Some(path) => crate::http::auth::Tokens::load(path),
         None => Ok(Default::default()),
+    }
+}
+
+/// What a reload reads, all of it checked before anything is swapped: the API tokens,
+/// the inventory and the boot assets. Every problem of both is returned at once.
+fn load_for_reload(
+    config: &Config,
+) -> Result<
+    (
+        crate::http::auth::Tokens,
+        Inventory,
+        crate::boot::BootAssets,
+    ),
+    Vec<Problem>,
+> {
+    let tokens = load_tokens(config).map_err(|e| Problem {
+        file: config.http.tokens_file.clone().unwrap_or_default(),
+        entry: "-".into(),
+        field: "tokens".into(),
+        reason: e.to_string(),
+    });
+    match (tokens, load_inventory(config)) {
+        (Ok(tokens), Ok((inventory, boot))) => Ok((tokens, inventory, boot)),
+        (tokens, site) => {
+            let mut all: Vec<Problem> = tokens.err().into_iter().collect();
+            all.extend(site.err().map(|Invalid(p)| p).unwrap_or_default());
+            Err(all)
+        }
     }
 }
 
@@ -150,9 +178,10 @@ impl App {
         self.last_failure.load().as_ref().clone()
     }
 
-    /// Re-reads the inventory. On success it is reconciled into the store and swapped in; on
-    /// failure the last good inventory stays, the problems are logged, kept for /healthz,
-    /// recorded as an `inventory-rejected` event and returned.
+    /// Re-reads the API tokens and the inventory. On success the inventory is reconciled
+    /// into the store and both are swapped in; if either fails to load, neither is: the last
+    /// good ones stay, the problems are logged, kept for /healthz, recorded as an
+    /// `inventory-rejected` event and returned (`bootgate reload` exits non-zero).
     pub async fn reload(&self, actor: &str) -> ReloadOutcome {
         let _guard = self.reload_lock.lock().await;
         let current = self.inventory();
@@ -165,31 +194,12 @@ impl App {
             removed: vec![],
             problems,
         };
-        match load_tokens(&self.config) {
-            Ok(t) => self.tokens.store(Arc::new(t)),
-            Err(e) => {
-                tracing::error!(error = %e, "API tokens not reloaded; the previous set stays")
-            }
-        }
-        let (inventory, boot) = match load_inventory(&self.config) {
+        let (tokens, inventory, boot) = match load_for_reload(&self.config) {
             Ok(x) => x,
-            Err(Invalid(problems)) => {
-                for p in &problems {
-                    tracing::error!(problem = %p, "inventory reload refused; keeping generation {}", current.generation);
-                }
-                let lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-                let ev = NewEvent::new(EventKind::InventoryRejected, actor).detail(
-                    serde_json::json!({"problems": lines, "kept_generation": current.generation}),
-                );
-                if let Err(e) = self.store.append(&ev).await {
-                    tracing::error!(error = %e, "could not record inventory-rejected event");
-                }
-                self.last_failure.store(Arc::new(Some(ReloadFailure {
-                    at: Timestamp::now(),
-                    problems,
-                })));
-                metrics::counter!("bootgate_inventory_reloads_total", "result" => "rejected")
-                    .increment(1);
+            Err(problems) => {
+                let lines = self
+                    .refuse_reload(actor, current.generation, problems)
+                    .await;
                 return refused(lines);
             }
         };
@@ -202,6 +212,7 @@ impl App {
                 return refused(vec![format!("store: {e}")]);
             }
         };
+        self.tokens.store(Arc::new(tokens));
         let generation = current.generation + 1;
         let hosts = inventory.hosts.len();
         if let Err(e) = log_loaded(&self.store, actor, generation, hosts, &report).await {
@@ -221,6 +232,25 @@ impl App {
             removed: report.removed,
             problems: vec![],
         }
+    }
+
+    /// Records a refused reload (log, event, /healthz) and returns its problem lines.
+    async fn refuse_reload(&self, actor: &str, kept: u64, problems: Vec<Problem>) -> Vec<String> {
+        for p in &problems {
+            tracing::error!(problem = %p, "reload refused; keeping generation {kept} and the API tokens in force");
+        }
+        let lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        let ev = NewEvent::new(EventKind::InventoryRejected, actor)
+            .detail(serde_json::json!({"problems": lines, "kept_generation": kept}));
+        if let Err(e) = self.store.append(&ev).await {
+            tracing::error!(error = %e, "could not record inventory-rejected event");
+        }
+        self.last_failure.store(Arc::new(Some(ReloadFailure {
+            at: Timestamp::now(),
+            problems,
+        })));
+        metrics::counter!("bootgate_inventory_reloads_total", "result" => "rejected").increment(1);
+        lines
     }
 
     /// Releases the lease on `ip` at an operator's request (`bootgate leases release`).

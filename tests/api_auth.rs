@@ -1,7 +1,7 @@
 //! API bearer tokens against the real daemon in a namespace: mutating endpoints need an
 //! admin token (401 without or with an unknown one, 403 with a read token), reads are open
-//! or closed by config, the CLI sends the token, events name the token, and a tokens file
-//! others can read stops the daemon at start.
+//! or closed by config, the CLI sends the token, events name the token, a tokens file
+//! others can read stops the daemon at start and fails a reload (the tokens in force stay).
 
 mod support;
 
@@ -174,4 +174,51 @@ fn a_tokens_file_others_can_read_stops_the_daemon() {
         err.contains("tokens.toml") && err.contains("0644") && err.contains("chmod 600"),
         "{err}"
     );
+}
+
+#[test]
+fn a_tokens_file_that_fails_on_reload_fails_the_reload() {
+    let lab = Lab::new();
+    let site = Site::from_inventory("lab");
+    let (admin, _) = with_tokens(&site, true);
+    let _daemon = Daemon::start(&lab, &site);
+    let file = site.dir.path().join("tokens.toml");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    // the control socket (`bootgate reload`): refused, exit code 1, the reason named
+    let out = bootgate(&["--config", path_str(&site.config()), "reload", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["generation"], 1, "nothing swapped: {v}");
+    assert!(v["problems"].to_string().contains("tokens.toml"), "{v}");
+
+    // the API: 422; the admin token in force before still authorizes (the set stays)
+    let (code, _, body) = call(&lab, "POST", "/api/v1/reload", Some(&admin));
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("0644"), "{body}");
+    let (code, _, body) = call(&lab, "GET", "/healthz", None);
+    assert_eq!(code, 200, "a refused reload is not an outage: {body}");
+    let health: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert!(
+        health["inventory"]["last_reload_error"]
+            .to_string()
+            .contains("tokens.toml"),
+        "{health}"
+    );
+    let (code, _, body) = call(&lab, "GET", "/api/v1/events?kind=inventory-rejected", None);
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("tokens.toml"),
+        "an event names the file: {body}"
+    );
+
+    // fixed: the reload goes through and /healthz is clean again
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, _, body) = call(&lab, "POST", "/api/v1/reload", Some(&admin));
+    assert_eq!(code, 200, "{body}");
+    let (_, _, body) = call(&lab, "GET", "/healthz", None);
+    let health: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["status"], "ok", "{health}");
 }

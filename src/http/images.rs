@@ -1,8 +1,10 @@
 //! The `/images/` tree. Every GET and HEAD passes the path jail ([`crate::jail`], the rules
 //! TFTP uses: the `%`-decoded name, no `..`, no symlink resolving out of `boot-images/`,
-//! regular files only) before anything reads a file; then plain whole-file GETs come from
-//! the RAM cache ([`ImageCache`]) and everything else (HEAD, `Range`, `If-*`) from
-//! tower-http's `ServeDir`, which alone would follow a symlink anywhere.
+//! regular files only) before anything reads a file: plain whole-file GETs come from the
+//! RAM cache ([`ImageCache`], whose entries were read through the jail and whose hits
+//! re-check the file's identity), everything else (HEAD, `Range`, `If-*`, cache misses)
+//! is resolved by the jail first and then served by tower-http's `ServeDir`, which alone
+//! would follow a symlink anywhere.
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
@@ -69,29 +71,40 @@ async fn gate(State(images): State<Arc<Images>>, req: Request, next: Next) -> Re
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return next.run(req).await;
     }
-    let rel = match images.admit(req.uri().path()).await {
+    let rel = match Images::name(req.uri().path()) {
         Ok(rel) => rel,
         Err(e) => return refusal(&e),
     };
+    // A cache hit needs no second look: its entry was read through the jail, and the hit
+    // re-checks the file's identity (a file swapped for a symlink out of the root is
+    // another inode: a miss, which the jail then refuses below).
     if images.cache.wants(&req)
-        && let Some(resp) = images.cache.serve(rel).await
+        && let Some(resp) = images.cache.serve(rel.clone()).await
     {
         return resp;
+    }
+    if let Err(e) = images.admit(rel).await {
+        return refusal(&e);
     }
     next.run(req).await
 }
 
 impl Images {
-    /// The jailed name `path` (the URI path below `/images`) asks for, when it is a regular
-    /// file inside the root. Decoded exactly as `ServeDir` decodes it (leading `/` off,
-    /// `%`-escapes, UTF-8 or not found), so the file checked is the file it serves.
-    async fn admit(&self, path: &str) -> Result<String, JailError> {
+    /// The jailed name `path` (the URI path below `/images`) asks for. Decoded exactly as
+    /// `ServeDir` decodes it (leading `/` off, `%`-escapes, UTF-8 or not found), so the file
+    /// checked is the file it serves. Pure: no `..`, nothing absolute.
+    fn name(path: &str) -> Result<String, JailError> {
         let decoded = percent_encoding::percent_decode_str(path.trim_start_matches('/'))
             .decode_utf8()
             .map_err(|_| JailError::NotFound {
                 path: path.to_string(),
             })?;
-        let rel = jail::normalize(&decoded)?;
+        jail::normalize(&decoded)
+    }
+
+    /// Whether `rel` is a regular file inside the root (symlinks resolved).
+    async fn admit(&self, rel: String) -> Result<String, JailError> {
+        let path = rel.clone();
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || {
             let root = std::fs::canonicalize(&root).map_err(|e| root_error(&rel, e))?;
