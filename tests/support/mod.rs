@@ -461,10 +461,14 @@ impl Daemon {
 
     pub fn next_notify(&self) -> String {
         let mut buf = [0u8; 4096];
-        let n = self
-            .notify
-            .recv(&mut buf)
-            .expect("daemon sent no sd_notify message within 20 s");
+        // A signal to the test process (another test's child exiting) interrupts the wait:
+        // wait again rather than fail on EINTR.
+        let n = loop {
+            match self.notify.recv(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => break r.expect("daemon sent no sd_notify message within 20 s"),
+            }
+        };
         String::from_utf8_lossy(&buf[..n]).to_string()
     }
 
