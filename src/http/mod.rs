@@ -454,12 +454,17 @@ async fn release_lease(
         .ops
         .release_lease(ip, &actor)
         .await
-        .map_err(|e| match e {
-            ReleaseError::NoLease(_) => ApiError::NotFound(e.to_string()),
-            ReleaseError::NotActive { .. } => ApiError::Conflict(e.to_string()),
-            ReleaseError::Store(e) => ApiError::Store(e),
-        })?;
+        .map_err(release_refused)?;
     Ok(axum::Json(LeaseView::from(&lease)))
+}
+
+/// A refused release as the cause says: no such lease 404, not active 409, store 503.
+fn release_refused(e: ReleaseError) -> ApiError {
+    match e {
+        ReleaseError::NoLease(_) => ApiError::NotFound(e.to_string()),
+        ReleaseError::NotActive { .. } => ApiError::Conflict(e.to_string()),
+        ReleaseError::Store(e) => ApiError::Store(e),
+    }
 }
 
 async fn power(
@@ -558,4 +563,28 @@ async fn reset(
         other => ApiError::Internal(other.to_string()),
     })?;
     Ok(axum::Json(report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_release_answers_by_its_cause() {
+        let ip: Ipv4Addr = "10.250.0.99".parse().unwrap();
+        let status = |e| release_refused(e).into_response().status();
+        assert_eq!(status(ReleaseError::NoLease(ip)), StatusCode::NOT_FOUND);
+        let not_active = ReleaseError::NotActive {
+            ip,
+            mac: "52:54:00:00:00:01".parse().unwrap(),
+            state: LeaseState::Expired,
+        };
+        assert!(not_active.to_string().contains("10.250.0.99"));
+        assert_eq!(status(not_active), StatusCode::CONFLICT);
+        let down = ReleaseError::Store(StoreError::Unavailable {
+            url: "postgres://db/bootgate".into(),
+            reason: "connection refused".into(),
+        });
+        assert_eq!(status(down), StatusCode::SERVICE_UNAVAILABLE);
+    }
 }
