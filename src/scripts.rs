@@ -12,6 +12,7 @@ use jiff::Timestamp;
 
 use crate::boot::Plan;
 use crate::events::EventSink;
+use crate::inventory::Host;
 use crate::model::{BootPurpose, BootToken, EventKind, NewEvent, Store, StoreError};
 use crate::snapshot::{Loaded, Snapshot};
 use crate::types::{HostState, MacAddr};
@@ -95,7 +96,7 @@ impl ScriptService {
             }
             _ => None,
         };
-        let text = self.render(&loaded, &plan, mac, state, token.as_deref())?;
+        let text = self.render(&loaded, &plan, mac, host, state, token.as_deref())?;
         let template = plan.template();
         let mut ev = NewEvent::new(EventKind::BootScriptServed, via.as_str())
             .mac(mac)
@@ -163,6 +164,7 @@ impl ScriptService {
         loaded: &Loaded,
         plan: &Plan<'_>,
         mac: MacAddr,
+        host: Option<&Host>,
         state: HostState,
         token: Option<&str>,
     ) -> Result<String, ServeError> {
@@ -177,7 +179,6 @@ impl ScriptService {
             return Ok(text);
         }
         let inv = &loaded.inventory;
-        let host = inv.host_by_boot_mac(&loaded.macs, mac);
         let text = crate::boot::render(&loaded.boot, plan, &self.http_base, mac, host, inv, token)
             .map_err(|source| ServeError::Render {
                 template: plan.template(),
