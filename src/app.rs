@@ -135,13 +135,16 @@ impl App {
         let peers = Arc::new(crate::ha::PeerWatch::new(config.ha.clone()));
         let degraded_at_start = !health.is_up();
         let inventory = Snapshot::new(Loaded::new(inventory, boot, 1));
-        let scripts = Arc::new(crate::scripts::ScriptService {
-            inventory: inventory.clone(),
-            store: store.clone(),
-            events: events.clone(),
-            http_base: config.boot.http_base.clone(),
-            cache: Default::default(),
-        });
+        let scripts = Arc::new(crate::scripts::ScriptService::new(
+            inventory.clone(),
+            store.clone(),
+            Whois {
+                ipam: ipam.clone(),
+                inventory: inventory.clone(),
+            },
+            events.clone(),
+            config.boot.http_base.clone(),
+        ));
         let app = App {
             handoff,
             events,

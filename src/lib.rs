@@ -16,6 +16,7 @@ pub mod events;
 pub mod ha;
 pub mod handoff;
 pub mod http;
+pub mod identity;
 pub mod inventory;
 pub mod ipam;
 pub mod jail;

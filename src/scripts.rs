@@ -4,7 +4,7 @@
 //! state from the store, the per-boot token written to the store before the script leaves,
 //! the state move, the event.
 
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,9 +12,10 @@ use jiff::Timestamp;
 
 use crate::boot::Plan;
 use crate::events::EventSink;
+use crate::identity::{self, BOOT_KEY_NAME, BootKey, Proof, RefusalBudget};
 use crate::inventory::Host;
 use crate::model::{BootPurpose, BootToken, EventKind, NewEvent, Store, StoreError};
-use crate::snapshot::{Loaded, Snapshot};
+use crate::snapshot::{Loaded, Snapshot, Whois};
 use crate::types::{HostState, MacAddr};
 
 /// How long a per-boot token stays valid: an install (image download, partitioning, package
@@ -26,6 +27,13 @@ pub const BOOT_TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
 pub enum ServeError {
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The script carries a token and `source` does not hold `mac`'s lease.
+    #[error("the script of {mac} is not served to {from}: {reason}")]
+    Refused {
+        mac: MacAddr,
+        from: Ipv4Addr,
+        reason: &'static str,
+    },
     #[error("rendering the {template} script for {mac}: {source}")]
     Render {
         template: &'static str,
@@ -67,22 +75,56 @@ pub fn token_purpose(plan: &Plan) -> Option<BootPurpose> {
 }
 
 /// What serving scripts uses of the daemon (built by `app.rs`, shared by the HTTP and TFTP
-/// listeners): the inventory in force, the host and boot-token seams of the store, the
-/// event sink, the base URL scripts chain to, and the cache of token-less scripts.
+/// listeners): the inventory in force, the host and boot-token seams of the store, who
+/// holds which address, the event sink, the base URL scripts chain to, and the cache of
+/// token-less scripts.
 pub struct ScriptService {
     pub inventory: Snapshot,
     pub store: Arc<dyn Store>,
+    /// Who holds an address: the first proof of a boot's identity ([`crate::identity`]).
+    pub whois: Whois,
     pub events: EventSink,
     /// `[boot] http_base`: where iPXE fetches kernels, initrds and the next script.
     pub http_base: String,
     pub cache: ScriptCache,
+    /// The site's boot-token key, read from (or created in) the store at first use.
+    pub key: tokio::sync::OnceCell<BootKey>,
+    /// How many refusals (scripts and phone-homes) may write events.
+    pub refusals: RefusalBudget,
 }
 
 impl ScriptService {
-    /// Chooses, renders and records the script for `mac`. An install or rescue script
-    /// carries a fresh per-boot token, stored (durably) before the script is returned; an
-    /// install also moves the host to `provisioning`.
-    pub async fn serve(&self, mac: MacAddr, via: Via) -> Result<Served, ServeError> {
+    pub fn new(
+        inventory: Snapshot,
+        store: Arc<dyn Store>,
+        whois: Whois,
+        events: EventSink,
+        http_base: String,
+    ) -> ScriptService {
+        ScriptService {
+            inventory,
+            store,
+            whois,
+            events,
+            http_base,
+            cache: ScriptCache::default(),
+            key: tokio::sync::OnceCell::new(),
+            refusals: RefusalBudget::default(),
+        }
+    }
+
+    /// Chooses, renders and records the script for `mac`, fetched from `source`. An install
+    /// or rescue script carries the boot's token and is served only to the address that
+    /// holds the MAC's lease (else [`ServeError::Refused`]); the token is derived from the
+    /// lease's binding, so a re-fetch within the boot gets the same one, and it is stored
+    /// (durably) before the script is returned; an install also moves the host to
+    /// `provisioning`.
+    pub async fn serve(
+        &self,
+        mac: MacAddr,
+        via: Via,
+        source: Ipv4Addr,
+    ) -> Result<Served, ServeError> {
         let loaded = self.inventory.load();
         let inv = &loaded.inventory;
         let host = inv.host_by_boot_mac(&loaded.macs, mac);
@@ -90,41 +132,115 @@ impl ScriptService {
         let state = record.as_ref().map_or(HostState::Unknown, |r| r.state);
         let profile = host.and_then(|h| inv.profile(h));
         let plan = crate::boot::plan(state, profile, &loaded.boot);
-        let token = match (token_purpose(&plan), host) {
-            (Some(purpose), Some(h)) => {
-                Some(self.issue_token(mac, &h.name, purpose, state, via).await?)
-            }
-            _ => None,
+        let template = plan.template();
+        let (token, holder) = match (token_purpose(&plan), host) {
+            (Some(purpose), Some(h)) => match self.proof(mac, source).await? {
+                Proof::Holder { binding } => {
+                    let token = self
+                        .issue_token(mac, &h.name, purpose, binding, state, via)
+                        .await?;
+                    (Some(token), true)
+                }
+                refused @ Proof::NotHolder { .. } => {
+                    let reason = refused.reason();
+                    self.refuse(
+                        NewEvent::new(EventKind::BootScriptRefused, via.as_str())
+                            .mac(mac)
+                            .host(h.name.clone())
+                            .detail(serde_json::json!({
+                                "template": template,
+                                "source": source,
+                                "reason": reason,
+                            })),
+                        "script",
+                        source,
+                    )
+                    .await;
+                    return Err(ServeError::Refused {
+                        mac,
+                        from: source,
+                        reason,
+                    });
+                }
+            },
+            _ => (None, self.whois.lease_holder(source).map(|(m, _)| m) == Some(mac)),
         };
         let text = self.render(&loaded, &plan, mac, host, state, token.as_deref())?;
-        let template = plan.template();
-        let mut ev = NewEvent::new(EventKind::BootScriptServed, via.as_str())
-            .mac(mac)
-            .detail(serde_json::json!({
-                "template": template,
-                "state": state,
-                "reason": match &plan { Plan::Broken { reason } => Some(reason.clone()), _ => None },
-            }));
-        if let Some(h) = host {
-            ev = ev.host(h.name.clone());
-        }
-        self.events.record(ev).await;
         metrics::counter!("bootgate_ipxe_scripts_total", "template" => template, "via" => via.as_str())
             .increment(1);
+        // Fetches by the lease holder are all recorded; anyone else's (a token-less script
+        // for a MAC it does not hold) only within the refusal budget.
+        if holder || self.refusals.admit(source, std::time::Instant::now()) {
+            let mut ev = NewEvent::new(EventKind::BootScriptServed, via.as_str())
+                .mac(mac)
+                .detail(serde_json::json!({
+                    "template": template,
+                    "state": state,
+                    "source": source,
+                    "reason": match &plan { Plan::Broken { reason } => Some(reason.clone()), _ => None },
+                }));
+            if let Some(h) = host {
+                ev = ev.host(h.name.clone());
+            }
+            self.events.record(ev).await;
+        }
         Ok(Served { template, text })
     }
 
-    /// Stores a fresh per-boot token for `mac` (durably, before the script leaves) and,
-    /// for an install, moves the host to `provisioning`.
+    /// Whether `source` speaks for `mac`: it holds the MAC's lease in this gateway's book or,
+    /// when the book does not say so (the other gateway bound it a moment ago), in the
+    /// store.
+    pub async fn proof(&self, mac: MacAddr, source: Ipv4Addr) -> Result<Proof, StoreError> {
+        let in_book = identity::proof(mac, self.whois.lease_holder(source));
+        if matches!(in_book, Proof::Holder { .. }) {
+            return Ok(in_book);
+        }
+        let now = Timestamp::now();
+        let stored = self.store.get_lease(source).await?.filter(|l| {
+            l.state == crate::model::LeaseState::Active && l.ends > now
+        });
+        Ok(match stored {
+            Some(l) => identity::proof(mac, Some((l.mac, l.ends))),
+            None => in_book,
+        })
+    }
+
+    /// Records a refusal: always counted (`bootgate_refused_total{what}`), written as an
+    /// event (and logged) only within the budget of its source.
+    pub async fn refuse(&self, event: NewEvent, what: &'static str, source: Ipv4Addr) {
+        metrics::counter!("bootgate_refused_total", "what" => what).increment(1);
+        if self.refusals.admit(source, std::time::Instant::now()) {
+            tracing::warn!(%source, what, detail = %event.detail, "refused");
+            self.events.record(event).await;
+            self.events.flush().await;
+        } else {
+            metrics::counter!("bootgate_refused_unrecorded_total", "what" => what).increment(1);
+        }
+    }
+
+    /// Stores the boot's token for `mac` (durably, before the script leaves; the same token
+    /// again for a re-fetch, which changes nothing) and, for an install, moves the host to
+    /// `provisioning`.
     async fn issue_token(
         &self,
         mac: MacAddr,
         host: &str,
         purpose: BootPurpose,
+        binding: Timestamp,
         state: HostState,
         via: Via,
     ) -> Result<String, ServeError> {
-        let token = new_token();
+        let key = self
+            .key
+            .get_or_try_init(|| async {
+                let secret = self
+                    .store
+                    .site_key(BOOT_KEY_NAME, &BootKey::candidate())
+                    .await?;
+                Ok::<_, StoreError>(BootKey::new(&secret))
+            })
+            .await?;
+        let token = key.token(mac, host, purpose, binding);
         let issued = Timestamp::now();
         let expires = issued.checked_add(BOOT_TOKEN_TTL).unwrap_or(Timestamp::MAX);
         self.store
@@ -204,8 +320,8 @@ pub struct ScriptKey {
 const SCRIPT_CACHE_ENTRIES: usize = 16_384;
 
 /// Rendered token-less scripts (discovery, local disk, rescue shell, broken), so a client
-/// re-fetching its script costs no template run. Install and rescue-image scripts carry a
-/// fresh token each time and are never cached. A reload (new generation) or a state move
+/// re-fetching its script costs no template run. Install and rescue-image scripts carry
+/// their boot's token and are never cached. A reload (new generation) or a state move
 /// changes the key, so nothing stale is served.
 #[derive(Default)]
 pub struct ScriptCache {
@@ -227,17 +343,6 @@ impl ScriptCache {
     }
 }
 
-/// 128 random bits as 32 hex digits.
-fn new_token() -> String {
-    let mut b = [0u8; 16];
-    // The OS RNG only fails on broken systems; the all-zero token is then still stored
-    // hashed and per MAC, but say so loudly.
-    if getrandom::fill(&mut b).is_err() {
-        tracing::error!("no OS randomness: boot tokens are predictable");
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// The TFTP name of a host's script: `hosts/<mac>.ipxe` (any MAC spelling the daemon
 /// parses: `52:54:00:…` as iPXE's `${mac}` expands, or with dashes). Pure.
 pub fn tftp_script_mac(path: &str) -> Option<MacAddr> {
@@ -255,8 +360,10 @@ pub struct TftpScripts(pub Arc<ScriptService>);
 impl crate::tftp::Generated for TftpScripts {
     async fn get(&self, path: &str, client: SocketAddrV4) -> Option<Vec<u8>> {
         let mac = tftp_script_mac(path)?;
-        match self.0.serve(mac, Via::Tftp).await {
+        match self.0.serve(mac, Via::Tftp, *client.ip()).await {
             Ok(s) => Some(s.text.into_bytes()),
+            // Counted and (within its budget) recorded by `serve`.
+            Err(ServeError::Refused { .. }) => None,
             Err(e) => {
                 // Not found is what the client sees; the reason goes to the log.
                 tracing::error!(%mac, %client, error = %e, "TFTP script not served");

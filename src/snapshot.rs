@@ -82,4 +82,12 @@ impl Whois {
         let mac = self.ipam.book().claim(ip).map(|c| c.mac)?;
         Some((mac, self.inventory.load().host_of(mac)))
     }
+
+    /// The MAC and lease end of the committed lease on `ip` in this gateway's book (not an
+    /// offer: an offer proves nothing yet), if any.
+    pub fn lease_holder(&self, ip: Ipv4Addr) -> Option<(MacAddr, jiff::Timestamp)> {
+        let book = self.ipam.book();
+        let claim = book.claim(ip)?;
+        (claim.kind == crate::ipam::ClaimKind::Lease).then_some((claim.mac, claim.until))
+    }
 }

@@ -35,6 +35,7 @@ const BELOW_APP: &[&str] = &[
     "ha",
     "handoff",
     "http",
+    "identity",
     "inventory",
     "ipam",
     "jail",

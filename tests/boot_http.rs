@@ -35,9 +35,15 @@ fn host(lab: &Lab, name: &str) -> Value {
     serde_json::from_str(&body).unwrap()
 }
 
+/// A phone-home from the rack's client NIC (which holds the MAC's lease: see
+/// `Lab::lease_as`).
 fn phone_home(lab: &Lab, mac: &str, body: &str) -> (u16, String) {
-    curl_args(
-        lab,
+    phone_home_from(&lab.rack, mac, body)
+}
+
+fn phone_home_from(ns: &Netns, mac: &str, body: &str) -> (u16, String) {
+    curl_in(
+        ns,
         &[
             "-X",
             "POST",
@@ -60,10 +66,13 @@ fn install_script_token_and_phone_home_drive_the_host_state() {
     std::fs::write(test_dir.join("vmlinuz"), &kernel).unwrap();
     std::fs::write(test_dir.join("initrd.gz"), b"initrd").unwrap();
     let _daemon = Daemon::start(&lab, &site);
+    let work = tempfile::tempdir().unwrap();
 
-    // A registered host gets the install script with a token; it moves to provisioning.
+    // A registered host gets the install script with a token (fetched from the address
+    // holding vm0's lease); it moves to provisioning.
     assert_eq!(host(&lab, "vm0")["state"], "registered");
-    let (code, script) = curl_args(&lab, &[&format!("{}/ipxe/mac/{VM0_MAC}", base())]);
+    let vm0_ip = lab.lease_as(VM0_MAC, work.path());
+    let (code, script) = curl_in(&lab.rack, &[&format!("{}/ipxe/mac/{VM0_MAC}", base())]);
     assert_eq!(code, 200, "{script}");
     assert!(script.starts_with("#!ipxe"), "{script}");
     assert!(
@@ -140,11 +149,19 @@ fn install_script_token_and_phone_home_drive_the_host_state() {
         r#"{"event":"booted","token":"00000000000000000000000000000000"}"#,
     );
     assert_eq!(code, 403, "{body}");
+    // The right token from an address that does not hold vm0's lease (the gateway's own).
+    let (code, body) = phone_home_from(
+        &lab.gw,
+        VM0_MAC,
+        &format!(r#"{{"event":"installed","token":"{token}"}}"#),
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("holds no lease"), "{body}");
     let (code, body) = phone_home(
         &lab,
         VM0_MAC,
         &format!(
-            r#"{{"event":"booted","ip":"10.250.0.10","token":"{token}","ssh_host_keys":["ssh-ed25519 AAAAC3Nza test"]}}"#
+            r#"{{"event":"booted","ip":"10.250.0.99","token":"{token}","ssh_host_keys":["ssh-ed25519 AAAAC3Nza test"]}}"#
         ),
     );
     assert_eq!(code, 200, "{body}");
@@ -183,11 +200,13 @@ fn install_script_token_and_phone_home_drive_the_host_state() {
         .unwrap()
         .iter()
         .map(|e| e["kind"].as_str().unwrap().to_string())
+        .filter(|k| !k.starts_with("lease-"))
         .collect();
     let want = [
         "host-added",
         "host-state-changed",
         "boot-script-served",
+        "phone-home-refused",
         "phone-home-refused",
         "phone-home-refused",
         "phone-home",
@@ -208,7 +227,9 @@ fn install_script_token_and_phone_home_drive_the_host_state() {
         booted["detail"]["ssh_host_keys"][0],
         "ssh-ed25519 AAAAC3Nza test"
     );
-    assert_eq!(booted["ip"], "10.250.0.10");
+    // The event's address is the one that proved the lease, not what the body claimed.
+    assert_eq!(booted["ip"], vm0_ip.as_str());
+    assert_eq!(booted["detail"]["reported_ip"], "10.250.0.99");
 }
 
 /// A test lab whose kernel and initrd exist (the install plan needs the image files).
@@ -250,15 +271,22 @@ fn phone_home_token_survives_a_daemon_restart() {
     let lab = Lab::new();
     let site = site_with_image();
     let mut daemon = Daemon::start(&lab, &site);
-    let (code, script) = curl_args(&lab, &[&format!("{}/ipxe/mac/{VM0_MAC}", base())]);
+    let work = tempfile::tempdir().unwrap();
+    lab.lease_as(VM0_MAC, work.path());
+    let url = format!("{}/ipxe/mac/{VM0_MAC}", base());
+    let (code, script) = curl_in(&lab.rack, &[&url]);
     assert_eq!(code, 200, "{script}");
     let token = token_of(&script);
     assert_eq!(host(&lab, "vm0")["state"], "provisioning");
     assert!(daemon.stop().success());
     drop(daemon);
 
-    // A new process: the token it knows is the one in the store.
+    // A new process: the token it knows is the one in the store, and a re-fetch within the
+    // same boot (same lease binding, same site key) gets that token again.
     let _daemon = Daemon::start(&lab, &site);
+    let (code, script) = curl_in(&lab.rack, &[&url]);
+    assert_eq!(code, 200, "{script}");
+    assert_eq!(token_of(&script), token);
     let (code, body) = phone_home(
         &lab,
         VM0_MAC,
@@ -286,6 +314,7 @@ fn phone_home_token_survives_a_daemon_restart() {
         &format!(r#"{{"event":"installed","token":"{token}"}}"#),
     );
     assert_eq!(code, 403, "{body}");
+    assert!(body.contains("already used"), "{body}");
     let kinds: Vec<String> = event_kinds(&lab, "vm0").into_iter().map(|k| k.0).collect();
     let tail = &kinds[kinds.len() - 5..];
     assert_eq!(
@@ -343,8 +372,6 @@ fn tftp_get(lab: &Lab, client: &str, remote: &str, dir: &std::path::Path) -> Opt
 #[test]
 fn tftp_serves_the_same_scripts_and_rescue_boots_carry_a_token() {
     let lab = Lab::new();
-    lab.rack
-        .ip(&["addr", "add", "10.250.0.50/24", "dev", "eth0"]);
     let site = site_with_image();
     let dir = tempfile::tempdir().unwrap();
 
@@ -373,6 +400,7 @@ fn tftp_serves_the_same_scripts_and_rescue_boots_carry_a_token() {
         store.close().await;
     });
     let _daemon = Daemon::start(&lab, &site);
+    lab.lease_as(VM0_MAC, dir.path());
 
     // tftp-hpa: the rescue script, with a token, exactly what HTTP would render. (Dashes:
     // tftp-hpa reads `name:file` as host and file.)

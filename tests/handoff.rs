@@ -573,10 +573,13 @@ fn events(lab: &Lab, host: &str) -> Vec<Value> {
         .clone()
 }
 
-/// Fetches the install script (minting the boot token) and phones home `installed` with
-/// `keys` as the host's SSH host keys.
+/// Leases an address as `mac` on the rack's NIC (the boot identity), fetches the install
+/// script (minting the boot token) and phones home `installed` with `keys` as the host's
+/// SSH host keys, both from that address.
 fn install(lab: &Lab, mac: &str, keys: &[&str]) {
-    let (code, script) = curl_args(lab, &[&format!("{}/ipxe/mac/{mac}", base())]);
+    let work = tempfile::tempdir().unwrap();
+    lab.lease_as(mac, work.path());
+    let (code, script) = curl_in(&lab.rack, &[&format!("{}/ipxe/mac/{mac}", base())]);
     assert_eq!(code, 200, "{script}");
     let token = script
         .split_whitespace()
@@ -584,8 +587,8 @@ fn install(lab: &Lab, mac: &str, keys: &[&str]) {
         .expect("token on the kernel line")
         .to_string();
     let body = serde_json::json!({"event": "installed", "token": token, "ssh_host_keys": keys});
-    let (code, body) = curl_args(
-        lab,
+    let (code, body) = curl_in(
+        &lab.rack,
         &[
             "-X",
             "POST",
@@ -687,7 +690,12 @@ fn phone_home_runs_the_playbooks_to_ready_idempotently() {
     );
     assert!(sshd.written("/etc/sysctl.d/90-bootgate.conf").is_some());
 
-    let evs = events(&lab, "vm0");
+    // The end event follows the move to `ready` (the runner records it after the state).
+    let evs = wait_for(Duration::from_secs(10), || {
+        let evs = events(&lab, "vm0");
+        (evs.last()?["kind"] == "handoff-succeeded").then_some(evs)
+    })
+    .unwrap_or_else(|| panic!("no handoff-succeeded: {:#?}", events(&lab, "vm0")));
     let kinds: Vec<&str> = evs.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     let tail: Vec<&str> = kinds[kinds.len() - 6..].to_vec();
     assert_eq!(

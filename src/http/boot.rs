@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::ApiError;
 use crate::events::EventSink;
 use crate::handoff::Handoff;
+use crate::identity::Proof;
 use crate::model::{BootPurpose, EventKind, NewEvent, Store, TokenCheck, TokenUse};
 use crate::scripts::{ScriptService, ServeError, Via};
 use crate::snapshot::{Snapshot, Whois};
@@ -113,16 +114,18 @@ fn script(text: String) -> Response {
 
 async fn script_by_mac(
     State(app): State<Arc<BootContext>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(mac): Path<String>,
 ) -> Result<Response, ApiError> {
     let mac: MacAddr = mac
         .parse()
         .map_err(|e: crate::types::MacParseError| ApiError::BadRequest(e.to_string()))?;
-    serve_script(&app, mac).await
+    serve_script(&app, mac, peer).await
 }
 
 async fn script_by_uuid(
     State(app): State<Arc<BootContext>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(uuid): Path<String>,
 ) -> Result<Response, ApiError> {
     let uuid = uuid.to_ascii_lowercase();
@@ -138,7 +141,7 @@ async fn script_by_uuid(
             })
     });
     match found.and_then(|h| h.macs.first().copied()) {
-        Some(mac) => serve_script(&app, mac).await,
+        Some(mac) => serve_script(&app, mac, peer).await,
         None => Err(ApiError::NotFound(format!("no host with UUID {uuid}"))),
     }
 }
@@ -165,10 +168,26 @@ fn swap_uuid(u: &str) -> Option<String> {
     ))
 }
 
-/// The script for `mac` (see [`ScriptService::serve`]), as an HTTP response.
-async fn serve_script(app: &BootContext, mac: MacAddr) -> Result<Response, ApiError> {
-    match app.scripts.serve(mac, Via::Http).await {
+/// The client's IPv4 address (an IPv4-mapped IPv6 peer included); None for IPv6, which
+/// holds no DHCPv4 lease.
+fn peer_v4(peer: SocketAddr) -> Option<Ipv4Addr> {
+    match peer.ip() {
+        std::net::IpAddr::V4(ip) => Some(ip),
+        std::net::IpAddr::V6(ip) => ip.to_ipv4_mapped(),
+    }
+}
+
+/// The script for `mac` (see [`ScriptService::serve`]), as an HTTP response: 403 when it
+/// carries a token and the client does not hold the MAC's lease.
+async fn serve_script(
+    app: &BootContext,
+    mac: MacAddr,
+    peer: SocketAddr,
+) -> Result<Response, ApiError> {
+    let source = peer_v4(peer).unwrap_or(Ipv4Addr::UNSPECIFIED);
+    match app.scripts.serve(mac, Via::Http, source).await {
         Ok(served) => Ok(script(served.text)),
+        Err(e @ ServeError::Refused { .. }) => Err(ApiError::Forbidden(e.to_string())),
         Err(ServeError::Store(e)) => Err(e.into()),
         Err(e) => Err(ApiError::Internal(e.to_string())),
     }
@@ -217,6 +236,12 @@ async fn phone_home(
             .map(String::from)
     });
     let host = app.inventory.load().host_of(mac);
+    // The first proof: the report comes from the address that holds the MAC's lease
+    // (checked before the token, so a token cannot be tried from anywhere else).
+    let source = peer_v4(peer).unwrap_or(Ipv4Addr::UNSPECIFIED);
+    if let refused @ Proof::NotHolder { .. } = app.scripts.proof(mac, source).await? {
+        return Ok(refuse(&app, mac, host, peer, &report, refused.reason()).await);
+    }
     let check = check_token(&app, mac, host.as_deref(), offered.as_deref(), report.event).await?;
     let (host, purpose) = match (host, check) {
         (Some(host), Ok(purpose)) => (host, purpose),
@@ -259,6 +284,7 @@ async fn check_token(
         TokenCheck::NoBoot => Err("no boot in progress for this MAC"),
         TokenCheck::Wrong => Err("wrong token"),
         TokenCheck::Expired { .. } => Err("token expired"),
+        TokenCheck::Used { .. } => Err("token already used: the boot it belonged to is over"),
         TokenCheck::Accepted {
             host: issued_to, ..
         } if issued_to != host => Err("token was issued to another host"),
@@ -266,8 +292,9 @@ async fn check_token(
     })
 }
 
-/// Records a refused report (through the sink and flushed: in order after this boot's
-/// script/file events, and stored before the answer) and answers 403.
+/// Records a refused report (within the refusal budget of its source: through the sink and
+/// flushed, in order after this boot's script/file events, and stored before the answer)
+/// and answers 403.
 async fn refuse(
     app: &BootContext,
     mac: MacAddr,
@@ -282,9 +309,8 @@ async fn refuse(
     if let Some(h) = host {
         ev = ev.host(h);
     }
-    app.events.record(ev).await;
-    app.events.flush().await;
-    tracing::warn!(%mac, %peer, reason, "phone-home refused");
+    let source = peer_v4(peer).unwrap_or(Ipv4Addr::UNSPECIFIED);
+    app.scripts.refuse(ev, "phone-home", source).await;
     metrics::counter!("bootgate_phone_home_total", "result" => "refused").increment(1);
     (
         StatusCode::FORBIDDEN,
@@ -308,10 +334,9 @@ async fn accept(
         PhoneHomeEvent::Installed => HostState::Provisioned,
         PhoneHomeEvent::Failed => HostState::Failed,
     };
-    let ip = report.ip.or(match peer.ip() {
-        std::net::IpAddr::V4(ip) => Some(ip),
-        std::net::IpAddr::V6(_) => None,
-    });
+    // The address is the one proven to hold the lease; what the host says it has is kept
+    // in the detail only.
+    let ip = peer_v4(peer);
     let mut ev = NewEvent::new(EventKind::PhoneHome, "http")
         .mac(mac)
         .host(host)
@@ -320,6 +345,7 @@ async fn accept(
             "ssh_host_keys": report.ssh_host_keys,
             "message": report.message,
             "peer": peer.ip(),
+            "reported_ip": report.ip,
             "purpose": purpose,
         }));
     if let Some(ip) = ip {

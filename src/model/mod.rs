@@ -181,6 +181,9 @@ text_enum!(
         TftpTransfer => "tftp-transfer",
         /// A host fetched its iPXE script (detail: template).
         BootScriptServed => "boot-script-served",
+        /// A script carrying a token was asked for from an address that does not hold the
+        /// MAC's lease (recorded within a budget per source).
+        BootScriptRefused => "boot-script-refused",
         /// A kernel/initrd/image was served over HTTP.
         BootFileServed => "boot-file-served",
         /// A booted host reported in (booted, installed, failed) with a valid token.
@@ -508,8 +511,11 @@ pub enum TokenCheck {
     Wrong,
     /// The MAC's token expired at the given time.
     Expired { at: Timestamp },
-    /// No token was ever issued for the MAC, or it was consumed.
+    /// No token was ever issued for the MAC (or it expired and was pruned).
     NoBoot,
+    /// This token was used up at the given time (its boot reported `installed`/`failed`):
+    /// a replay.
+    Used { at: Timestamp },
 }
 
 /// Whether an accepted token stays valid (a `booted` report: more reports of the same
@@ -524,11 +530,14 @@ pub enum TokenUse {
 /// gateway) between the script fetch and the phone-home still accepts it.
 #[async_trait]
 pub trait BootTokenStore: Send + Sync {
-    /// Stores `token` as the one its MAC must present, replacing any earlier token of that
-    /// MAC (a new boot); also drops tokens that expired. Durable when it returns.
+    /// Stores `token` as the one its MAC must present, replacing any earlier, different
+    /// token of that MAC (a new boot). Issuing the token the MAC already has (a re-fetch of
+    /// the script within the same boot) changes nothing: a used token stays used. Also
+    /// drops tokens that expired. Durable when it returns.
     async fn issue_boot_token(&self, token: &BootToken) -> Result<(), StoreError>;
     /// Checks `offered` for `mac` at `now`; with [`TokenUse::Consume`] an accepted token is
-    /// deleted in the same transaction, so two concurrent reports cannot both use it.
+    /// marked used in the same transaction, so two concurrent reports cannot both use it
+    /// (and a replay is [`TokenCheck::Used`]).
     async fn check_boot_token(
         &self,
         mac: MacAddr,
@@ -536,6 +545,10 @@ pub trait BootTokenStore: Send + Sync {
         now: Timestamp,
         use_: TokenUse,
     ) -> Result<TokenCheck, StoreError>;
+    /// The site's secret key named `name` (at least 32 bytes), shared by every gateway on
+    /// this store: created from `candidate` by the first caller, read back by all later
+    /// ones (both gateways racing get the same winner).
+    async fn site_key(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError>;
 }
 
 /// A whole backend.

@@ -91,19 +91,24 @@ pub(crate) fn hashes_equal(a: &str, b: &str) -> bool {
 
 /// The decision `check_boot_token` makes from the stored row (pure; shared by backends).
 pub(crate) fn decide_token(
-    row: Option<(String, String, BootPurpose, Timestamp)>,
+    row: Option<rows::TokenRow>,
     offered: &str,
     now: Timestamp,
 ) -> TokenCheck {
     match row {
         None => TokenCheck::NoBoot,
-        Some((hash, host, purpose, expires)) => {
-            if !hashes_equal(&hash, &boot_token_hash(offered)) {
+        Some(row) => {
+            if !hashes_equal(&row.hash, &boot_token_hash(offered)) {
                 TokenCheck::Wrong
-            } else if expires <= now {
-                TokenCheck::Expired { at: expires }
+            } else if let Some(at) = row.consumed {
+                TokenCheck::Used { at }
+            } else if row.expires <= now {
+                TokenCheck::Expired { at: row.expires }
             } else {
-                TokenCheck::Accepted { host, purpose }
+                TokenCheck::Accepted {
+                    host: row.host,
+                    purpose: row.purpose,
+                }
             }
         }
     }

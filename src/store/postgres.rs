@@ -942,7 +942,8 @@ impl PostgresStore {
              VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (mac) DO UPDATE SET host = excluded.host, \
              token_sha256 = excluded.token_sha256, purpose = excluded.purpose, \
-             issued = excluded.issued, expires = excluded.expires",
+             issued = excluded.issued, expires = excluded.expires, consumed = NULL \
+             WHERE boot_tokens.token_sha256 <> excluded.token_sha256",
         )
         .bind(token.mac.to_string())
         .bind(&token.host)
@@ -965,10 +966,12 @@ impl PostgresStore {
         now: Timestamp,
         use_: crate::store::TokenUse,
     ) -> Result<crate::store::TokenCheck, StoreError> {
-        const SELECT: &str =
-            "SELECT token_sha256, host, purpose, expires FROM boot_tokens WHERE mac = $1";
         if use_ == crate::store::TokenUse::Keep {
-            let row = sqlx::query(SELECT)
+            let row = sqlx::query(concat!(
+                "SELECT ",
+                rows::token_columns!(),
+                " FROM boot_tokens WHERE mac = $1"
+            ))
                 .bind(mac.to_string())
                 .fetch_optional(&self.pool)
                 .await?;
@@ -980,8 +983,9 @@ impl PostgresStore {
         }
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(concat!(
-            "SELECT token_sha256, host, purpose, expires FROM boot_tokens WHERE mac = $1",
-            " FOR UPDATE"
+            "SELECT ",
+            rows::token_columns!(),
+            " FROM boot_tokens WHERE mac = $1 FOR UPDATE"
         ))
         .bind(mac.to_string())
         .fetch_optional(&mut *tx)
@@ -992,8 +996,9 @@ impl PostgresStore {
             now,
         );
         if matches!(check, crate::store::TokenCheck::Accepted { .. }) {
-            sqlx::query("DELETE FROM boot_tokens WHERE mac = $1")
+            sqlx::query("UPDATE boot_tokens SET consumed = $2 WHERE mac = $1")
                 .bind(mac.to_string())
+                .bind(millis(now))
                 .execute(&mut *tx)
                 .await?;
         }
@@ -1017,6 +1022,24 @@ impl crate::store::BootTokenStore for PostgresStore {
     ) -> Result<crate::store::TokenCheck, StoreError> {
         self.run(self.try_check_boot_token(mac, offered, now, use_))
             .await
+    }
+
+    async fn site_key(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.run(async {
+            sqlx::query(
+                "INSERT INTO site_keys (name, key) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .bind(candidate)
+            .execute(&self.pool)
+            .await?;
+            let key: Vec<u8> = sqlx::query_scalar("SELECT key FROM site_keys WHERE name = $1")
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await?;
+            Ok(key)
+        })
+        .await
     }
 }
 

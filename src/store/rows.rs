@@ -153,18 +153,39 @@ pub(crate) fn event(row: &impl Columns) -> Result<Event, StoreError> {
     })
 }
 
-/// The stored row of a MAC's boot token: (hash, host, purpose, expires), what
-/// [`super::decide_token`] decides on.
-pub(crate) type TokenRow = (String, String, BootPurpose, Timestamp);
+/// The stored row of a MAC's boot token, what [`super::decide_token`] decides on.
+#[derive(Debug, Clone)]
+pub(crate) struct TokenRow {
+    pub hash: String,
+    pub host: String,
+    pub purpose: BootPurpose,
+    pub expires: Timestamp,
+    /// When the token was used up (`installed`/`failed`), if it was.
+    pub consumed: Option<Timestamp>,
+}
 
-/// A boot-token row (`token_sha256, host, purpose, expires`).
+/// The columns a boot-token read selects (`consumed` as 0 when unused, so both dialects
+/// read it as a non-NULL integer); a macro so each backend's query stays one literal.
+macro_rules! token_columns {
+    () => {
+        "token_sha256, host, purpose, expires, COALESCE(consumed, 0) AS consumed"
+    };
+}
+pub(crate) use token_columns;
+
+/// A boot-token row (the [`token_columns!`]).
 pub(crate) fn boot_token(row: &impl Columns) -> Result<TokenRow, StoreError> {
-    Ok((
-        row.text("token_sha256")?,
-        row.text("host")?,
-        row.parsed("purpose")?,
-        row.timestamp("expires")?,
-    ))
+    let consumed = row.int("consumed")?;
+    Ok(TokenRow {
+        hash: row.text("token_sha256")?,
+        host: row.text("host")?,
+        purpose: row.parsed("purpose")?,
+        expires: row.timestamp("expires")?,
+        consumed: match consumed {
+            0 => None,
+            _ => Some(row.timestamp("consumed")?),
+        },
+    })
 }
 
 /// The `hosts` columns of a record as written (`name, state, source, ip, rack, role, spec,

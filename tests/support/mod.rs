@@ -320,6 +320,50 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Makes the rack's client NIC `eth0` take `mac` and leases an address for it from the
+    /// running daemon (busybox udhcpc, which configures it): the boot identity a script
+    /// with a token or a phone-home of that MAC needs. Returns the address.
+    pub fn lease_as(&self, mac: &str, dir: &Path) -> String {
+        self.rack.ip(&["-4", "addr", "flush", "dev", "eth0"]);
+        self.rack.ip(&["link", "set", "eth0", "down"]);
+        self.rack.ip(&["link", "set", "eth0", "address", mac]);
+        self.rack.ip(&["link", "set", "eth0", "up"]);
+        udhcpc(&self.rack, "eth0", dir, &[])
+            .unwrap_or_else(|| panic!("no lease for {mac}"))
+            .ip
+    }
+
+    /// One more machine on the rack's bridge: its own namespace with NIC `eth0` at the
+    /// static `ip`/24 (no lease), e.g. an attacker or a neighbour.
+    pub fn machine(&self, role: &str, ip: &str) -> Netns {
+        let ns = Netns::new(role);
+        self.rack.ip(&[
+            "link", "add", &format!("{role}-br"), "type", "veth", "peer", "name", "eth0",
+            "netns", &ns.name,
+        ]);
+        self.rack
+            .ip(&["link", "set", &format!("{role}-br"), "master", "br0", "up"]);
+        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+}
+
+/// curl in `ns` with extra arguments; returns (status, headers+body text).
+pub fn curl_in(ns: &Netns, args: &[&str]) -> (u16, String) {
+    let out = ns
+        .cmd("curl")
+        .args(["-s", "-m", "5", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
 /// A scratch copy of a site's inventory plus a daemon config pointing at it, with state in
 /// a temporary directory. The config listens where the lab expects (10.250.0.1:8080).
 pub struct Site {

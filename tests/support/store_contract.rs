@@ -60,6 +60,7 @@ macro_rules! store_contract_tests {
             every_write_produces_an_event,
             boot_token_issue_check_consume,
             boot_token_replaced_by_a_new_boot_and_expires,
+            boot_token_reissued_within_a_boot_stays_used,
         );
     };
     (@items $backend:ident, $make:expr, $require:block, $($item:ident),+ $(,)?) => {
@@ -78,6 +79,7 @@ macro_rules! store_contract_tests {
             store_contract_tests!(@two_handles $make, $require,
                 two_handles_race_for_one_address,
                 boot_token_survives_a_restart_and_is_used_once,
+                site_key_is_created_once_and_shared,
                 two_handles_record_the_same_discovered_macs,
                 host_by_mac_sees_the_other_handles_writes,
             );
@@ -1549,8 +1551,8 @@ fn boot_token(
     }
 }
 
-/// A token is accepted for its MAC only, kept by `Keep`, gone after `Consume`; a wrong or
-/// foreign token is refused without using up the real one.
+/// A token is accepted for its MAC only, kept by `Keep`, used up by `Consume` (a replay
+/// is `Used`); a wrong or foreign token is refused without using up the real one.
 pub async fn boot_token_issue_check_consume<S: Store>(store: Arc<S>) {
     use bootgate::store::{BootPurpose, TokenCheck, TokenUse};
     let t = now();
@@ -1611,8 +1613,86 @@ pub async fn boot_token_issue_check_consume<S: Store>(store: Arc<S>) {
             .check_boot_token(mac(1), tok, t, TokenUse::Consume)
             .await
             .unwrap(),
-        TokenCheck::NoBoot
+        TokenCheck::Used { at: t }
     );
+}
+
+/// Issuing the token a MAC already has (a re-fetch of its script within the same boot)
+/// changes nothing: a used token stays used, a live one keeps its expiry. A different
+/// token (a new boot) replaces it and is live.
+pub async fn boot_token_reissued_within_a_boot_stays_used<S: Store>(store: Arc<S>) {
+    use bootgate::store::{BootPurpose, TokenCheck, TokenUse};
+    let t = now();
+    let tok = "33333333333333333333333333333333";
+    let issue = |tok: &'static str, at| {
+        let store = store.clone();
+        async move {
+            store
+                .issue_boot_token(&boot_token(mac(3), "gpu-a03", tok, BootPurpose::Install, at))
+                .await
+                .unwrap()
+        }
+    };
+    issue(tok, t).await;
+    // Re-issued later: the expiry stays the first one's.
+    issue(tok, t + secs(600)).await;
+    assert_eq!(
+        store
+            .check_boot_token(mac(3), tok, t + secs(3600), TokenUse::Keep)
+            .await
+            .unwrap(),
+        TokenCheck::Expired { at: t + secs(3600) }
+    );
+    assert!(matches!(
+        store
+            .check_boot_token(mac(3), tok, t, TokenUse::Consume)
+            .await
+            .unwrap(),
+        TokenCheck::Accepted { .. }
+    ));
+    issue(tok, t).await;
+    assert_eq!(
+        store
+            .check_boot_token(mac(3), tok, t, TokenUse::Keep)
+            .await
+            .unwrap(),
+        TokenCheck::Used { at: t }
+    );
+    let next = "44444444444444444444444444444444";
+    issue(next, t).await;
+    assert!(matches!(
+        store
+            .check_boot_token(mac(3), next, t, TokenUse::Keep)
+            .await
+            .unwrap(),
+        TokenCheck::Accepted { .. }
+    ));
+    assert_eq!(
+        store
+            .check_boot_token(mac(3), tok, t, TokenUse::Keep)
+            .await
+            .unwrap(),
+        TokenCheck::Wrong
+    );
+}
+
+/// The boot-token key: the first offer wins, every later caller (another handle: the
+/// other gateway, or the daemon after a restart) reads the same key back.
+pub async fn site_key_is_created_once_and_shared<A: Store + 'static, B: Store + 'static>(
+    store: Arc<A>,
+    other: Arc<B>,
+) {
+    let first = vec![1u8; 32];
+    let second = vec![2u8; 32];
+    let (a, b) = tokio::join!(
+        store.site_key("boot-token", &first),
+        other.site_key("boot-token", &second),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a, b, "two gateways got different keys");
+    assert!(a == first || a == second);
+    assert_eq!(store.site_key("boot-token", &[3u8; 32]).await.unwrap(), a);
+    assert_eq!(other.site_key("another", &second).await.unwrap(), second);
 }
 
 /// A new boot's token replaces the old one (with its purpose); a token past its expiry is

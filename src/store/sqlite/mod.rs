@@ -493,9 +493,11 @@ impl BootTokenStore for SqliteStore {
                 .call(move |c| statements::consume_boot_token(c, mac, &offered, now))
                 .await;
         }
-        let row = sqlx::query(
-            "SELECT token_sha256, host, purpose, expires FROM boot_tokens WHERE mac = ?",
-        )
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            rows::token_columns!(),
+            " FROM boot_tokens WHERE mac = ?"
+        ))
         .bind(mac.to_string())
         .fetch_optional(&self.reader)
         .await?;
@@ -504,6 +506,13 @@ impl BootTokenStore for SqliteStore {
             offered,
             now,
         ))
+    }
+
+    async fn site_key(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let (name, candidate) = (name.to_string(), candidate.to_vec());
+        self.writer()?
+            .call(move |c| statements::site_key(c, &name, &candidate))
+            .await
     }
 }
 

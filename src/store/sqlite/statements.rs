@@ -293,7 +293,8 @@ pub(super) fn issue_boot_token(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
          ON CONFLICT (mac) DO UPDATE SET host = excluded.host, \
          token_sha256 = excluded.token_sha256, purpose = excluded.purpose, \
-         issued = excluded.issued, expires = excluded.expires",
+         issued = excluded.issued, expires = excluded.expires, consumed = NULL \
+         WHERE boot_tokens.token_sha256 <> excluded.token_sha256",
     )?
     .execute(rusqlite::params![
         token.mac.to_string(),
@@ -306,8 +307,8 @@ pub(super) fn issue_boot_token(
     Ok(())
 }
 
-/// `check_boot_token` with `TokenUse::Consume`: the check and the delete of an accepted
-/// token in one transaction, so two reports cannot both use it.
+/// `check_boot_token` with `TokenUse::Consume`: the check and the marking of an accepted
+/// token as used in one transaction, so two reports cannot both use it.
 pub(super) fn consume_boot_token(
     conn: &rusqlite::Connection,
     mac: MacAddr,
@@ -315,16 +316,32 @@ pub(super) fn consume_boot_token(
     now: Timestamp,
 ) -> Result<TokenCheck, StoreError> {
     let stored = {
-        let mut stmt = conn.prepare_cached(
-            "SELECT token_sha256, host, purpose, expires FROM boot_tokens WHERE mac = ?1",
-        )?;
+        let mut stmt = conn.prepare_cached(concat!(
+            "SELECT ",
+            rows::token_columns!(),
+            " FROM boot_tokens WHERE mac = ?1"
+        ))?;
         let mut rows = stmt.query([mac.to_string()])?;
         rows.next()?.map(rows::boot_token).transpose()?
     };
     let check = super::super::decide_token(stored, offered, now);
     if matches!(check, TokenCheck::Accepted { .. }) {
-        conn.prepare_cached("DELETE FROM boot_tokens WHERE mac = ?1")?
-            .execute([mac.to_string()])?;
+        conn.prepare_cached("UPDATE boot_tokens SET consumed = ?2 WHERE mac = ?1")?
+            .execute(rusqlite::params![mac.to_string(), millis(now)])?;
     }
     Ok(check)
+}
+
+/// `site_key`: inserts `candidate` unless the key exists, then reads the one stored.
+pub(super) fn site_key(
+    conn: &rusqlite::Connection,
+    name: &str,
+    candidate: &[u8],
+) -> Result<Vec<u8>, StoreError> {
+    conn.prepare_cached("INSERT OR IGNORE INTO site_keys (name, key) VALUES (?1, ?2)")?
+        .execute(rusqlite::params![name, candidate])?;
+    let key: Vec<u8> = conn
+        .prepare_cached("SELECT key FROM site_keys WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))?;
+    Ok(key)
 }
