@@ -163,7 +163,10 @@ impl ScriptService {
                     });
                 }
             },
-            _ => (None, self.whois.lease_holder(source).map(|(m, _)| m) == Some(mac)),
+            _ => (
+                None,
+                self.whois.lease_holder(source).map(|(m, _)| m) == Some(mac),
+            ),
         };
         let text = self.render(&loaded, &plan, mac, host, state, token.as_deref())?;
         metrics::counter!("bootgate_ipxe_scripts_total", "template" => template, "via" => via.as_str())
@@ -196,9 +199,11 @@ impl ScriptService {
             return Ok(in_book);
         }
         let now = Timestamp::now();
-        let stored = self.store.get_lease(source).await?.filter(|l| {
-            l.state == crate::model::LeaseState::Active && l.ends > now
-        });
+        let stored = self
+            .store
+            .get_lease(source)
+            .await?
+            .filter(|l| l.state == crate::model::LeaseState::Active && l.ends > now);
         Ok(match stored {
             Some(l) => identity::proof(mac, Some((l.mac, l.ends))),
             None => in_book,

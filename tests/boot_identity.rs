@@ -63,10 +63,7 @@ fn state(lab: &Lab) -> String {
 }
 
 fn events(lab: &Lab) -> Vec<Value> {
-    let (_, body) = curl_in(
-        &lab.gw,
-        &[&format!("{}/api/v1/events?limit=10000", base())],
-    );
+    let (_, body) = curl_in(&lab.gw, &[&format!("{}/api/v1/events?limit=10000", base())]);
     serde_json::from_str::<Value>(&body)
         .unwrap()
         .as_array()
@@ -101,7 +98,10 @@ fn metric(lab: &Lab, line_prefix: &str) -> f64 {
 #[test]
 fn only_the_lease_holder_gets_the_token_and_speaks_for_the_mac() {
     require_root!("network namespaces");
-    require_peer!("tftp", "apt-get install tftp-hpa (scripts/lib.sh installs it)");
+    require_peer!(
+        "tftp",
+        "apt-get install tftp-hpa (scripts/lib.sh installs it)"
+    );
     let lab = Lab::new();
     let site = site_with_image();
     let _daemon = Daemon::start(&lab, &site);
@@ -124,14 +124,20 @@ fn only_the_lease_holder_gets_the_token_and_speaks_for_the_mac() {
     let token = token_of(&script).expect("a token for the lease holder");
     assert_eq!(state(&lab), "provisioning");
     let (_, again) = curl_in(&lab.rack, &[&script_url()]);
-    assert_eq!(token_of(&again).as_deref(), Some(token.as_str()), "re-fetch rotated");
+    assert_eq!(
+        token_of(&again).as_deref(),
+        Some(token.as_str()),
+        "re-fetch rotated"
+    );
     let over_tftp = tftp_get(&lab.rack, &tftp_name, work.path()).expect("TFTP script");
     assert_eq!(token_of(&over_tftp).as_deref(), Some(token.as_str()));
 
     // The attacker, even with the stolen token, cannot report for vm0, nor fetch (and so
     // rotate) its token; vm0's install is undisturbed.
     for body in [
-        format!(r#"{{"event":"installed","token":"{token}","ssh_host_keys":["ssh-ed25519 AAAA evil"]}}"#),
+        format!(
+            r#"{{"event":"installed","token":"{token}","ssh_host_keys":["ssh-ed25519 AAAA evil"]}}"#
+        ),
         format!(r#"{{"event":"failed","token":"{token}"}}"#),
     ] {
         let (code, answer) = phone_home(&attacker, &body);
@@ -180,19 +186,29 @@ fn only_the_lease_holder_gets_the_token_and_speaks_for_the_mac() {
         .filter(|e| e["kind"] == "boot-script-refused")
         .collect();
     assert!(
-        refused.iter().any(|e| e["detail"]["source"] == ATTACKER && e["actor"] == "http"),
+        refused
+            .iter()
+            .any(|e| e["detail"]["source"] == ATTACKER && e["actor"] == "http"),
         "{refused:#?}"
     );
     assert!(
-        refused.iter().any(|e| e["detail"]["source"] == ATTACKER && e["actor"] == "tftp"),
+        refused
+            .iter()
+            .any(|e| e["detail"]["source"] == ATTACKER && e["actor"] == "tftp"),
         "{refused:#?}"
     );
-    assert!(evs.iter().any(|e| e["kind"] == "phone-home-refused"
-        && e["detail"]["peer"] == ATTACKER));
+    assert!(
+        evs.iter()
+            .any(|e| e["kind"] == "phone-home-refused" && e["detail"]["peer"] == ATTACKER)
+    );
     // Only vm0's own reports moved it.
     let accepted: Vec<&Value> = evs.iter().filter(|e| e["kind"] == "phone-home").collect();
     assert_eq!(accepted.len(), 2, "{accepted:#?}");
-    assert!(accepted.iter().all(|e| e["detail"]["peer"] == vm0_ip.as_str()));
+    assert!(
+        accepted
+            .iter()
+            .all(|e| e["detail"]["peer"] == vm0_ip.as_str())
+    );
 }
 
 #[test]
@@ -237,7 +253,12 @@ fn refusals_write_a_bounded_number_of_events_per_source() {
         args.extend([
             "-o".into(),
             "/dev/null".into(),
-            format!("{}/ipxe/mac/02:00:00:00:{:02x}:{:02x}", base(), i / 256, i % 256),
+            format!(
+                "{}/ipxe/mac/02:00:00:00:{:02x}:{:02x}",
+                base(),
+                i / 256,
+                i % 256
+            ),
         ]);
     }
     let (_, _) = curl_in(
@@ -255,9 +276,7 @@ fn refusals_write_a_bounded_number_of_events_per_source() {
     let evs = events(&lab);
     let from_attacker = evs[events_before..]
         .iter()
-        .filter(|e| {
-            e["detail"]["source"] == ATTACKER || e["detail"]["peer"] == ATTACKER
-        })
+        .filter(|e| e["detail"]["source"] == ATTACKER || e["detail"]["peer"] == ATTACKER)
         .count();
     assert!(
         (1..=5).contains(&from_attacker),

@@ -24,7 +24,7 @@ use super::{arp, probe, request};
 use crate::discovery::{DiscoverySink, Sighting};
 use crate::events::EventSink;
 use crate::inventory::{Host, Inventory, Purpose, Served, Subnet};
-use crate::ipam::{Claim, ClaimKind, Committed, Ipam};
+use crate::ipam::{Claim, ClaimKind, Committed, Deferral, Ipam};
 use crate::model::{EventKind, Lease, LeaseState, NewEvent, RelayInfo, StoreError};
 use crate::pxe::{self, BootSettings};
 use crate::snapshot::Snapshot;
@@ -423,28 +423,46 @@ impl DhcpServer {
         };
         let event = located(lease_event(x.req, &decision, &lease), &lease, inv);
         // Without the store, only what no other gateway can hand out may be ACKed on a
-        // promise to write it later: the host's reservation, a renewal of a lease the book
-        // already holds for this client, and giving an address back.
+        // promise to write it later: the host's reservation, giving an address back, and a
+        // renewal of a lease the book already holds for this client, up to the end it holds
+        // (never extended: the other gateway may still reach the store and hand the address
+        // out once that end passes).
         let renewal = previous
             .as_ref()
-            .is_some_and(|c| c.client == x.client && c.kind == ClaimKind::Lease && c.until > x.now);
-        let may_defer = x.reservation == Some(lease.ip)
-            || renewal
+            .filter(|c| c.client == x.client && c.kind == ClaimKind::Lease && c.until > x.now);
+        let deferral = if x.reservation == Some(lease.ip)
             || matches!(
                 decision,
                 Decision::Release { .. } | Decision::Decline { .. }
-            );
+            ) {
+            Deferral::AsIs
+        } else if let Some(c) = renewal {
+            Deferral::UpTo(c.until)
+        } else {
+            Deferral::Never
+        };
         let committed = self
             .ctx
             .ipam
-            .commit_or_defer(&lease, x.client.clone(), previous, &event, may_defer)
+            .commit_or_defer(&lease, x.client.clone(), previous, &event, deferral)
             .await;
         match committed {
             Ok(Committed::Durable) => Some(decision),
-            Ok(Committed::Deferred) => {
+            Ok(Committed::Deferred { ends }) => {
                 metrics::counter!("bootgate_dhcp_deferred_total").increment(1);
-                tracing::info!(ip = %lease.ip, "degraded: ACK with the lease write queued");
-                Some(decision)
+                tracing::info!(ip = %lease.ip, %ends, "degraded: ACK with the lease write queued");
+                match decision {
+                    Decision::Ack { ip, state, .. } if ends < lease.ends => {
+                        // The renewal's remaining time, in whole seconds (option 51).
+                        let left = ends.duration_since(x.now).as_secs();
+                        (left > 0).then(|| Decision::Ack {
+                            ip,
+                            lease_time: std::time::Duration::from_secs(left as u64),
+                            state,
+                        })
+                    }
+                    other => Some(other),
+                }
             }
             Err(StoreError::Conflict { holder, .. }) => {
                 tracing::warn!(ip = %lease.ip, %holder, "address taken meanwhile; NAK");

@@ -15,7 +15,9 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use crate::inventory::Subnet;
-use crate::model::{Lease, LeaseFilter, LeaseState, NewEvent, Store, StoreError, StoreHealth};
+use crate::model::{
+    EventKind, Lease, LeaseFilter, LeaseState, NewEvent, Store, StoreError, StoreHealth,
+};
 use crate::types::MacAddr;
 
 mod address;
@@ -266,8 +268,25 @@ const RETRY_DOWN: Duration = Duration::from_secs(1);
 pub enum Committed {
     /// In the store, durably.
     Durable,
-    /// The store is unreachable: queued in memory, written when it returns (degraded mode).
-    Deferred,
+    /// The store is unreachable: queued in memory, written when it returns (degraded mode),
+    /// with the lease ending at `ends` (a renewal's end is never extended: see [`Deferral`]).
+    Deferred { ends: Timestamp },
+}
+
+/// What may be ACKed on a promise to write the lease later, when the store is unreachable
+/// (the caller's judgement of what no other gateway can hand out meanwhile).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deferral {
+    /// Nothing: without the store, no ACK.
+    Never,
+    /// As asked: the host's reservation (no other MAC may get it anywhere), a release, a
+    /// decline.
+    AsIs,
+    /// A renewal of a lease this gateway's book holds for the client until `until`: queued
+    /// only up to that end, never extended. The other gateway, which may still reach the
+    /// store, keeps the address for the client exactly that long (the store says so), so
+    /// no address is ever ACKed to two MACs across a one-sided partition.
+    UpTo(Timestamp),
 }
 
 /// How the service runs.
@@ -430,15 +449,41 @@ impl Ipam {
             }
             match self.store.commit_leases(&batch).await {
                 Ok(results) => {
-                    let mut book = self.book();
-                    book.now = None;
-                    for ((lease, _), r) in batch.iter().zip(results) {
-                        if let Err(e) = r {
-                            // Only a store restored from an old backup could get here: the
-                            // address went to another MAC while we served degraded.
+                    let mut alerts = vec![];
+                    let mut superseded = vec![];
+                    {
+                        let mut book = self.book();
+                        book.now = None;
+                        let now = Timestamp::now();
+                        for ((lease, event), r) in batch.iter().zip(results) {
+                            let Err(e) = r else { continue };
+                            if lease.ends <= now && matches!(e, StoreError::Conflict { .. }) {
+                                // A renewal that ran out before it could be written, and the
+                                // address has moved on since (the other gateway handed it
+                                // out after that end): no overlap, no alert. The ACK stays
+                                // in the event history.
+                                metrics::counter!("bootgate_deferred_superseded_total")
+                                    .increment(1);
+                                tracing::info!(ip = %lease.ip, mac = %lease.mac, ends = %lease.ends, "a degraded ACK's lease ended before it was written; the address has moved on");
+                                superseded.push(event.clone());
+                                continue;
+                            }
+                            // The address went to another MAC while we served degraded (a
+                            // store restored from an old backup, a reservation moved):
+                            // an alert, and the book learns the real holder, so the loser's
+                            // next request is NAKed (its address is another's).
                             tracing::error!(error = %e, ip = %lease.ip, mac = %lease.mac, "a degraded ACK's lease was refused when written");
                             metrics::counter!("bootgate_deferred_conflicts_total").increment(1);
+                            let mut alert = NewEvent::new(EventKind::LeaseConflict, "dhcp")
+                                .ip(lease.ip)
+                                .mac(lease.mac)
+                                .detail(serde_json::json!({
+                                    "reason": e.to_string(),
+                                    "acked_while_degraded_until": lease.ends,
+                                }));
                             if let StoreError::Conflict { holder, until, .. } = e {
+                                alert.detail["holder"] = serde_json::json!(holder.to_string());
+                                alert.detail["holder_until"] = serde_json::json!(until);
                                 book.learn(&Lease {
                                     mac: holder,
                                     ends: until,
@@ -446,6 +491,20 @@ impl Ipam {
                                     ..lease.clone()
                                 });
                             }
+                            if let Some(h) = &lease.host {
+                                alert = alert.host(h.clone());
+                            }
+                            alerts.push(alert);
+                        }
+                    }
+                    for ev in superseded {
+                        if let Err(e) = self.store.append(&ev).await {
+                            tracing::error!(error = %e, "a degraded ACK's event was not stored");
+                        }
+                    }
+                    for alert in alerts {
+                        if let Err(e) = self.store.append(&alert).await {
+                            tracing::error!(error = %e, "the lease-conflict alert was not stored");
                         }
                     }
                     metrics::gauge!("bootgate_deferred_lease_writes")
@@ -599,15 +658,16 @@ impl Ipam {
         previous: Option<Claim>,
         event: &NewEvent,
     ) -> Result<(), StoreError> {
-        self.commit_or_defer(lease, client, previous, event, false)
+        self.commit_or_defer(lease, client, previous, event, Deferral::Never)
             .await
             .map(|_| ())
     }
 
-    /// As [`Ipam::commit`]; but when the store is unreachable and `may_defer` (the caller
-    /// has checked that no other gateway can hand out this address: the host's reservation,
-    /// a renewal of a lease already in the book, a release), the write is queued in memory
-    /// and the lease recorded in the book: [`Committed::Deferred`], the caller may ACK.
+    /// As [`Ipam::commit`]; but when the store is unreachable and `deferral` allows it (the
+    /// caller has checked that no other gateway can hand out this address: see
+    /// [`Deferral`]), the write is queued in memory and the lease recorded in the book:
+    /// [`Committed::Deferred`] with the end it got (a renewal capped at the end the book
+    /// held), and the caller may ACK up to that end.
     ///
     /// A `Conflict` (another gateway holds the address) teaches the book the real holder,
     /// so the address is not offered again, and wakes the sync loop.
@@ -617,7 +677,7 @@ impl Ipam {
         client: ClientKey,
         previous: Option<Claim>,
         event: &NewEvent,
-        may_defer: bool,
+        deferral: Deferral,
     ) -> Result<Committed, StoreError> {
         let result = if self.health.is_up() {
             let r = self.write(lease, event).await;
@@ -632,20 +692,28 @@ impl Ipam {
                     .map_or_else(String::new, |d| d.reason),
             })
         };
-        let result = match result {
-            Err(e @ StoreError::Unavailable { .. }) if may_defer => {
+        let capped;
+        let (lease, result) = match result {
+            Err(e @ StoreError::Unavailable { .. }) if deferral != Deferral::Never => {
+                capped = match deferral {
+                    Deferral::UpTo(until) if until < lease.ends => Lease {
+                        ends: until,
+                        ..lease.clone()
+                    },
+                    _ => lease.clone(),
+                };
                 let mut d = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
                 if d.len() < MAX_DEFERRED {
-                    d.push((lease.clone(), event.clone()));
+                    d.push((capped.clone(), event.clone()));
                     metrics::gauge!("bootgate_deferred_lease_writes").set(d.len() as f64);
-                    Ok(Committed::Deferred)
+                    (&capped, Ok(Committed::Deferred { ends: capped.ends }))
                 } else {
                     metrics::counter!("bootgate_deferred_refused_total").increment(1);
-                    Err(e)
+                    (lease, Err(e))
                 }
             }
-            Ok(()) => Ok(Committed::Durable),
-            Err(e) => Err(e),
+            Ok(()) => (lease, Ok(Committed::Durable)),
+            Err(e) => (lease, Err(e)),
         };
         self.settle(lease, client, previous, &result);
         result
@@ -1040,14 +1108,16 @@ mod ha_tests {
         // A fresh dynamic lease must not be ACKed on a promise.
         let prev = Ipam::begin_commit(&mut ipam.book(), l.ip, client.clone(), l.mac);
         let r = ipam
-            .commit_or_defer(&l, client.clone(), prev, &ev, false)
+            .commit_or_defer(&l, client.clone(), prev, &ev, Deferral::Never)
             .await;
         assert!(matches!(r, Err(StoreError::Unavailable { .. })), "{r:?}");
         assert!(ipam.book().claim(l.ip).is_none());
         // A reservation may: queued, and in the book.
         let prev = Ipam::begin_commit(&mut ipam.book(), l.ip, client.clone(), l.mac);
-        let r = ipam.commit_or_defer(&l, client, prev, &ev, true).await;
-        assert_eq!(r.unwrap(), Committed::Deferred);
+        let r = ipam
+            .commit_or_defer(&l, client, prev, &ev, Deferral::AsIs)
+            .await;
+        assert_eq!(r.unwrap(), Committed::Deferred { ends: l.ends });
         assert_eq!(ipam.book().claim(l.ip).unwrap().kind, ClaimKind::Lease);
         assert_eq!(ipam.deferred_len(), 1);
         assert!(store.get_lease(l.ip).await.unwrap().is_none());

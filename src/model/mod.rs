@@ -173,6 +173,10 @@ text_enum!(
         LeaseReleased => "lease-released",
         LeaseDeclined => "lease-declined",
         LeaseExpired => "lease-expired",
+        /// A lease ACKed while the store was unreachable was refused when written: the
+        /// address went to another MAC meanwhile (detail: holder). An alert: the loser is
+        /// NAKed at its next request.
+        LeaseConflict => "lease-conflict",
         /// A DHCPNAK was sent (detail names the reason).
         DhcpNak => "dhcp-nak",
         /// A free address answered a conflict probe: somebody uses it without a lease.

@@ -972,9 +972,9 @@ impl PostgresStore {
                 rows::token_columns!(),
                 " FROM boot_tokens WHERE mac = $1"
             ))
-                .bind(mac.to_string())
-                .fetch_optional(&self.pool)
-                .await?;
+            .bind(mac.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
             return Ok(crate::store::decide_token(
                 row.as_ref().map(rows::boot_token).transpose()?,
                 offered,

@@ -339,8 +339,16 @@ impl Lab {
     pub fn machine(&self, role: &str, ip: &str) -> Netns {
         let ns = Netns::new(role);
         self.rack.ip(&[
-            "link", "add", &format!("{role}-br"), "type", "veth", "peer", "name", "eth0",
-            "netns", &ns.name,
+            "link",
+            "add",
+            &format!("{role}-br"),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ns.name,
         ]);
         self.rack
             .ip(&["link", "set", &format!("{role}-br"), "master", "br0", "up"]);

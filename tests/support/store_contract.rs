@@ -1628,7 +1628,13 @@ pub async fn boot_token_reissued_within_a_boot_stays_used<S: Store>(store: Arc<S
         let store = store.clone();
         async move {
             store
-                .issue_boot_token(&boot_token(mac(3), "gpu-a03", tok, BootPurpose::Install, at))
+                .issue_boot_token(&boot_token(
+                    mac(3),
+                    "gpu-a03",
+                    tok,
+                    BootPurpose::Install,
+                    at,
+                ))
                 .await
                 .unwrap()
         }
