@@ -422,3 +422,64 @@ fn a_flood_of_requests_without_offers_takes_at_most_the_budget() {
     .expect("a normal DORA got no lease after the flood");
     assert!(l.ip.starts_with("10.250.0."), "{}", l.ip);
 }
+
+/// Issue 15 item 2, end to end: two MACs claim the same switch port through option 82 (the
+/// real machine, then another one forging its circuit-id; here both through the listed
+/// relay, the worst case). `rack plan --write` refuses with a conflict naming both MACs
+/// and writes nothing: discovery never decides which machine a rack position is.
+#[test]
+fn rack_plan_write_refuses_a_switch_port_claimed_by_two_macs() {
+    require_root!();
+    let (lab, site) = relay_lab();
+    let _daemon = Daemon::start(&lab, &site);
+    let server = SocketAddrV4::new(GW, 67);
+    let real = mac(0x01, 0xab);
+    let forger = mac(0x02, 0xee);
+    let relayed = |chaddr: [u8; 6], xid: u32| {
+        let mut m = message(MessageType::Discover, chaddr, xid);
+        m.set_giaddr(RELAY_GIADDR).set_hops(1);
+        m.opts_mut().insert(option82("swp1", "leaf-rz", None));
+        m
+    };
+    send(
+        &lab,
+        vec![relayed(real, 0xab00_0001), relayed(forger, 0xab00_0002)],
+        67,
+        server,
+        Duration::from_secs(1),
+    );
+    for m in [real, forger] {
+        let d = wait_for(Duration::from_secs(10), || discovered_mac(&site, m))
+            .expect("the relayed MAC was not discovered");
+        assert_eq!(d["circuit_id"], "swp1", "{d}");
+    }
+
+    let manifest = site.dir.path().join("rz.toml");
+    std::fs::write(
+        &manifest,
+        "[rack]\nname = \"lab-rz\"\nprofile = \"lab-debian\"\n\n[rack.switch]\nname = \"leaf-rz\"\nremote_id = \"leaf-rz\"\nports = { swp1 = 1 }\n\n\
+         [rack.addressing]\nprovisioning = \"10.250.0.60\"\n\n[[node]]\nposition = 1\nserial = \"SN-Z1\"\n",
+    )
+    .unwrap();
+    let config = site.config();
+    let out = bootgate(&[
+        "--config",
+        path_str(&config),
+        "rack",
+        "plan",
+        path_str(&manifest),
+        "--write",
+    ]);
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!out.status.success(), "planned a contested port:\n{text}");
+    assert!(
+        text.contains("switch port swp1 was claimed by more than one MAC")
+            && text.contains(&mac_str(real))
+            && text.contains(&mac_str(forger)),
+        "{text}"
+    );
+    assert!(
+        !site.inventory_file("rack-lab-rz.toml").exists(),
+        "the rack was written"
+    );
+}
