@@ -817,6 +817,23 @@ fn ipoib_subnet_behind_relays() {
 }
 
 #[test]
+fn trust_option82_behind_relays() {
+    check(&Case {
+        what: "trust_option82 without an interface",
+        changes: &[(
+            "x.toml",
+            Some(subnet!(
+                "cidr = \"10.9.0.0/24\"\npurpose = \"provisioning\"\nrelay_addresses = [\"10.9.0.1\"]\ntrust_option82 = true"
+            )),
+        )],
+        file: "x.toml",
+        entry: "subnet \"x\"",
+        field: "trust_option82",
+        reason: &["relay_addresses"],
+    });
+}
+
+#[test]
 fn bmc_address_outside_bmc_subnets() {
     check(&Case {
         what: "BMC not on a bmc subnet",

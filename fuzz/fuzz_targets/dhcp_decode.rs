@@ -41,6 +41,7 @@ fuzz_target!(|data: &[u8]| {
         proxy_dhcp: false,
         served: Served::Interface("fuzz0".to_string()),
         mtu: Some(1500),
+        trust_option82: false,
     };
     let boot = BootInfo {
         next_server: Ipv4Addr::new(10, 0, 0, 1),

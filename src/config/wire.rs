@@ -236,6 +236,12 @@ struct DhcpWire {
     /// How long the probe waits for an echo reply, in milliseconds.
     #[serde(default = "default_probe_ms")]
     probe_timeout_ms: u64,
+    /// Client MACs tracked for the per-MAC rate limit; the least recently heard go first.
+    #[serde(default = "default_tracked_clients")]
+    max_tracked_clients: usize,
+    /// Per subnet and minute: ACKs for addresses the client was never offered.
+    #[serde(default = "default_unoffered_acks")]
+    unoffered_acks_per_minute: u32,
 }
 
 impl Default for DhcpWire {
@@ -246,6 +252,8 @@ impl Default for DhcpWire {
             max_in_flight: default_in_flight(),
             conflict_probe: default_probe(),
             probe_timeout_ms: default_probe_ms(),
+            max_tracked_clients: default_tracked_clients(),
+            unoffered_acks_per_minute: default_unoffered_acks(),
         }
     }
 }
@@ -264,6 +272,12 @@ fn default_probe() -> crate::dhcp::probe::ProbeMode {
 }
 fn default_probe_ms() -> u64 {
     200
+}
+fn default_tracked_clients() -> usize {
+    65_536
+}
+fn default_unoffered_acks() -> u32 {
+    32
 }
 
 #[derive(Debug, Deserialize)]
@@ -489,6 +503,9 @@ fn dhcp_settings(w: &DhcpWire) -> DhcpSettings {
         max_in_flight: w.max_in_flight.max(1),
         conflict_probe: w.conflict_probe,
         probe_timeout: Duration::from_millis(w.probe_timeout_ms.clamp(10, 5000)),
+        // Below a few hundred, a busy segment's own clients would evict each other.
+        max_tracked_clients: w.max_tracked_clients.max(256),
+        unoffered_acks_per_minute: w.unoffered_acks_per_minute,
     }
 }
 

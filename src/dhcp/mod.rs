@@ -19,6 +19,7 @@ pub mod reply;
 pub mod request;
 pub mod server;
 mod settings;
+pub mod tracker;
 
 pub use settings::{DhcpSettings, Interface};
 

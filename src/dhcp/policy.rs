@@ -35,6 +35,9 @@ pub struct View<'a> {
     pub book: &'a dyn AddressBook,
     /// Our share of the clients and the pool while a peer gateway is alive (RFC 3074).
     pub share: Share,
+    /// How many more ACKs `subnet` may give this minute for an address the client was
+    /// never offered and holds no record of (see [`unoffered`]).
+    pub unoffered_left: u32,
 }
 
 /// Why a request gets no answer (each is a metric label and a log reason).
@@ -59,6 +62,9 @@ pub enum Silence {
     NotHeld,
     /// An unknown client whose RFC 3074 hash bucket is the (alive) peer gateway's.
     PeerBucket,
+    /// A REQUEST for an address we never offered the client (nor hold a record of), past
+    /// the subnet's per-minute budget of such ACKs (pool drain).
+    UnofferedBudget,
 }
 
 impl Silence {
@@ -73,6 +79,7 @@ impl Silence {
             Silence::Malformed => "malformed",
             Silence::NotHeld => "not-held",
             Silence::PeerBucket => "peer-bucket",
+            Silence::UnofferedBudget => "unoffered-budget",
         }
     }
 }
@@ -256,6 +263,9 @@ fn request(req: &Request, view: &View, subnet: &Subnet, client: &ClientKey) -> D
             return Decision::Ignore(Silence::Malformed);
         };
         return match allocatable(view, subnet, client, ip) {
+            Ok(()) if over_budget(view, subnet, client, ip) => {
+                Decision::Ignore(Silence::UnofferedBudget)
+            }
             Ok(()) => ack(ip, RequestState::Selecting),
             Err(reason) => Decision::Nak { reason },
         };
@@ -292,9 +302,30 @@ fn request(req: &Request, view: &View, subnet: &Subnet, client: &ClientKey) -> D
     // When our record is gone (expired and reclaimed, a new store) but the address is free
     // and fits the client, extend it rather than break a running host, as Kea does.
     match allocatable(view, subnet, client, ip) {
+        Ok(()) if over_budget(view, subnet, client, ip) => {
+            Decision::Ignore(Silence::UnofferedBudget)
+        }
         Ok(()) => ack(ip, state),
         Err(reason) => Decision::Nak { reason },
     }
+}
+
+/// Whether ACKing `ip` to `client` would give it an address it was never offered and holds
+/// no record of: not its reservation, not its binding (an offer hold or a lease). A
+/// burst of such REQUESTs from new MACs could otherwise take a whole dynamic range at
+/// once without a single DISCOVER; the server spends one of the subnet's budget per ACK.
+pub fn unoffered(view: &View, subnet: &Subnet, client: &ClientKey, ip: Ipv4Addr) -> bool {
+    view.reservation != Some(ip) && view.book.binding_of(subnet, client).map(|b| b.ip) != Some(ip)
+}
+
+/// RFC 2131 §4.3.2 leaves the server free to refuse a REQUEST it made no offer for (a
+/// SELECTING client whose offer we do not hold; INIT-REBOOT without a record "MUST remain
+/// silent" already). Past the budget we stay silent rather than NAK: a NAK to a client
+/// with giaddr 0 is broadcast to the whole segment and recorded as an event (RFC 2131
+/// §4.1), so a flood would be amplified; a genuine client retries and then starts over
+/// with a DISCOVER, which is never limited.
+fn over_budget(view: &View, subnet: &Subnet, client: &ClientKey, ip: Ipv4Addr) -> bool {
+    view.unoffered_left == 0 && unoffered(view, subnet, client, ip)
 }
 
 /// RFC 2131 §4.3.3: "If the server receives a DHCPDECLINE message, the client has
@@ -388,6 +419,7 @@ mod tests {
             proxy_dhcp: false,
             served: Served::Interface("gw0".into()),
             mtu: None,
+            trust_option82: false,
         }
     }
 
@@ -428,6 +460,7 @@ mod tests {
             reservation: (reserved && r.mac == MAC_A).then(|| ip("10.250.0.10")),
             book,
             share: Share::All,
+            unoffered_left: 8,
         };
         decide(r, &view)
     }
@@ -743,7 +776,92 @@ mod tests {
             reservation: None,
             book: &book,
             share: Share::All,
+            unoffered_left: 8,
         };
         assert_eq!(decide(&r, &view), Decision::Ignore(Silence::NoSubnet));
+    }
+
+    /// Runs `decide` as `run` does, with `left` unoffered ACKs left in the subnet's budget.
+    fn run_budget(r: &Request, s: &Subnet, book: &Book, reserved: bool, left: u32) -> Decision {
+        let view = View {
+            now: Timestamp::now(),
+            server_id: SERVER,
+            subnet: Some(s),
+            host: (reserved && r.mac == MAC_A).then_some("vm0"),
+            reservation: (reserved && r.mac == MAC_A).then(|| ip("10.250.0.10")),
+            book,
+            share: Share::All,
+            unoffered_left: left,
+        };
+        decide(r, &view)
+    }
+
+    #[test]
+    fn rfc2131_4_3_2_selecting_without_our_offer_spends_the_unoffered_budget() {
+        let s = subnet(false);
+        let mut book = Book::new();
+        let mut r = req(ClientMessage::Request, MAC_B);
+        r.server_id = Some(SERVER);
+        r.requested_ip = Some(ip("10.250.0.101"));
+        // No offer held: ACKed while the budget lasts, silent once it is spent.
+        assert_eq!(
+            run_budget(&r, &s, &book, false, 1),
+            ack("10.250.0.101", RequestState::Selecting)
+        );
+        assert_eq!(
+            run_budget(&r, &s, &book, false, 0),
+            Decision::Ignore(Silence::UnofferedBudget)
+        );
+        // The normal flow (our OFFER held for the client) never needs the budget.
+        Ipam::hold_offer(
+            &mut book,
+            &s,
+            ip("10.250.0.101"),
+            ClientKey::Mac(MAC_B),
+            MAC_B,
+            Duration::from_secs(30),
+        );
+        assert_eq!(
+            run_budget(&r, &s, &book, false, 0),
+            ack("10.250.0.101", RequestState::Selecting)
+        );
+        // Nor does a reserved host asking for its reservation.
+        let mut a = req(ClientMessage::Request, MAC_A);
+        a.server_id = Some(SERVER);
+        a.requested_ip = Some(ip("10.250.0.10"));
+        assert_eq!(
+            run_budget(&a, &s, &Book::new(), true, 0),
+            ack("10.250.0.10", RequestState::Selecting)
+        );
+    }
+
+    #[test]
+    fn renewing_an_address_we_hold_no_record_of_spends_the_unoffered_budget() {
+        let s = subnet(false);
+        let mut book = Book::new();
+        let mut r = req(ClientMessage::Request, MAC_B);
+        r.ciaddr = ip("10.250.0.100");
+        r.arrival.peer = SocketAddrV4::new(ip("10.250.0.100"), 68);
+        assert_eq!(
+            run_budget(&r, &s, &book, false, 1),
+            ack("10.250.0.100", RequestState::Renewing)
+        );
+        assert_eq!(
+            run_budget(&r, &s, &book, false, 0),
+            Decision::Ignore(Silence::UnofferedBudget)
+        );
+        leased(&mut book, "10.250.0.100", MAC_B);
+        assert_eq!(
+            run_budget(&r, &s, &book, false, 0),
+            ack("10.250.0.100", RequestState::Renewing)
+        );
+        // INIT-REBOOT for an address never given: silent whatever the budget (RFC 2131
+        // §4.3.2 "MUST remain silent").
+        let mut ir = req(ClientMessage::Request, MAC_A);
+        ir.requested_ip = Some(ip("10.250.0.102"));
+        assert_eq!(
+            run_budget(&ir, &s, &book, false, 8),
+            Decision::Ignore(Silence::NoRecord)
+        );
     }
 }

@@ -414,6 +414,7 @@ mod tests {
             proxy_dhcp: false,
             served: Served::Interface("gw0".to_string()),
             mtu: Some(9000),
+            trust_option82: false,
         }
     }
 

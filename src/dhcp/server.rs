@@ -3,7 +3,6 @@
 //! flight, and for each datagram: decode → decide (under the address book's lock, with
 //! its tentative claim) → durable commit → reply → event.
 
-use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,6 +17,7 @@ use tracing::Instrument;
 use super::balance::ShareSource;
 use super::policy::{self, AddressBook, ClientKey, Decision, View};
 use super::reply::{self, BootInfo, Destination, ReplyParams};
+use super::tracker::{ClientTracker, LogLimiter, UnofferedBudget};
 use super::{Arrival, Request};
 use super::{DhcpSettings, Interface};
 use super::{arp, probe, request};
@@ -38,9 +38,8 @@ const MAX_DATAGRAM: usize = 4096;
 const RECLAIM_EVERY: Duration = Duration::from_secs(30);
 /// A discovered MAC's record is refreshed at most this often.
 const DISCOVERY_REFRESH: Duration = Duration::from_secs(60);
-/// Per-MAC rate limit: at most this many requests per second are processed per client
-/// (PXE ROMs retry fast; a flapping NIC must not starve the others).
-const PER_MAC_PER_SECOND: u32 = 20;
+/// A sender that can make us log at will (a forged relay) gets one line per this.
+const DISTRUST_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Addresses probed per DISCOVER before giving up (a subnet full of squatters).
 const MAX_PROBES: u32 = 3;
 /// Store look-ups per DISCOVER on a shared store (each may show the other gateway's lease
@@ -106,8 +105,13 @@ pub struct DhcpServer {
     ctx: DhcpContext,
     prober: probe::Prober,
     in_flight: Arc<Semaphore>,
-    /// Per-MAC request counts in the current second (rate limit) and last discovery write.
-    seen: Mutex<HashMap<MacAddr, Seen>>,
+    /// Per-MAC request counts in the current second (rate limit) and last discovery
+    /// write, bounded by `[dhcp] max_tracked_clients`.
+    clients: Mutex<ClientTracker>,
+    /// Per subnet: ACKs this minute of addresses the client was never offered.
+    unoffered: Mutex<UnofferedBudget>,
+    /// Requests dropped for an unlisted relay are logged at most once per 10 s.
+    distrust_log: Mutex<LogLimiter>,
 }
 
 /// One request's facts, as every step of [`DhcpServer::serve`] needs them.
@@ -125,21 +129,17 @@ struct Exchange<'a> {
 /// the claim it replaced (to roll back to if the commit fails).
 type Claimed = (Decision, Option<Option<Claim>>);
 
-struct Seen {
-    window: Instant,
-    count: u32,
-    discovered_at: Option<Instant>,
-}
-
 impl DhcpServer {
     pub fn new(ctx: DhcpContext) -> Arc<DhcpServer> {
         let permits = ctx.settings.max_in_flight;
         let prober = probe::Prober::new(ctx.settings.conflict_probe, ctx.settings.probe_timeout);
         Arc::new(DhcpServer {
-            ctx,
             prober,
             in_flight: Arc::new(Semaphore::new(permits)),
-            seen: Mutex::new(HashMap::new()),
+            clients: Mutex::new(ClientTracker::new(ctx.settings.max_tracked_clients)),
+            unoffered: Mutex::new(UnofferedBudget::new(ctx.settings.unoffered_acks_per_minute)),
+            distrust_log: Mutex::new(LogLimiter::new(DISTRUST_LOG_EVERY)),
+            ctx,
         })
     }
 
@@ -175,10 +175,10 @@ impl DhcpServer {
                     _ = tokio::time::sleep(RECLAIM_EVERY) => {}
                 }
                 // Forget rate-limit and discovery bookkeeping of MACs gone quiet.
-                this.seen
+                this.clients
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .retain(|_, s| s.window.elapsed() < 2 * DISCOVERY_REFRESH);
+                    .forget_idle(Instant::now(), 2 * DISCOVERY_REFRESH);
                 match this.ctx.ipam.reclaim().await {
                     Ok(n) if n > 0 => tracing::info!(expired = n, "reclaimed expired leases"),
                     Ok(_) => {}
@@ -226,19 +226,10 @@ impl DhcpServer {
 
     /// Whether `mac` is over its rate limit this second.
     fn rate_limited(&self, mac: MacAddr) -> bool {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let e = seen.entry(mac).or_insert(Seen {
-            window: now,
-            count: 0,
-            discovered_at: None,
-        });
-        if now.duration_since(e.window) >= Duration::from_secs(1) {
-            e.window = now;
-            e.count = 0;
-        }
-        e.count += 1;
-        e.count > PER_MAC_PER_SECOND
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rate_limited(mac, Instant::now())
     }
 
     async fn handle(&self, link: &Link, data: Vec<u8>, peer: SocketAddrV4) {
@@ -278,9 +269,12 @@ impl DhcpServer {
         .await
     }
 
-    async fn serve(&self, link: &Link, req: Request) {
+    async fn serve(&self, link: &Link, mut req: Request) {
         let loaded = self.ctx.inventory.load();
         let inv = &loaded.inventory;
+        if !self.vetted(inv, &mut req) {
+            return;
+        }
         let subnet = select_subnet(inv, &req);
         let found = subnet.and_then(|s| inv.reservation(&loaded.macs, req.mac, s));
         let x = Exchange {
@@ -304,6 +298,41 @@ impl DhcpServer {
             return;
         };
         self.answer(link, &x, inv, decision).await;
+    }
+
+    /// Applies the relay trust rules ([`vet_relay`]) to `req`, counting and logging what
+    /// they refuse. False: drop the request.
+    fn vetted(&self, inv: &Inventory, req: &mut Request) -> bool {
+        match vet_relay(inv, req) {
+            Vetting::Believed => true,
+            Vetting::Stripped(what) => {
+                metrics::counter!("bootgate_dhcp_relay_info_ignored_total", "what" => what.as_str())
+                    .increment(1);
+                tracing::debug!(
+                    what = what.as_str(),
+                    "relay information from an untrusted sender ignored"
+                );
+                true
+            }
+            Vetting::Untrusted => {
+                metrics::counter!("bootgate_dhcp_dropped_total", "reason" => "untrusted-relay")
+                    .increment(1);
+                let log = self
+                    .distrust_log
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .allow(Instant::now());
+                if let Some(suppressed) = log {
+                    tracing::warn!(
+                        giaddr = %req.giaddr,
+                        peer = %req.arrival.peer,
+                        suppressed,
+                        "dropped a relayed request: giaddr is no subnet's relay_addresses"
+                    );
+                }
+                false
+            }
+        }
     }
 
     /// Decides and claims under one lock: no other request can slip in between. A dynamic
@@ -361,6 +390,9 @@ impl DhcpServer {
         let degraded = !self.ctx.ipam.health().is_up();
         let mut book = self.ctx.ipam.book();
         book.set_now(x.now);
+        // The budget is read and spent under the book's lock, like the claim itself.
+        let mut budget = self.unoffered.lock().unwrap_or_else(|p| p.into_inner());
+        let instant = Instant::now();
         let view = View {
             now: x.now,
             server_id: x.req.arrival.local_ip,
@@ -369,8 +401,15 @@ impl DhcpServer {
             reservation: x.reservation,
             book: &*book,
             share: self.ctx.share.share(),
+            unoffered_left: x.subnet.map_or(0, |s| budget.left(&s.name, instant)),
         };
         let decision = policy::decide(x.req, &view);
+        if let (Decision::Ack { ip, .. }, Some(s)) = (&decision, x.subnet)
+            && policy::unoffered(&view, s, &x.client, *ip)
+        {
+            budget.spend(&s.name, instant);
+        }
+        drop(budget);
         let mut previous: Option<Option<Claim>> = None;
         let mut probe = None;
         match (&decision, x.subnet) {
@@ -594,16 +633,13 @@ impl DhcpServer {
     /// Notes an unknown MAC for the discovery writer (at most once a minute per MAC). Never
     /// waits: the DHCP path must not pay for the store write (see `crate::discovery`).
     fn discovered(&self, req: &Request, inv: &Inventory) {
-        {
-            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(s) = seen.get_mut(&req.mac) {
-                if s.discovered_at
-                    .is_some_and(|t| t.elapsed() < DISCOVERY_REFRESH)
-                {
-                    return;
-                }
-                s.discovered_at = Some(Instant::now());
-            }
+        let due = self
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .discovery_due(req.mac, Instant::now(), DISCOVERY_REFRESH);
+        if !due {
+            return;
         }
         let now = Timestamp::now();
         let relay = req.relay.clone().unwrap_or_default();
@@ -648,16 +684,134 @@ pub fn select_subnet<'a>(inv: &'a Inventory, req: &Request) -> Option<&'a Subnet
             .find(|s| s.cidr.contains(&link));
     }
     if req.relayed() {
-        return inv
-            .subnets
-            .iter()
-            .filter(served)
-            .find(|s| s.cidr.contains(&req.giaddr));
+        // The subnet that lists the relay; else (a relay on the arrival segment itself, see
+        // vet_relay; nothing else gets here) the subnet holding giaddr, i.e. that segment's.
+        let mut subnets = inv.subnets.iter().filter(served);
+        return subnets
+            .clone()
+            .find(|s| matches!(&s.served, Served::Relays(r) if r.contains(&req.giaddr)))
+            .or_else(|| subnets.find(|s| s.cidr.contains(&req.giaddr)));
     }
     inv.subnets.iter().filter(served).find(|s| {
         s.served == Served::Interface(req.arrival.iface.clone())
             && s.cidr.contains(&req.arrival.local_ip)
     })
+}
+
+/// What [`vet_relay`] made of a request's relay information.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vetting {
+    /// No relay information, or it came from a listed relay (or a trusted switch): used.
+    Believed,
+    /// Relay information a sender may not give was removed; the request is served without.
+    Stripped(Stripped),
+    /// giaddr names no listed relay: the request is dropped.
+    Untrusted,
+}
+
+/// What was removed from a request by [`vet_relay`] (a bounded metric label each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stripped {
+    /// Option 82 on a request straight from the segment of a subnet without `trust_option82`.
+    Option82,
+    /// RFC 3527 link selection without a relay (a trusted switch's option 82 keeps the rest).
+    LinkSelection,
+}
+
+impl Stripped {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Stripped::Option82 => "option82",
+            Stripped::LinkSelection => "link-selection",
+        }
+    }
+}
+
+/// Relay trust. giaddr, RFC 3527 link selection and option 82 choose the subnet and the rack
+/// position a MAC is recorded at, so they are believed only from the relays an operator
+/// listed (a subnet's `relay_addresses`, like Kea's `relay.ip-addresses`):
+///
+/// * giaddr set but no subnet lists it: [`Vetting::Untrusted`] (dropped). A relay always
+///   has an address, so a relayed request from source 0.0.0.0 is a client forging one and
+///   is refused the same way. The source address of a listed relay is otherwise not
+///   compared with giaddr: a relay sends from its server-facing address while giaddr is
+///   its client-facing one (ISC dhcrelay, most switches), and the reply goes to giaddr
+///   whoever sent the request (RFC 2131 §4.1), so a forger gains no answer from it.
+/// * One exception: a giaddr inside the subnet served on the interface the request came in
+///   on, sent from that very address (a relay agent on the served segment itself; Kea's
+///   perfdhcp talks like that). It selects the subnet the segment gets anyway, so it is
+///   served, as a client of that segment: its option 82 is dropped like any client's and
+///   the reply goes to giaddr as RFC 2131 §4.1 says. From another source it is dropped
+///   (it would point our replies at a third machine).
+/// * giaddr 0 (straight from a served segment) with option 82: RFC 3046 §2.1 has a relay
+///   "receiving a DHCP packet from an untrusted circuit with giaddr set to zero ... but
+///   with a Relay Agent Information option already present" discard it, and allows that "a
+///   trusted circuit may contain a trusted downstream (closer to client) network element
+///   (bridge) between the relay agent and the client that MAY add a relay agent option but
+///   not set the giaddr field". We are the first hop here, so the option is dropped from the
+///   request (not recorded, not echoed) unless the subnet sets `trust_option82` for such a
+///   switch; link selection is never taken without a relay (RFC 3527 §3 makes it a relay's
+///   sub-option), trusted switch or not.
+pub fn vet_relay(inv: &Inventory, req: &mut Request) -> Vetting {
+    if req.relayed() {
+        let listed = inv
+            .subnets
+            .iter()
+            .any(|s| matches!(&s.served, Served::Relays(r) if r.contains(&req.giaddr)));
+        if listed && !req.arrival.peer.ip().is_unspecified() {
+            return Vetting::Believed;
+        }
+        let on_segment = *req.arrival.peer.ip() == req.giaddr
+            && inv.subnets.iter().any(|s| {
+                s.served == Served::Interface(req.arrival.iface.clone())
+                    && s.cidr.contains(&req.arrival.local_ip)
+                    && s.cidr.contains(&req.giaddr)
+            });
+        if !on_segment {
+            return Vetting::Untrusted;
+        }
+        return match req.relay.take() {
+            Some(_) => Vetting::Stripped(Stripped::Option82),
+            None => Vetting::Believed,
+        };
+    }
+    let Some(relay) = req.relay.as_mut() else {
+        return Vetting::Believed;
+    };
+    let trusted = inv.subnets.iter().any(|s| {
+        s.trust_option82
+            && s.served == Served::Interface(req.arrival.iface.clone())
+            && s.cidr.contains(&req.arrival.local_ip)
+    });
+    if !trusted {
+        req.relay = None;
+        return Vetting::Stripped(Stripped::Option82);
+    }
+    if relay.link_selection.take().is_some() {
+        // The echo must not carry what we ignored: drop sub-option 5 from the raw bytes.
+        relay.raw = without_sub_option(&relay.raw, 5);
+        return Vetting::Stripped(Stripped::LinkSelection);
+    }
+    Vetting::Believed
+}
+
+/// Option 82's bytes without sub-option `code` (RFC 3046 §2.0 code/length/value walk; a
+/// broken tail is kept as it was).
+fn without_sub_option(raw: &[u8], code: u8) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut rest = raw;
+    while let [c, len, tail @ ..] = rest {
+        let Some((value, next)) = tail.split_at_checked(usize::from(*len)) else {
+            break;
+        };
+        if *c != code {
+            out.extend_from_slice(&[*c, *len]);
+            out.extend_from_slice(value);
+        }
+        rest = next;
+    }
+    out.extend_from_slice(rest);
+    out
 }
 
 /// The lease row a committing decision writes.
@@ -760,5 +914,183 @@ fn reply_kind(d: &Decision) -> &'static str {
         Decision::Ack { .. } | Decision::InformAck | Decision::ProxyAck => "ack",
         Decision::Nak { .. } => "nak",
         _ => "none",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddrV4;
+
+    use super::*;
+    use crate::dhcp::{ClientMessage, PxeInfo, RelayAgent};
+    use crate::inventory::IpRange;
+
+    const RELAY: Ipv4Addr = Ipv4Addr::new(10, 250, 1, 1);
+
+    fn subnet(name: &str, cidr: &str, served: Served, trust: bool) -> Subnet {
+        Subnet {
+            name: name.into(),
+            cidr: cidr.parse().unwrap(),
+            purpose: Purpose::Provisioning,
+            gateway: None,
+            dns: vec![],
+            domain: None,
+            lease_time: Duration::from_secs(3600),
+            dynamic_ranges: vec![IpRange {
+                start: "10.250.0.100".parse().unwrap(),
+                end: "10.250.0.200".parse().unwrap(),
+            }],
+            known_hosts_only: false,
+            proxy_dhcp: false,
+            served,
+            mtu: None,
+            trust_option82: trust,
+        }
+    }
+
+    fn inventory(trust: bool) -> Inventory {
+        Inventory {
+            subnets: vec![
+                subnet(
+                    "prov",
+                    "10.250.0.0/24",
+                    Served::Interface("gw0".into()),
+                    trust,
+                ),
+                subnet("rack2", "10.250.1.0/24", Served::Relays(vec![RELAY]), false),
+                subnet(
+                    "other",
+                    "10.250.2.0/24",
+                    Served::Interface("gw1".into()),
+                    false,
+                ),
+            ],
+            site: crate::inventory::Site {
+                name: "lab".into(),
+                description: None,
+                location: None,
+                gateways: vec![],
+                settings: Default::default(),
+                bmc_ca_file: None,
+            },
+            racks: vec![],
+            profiles: vec![],
+            hosts: vec![],
+            files: vec![],
+        }
+    }
+
+    fn option82(link: Option<Ipv4Addr>) -> RelayAgent {
+        let mut raw = vec![1, 4, b's', b'w', b'p', b'7'];
+        if let Some(l) = link {
+            raw.extend_from_slice(&[5, 4]);
+            raw.extend_from_slice(&l.octets());
+        }
+        raw.extend_from_slice(&[2, 2, b'r', b'2']);
+        RelayAgent {
+            circuit_id: Some(b"swp7".to_vec()),
+            remote_id: Some(b"r2".to_vec()),
+            link_selection: link,
+            raw,
+        }
+    }
+
+    fn req(giaddr: &str, peer: &str, relay: Option<RelayAgent>) -> Request {
+        Request {
+            kind: ClientMessage::Discover,
+            xid: 1,
+            mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            client_id: None,
+            ciaddr: Ipv4Addr::UNSPECIFIED,
+            giaddr: giaddr.parse().unwrap(),
+            hops: 0,
+            broadcast: false,
+            requested_ip: None,
+            server_id: None,
+            hostname: None,
+            vendor_class: None,
+            params: vec![],
+            max_message_size: None,
+            relay,
+            pxe: PxeInfo::default(),
+            arrival: Arrival {
+                iface: "gw0".into(),
+                local_ip: Ipv4Addr::new(10, 250, 0, 1),
+                local_port: 67,
+                peer: SocketAddrV4::new(peer.parse().unwrap(), 67),
+            },
+        }
+    }
+
+    #[test]
+    fn rfc3046_a_listed_relay_is_believed_whatever_its_source_address() {
+        let inv = inventory(false);
+        let mut r = req("10.250.1.1", "10.250.0.5", Some(option82(Some(RELAY))));
+        assert_eq!(vet_relay(&inv, &mut r), Vetting::Believed);
+        assert_eq!(r.relay, Some(option82(Some(RELAY))));
+        assert_eq!(select_subnet(&inv, &r).unwrap().name, "rack2");
+    }
+
+    #[test]
+    fn rfc3046_an_unlisted_giaddr_is_dropped() {
+        let inv = inventory(false);
+        // Another interface's subnet, an unknown network, a listed relay from 0.0.0.0.
+        for (giaddr, peer) in [
+            ("10.250.2.9", "10.250.2.9"),
+            ("10.250.5.5", "10.250.0.66"),
+            ("10.250.1.1", "0.0.0.0"),
+        ] {
+            let mut r = req(giaddr, peer, Some(option82(None)));
+            assert_eq!(
+                vet_relay(&inv, &mut r),
+                Vetting::Untrusted,
+                "{giaddr} from {peer}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_relay_on_the_served_segment_is_served_as_a_client_of_it() {
+        let inv = inventory(true);
+        // perfdhcp: giaddr = its own address on gw0's subnet.
+        let mut r = req("10.250.0.3", "10.250.0.3", None);
+        assert_eq!(vet_relay(&inv, &mut r), Vetting::Believed);
+        assert_eq!(select_subnet(&inv, &r).unwrap().name, "prov");
+        // Its option 82 is never believed, trusted switch or not.
+        let mut r = req("10.250.0.3", "10.250.0.3", Some(option82(None)));
+        assert_eq!(
+            vet_relay(&inv, &mut r),
+            Vetting::Stripped(Stripped::Option82)
+        );
+        assert_eq!(r.relay, None);
+        // Pointing our replies at another machine of the segment: dropped.
+        let mut r = req("10.250.0.3", "10.250.0.66", None);
+        assert_eq!(vet_relay(&inv, &mut r), Vetting::Untrusted);
+    }
+
+    #[test]
+    fn rfc3046_2_1_option82_from_the_segment_needs_a_trusted_switch() {
+        let mut r = req("0.0.0.0", "0.0.0.0", Some(option82(Some(RELAY))));
+        assert_eq!(
+            vet_relay(&inventory(false), &mut r),
+            Vetting::Stripped(Stripped::Option82)
+        );
+        assert_eq!(r.relay, None);
+        assert_eq!(select_subnet(&inventory(false), &r).unwrap().name, "prov");
+        // trust_option82: circuit and remote id kept, link selection never (RFC 3527 is a
+        // relay's sub-option), and the echo leaves it out too.
+        let mut r = req("0.0.0.0", "0.0.0.0", Some(option82(Some(RELAY))));
+        assert_eq!(
+            vet_relay(&inventory(true), &mut r),
+            Vetting::Stripped(Stripped::LinkSelection)
+        );
+        let kept = r.relay.clone().unwrap();
+        assert_eq!(kept.circuit_id.as_deref(), Some(&b"swp7"[..]));
+        assert_eq!(kept.link_selection, None);
+        assert_eq!(kept.raw, option82(None).raw);
+        assert_eq!(select_subnet(&inventory(true), &r).unwrap().name, "prov");
+        let mut r = req("0.0.0.0", "0.0.0.0", Some(option82(None)));
+        assert_eq!(vet_relay(&inventory(true), &mut r), Vetting::Believed);
+        assert_eq!(r.relay, Some(option82(None)));
     }
 }

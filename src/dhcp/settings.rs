@@ -29,4 +29,11 @@ pub struct DhcpSettings {
     /// Ping a dynamic address before offering it (RFC 2131 §4.4.1 "SHOULD probe").
     pub conflict_probe: ProbeMode,
     pub probe_timeout: Duration,
+    /// Client MACs whose rate-limit and discovery bookkeeping is kept; past it the least
+    /// recently heard are forgotten (a flood of random MACs must not grow memory).
+    pub max_tracked_clients: usize,
+    /// ACKs per subnet and minute for an address the client was never offered (a
+    /// SELECTING REQUEST without our OFFER, a RENEWING/REBINDING one we hold no record
+    /// of); past it such REQUESTs get no answer, so a burst cannot drain a dynamic range.
+    pub unoffered_acks_per_minute: u32,
 }

@@ -142,6 +142,10 @@ struct SubnetWire {
     interface: Option<String>,
     relay_addresses: Option<Vec<Ipv4Addr>>,
     mtu: Option<u16>,
+    /// Believe option 82 on requests arriving directly on `interface` (giaddr 0): a
+    /// trusted switch inserts it. Relayed requests are trusted by `relay_addresses`.
+    #[serde(default)]
+    trust_option82: bool,
 }
 
 /// `{ start = "10.250.0.100", end = "10.250.0.250" }`, both inclusive.
@@ -707,6 +711,13 @@ impl Validator {
             p,
         );
         check_proxy_and_mtu(loc, w.proxy_dhcp, w.mtu, &served, &ranges, p);
+        if w.trust_option82 && !matches!(served, Served::Interface(_)) {
+            p.at(
+                loc,
+                "trust_option82",
+                "applies to option 82 inserted on a served interface (set interface); relayed requests are trusted through relay_addresses",
+            );
+        }
         Subnet {
             name: w.name,
             cidr: net,
@@ -720,6 +731,7 @@ impl Validator {
             proxy_dhcp: w.proxy_dhcp,
             served,
             mtu: w.mtu,
+            trust_option82: w.trust_option82,
         }
     }
 

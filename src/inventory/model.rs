@@ -167,6 +167,9 @@ pub struct Subnet {
     pub proxy_dhcp: bool,
     pub served: Served,
     pub mtu: Option<u16>,
+    /// Option 82 on requests that arrive straight on the served interface (giaddr 0) is
+    /// believed: a trusted switch inserts it (RFC 3046 §2.1). Otherwise it is ignored.
+    pub trust_option82: bool,
 }
 
 impl Subnet {

@@ -874,6 +874,7 @@ mod tests {
             proxy_dhcp: false,
             served: Served::Interface("gw0".into()),
             mtu: None,
+            trust_option82: false,
         }
     }
 

@@ -100,6 +100,21 @@ pub fn match_discovered(
     let from_manifest = manifest
         .map(|m| discovered_by_position(m.rack.switch.as_ref(), discovered))
         .unwrap_or_default();
+    // Every MAC seen on each inventory rack position's port: two or more and the port is
+    // contested, so no adoption is suggested for any of them.
+    let mut on_position: std::collections::HashMap<(String, u32), Vec<MacAddr>> =
+        std::collections::HashMap::new();
+    for h in discovered {
+        let (Some(mac), Some(c)) = (h.macs.first(), spec_str(h, "circuit_id")) else {
+            continue;
+        };
+        if let Some((rack, pos)) = inv.locate(&c, spec_str(h, "remote_id").as_deref()) {
+            let macs = on_position.entry((rack.name.clone(), pos)).or_default();
+            if !macs.contains(mac) {
+                macs.push(*mac);
+            }
+        }
+    }
     let mut out: Vec<Discovered> = discovered
         .iter()
         .filter_map(|h| {
@@ -113,15 +128,32 @@ pub fn match_discovered(
             let suggestion = circuit
                 .as_deref()
                 .and_then(|c| inv.locate(c, remote.as_deref()))
-                .map(|(rack, position)| inventory_suggestion(inv, mac, &rack.name, position))
+                .map(|(rack, position)| {
+                    let seen = on_position
+                        .get(&(rack.name.clone(), position))
+                        .map_or(&[][..], Vec::as_slice);
+                    inventory_suggestion(inv, mac, &rack.name, position, seen)
+                })
                 .or_else(|| {
                     let m = manifest?;
-                    let (position, _) = from_manifest.iter().find(|(_, s)| s.mac == mac)?;
+                    let (position, on) = from_manifest
+                        .iter()
+                        .find(|(_, s)| s.mac == mac || s.others.contains(&mac))?;
                     let node = m.nodes.iter().find(|n| n.position == *position)?;
                     let name = node
                         .name
                         .clone()
                         .unwrap_or_else(|| expand_name(&m.rack.name_pattern, &m.rack.name, node));
+                    if !on.others.is_empty() {
+                        return Some(Suggestion {
+                            rack: m.rack.name.clone(),
+                            position: *position,
+                            host: Some(name),
+                            source: m.file.display().to_string(),
+                            command: None,
+                            text: contested(&m.rack.name, *position, &on.all_macs()),
+                        });
+                    }
                     Some(Suggestion {
                         rack: m.rack.name.clone(),
                         position: *position,
@@ -154,12 +186,42 @@ pub fn match_discovered(
     out
 }
 
-fn inventory_suggestion(inv: &Inventory, mac: MacAddr, rack: &str, position: u32) -> Suggestion {
+/// The text for a position whose switch port more than one MAC claimed.
+fn contested(rack: &str, position: u32, macs: &str) -> String {
+    format!(
+        "contested: rack {rack} position {position}'s switch port was claimed by MACs {macs} (a replaced board, or option 82 forged by another machine): nothing is suggested; check the switch, then adopt the right one by hand"
+    )
+}
+
+/// What to do with `mac`, discovered on the port of inventory rack `rack` position
+/// `position`, where `seen` lists every MAC discovered on that port. A position the
+/// inventory holds (its host has a MAC) or that several MACs claim gets no command:
+/// discovery never hands a held position to another MAC.
+fn inventory_suggestion(
+    inv: &Inventory,
+    mac: MacAddr,
+    rack: &str,
+    position: u32,
+    seen: &[MacAddr],
+) -> Suggestion {
     let host = inv
         .hosts
         .iter()
         .find(|h| h.rack.as_deref() == Some(rack) && h.position == Some(position));
+    let rivals = seen.len() > 1 && host.is_none_or(|h| h.macs.is_empty());
     let (command, text) = match host {
+        _ if rivals => (
+            None,
+            contested(
+                rack,
+                position,
+                &seen
+                    .iter()
+                    .map(|m| m.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+        ),
         Some(h) if h.macs.is_empty() => (
             Some(format!("bootgate hosts adopt {mac} --as {}", h.name)),
             format!(
@@ -170,7 +232,7 @@ fn inventory_suggestion(inv: &Inventory, mac: MacAddr, rack: &str, position: u32
         Some(h) => (
             None,
             format!(
-                "rack {rack} position {position} is {}, declared with MAC {}: a replaced board? update its macs",
+                "rack {rack} position {position} is {}, declared with MAC {}: not adopted; a replaced board (update its macs by hand) or option 82 forged by another machine",
                 h.name,
                 h.macs
                     .iter()
@@ -857,6 +919,8 @@ mod tests {
             "{}",
             s.text
         );
+        // A held position gets no command, whatever the switch port says.
+        assert_eq!(s.command, None);
         assert_eq!(list[0].subnet.as_deref(), Some("provisioning"));
         let e = decide_in(&inv, &o, &req(mac, "gpu-r01-03b"), &[], &disc)
             .unwrap_err()
@@ -905,5 +969,35 @@ mod tests {
         assert_eq!(h["macs"][0].as_str(), Some("02:00:00:00:00:02"));
         assert_eq!(h["addresses"]["provisioning"].as_str(), Some("10.0.0.9"));
         assert!(new.contains("# adopted 02:00:00:00:00:02"), "{new}");
+    }
+
+    #[test]
+    fn a_contested_switch_port_gets_no_adoption_command() {
+        let (mut inv, _) = inventory("example");
+        // Position 3 declared without a MAC: one discovered MAC would be suggested.
+        let h = inv
+            .hosts
+            .iter_mut()
+            .find(|h| h.name == "gpu-r01-03")
+            .unwrap();
+        h.macs.clear();
+        let spec = serde_json::json!({"circuit_id": "Ethernet1/3", "remote_id": "leaf-r01"});
+        let one = [discovered("02:00:0a:99:00:01", spec.clone())];
+        let list = match_discovered(&inv, None, &one, &[]);
+        assert_eq!(
+            list[0].suggestion.as_ref().unwrap().command.as_deref(),
+            Some("bootgate hosts adopt 02:00:0a:99:00:01 --as gpu-r01-03")
+        );
+        // A second MAC on the same port: neither is suggested, both are named.
+        let two = [one[0].clone(), discovered("02:ee:00:00:00:66", spec)];
+        for d in match_discovered(&inv, None, &two, &[]) {
+            let s = d.suggestion.unwrap();
+            assert_eq!(s.command, None, "{}", s.text);
+            assert!(
+                s.text.contains("02:00:0a:99:00:01") && s.text.contains("02:ee:00:00:00:66"),
+                "{}",
+                s.text
+            );
+        }
     }
 }

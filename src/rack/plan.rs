@@ -424,13 +424,51 @@ impl Planner<'_> {
     }
 
     /// Boot MACs the manifest lacks, from machines that DHCPed on the rack's switch ports;
-    /// a note where the machine on a port disagrees with the manifest.
+    /// a note where the machine on a port disagrees with the manifest. Discovery never
+    /// decides a position that is held or contested: a port the inventory's racks already
+    /// map (the switch port of a declared position) or a port more than one MAC claimed
+    /// (a forged option 82 looks exactly like that) is a conflict naming the MACs, and the
+    /// operator gives the MAC in the manifest or adopts one with `bootgate hosts adopt`.
     fn boot_macs(&mut self) -> HashMap<u32, (MacAddr, Option<String>)> {
-        let m = self.m;
+        let (m, inv) = (self.m, self.site.inventory);
         let mut boot_macs = HashMap::new();
-        let on_port = discovered_by_position(m.rack.switch.as_ref(), self.site.discovered);
+        let held_port = |h: &&HostRecord| {
+            let spec = |k: &str| h.spec.get(k).and_then(|v| v.as_str());
+            spec("circuit_id").is_some_and(|c| inv.locate(c, spec("remote_id")).is_some())
+        };
+        let (held, free): (Vec<&HostRecord>, Vec<&HostRecord>) =
+            self.site.discovered.iter().partition(held_port);
+        let free: Vec<HostRecord> = free.into_iter().cloned().collect();
+        let held: Vec<HostRecord> = held.into_iter().cloned().collect();
+        let on_port = discovered_by_position(m.rack.switch.as_ref(), &free);
+        let on_held = discovered_by_position(m.rack.switch.as_ref(), &held);
         for n in &m.nodes {
+            if n.boot_mac.is_none()
+                && let Some(seen) = on_held.get(&n.position)
+            {
+                self.node_conflict(
+                    n,
+                    "boot_mac",
+                    format!(
+                        "switch port {} is also a port of a rack in the inventory, so the MAC(s) seen on it ({}) are not taken: give boot_mac in the manifest",
+                        seen.port,
+                        seen.all_macs()
+                    ),
+                );
+                continue;
+            }
             match (n.boot_mac, on_port.get(&n.position)) {
+                (None, Some(seen)) if !seen.others.is_empty() => {
+                    self.node_conflict(
+                        n,
+                        "boot_mac",
+                        format!(
+                            "switch port {} was claimed by more than one MAC ({}): a replaced board, or another machine forging option 82; give boot_mac in the manifest, or `bootgate hosts adopt MAC --as NAME` the right one once the rack is written",
+                            seen.port,
+                            seen.all_macs()
+                        ),
+                    );
+                }
                 (Some(mac), seen) => {
                     if let Some(seen) = seen
                         && seen.mac != mac
@@ -784,11 +822,25 @@ pub struct OnPort {
     pub host: String,
     pub mac: MacAddr,
     pub port: String,
+    /// Other MACs discovered on the same port, sorted. Not empty: the port is contested
+    /// (a replaced board, or a machine forging option 82) and discovery decides nothing.
+    pub others: Vec<MacAddr>,
+}
+
+impl OnPort {
+    /// Every MAC seen on the port, the most recent first.
+    pub fn all_macs(&self) -> String {
+        std::iter::once(&self.mac)
+            .chain(&self.others)
+            .map(|m| m.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// Discovered hosts by the rack position their option-82 circuit-id maps to on `switch`
 /// (the remote-id must match when both the switch and the relay have one). The most
-/// recently seen machine wins a position.
+/// recently seen machine is `mac`; any other MAC seen on the port is in `others`.
 pub fn discovered_by_position(
     switch: Option<&Switch>,
     discovered: &[HostRecord],
@@ -815,15 +867,29 @@ pub fn discovered_by_position(
             host: h.name.clone(),
             mac: *mac,
             port: circuit.to_string(),
+            others: Vec::new(),
         };
-        match out.get(pos) {
-            Some((_, t)) if *t >= h.updated => {}
-            _ => {
+        match out.get_mut(pos) {
+            None => {
                 out.insert(*pos, (seen, h.updated));
+            }
+            Some((old, _)) if old.mac == *mac => {}
+            Some((old, t)) if *t >= h.updated => old.others.push(*mac),
+            Some((old, t)) => {
+                let mut others = std::mem::take(&mut old.others);
+                others.push(old.mac);
+                *old = OnPort { others, ..seen };
+                *t = h.updated;
             }
         }
     }
-    out.into_iter().map(|(p, (s, _))| (p, s)).collect()
+    out.into_iter()
+        .map(|(p, (mut s, _))| {
+            s.others.sort();
+            s.others.dedup();
+            (p, s)
+        })
+        .collect()
 }
 
 impl PlannedHost {
@@ -1307,6 +1373,80 @@ mod tests {
         assert_eq!(
             t["rack"][0]["switch"]["ports"]["Ethernet1/16"].as_integer(),
             Some(16)
+        );
+    }
+
+    #[test]
+    fn discovery_never_decides_a_contested_or_held_switch_port() {
+        let (inv, o) = inventory("lab");
+        let mut m = lab_manifest();
+        m.rack.switch = Some(Switch {
+            name: "leaf-lab-r2".into(),
+            remote_id: Some("leaf-lab-r2".into()),
+            ports: [("swp1".to_string(), 1), ("swp2".to_string(), 2)].into(),
+        });
+        m.nodes[0].boot_mac = None;
+        let now = jiff::Timestamp::now();
+        let rec = |mac: &str, port: &str, at: jiff::Timestamp| HostRecord {
+            name: format!("discovered-{}", mac.replace(':', "")),
+            state: HostState::Discovered,
+            source: crate::model::HostSource::Discovered,
+            macs: vec![mac.parse().unwrap()],
+            ip: None,
+            rack: None,
+            role: None,
+            spec: serde_json::json!({"circuit_id": port, "remote_id": "leaf-lab-r2"}),
+            created: at,
+            updated: at,
+        };
+        // The real machine DHCPed first; a forger claimed its port afterwards.
+        let disc = [
+            rec(
+                "02:aa:00:00:00:01",
+                "swp1",
+                now - std::time::Duration::from_secs(60),
+            ),
+            rec("02:ee:00:00:00:66", "swp1", now),
+        ];
+        let conflicts = run(&m, &inv, &o, &[], &disc).unwrap_err();
+        let text = conflicts
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            text.contains(
+                "position 1: boot_mac: switch port swp1 was claimed by more than one MAC (02:ee:00:00:00:66, 02:aa:00:00:00:01)"
+            ),
+            "{text}"
+        );
+        // The manifest's own MAC settles it.
+        m.nodes[0].boot_mac = Some("02:aa:00:00:00:01".parse().unwrap());
+        let p = run(&m, &inv, &o, &[], &disc).unwrap();
+        assert_eq!(p.hosts[0].macs[0].to_string(), "02:aa:00:00:00:01");
+
+        // A port the inventory's racks already map is never filled from discovery.
+        let mut inv = inv;
+        inv.racks.push(Rack {
+            name: "old".into(),
+            location: None,
+            switch: Some(Switch {
+                name: "leaf-old".into(),
+                remote_id: None,
+                ports: [("swp2".to_string(), 9)].into(),
+            }),
+        });
+        m.nodes[1].boot_mac = None;
+        let disc = [rec("02:ee:00:00:00:77", "swp2", now)];
+        let conflicts = run(&m, &inv, &o, &[], &disc).unwrap_err();
+        let text = conflicts
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            text.contains("position 2: boot_mac: switch port swp2 is also a port of a rack in the inventory, so the MAC(s) seen on it (02:ee:00:00:00:77) are not taken"),
+            "{text}"
         );
     }
 }
