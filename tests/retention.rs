@@ -312,3 +312,42 @@ fn a_flood_of_random_macs_stays_within_the_caps_and_lists_page() {
 
     daemon.stop();
 }
+
+/// A bad `[events]`/`[discovery]` key names the file, the section and the field.
+#[test]
+fn retention_config_errors_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("inv")).unwrap();
+    std::fs::create_dir_all(dir.path().join("img")).unwrap();
+    let config = dir.path().join("bootgate.toml");
+    let check = |sections: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = \"state\"\ninventory = \"inv\"\nboot_images = \"img\"\n\
+                 [http]\nlisten = \"127.0.0.1:18080\"\n{sections}"
+            ),
+        )
+        .unwrap();
+        let out = bootgate(&["--config", path_str(&config), "check-config"]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        format!("{}{}", stdout(&out), stderr(&out))
+    };
+    let file = path_str(&config).to_string();
+    let text = check("[events]\nretain = \"soon\"\n");
+    assert!(
+        text.contains(&format!("{file}: events: retain: ")),
+        "{text}"
+    );
+    let text = check("[events]\nmax_rows = 10\n[discovery]\nmax_hosts = 0\n");
+    assert!(
+        text.contains(&format!("{file}: events: max_rows: 10: at least 100")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{file}: discovery: max_hosts: 0: at least 1")),
+        "{text}"
+    );
+    let text = check("[discovery]\nkeep = 5\n");
+    assert!(text.contains("discovery: keep: unknown field"), "{text}");
+}
