@@ -313,7 +313,10 @@ impl App {
             inventory: self.inventory.clone(),
             ipam: self.ipam.clone(),
             events: self.events.clone(),
-            discovery: crate::discovery::DiscoverySink::spawn(self.store.clone()),
+            discovery: crate::discovery::DiscoverySink::spawn_with(
+                self.store.clone(),
+                self.config.discovery.clone(),
+            ),
             share: self.peers.clone(),
         }
     }
@@ -577,6 +580,11 @@ async fn start_listeners(
         )
     })?;
     tracker.spawn(crate::control::run(app.clone(), control, cancel.clone()));
+    tracker.spawn(crate::events::retention_loop(
+        app.store.clone(),
+        app.config.events.clone(),
+        cancel.clone(),
+    ));
     if !app.config.interfaces.is_empty() {
         start_tftp(app, tracker, cancel)?;
         crate::dhcp::server::DhcpServer::new(app.dhcp_context())

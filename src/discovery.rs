@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use crate::model::{HostRecord, HostSource, HostStore, Sighted, StoreError};
+use crate::model::{DiscoveryRetention, HostRecord, HostSource, HostStore, Sighted, StoreError};
 use crate::types::{HostState, MacAddr, hex};
 
 /// Where the DHCP path drops sightings: bounded; overflow is dropped and counted.
@@ -17,10 +17,17 @@ pub struct DiscoverySink {
 }
 
 impl DiscoverySink {
-    /// Starts the writer task on `store`.
+    /// Starts the writer task on `store`, with the default `[discovery]` bounds.
     pub fn spawn(store: Arc<dyn HostStore>) -> DiscoverySink {
+        DiscoverySink::spawn_with(store, DiscoveryRetention::default())
+    }
+
+    /// Starts the writer task on `store`: after every batch that added hosts it expires
+    /// the oldest-seen beyond `retention.max_hosts`, and every [`EXPIRY_INTERVAL`] those
+    /// not seen within `retention.retain`. The task ends when every sink handle is dropped.
+    pub fn spawn_with(store: Arc<dyn HostStore>, retention: DiscoveryRetention) -> DiscoverySink {
         let (tx, rx) = tokio::sync::mpsc::channel(4 * MAX_SIGHTINGS);
-        tokio::spawn(record_sightings(store, rx));
+        tokio::spawn(record_sightings(store, rx, retention));
         DiscoverySink { tx }
     }
 
@@ -80,12 +87,22 @@ fn sighting_record(s: Sighting) -> HostRecord {
 async fn record_sightings(
     store: Arc<dyn HostStore>,
     mut rx: tokio::sync::mpsc::Receiver<Sighting>,
+    retention: DiscoveryRetention,
 ) {
     let mut pending: Vec<HostRecord> = Vec::new();
     let mut incoming = Vec::with_capacity(MAX_SIGHTINGS);
+    let mut expiry = tokio::time::interval(EXPIRY_INTERVAL);
+    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if pending.is_empty() {
-            if rx.recv_many(&mut incoming, MAX_SIGHTINGS).await == 0 {
+            let n = tokio::select! {
+                n = rx.recv_many(&mut incoming, MAX_SIGHTINGS) => n,
+                _ = expiry.tick() => {
+                    expire(store.as_ref(), &retention).await;
+                    continue;
+                }
+            };
+            if n == 0 {
                 return;
             }
             // Let a burst (a rack powering on) gather: one transaction, not one each.
@@ -124,10 +141,17 @@ async fn record_sightings(
             let n = pending.len().min(MAX_SIGHTINGS);
             match store.record_discovered(&pending[..n], "dhcp").await {
                 Ok(results) => {
+                    let mut added = false;
                     for (h, r) in pending.drain(..n).zip(results) {
                         if r == Sighted::Added {
+                            added = true;
                             tracing::info!(host = %h.name, "discovered an unknown MAC");
                         }
+                    }
+                    // The cap holds after every batch: a flood of random MACs can push
+                    // the count over it by one batch, for one store call.
+                    if added {
+                        expire(store.as_ref(), &retention).await;
                     }
                 }
                 Err(StoreError::Unavailable { .. }) => {
@@ -145,6 +169,45 @@ async fn record_sightings(
             }
         }
         metrics::gauge!("bootgate_sightings_pending").set(pending.len() as f64);
+    }
+}
+
+/// How often discovered hosts not seen within `[discovery] retain` are looked for.
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Hosts expired per store call (each call is one short transaction).
+const EXPIRE_BATCH: u32 = 512;
+
+/// Expires discovered hosts past `retention` (see `HostStore::expire_discovered`), in
+/// batches, counting them in `bootgate_discovered_hosts_expired_total{reason}`.
+pub async fn expire(store: &dyn HostStore, retention: &DiscoveryRetention) -> usize {
+    let mut total = 0;
+    loop {
+        match store
+            .expire_discovered(retention, Timestamp::now(), EXPIRE_BATCH, "discovery")
+            .await
+        {
+            Ok(expired) => {
+                for h in &expired {
+                    metrics::counter!(
+                        "bootgate_discovered_hosts_expired_total",
+                        "reason" => h.reason.as_str()
+                    )
+                    .increment(1);
+                }
+                total += expired.len();
+                if expired.len() < EXPIRE_BATCH as usize {
+                    if total > 0 {
+                        tracing::info!(expired = total, "expired discovered hosts");
+                    }
+                    return total;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "expiring discovered hosts failed");
+                return total;
+            }
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::model::StoreHealth;
-use crate::model::{EventKind, NewEvent, Store, StoreError};
+use crate::model::{EventKind, EventRetention, NewEvent, Pruned, Store, StoreError};
 use crate::types::MacAddr;
 
 /// Events written per transaction at most.
@@ -228,6 +228,73 @@ fn coalesce(events: impl Iterator<Item = NewEvent>) -> Vec<NewEvent> {
         }
     }
     out
+}
+
+// ---- retention ---------------------------------------------------------------------------
+
+/// `[events]`: how much of the log is kept, and how often retention runs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EventSettings {
+    pub retention: EventRetention,
+    /// Between two prune runs (the first runs this long after start, too).
+    pub prune_interval: Duration,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        EventSettings {
+            retention: EventRetention::default(),
+            prune_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Runs one prune and records what it did: `bootgate_events_pruned_total` (the limit was
+/// hit), `bootgate_events_horizon_id`, a log line. The store writes the `events-pruned`
+/// event (one per run that deleted anything).
+pub async fn prune_once(
+    store: &dyn Store,
+    retention: &EventRetention,
+) -> Result<Pruned, StoreError> {
+    let pruned = store
+        .prune_events(retention, jiff::Timestamp::now())
+        .await?;
+    metrics::gauge!("bootgate_events_horizon_id").set(pruned.horizon.below_id as f64);
+    if pruned.deleted > 0 {
+        metrics::counter!("bootgate_events_pruned_total").increment(pruned.deleted);
+        tracing::info!(
+            deleted = pruned.deleted,
+            batches = pruned.batches,
+            below_id = pruned.horizon.below_id,
+            oldest_kept = ?pruned.horizon.oldest,
+            "pruned the event log"
+        );
+    }
+    Ok(pruned)
+}
+
+/// The retention task: every `prune_interval`, prunes the log (in batches, off the DHCP
+/// path: see `EventLog::prune_events`) until `cancel` fires. A failed run (the store is
+/// down) is logged and tried again at the next tick.
+pub async fn retention_loop(
+    store: Arc<dyn Store>,
+    settings: EventSettings,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + settings.prune_interval,
+        settings.prune_interval,
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = prune_once(store.as_ref(), &settings.retention).await {
+            tracing::warn!(error = %e, "event retention failed; retrying at the next run");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -847,6 +847,14 @@ pub struct History {
     pub holdings: Vec<Holding>,
     /// Every event about the subject, oldest first.
     pub timeline: Vec<Entry>,
+    /// How far back the event log reaches: the time of its oldest event (`None` when
+    /// empty, or when not asked of the store).
+    #[serde(default)]
+    pub events_since: Option<Timestamp>,
+    /// Whether retention pruned older events (`[events] retain`/`max_rows`): the history
+    /// may then start after the subject's first appearance.
+    #[serde(default)]
+    pub pruned: bool,
 }
 
 fn detail_str(d: &serde_json::Value, key: &str) -> Option<String> {
@@ -968,6 +976,8 @@ pub fn history(subject: &Subject, events: &[Event]) -> History {
     }
     History {
         subject: subject.to_string(),
+        events_since: None,
+        pruned: false,
         holdings,
         timeline: evs
             .iter()

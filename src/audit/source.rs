@@ -89,5 +89,10 @@ pub async fn history_of(
     for q in &queries {
         events.extend(store.query(q).await?);
     }
-    Ok(history(subject, &events))
+    let horizon = store.event_horizon().await?;
+    Ok(History {
+        events_since: horizon.oldest,
+        pruned: horizon.below_id > 0,
+        ..history(subject, &events)
+    })
 }

@@ -438,5 +438,10 @@ pub fn history_table(h: &History) -> String {
             x.summary.clone(),
         ]);
     }
-    format!("{}\n\n{t}\n\n{e}", h.subject)
+    let reach = match (h.events_since, h.pruned) {
+        (Some(t), true) => format!("\nevents since {t} (older events were pruned by retention)"),
+        (Some(t), false) => format!("\nevents since {t} (the whole log)"),
+        (None, _) => String::new(),
+    };
+    format!("{}{reach}\n\n{t}\n\n{e}", h.subject)
 }

@@ -545,7 +545,7 @@ async fn hosts(cli: &Cli, cmd: &HostsCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         HostsCommand::List => {
             let hosts: Vec<HostView> = match &src {
-                Source::Api(c) => c.get("/api/v1/hosts", &[]).await?,
+                Source::Api(c) => c.get_all("/api/v1/hosts", &[]).await?,
                 Source::Store(s) => s.list_hosts().await?.iter().map(HostView::from).collect(),
             };
             print(cli.output, &hosts, || views::hosts_table(&hosts));
@@ -591,7 +591,7 @@ async fn leases(cli: &Cli, cmd: &LeasesCommand) -> anyhow::Result<ExitCode> {
             push(&mut q, "mac", mac);
             push(&mut q, "ip", ip);
             push(&mut q, "state", state);
-            c.get("/api/v1/leases", &q).await?
+            c.get_all("/api/v1/leases", &q).await?
         }
         Source::Store(s) => {
             let select = query::LeaseSelect {
@@ -661,8 +661,19 @@ async fn events(cli: &Cli, a: &EventArgs) -> anyhow::Result<ExitCode> {
             push(&mut q, "kind", &a.kind);
             push(&mut q, "since", &since);
             push(&mut q, "until", &until);
-            push(&mut q, "limit", &a.limit);
-            c.get("/api/v1/events", &q).await?
+            match a.limit {
+                // The newest N, as from the store.
+                Some(_) => {
+                    push(&mut q, "limit", &a.limit);
+                    c.get("/api/v1/events", &q).await?
+                }
+                // The whole log, page by page from its start.
+                None => {
+                    q.push(("after", "0".to_string()));
+                    q.push(("limit", query::MAX_LIMIT.to_string()));
+                    c.get_all("/api/v1/events", &q).await?
+                }
+            }
         }
         Source::Store(s) => {
             let q = EventQuery {
@@ -673,6 +684,7 @@ async fn events(cli: &Cli, a: &EventArgs) -> anyhow::Result<ExitCode> {
                 since,
                 until,
                 limit: a.limit,
+                after: None,
             };
             s.query(&q).await?.iter().map(EventView::from).collect()
         }
@@ -946,6 +958,48 @@ impl ApiClient {
             .await
     }
 
+    /// Every page of a list endpoint: follows `Link: <…>; rel="next"` from `path`.
+    pub(crate) async fn get_all<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<Vec<T>> {
+        let mut url = self.base.join(path)?;
+        if !query.is_empty() {
+            url.query_pairs_mut()
+                .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+        }
+        let mut out = Vec::new();
+        loop {
+            let mut next = None;
+            let page: Vec<T> = self
+                .send_seeing(
+                    reqwest::Method::GET,
+                    url.clone(),
+                    |r| r,
+                    |headers| {
+                        next = headers
+                            .get_all(reqwest::header::LINK)
+                            .iter()
+                            .filter_map(|v| v.to_str().ok())
+                            .find_map(|v| query::link_next(v).map(str::to_string));
+                    },
+                )
+                .await?;
+            out.extend(page);
+            match next {
+                Some(n) => {
+                    let n = self.base.join(&n)?;
+                    if n == url {
+                        return Ok(out);
+                    }
+                    url = n;
+                }
+                None => return Ok(out),
+            }
+        }
+    }
+
     async fn post<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let url = self.base.join(path)?;
         self.send(reqwest::Method::POST, url, |r| r).await
@@ -957,12 +1011,24 @@ impl ApiClient {
         url: reqwest::Url,
         build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> anyhow::Result<T> {
+        self.send_seeing(method, url, build, |_| {}).await
+    }
+
+    /// [`Self::send`], showing the response headers to `headers` first.
+    async fn send_seeing<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        url: reqwest::Url,
+        build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+        headers: impl FnOnce(&reqwest::header::HeaderMap),
+    ) -> anyhow::Result<T> {
         let mut req = build(self.http.request(method.clone(), url.clone())).timeout(self.timeout);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
         let what = format!("{method} {url}");
         let resp = req.send().await.with_context(|| what.clone())?;
+        headers(resp.headers());
         let status = resp.status();
         let body = resp.text().await.with_context(|| what.clone())?;
         if !status.is_success() {

@@ -59,6 +59,10 @@ pub struct Config {
     /// `[ha]`: this gateway's id and its peer's, for RFC 3074 load balancing (None: answer
     /// every client).
     pub ha: Option<crate::ha::HaSettings>,
+    /// `[events]`: how much of the event log is kept and how often it is pruned.
+    pub events: crate::events::EventSettings,
+    /// `[discovery]`: the cap and expiry of discovered hosts.
+    pub discovery: crate::model::DiscoveryRetention,
 }
 
 /// A shared PostgreSQL store's pool and timings (`[postgres]`): how long a DHCP request

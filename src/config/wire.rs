@@ -48,6 +48,106 @@ struct ConfigWire {
     /// `[ha]`: this gateway and its peer on a shared store (see crate::ha).
     #[serde(default)]
     ha: crate::ha::HaWire,
+    /// `[events]`: how much of the event log is kept.
+    #[serde(default)]
+    events: EventsWire,
+    /// `[discovery]`: how many unknown MACs are kept as discovered hosts, and how long.
+    #[serde(default)]
+    discovery: DiscoveryWire,
+}
+
+/// `[events]`: retention of the event log (see crate::events::spawn_retention).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsWire {
+    /// Events older than this are pruned.
+    #[serde(default = "default_events_retain", deserialize_with = "lease_time")]
+    retain: Duration,
+    /// At most this many events are kept (the oldest go first).
+    #[serde(default = "default_events_max_rows")]
+    max_rows: u64,
+    /// How often retention runs.
+    #[serde(default = "default_prune_interval", deserialize_with = "lease_time")]
+    prune_interval: Duration,
+}
+
+impl Default for EventsWire {
+    fn default() -> Self {
+        EventsWire {
+            retain: default_events_retain(),
+            max_rows: default_events_max_rows(),
+            prune_interval: default_prune_interval(),
+        }
+    }
+}
+
+fn default_events_retain() -> Duration {
+    crate::model::EventRetention::default().retain
+}
+fn default_events_max_rows() -> u64 {
+    crate::model::EventRetention::default().max_rows
+}
+fn default_prune_interval() -> Duration {
+    crate::events::EventSettings::default().prune_interval
+}
+
+/// The fewest events `[events] max_rows` may keep (a log that keeps less tells nothing).
+const MIN_EVENT_ROWS: u64 = 100;
+
+fn event_settings(w: &EventsWire, p: &mut Problems<'_>) -> crate::events::EventSettings {
+    if w.max_rows < MIN_EVENT_ROWS {
+        p.push(
+            "events",
+            "max_rows",
+            format!("{}: at least {MIN_EVENT_ROWS}", w.max_rows),
+        );
+    }
+    crate::events::EventSettings {
+        retention: crate::model::EventRetention {
+            retain: w.retain,
+            max_rows: w.max_rows.max(MIN_EVENT_ROWS),
+            ..Default::default()
+        },
+        prune_interval: w.prune_interval,
+    }
+}
+
+/// `[discovery]`: the cap and expiry of discovered hosts (see crate::discovery).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiscoveryWire {
+    /// Discovered hosts kept at most; beyond, the oldest-seen expire first.
+    #[serde(default = "default_max_hosts")]
+    max_hosts: u64,
+    /// A discovered host not seen for this long expires.
+    #[serde(default = "default_discovery_retain", deserialize_with = "lease_time")]
+    retain: Duration,
+}
+
+impl Default for DiscoveryWire {
+    fn default() -> Self {
+        DiscoveryWire {
+            max_hosts: default_max_hosts(),
+            retain: default_discovery_retain(),
+        }
+    }
+}
+
+fn default_max_hosts() -> u64 {
+    crate::model::DiscoveryRetention::default().max_hosts
+}
+fn default_discovery_retain() -> Duration {
+    crate::model::DiscoveryRetention::default().retain
+}
+
+fn discovery_settings(w: &DiscoveryWire, p: &mut Problems<'_>) -> crate::model::DiscoveryRetention {
+    if w.max_hosts == 0 {
+        p.push("discovery", "max_hosts", "0: at least 1");
+    }
+    crate::model::DiscoveryRetention {
+        retain: w.retain,
+        max_hosts: w.max_hosts.max(1),
+    }
 }
 
 /// `[bmc]`: how BMCs are called (all optional).
@@ -328,7 +428,16 @@ impl Problems<'_> {
 
 /// Sections whose field errors are reported under the section's name (entry `http`, field
 /// `listen`) rather than as entry `-`, field `http.listen`.
-const SECTIONS: &[&str] = &["http", "dhcp", "boot", "bmc", "handoff", "postgres"];
+const SECTIONS: &[&str] = &[
+    "http",
+    "dhcp",
+    "boot",
+    "bmc",
+    "handoff",
+    "postgres",
+    "events",
+    "discovery",
+];
 
 pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
     let mut p = Problems {
@@ -368,6 +477,8 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
     let handoff = handoff_settings(&w.handoff, &resolve, &mut p);
     let bmc = bmc_settings(&w.bmc, &mut p);
     let postgres = postgres_settings(&w.postgres, &mut p);
+    let events = event_settings(&w.events, &mut p);
+    let discovery = discovery_settings(&w.discovery, &mut p);
     let shared = matches!(store, Some(StoreUrl::Postgres(_)));
     let ha = crate::ha::ha_settings(&w.ha, shared, |field, reason| p.push("ha", field, reason));
     let (Some(store), true) = (store, p.list.is_empty()) else {
@@ -394,6 +505,8 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
         bmc,
         postgres,
         ha,
+        events,
+        discovery,
     })
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -268,11 +268,56 @@ async fn metrics_text(State(app): State<Arc<ApiContext>>) -> Response {
         .into_response()
 }
 
+/// A page of a list endpoint: the JSON array as before, and, when the page is full, a
+/// `Link: <…after=CURSOR…>; rel="next"` header to the rest (RFC 8288).
+fn page<T: Serialize>(
+    items: Vec<T>,
+    limit: u32,
+    cursor: impl FnOnce(&T) -> String,
+    path: &str,
+    raw: Option<&str>,
+) -> Response {
+    let next = (items.len() == limit as usize && limit > 0)
+        .then(|| items.last().map(cursor))
+        .flatten();
+    match next {
+        Some(after) => (
+            [(header::LINK, query::next_link(path, raw, &after, limit))],
+            axum::Json(items),
+        )
+            .into_response(),
+        None => axum::Json(items).into_response(),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct HostParams {
+    limit: Option<String>,
+    /// The last name of the previous page.
+    after: Option<String>,
+}
+
+/// Hosts by name, `limit` at a time (keyset on the name).
 async fn list_hosts(
     State(app): State<Arc<ApiContext>>,
-) -> Result<axum::Json<Vec<HostView>>, ApiError> {
+    Query(p): Query<HostParams>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let limit = query::parse_limit(p.limit.as_deref())?;
     let hosts = app.store.list_hosts().await?;
-    Ok(axum::Json(hosts.iter().map(HostView::from).collect()))
+    let views: Vec<HostView> = hosts
+        .iter()
+        .filter(|h| p.after.as_deref().is_none_or(|a| h.name.as_str() > a))
+        .take(limit as usize)
+        .map(HostView::from)
+        .collect();
+    Ok(page(
+        views,
+        limit,
+        |h| h.name.clone(),
+        "/api/v1/hosts",
+        raw.as_deref(),
+    ))
 }
 
 async fn show_host(
@@ -303,25 +348,40 @@ struct LeaseParams {
     mac: Option<String>,
     state: Option<String>,
     ip: Option<String>,
+    limit: Option<String>,
+    /// The last address of the previous page.
+    after: Option<String>,
 }
 
+/// Leases by address, `limit` at a time (keyset on the IP, compared as an address).
 async fn list_leases(
     State(app): State<Arc<ApiContext>>,
     Query(p): Query<LeaseParams>,
-) -> Result<axum::Json<Vec<LeaseView>>, ApiError> {
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
     let select = query::LeaseSelect {
         subnet: query::parse_opt::<query::SubnetSel>("subnet", p.subnet.as_deref())?,
         mac: query::parse_opt::<MacAddr>("mac", p.mac.as_deref())?,
         state: query::parse_opt::<LeaseState>("state", p.state.as_deref())?,
         ip: query::parse_opt::<Ipv4Addr>("ip", p.ip.as_deref())?,
     };
+    let limit = query::parse_limit(p.limit.as_deref())?;
+    let after = query::parse_opt::<Ipv4Addr>("after", p.after.as_deref())?;
+    // The store sorts by address (text order would put .10 before .2); the table is
+    // bounded by the pools, so the page is cut here.
     let leases = app.store.list_leases(&select.store_filter()).await?;
-    Ok(axum::Json(
-        leases
-            .iter()
-            .filter(|l| select.matches(l))
-            .map(LeaseView::from)
-            .collect(),
+    let views: Vec<LeaseView> = leases
+        .iter()
+        .filter(|l| select.matches(l) && after.is_none_or(|a| l.ip > a))
+        .take(limit as usize)
+        .map(LeaseView::from)
+        .collect();
+    Ok(page(
+        views,
+        limit,
+        |l| l.ip.to_string(),
+        "/api/v1/leases",
+        raw.as_deref(),
     ))
 }
 
@@ -400,12 +460,19 @@ struct EventParams {
     since: Option<String>,
     until: Option<String>,
     limit: Option<String>,
+    /// The last id of the previous page: read forward from it.
+    after: Option<String>,
 }
 
+/// Events oldest first: without `after` the newest `limit` (default 500, never the whole
+/// log); with `after=ID` the `limit` following that id. To read everything, start at
+/// `after=0` and follow `Link: rel="next"` until it is absent.
 async fn list_events(
     State(app): State<Arc<ApiContext>>,
     Query(p): Query<EventParams>,
-) -> Result<axum::Json<Vec<EventView>>, ApiError> {
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let limit = query::parse_limit(p.limit.as_deref())?;
     let now = Timestamp::now();
     let q = EventQuery {
         ip: query::parse_opt::<Ipv4Addr>("ip", p.ip.as_deref())?,
@@ -422,12 +489,20 @@ async fn list_events(
             .as_deref()
             .map(|s| query::parse_time("until", s, now))
             .transpose()?,
-        limit: query::parse_opt::<u32>("limit", p.limit.as_deref())?,
+        limit: Some(limit),
+        after: query::parse_opt::<i64>("after", p.after.as_deref())?,
     };
     // Boot-path events are group-written: make everything recorded so far visible.
     app.events.flush().await;
     let events = app.store.query(&q).await?;
-    Ok(axum::Json(events.iter().map(EventView::from).collect()))
+    let views: Vec<EventView> = events.iter().map(EventView::from).collect();
+    Ok(page(
+        views,
+        limit,
+        |e| e.id.to_string(),
+        "/api/v1/events",
+        raw.as_deref(),
+    ))
 }
 
 async fn reload(

@@ -220,6 +220,11 @@ text_enum!(
         RackPlanned => "rack-planned",
         DaemonStarted => "daemon-started",
         DaemonStopped => "daemon-stopped",
+        /// Retention deleted the oldest events (detail: deleted, below_id, oldest_kept).
+        EventsPruned => "events-pruned",
+        /// A discovered host not seen within `[discovery] retain`, or the oldest-seen beyond
+        /// `[discovery] max_hosts`, was removed (detail: reason, last_seen).
+        HostExpired => "host-expired",
     }
 );
 
@@ -290,8 +295,98 @@ pub struct EventQuery {
     pub since: Option<Timestamp>,
     /// Exclusive upper bound on `time`.
     pub until: Option<Timestamp>,
-    /// Newest N matching events (still returned oldest first). `None` = all.
+    /// Newest N matching events (still returned oldest first). `None` = all. With
+    /// `after`: the first N after it.
     pub limit: Option<u32>,
+    /// Only events with a larger id (a page cursor: the last id of the previous page).
+    pub after: Option<i64>,
+}
+
+/// How much of the event log to keep (`[events]`): events older than `retain`, and all but
+/// the newest `max_rows`, are pruned, `batch` rows per statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventRetention {
+    pub retain: std::time::Duration,
+    pub max_rows: u64,
+    pub batch: u32,
+}
+
+impl Default for EventRetention {
+    fn default() -> Self {
+        EventRetention {
+            retain: std::time::Duration::from_secs(90 * 86_400),
+            max_rows: 1_000_000,
+            batch: 5_000,
+        }
+    }
+}
+
+/// How far back the event log reaches (the `event_horizon` row).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventHorizon {
+    /// Events with a smaller id were pruned (0: nothing ever was).
+    pub below_id: i64,
+    /// Events deleted by retention so far.
+    pub pruned_total: u64,
+    /// When retention last deleted something.
+    pub pruned_at: Option<Timestamp>,
+    /// The time of the oldest event kept, if any is.
+    pub oldest: Option<Timestamp>,
+}
+
+/// What one [`EventLog::prune_events`] run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Pruned {
+    /// Rows this run deleted (another gateway's share is not counted).
+    pub deleted: u64,
+    /// Delete statements run.
+    pub batches: u32,
+    pub horizon: EventHorizon,
+}
+
+/// Which discovered hosts to keep (`[discovery]`): those seen within `retain`, at most
+/// `max_hosts` of them (the oldest-seen go first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DiscoveryRetention {
+    pub retain: std::time::Duration,
+    pub max_hosts: u64,
+}
+
+impl Default for DiscoveryRetention {
+    fn default() -> Self {
+        DiscoveryRetention {
+            retain: std::time::Duration::from_secs(30 * 86_400),
+            max_hosts: 4_096,
+        }
+    }
+}
+
+/// Why a discovered host expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExpiryReason {
+    /// Not seen within `retain`.
+    NotSeen,
+    /// Among the oldest-seen beyond `max_hosts`.
+    OverCap,
+}
+
+impl ExpiryReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExpiryReason::NotSeen => "not-seen",
+            ExpiryReason::OverCap => "over-cap",
+        }
+    }
+}
+
+/// A discovered host [`HostStore::expire_discovered`] removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExpiredHost {
+    pub name: String,
+    pub mac: Option<MacAddr>,
+    pub last_seen: Timestamp,
+    pub reason: ExpiryReason,
 }
 
 /// The newest time some MACs and host names took an address, for the audit's "not seen for
@@ -374,6 +469,17 @@ pub trait HostStore: Send + Sync {
         }
         Ok(out)
     }
+    /// Removes up to `at_most` discovered (never inventory) hosts, oldest-seen first: those
+    /// not seen since `now - retain`, then, while more than `max_hosts` discovered hosts are
+    /// stored, the oldest-seen beyond the cap. Each gets a `host-expired` event in the same
+    /// transaction. Idempotent across gateways (a host already gone is skipped).
+    async fn expire_discovered(
+        &self,
+        retention: &DiscoveryRetention,
+        now: Timestamp,
+        at_most: u32,
+        actor: &str,
+    ) -> Result<Vec<ExpiredHost>, StoreError>;
     /// Moves a host from `from` (when given: compare-and-set) to `to`, with an event.
     async fn set_host_state(
         &self,
@@ -478,6 +584,17 @@ pub trait EventLog: Send + Sync {
         Ok(())
     }
     async fn query(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
+    /// Deletes the events `retention` does not keep, oldest first, `retention.batch` rows
+    /// per short transaction (never one long one: the hot path writes between batches), and
+    /// moves the horizon past them; when anything was deleted, appends one `events-pruned`
+    /// event. Idempotent and cheap when another gateway pruned first.
+    async fn prune_events(
+        &self,
+        retention: &EventRetention,
+        now: Timestamp,
+    ) -> Result<Pruned, StoreError>;
+    /// How far back the log reaches.
+    async fn event_horizon(&self) -> Result<EventHorizon, StoreError>;
 }
 
 text_enum!(

@@ -19,8 +19,9 @@ use super::rows::{
 };
 use super::writes::{self, WriteTx};
 use super::{
-    Event, EventLog, EventQuery, HostChange, HostRecord, HostStore, Lease, LeaseFilter, LeaseState,
-    LeaseStore, NewEvent, Sighted, StoreError, StoreUrl,
+    DiscoveryRetention, Event, EventHorizon, EventLog, EventQuery, EventRetention, ExpiredHost,
+    HostChange, HostRecord, HostStore, Lease, LeaseFilter, LeaseState, LeaseStore, NewEvent,
+    Pruned, Sighted, StoreError, StoreUrl,
 };
 use crate::types::{HostState, MacAddr};
 
@@ -463,6 +464,39 @@ impl WriteTx for PgTx<'_> {
     async fn insert_event(&mut self, event: &NewEvent) -> Result<i64, StoreError> {
         insert_event(self.0, event).await
     }
+
+    async fn discovered_count(&mut self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM hosts WHERE source = 'discovered'")
+            .fetch_one(&mut *self.0)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn expiry_candidates(
+        &mut self,
+        seen_before: i64,
+        over: u64,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT name FROM hosts WHERE source = 'discovered' AND (updated < $1 OR name IN \
+             (SELECT name FROM hosts WHERE source = 'discovered' ORDER BY updated, name \
+             LIMIT $2)) ORDER BY updated, name LIMIT $3",
+        )
+        .bind(seen_before)
+        .bind(i64::try_from(over).unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *self.0)
+        .await?)
+    }
+
+    async fn delete_discovered(&mut self, name: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM hosts WHERE name = $1 AND source = 'discovered'")
+            .bind(name)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
 }
 
 impl PostgresStore {
@@ -510,8 +544,37 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// Under the hosts lock, like every host write: two gateways expiring at once are
+    /// ordered, and the second finds the first's deletions done.
+    async fn try_expire_discovered(
+        &self,
+        retention: &DiscoveryRetention,
+        now: Timestamp,
+        at_most: u32,
+        actor: &str,
+    ) -> Result<Vec<ExpiredHost>, StoreError> {
+        let mut tx = begin_hosts(&self.pool).await?;
+        let out =
+            writes::expire_discovered(&mut PgTx(&mut tx), retention, now, at_most, actor).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+}
+
 #[async_trait]
 impl HostStore for PostgresStore {
+    async fn expire_discovered(
+        &self,
+        retention: &DiscoveryRetention,
+        now: Timestamp,
+        at_most: u32,
+        actor: &str,
+    ) -> Result<Vec<ExpiredHost>, StoreError> {
+        self.with_retry(|| self.try_expire_discovered(retention, now, at_most, actor))
+            .await
+    }
+
     async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
         let rows = sqlx::query(concat!(host_select!(), " ORDER BY h.name")).fetch_all(&self.pool);
         self.run(async { Ok(rows.await?) })
@@ -910,8 +973,134 @@ impl PostgresStore {
     }
 }
 
+/// Reads the horizon row and the oldest event's time.
+async fn read_horizon(conn: &mut PgConnection) -> Result<EventHorizon, StoreError> {
+    let row = sqlx::query(
+        "SELECT below_id, pruned_total, pruned_at, \
+         (SELECT time FROM events ORDER BY id LIMIT 1) AS oldest \
+         FROM event_horizon WHERE one = 1",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let ts = |ms: Option<i64>, column: &'static str| {
+        ms.map(|ms| {
+            Timestamp::from_millisecond(ms).map_err(|_| rows::corrupt(column, ms.to_string()))
+        })
+        .transpose()
+    };
+    Ok(EventHorizon {
+        below_id: row.try_get("below_id")?,
+        pruned_total: u64::try_from(row.try_get::<i64, _>("pruned_total")?).unwrap_or(0),
+        pruned_at: ts(row.try_get("pruned_at")?, "pruned_at")?,
+        oldest: ts(row.try_get("oldest")?, "time")?,
+    })
+}
+
+impl PostgresStore {
+    /// The cut below which `retention` lets events go (index lookups only).
+    async fn try_prune_cut(
+        &self,
+        retention: &EventRetention,
+        now: Timestamp,
+    ) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT MIN(id) FROM events) AS min_id, \
+             (SELECT MAX(id) FROM events) AS max_id, \
+             (SELECT MAX(id) FROM events WHERE time < $1) AS old_max, \
+             (SELECT below_id FROM event_horizon WHERE one = 1) AS below",
+        )
+        .bind(writes::cutoff_ms(retention.retain, now))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(writes::prune_cut(
+            retention,
+            (row.try_get("min_id")?, row.try_get("max_id")?),
+            row.try_get("old_max")?,
+            row.try_get::<Option<i64>, _>("below")?.unwrap_or(0),
+        ))
+    }
+
+    /// One short transaction: the horizon moves to `cut` (GREATEST: never back; its row
+    /// lock orders two gateways pruning at once), up to `batch` rows below it go (SKIP
+    /// LOCKED: rows another pruner holds are its to delete), and the count is kept.
+    async fn try_prune_batch(&self, cut: i64, batch: u32) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE event_horizon SET below_id = GREATEST(below_id, $1) WHERE one = 1")
+            .bind(cut)
+            .execute(&mut *tx)
+            .await?;
+        let n = sqlx::query(
+            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE id < $1 \
+             ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(cut)
+        .bind(i64::from(batch))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n > 0 {
+            sqlx::query(
+                "UPDATE event_horizon SET pruned_total = pruned_total + $1, pruned_at = $2 \
+                 WHERE one = 1",
+            )
+            .bind(i64::try_from(n).unwrap_or(i64::MAX))
+            .bind(millis(now()))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn try_finish_prune(
+        &self,
+        deleted: u64,
+        retention: &EventRetention,
+    ) -> Result<EventHorizon, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let horizon = read_horizon(&mut conn).await?;
+        if deleted > 0 {
+            let event = writes::pruned_event(deleted, horizon.below_id, horizon.oldest, retention);
+            insert_event(&mut conn, &event).await?;
+        }
+        Ok(horizon)
+    }
+}
+
 #[async_trait]
 impl EventLog for PostgresStore {
+    async fn prune_events(
+        &self,
+        retention: &EventRetention,
+        now: Timestamp,
+    ) -> Result<Pruned, StoreError> {
+        let cut = self.run(self.try_prune_cut(retention, now)).await?;
+        let batch = retention.batch.max(1);
+        let mut out = Pruned::default();
+        loop {
+            let n = self.with_retry(|| self.try_prune_batch(cut, batch)).await?;
+            out.batches += 1;
+            out.deleted += n;
+            if n < u64::from(batch) {
+                break;
+            }
+            // Other work gets the pool (and the server) between batches.
+            tokio::task::yield_now().await;
+        }
+        out.horizon = self
+            .run(self.try_finish_prune(out.deleted, retention))
+            .await?;
+        Ok(out)
+    }
+
+    async fn event_horizon(&self) -> Result<EventHorizon, StoreError> {
+        self.run(async {
+            let mut conn = self.pool.acquire().await?;
+            read_horizon(&mut conn).await
+        })
+        .await
+    }
+
     async fn append(&self, event: &NewEvent) -> Result<i64, StoreError> {
         self.run(self.try_append(event)).await
     }

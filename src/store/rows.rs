@@ -21,7 +21,7 @@ pub(crate) fn millis(t: Timestamp) -> i64 {
     t.as_millisecond()
 }
 
-/// The `WHERE` conditions and the newest-N limit of an event query, for the inner SELECT
+/// The `WHERE` conditions and the newest-N (or, after a cursor, next-N) limit of an event query, for the inner SELECT
 /// of either SQL backend (the caller re-sorts oldest first around it).
 pub(crate) fn push_event_filters<DB>(q: &mut sqlx::QueryBuilder<DB>, query: &EventQuery)
 where
@@ -47,7 +47,16 @@ where
     if let Some(until) = query.until {
         q.push(" AND time < ").push_bind(millis(until));
     }
-    q.push(" ORDER BY id DESC");
+    // A page after a cursor reads forward from it; otherwise the newest come first.
+    match query.after {
+        Some(after) => {
+            q.push(" AND id > ").push_bind(after);
+            q.push(" ORDER BY id");
+        }
+        None => {
+            q.push(" ORDER BY id DESC");
+        }
+    }
     if let Some(limit) = query.limit {
         q.push(" LIMIT ").push_bind(i64::from(limit));
     }

@@ -7,7 +7,10 @@
 use serde_json::json;
 
 use super::rows::{HostRow, millis, now};
-use super::{EventKind, HostChange, HostRecord, Lease, LeaseState, NewEvent, Sighted, StoreError};
+use super::{
+    DiscoveryRetention, EventKind, ExpiredHost, ExpiryReason, HostChange, HostRecord, HostSource,
+    Lease, LeaseState, NewEvent, Sighted, StoreError,
+};
 use crate::types::{HostState, MacAddr};
 
 /// The `actor` of the `lease-expired` events `expire_leases` writes.
@@ -40,6 +43,112 @@ pub(crate) trait WriteTx {
     async fn delete_macs(&mut self, host: &str) -> Result<(), StoreError>;
     /// Appends an event (the backend's one event insert); returns its id.
     async fn insert_event(&mut self, event: &NewEvent) -> Result<i64, StoreError>;
+    /// How many `discovered` hosts are stored.
+    async fn discovered_count(&mut self) -> Result<u64, StoreError>;
+    /// Names of `discovered` hosts, oldest `updated` first (then by name): those updated
+    /// before `seen_before` (ms) and the `over` oldest, `limit` at most.
+    async fn expiry_candidates(
+        &mut self,
+        seen_before: i64,
+        over: u64,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError>;
+    /// Deletes `name` if it is still a `discovered` host; whether it did.
+    async fn delete_discovered(&mut self, name: &str) -> Result<bool, StoreError>;
+}
+
+/// `expire_discovered`: removes up to `at_most` discovered hosts not seen since
+/// `now - retain` or beyond the cap, oldest-seen first, each with a `host-expired` event.
+/// Inventory hosts are never candidates (`source = 'discovered'` in every statement).
+pub(crate) async fn expire_discovered(
+    tx: &mut impl WriteTx,
+    retention: &DiscoveryRetention,
+    now: jiff::Timestamp,
+    at_most: u32,
+    actor: &str,
+) -> Result<Vec<ExpiredHost>, StoreError> {
+    let cutoff = cutoff_ms(retention.retain, now);
+    let over = tx
+        .discovered_count()
+        .await?
+        .saturating_sub(retention.max_hosts);
+    let mut out = Vec::new();
+    for name in tx.expiry_candidates(cutoff, over, at_most).await? {
+        let Some(host) = tx.host(&name).await? else {
+            continue;
+        };
+        if host.source != HostSource::Discovered || !tx.delete_discovered(&name).await? {
+            continue;
+        }
+        let reason = if millis(host.updated) < cutoff {
+            ExpiryReason::NotSeen
+        } else {
+            ExpiryReason::OverCap
+        };
+        let event = host_event(EventKind::HostExpired, &host, actor).detail(json!({
+            "reason": reason.as_str(),
+            "last_seen": host.updated.to_string(),
+            "retain_s": retention.retain.as_secs(),
+            "max_hosts": retention.max_hosts,
+        }));
+        tx.insert_event(&event).await?;
+        out.push(ExpiredHost {
+            mac: host.macs.first().copied(),
+            name,
+            last_seen: host.updated,
+            reason,
+        });
+    }
+    Ok(out)
+}
+
+/// The `events-pruned` summary of a prune that deleted `deleted` rows below `below_id`.
+pub(crate) fn pruned_event(
+    deleted: u64,
+    below_id: i64,
+    oldest_kept: Option<jiff::Timestamp>,
+    retention: &super::EventRetention,
+) -> NewEvent {
+    NewEvent::new(EventKind::EventsPruned, PRUNE_ACTOR).detail(json!({
+        "deleted": deleted,
+        "below_id": below_id,
+        "oldest_kept": oldest_kept.map(|t| t.to_string()),
+        "retain_s": retention.retain.as_secs(),
+        "max_rows": retention.max_rows,
+    }))
+}
+
+/// The `actor` of retention's events.
+pub(crate) const PRUNE_ACTOR: &str = "retention";
+
+/// The id below which `retention` lets events go, given the ids stored (`min_id` ..=
+/// `max_id`), the newest id of an event older than the retention (`old_max`) and the
+/// current horizon. Over `max_rows`, the cut leaves `max_rows - 1` rows, so with the
+/// `events-pruned` summary the log holds `max_rows` and the next run finds nothing to do
+/// (ids are the measure: a gap left by a rolled-back append only keeps fewer rows).
+pub(crate) fn prune_cut(
+    retention: &super::EventRetention,
+    ids: (Option<i64>, Option<i64>),
+    old_max: Option<i64>,
+    horizon: i64,
+) -> i64 {
+    let max_rows = i64::try_from(retention.max_rows).unwrap_or(i64::MAX);
+    let by_rows = match ids {
+        (Some(min), Some(max)) if max.saturating_sub(min).saturating_add(1) > max_rows => {
+            max.saturating_sub(max_rows).saturating_add(2)
+        }
+        _ => 0,
+    };
+    let by_time = old_max.map_or(0, |m| m.saturating_add(1));
+    by_rows.max(by_time).max(horizon)
+}
+
+/// `now - retain` in unix milliseconds: rows stamped before it are past retention.
+pub(crate) fn cutoff_ms(retain: std::time::Duration, now: jiff::Timestamp) -> i64 {
+    jiff::SignedDuration::try_from(retain)
+        .ok()
+        .and_then(|d| now.checked_sub(d).ok())
+        .map_or(i64::MIN, millis)
 }
 
 /// `apply_host_changes`: every change and its event, in order. The caller's transaction

@@ -61,6 +61,9 @@ macro_rules! store_contract_tests {
             boot_token_issue_check_consume,
             boot_token_replaced_by_a_new_boot_and_expires,
             boot_token_reissued_within_a_boot_stays_used,
+            events_page_after_a_cursor,
+            events_prune_by_age_and_rows,
+            discovered_hosts_expire_by_age_and_cap,
         );
     };
     (@items $backend:ident, $make:expr, $require:block, $($item:ident),+ $(,)?) => {
@@ -82,6 +85,7 @@ macro_rules! store_contract_tests {
                 site_key_is_created_once_and_shared,
                 two_handles_record_the_same_discovered_macs,
                 host_by_mac_sees_the_other_handles_writes,
+                two_handles_prune_once,
             );
         }
     };
@@ -1795,4 +1799,271 @@ pub async fn boot_token_survives_a_restart_and_is_used_once<
         .filter(|c| matches!(c, TokenCheck::Accepted { .. }))
         .count();
     assert_eq!(accepted, 1, "a consumed token was accepted twice");
+}
+
+// ---- retention and pages ------------------------------------------------------------------
+
+/// `after` reads forward from a cursor, `limit` at a time, with every filter still applied.
+pub async fn events_page_after_a_cursor<S: Store>(store: Arc<S>) {
+    let mut ids = Vec::new();
+    for n in 0..7 {
+        let kind = if n % 2 == 0 {
+            EventKind::DaemonStarted
+        } else {
+            EventKind::DaemonStopped
+        };
+        ids.push(store.append(&NewEvent::new(kind, "daemon")).await.unwrap());
+    }
+    let page = |after: i64, limit: u32, kind: Option<EventKind>| {
+        let store = store.clone();
+        async move {
+            events(
+                &*store,
+                EventQuery {
+                    after: Some(after),
+                    limit: Some(limit),
+                    kind,
+                    ..Default::default()
+                },
+            )
+            .await
+            .iter()
+            .map(|e| e.id)
+            .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(page(0, 3, None).await, ids[..3].to_vec(), "the first page");
+    assert_eq!(page(ids[2], 3, None).await, ids[3..6].to_vec());
+    assert_eq!(
+        page(ids[5], 3, None).await,
+        ids[6..].to_vec(),
+        "a short last page"
+    );
+    assert_eq!(page(ids[6], 3, None).await, Vec::<i64>::new());
+    assert_eq!(
+        page(ids[0], 2, Some(EventKind::DaemonStarted)).await,
+        vec![ids[2], ids[4]],
+        "filters apply after the cursor"
+    );
+    // Without a cursor a limit still means the newest N.
+    let newest = events(
+        &*store,
+        EventQuery {
+            limit: Some(2),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        newest.iter().map(|e| e.id).collect::<Vec<_>>(),
+        ids[5..].to_vec()
+    );
+}
+
+/// Retention deletes, in batches, the events older than `retain` and all but the newest
+/// `max_rows`; it moves the horizon, writes one `events-pruned` summary per run that
+/// deleted anything, and a second run finds nothing to do.
+pub async fn events_prune_by_age_and_rows<S: Store>(store: Arc<S>) {
+    use bootgate::model::EventRetention;
+    let day = 86_400_000_i64;
+    let t_now = now();
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        let mut ev = NewEvent::new(EventKind::DaemonStarted, "old").detail(json!({ "n": n }));
+        ev.time = Some(at(t_now.as_millisecond() - 100 * day + n));
+        ids.push(store.append(&ev).await.unwrap());
+    }
+    for n in 0..20 {
+        let mut ev = NewEvent::new(EventKind::DaemonStopped, "new").detail(json!({ "n": n }));
+        ev.time = Some(at(t_now.as_millisecond() - day + n));
+        ids.push(store.append(&ev).await.unwrap());
+    }
+    let before = store.event_horizon().await.unwrap();
+    assert_eq!(
+        (before.below_id, before.pruned_total),
+        (0, 0),
+        "never pruned"
+    );
+    assert_eq!(before.oldest, Some(at(t_now.as_millisecond() - 100 * day)));
+
+    let by_age = EventRetention {
+        retain: std::time::Duration::from_secs(90 * 86_400),
+        max_rows: 1_000_000,
+        batch: 4,
+    };
+    let pruned = store.prune_events(&by_age, t_now).await.unwrap();
+    assert_eq!(pruned.deleted, 10);
+    assert_eq!(pruned.batches, 3, "4 + 4 + 2 rows");
+    assert_eq!(pruned.horizon.below_id, ids[10]);
+    assert_eq!(pruned.horizon.pruned_total, 10);
+    assert_eq!(
+        pruned.horizon.oldest,
+        Some(at(t_now.as_millisecond() - day))
+    );
+    let left = all_events(&*store).await;
+    assert_eq!(left.len(), 21, "20 recent + the summary");
+    assert!(left.iter().all(|e| e.id >= ids[10]));
+    let summary = left.last().unwrap();
+    assert_eq!(summary.kind, EventKind::EventsPruned);
+    assert_eq!(summary.detail["deleted"], 10);
+    assert_eq!(summary.detail["below_id"], ids[10]);
+    assert_eq!(
+        summary.detail["oldest_kept"],
+        json!(at(t_now.as_millisecond() - day).to_string())
+    );
+
+    // Idempotent: nothing more to delete, no second summary.
+    let again = store.prune_events(&by_age, t_now).await.unwrap();
+    assert_eq!(again.deleted, 0);
+    assert_eq!(all_events(&*store).await.len(), 21);
+
+    // By rows: the newest max_rows stay, the summary among them.
+    let by_rows = EventRetention {
+        retain: std::time::Duration::from_secs(365 * 86_400),
+        max_rows: 5,
+        batch: 3,
+    };
+    let pruned = store.prune_events(&by_rows, t_now).await.unwrap();
+    assert_eq!(pruned.deleted, 17);
+    let left = all_events(&*store).await;
+    assert_eq!(left.len(), 5, "{:?}", kinds(&left));
+    assert_eq!(left.last().unwrap().kind, EventKind::EventsPruned);
+    assert_eq!(
+        store.event_horizon().await.unwrap().pruned_total,
+        27,
+        "the horizon counts every pruned row"
+    );
+    // The log still refuses to lose anything above the horizon: a new append is kept.
+    let id = store
+        .append(&NewEvent::new(EventKind::DaemonStarted, "daemon"))
+        .await
+        .unwrap();
+    assert!(id > pruned.horizon.below_id);
+}
+
+/// Two stores on one database (two gateways) prune at once: the rows go once, the counts
+/// add up, and the log ends the same as after one prune.
+pub async fn two_handles_prune_once<A: Store + 'static, B: Store + 'static>(a: Arc<A>, b: Arc<B>) {
+    use bootgate::model::EventRetention;
+    let evs: Vec<NewEvent> = (0..200)
+        .map(|n| NewEvent::new(EventKind::DaemonStarted, "daemon").detail(json!({ "n": n })))
+        .collect();
+    a.append_many(&evs).await.unwrap();
+    let keep = EventRetention {
+        retain: std::time::Duration::from_secs(86_400),
+        max_rows: 50,
+        batch: 10,
+    };
+    let t = now();
+    let (ra, rb) = tokio::join!(a.prune_events(&keep, t), b.prune_events(&keep, t));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    // Both cut at 152 (or the second finds the log within bounds): the rows go once.
+    let total = ra.deleted + rb.deleted;
+    assert_eq!(total, 151, "{ra:?} {rb:?}");
+    let left = all_events(&*a).await;
+    let summaries = left
+        .iter()
+        .filter(|e| e.kind == EventKind::EventsPruned)
+        .count();
+    assert!((1..=2).contains(&summaries), "{summaries} summaries");
+    assert_eq!(left.len() as u64, 200 + summaries as u64 - total);
+    // max_rows, plus the second gateway's summary when both deleted a share.
+    assert!(
+        left.len() < 50 + summaries,
+        "within max_rows: {}",
+        left.len()
+    );
+    assert_eq!(a.event_horizon().await.unwrap().pruned_total, total);
+}
+
+/// Discovered hosts not seen within `retain` expire, then the oldest-seen beyond
+/// `max_hosts`; inventory hosts never do, however old; each expiry is an event.
+pub async fn discovered_hosts_expire_by_age_and_cap<S: Store>(store: Arc<S>) {
+    use bootgate::model::{DiscoveryRetention, ExpiryReason};
+    let day = 86_400_000_i64;
+    let t_now = now();
+    let seen = |name: &str, n: u16, days_ago: i64| {
+        let mut h = discovered(name, mac(n));
+        h.updated = at(t_now.as_millisecond() - days_ago * day);
+        h.created = h.updated;
+        h
+    };
+    let old_inventory = host("gpu-old", &[mac(100)], None);
+    add(
+        &*store,
+        &[
+            old_inventory.clone(),
+            seen("d-stale", 1, 40),
+            seen("d-2", 2, 5),
+            seen("d-3", 3, 4),
+            seen("d-4", 4, 3),
+            seen("d-5", 5, 2),
+            seen("d-6", 6, 1),
+        ],
+    )
+    .await;
+    let keep = DiscoveryRetention {
+        retain: std::time::Duration::from_secs(30 * 86_400),
+        max_hosts: 3,
+    };
+    let expired = store
+        .expire_discovered(&keep, t_now, 100, "discovery")
+        .await
+        .unwrap();
+    let got: Vec<(&str, ExpiryReason)> = expired
+        .iter()
+        .map(|h| (h.name.as_str(), h.reason))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("d-stale", ExpiryReason::NotSeen),
+            ("d-2", ExpiryReason::OverCap),
+            ("d-3", ExpiryReason::OverCap),
+        ]
+    );
+    assert_eq!(expired[0].mac, Some(mac(1)));
+    let names: Vec<String> = store
+        .list_hosts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.name)
+        .collect();
+    assert_eq!(names, ["d-4", "d-5", "d-6", "gpu-old"]);
+    assert!(
+        store.host_by_mac(mac(1)).await.unwrap().is_none(),
+        "its MAC is free again"
+    );
+    let evs = events(
+        &*store,
+        EventQuery {
+            kind: Some(EventKind::HostExpired),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(evs.len(), 3);
+    assert_eq!(evs[0].host.as_deref(), Some("d-stale"));
+    assert_eq!(evs[0].mac, Some(mac(1)));
+    assert_eq!(evs[0].detail["reason"], "not-seen");
+    assert_eq!(evs[1].detail["reason"], "over-cap");
+    // Nothing more to do; `at_most` bounds one call.
+    assert!(
+        store
+            .expire_discovered(&keep, t_now, 100, "discovery")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let tight = DiscoveryRetention {
+        max_hosts: 1,
+        ..keep
+    };
+    let one = store
+        .expire_discovered(&tight, t_now, 1, "discovery")
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].name, "d-4");
 }

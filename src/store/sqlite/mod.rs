@@ -21,8 +21,9 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use super::rows::{self, Columns, LEASE_COLUMNS, millis};
 use super::writes;
 use super::{
-    BootToken, BootTokenStore, Event, EventLog, EventQuery, HostChange, HostRecord, HostStore,
-    LastSeen, Lease, LeaseFilter, LeaseStore, NewEvent, StoreError, StoreUrl, TokenCheck, TokenUse,
+    BootToken, BootTokenStore, DiscoveryRetention, Event, EventHorizon, EventLog, EventQuery,
+    EventRetention, ExpiredHost, HostChange, HostRecord, HostStore, LastSeen, Lease, LeaseFilter,
+    LeaseStore, NewEvent, Pruned, StoreError, StoreUrl, TokenCheck, TokenUse,
 };
 use crate::types::{HostState, MacAddr};
 
@@ -56,6 +57,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections in the read pool: enough for the API, CLI views and audits to read while
 /// the DHCP path writes.
 const READ_CONNECTIONS: u32 = 4;
+
+/// The pause between two prune batches: the DHCP path's commits queued meanwhile get the
+/// writer thread (and their own group commit) before the next batch is queued.
+const PRUNE_PAUSE: Duration = Duration::from_millis(20);
 
 /// The SQLite store. Cheap to share behind an `Arc`; both pools are internally shared.
 pub struct SqliteStore {
@@ -272,6 +277,30 @@ impl HostStore for SqliteStore {
         result
     }
 
+    async fn expire_discovered(
+        &self,
+        retention: &DiscoveryRetention,
+        now: Timestamp,
+        at_most: u32,
+        actor: &str,
+    ) -> Result<Vec<ExpiredHost>, StoreError> {
+        let (retention, actor) = (retention.clone(), actor.to_string());
+        let result = self
+            .writer()?
+            .call(move |c| {
+                ready(writes::expire_discovered(
+                    &mut Tx(c),
+                    &retention,
+                    now,
+                    at_most,
+                    &actor,
+                ))
+            })
+            .await;
+        self.hosts_by_mac.invalidate();
+        result
+    }
+
     async fn set_host_state(
         &self,
         name: &str,
@@ -465,6 +494,57 @@ impl EventLog for SqliteStore {
             .iter()
             .map(rows::event)
             .collect()
+    }
+
+    /// Batches go through the writer thread, each its own small job: a lease commit queued
+    /// behind a batch waits for one bounded DELETE, never for the whole prune, and between
+    /// batches ([`PRUNE_PAUSE`]) the writer serves whatever the hot path queued. Deleting
+    /// through another connection instead would contend for SQLite's one write lock, and the
+    /// writer would wait out a busy timeout rather than its turn in the queue.
+    async fn prune_events(
+        &self,
+        retention: &EventRetention,
+        now: Timestamp,
+    ) -> Result<Pruned, StoreError> {
+        let writer = self.writer()?;
+        // The cut is read once, off the writer, from index lookups.
+        let row = sqlx::query(
+            "SELECT (SELECT MIN(id) FROM events) AS min_id, \
+             (SELECT MAX(id) FROM events) AS max_id, \
+             (SELECT MAX(id) FROM events WHERE time < ?) AS old_max, \
+             (SELECT below_id FROM event_horizon WHERE one = 1) AS below",
+        )
+        .bind(writes::cutoff_ms(retention.retain, now))
+        .fetch_one(&self.reader)
+        .await?;
+        let cut = writes::prune_cut(
+            retention,
+            (row.try_get("min_id")?, row.try_get("max_id")?),
+            row.try_get("old_max")?,
+            row.try_get::<Option<i64>, _>("below")?.unwrap_or(0),
+        );
+        let batch = retention.batch.max(1);
+        let mut out = Pruned::default();
+        loop {
+            let n = writer
+                .call(move |c| statements::prune_batch(c, cut, batch, rows::now()))
+                .await?;
+            out.batches += 1;
+            out.deleted += n;
+            if n < u64::from(batch) {
+                break;
+            }
+            tokio::time::sleep(PRUNE_PAUSE).await;
+        }
+        let (deleted, retention) = (out.deleted, retention.clone());
+        out.horizon = writer
+            .call(move |c| statements::finish_prune(c, deleted, &retention))
+            .await?;
+        Ok(out)
+    }
+
+    async fn event_horizon(&self) -> Result<EventHorizon, StoreError> {
+        self.points.with(statements::horizon)
     }
 }
 

@@ -10,7 +10,10 @@ use super::super::rows::{
     self, Columns, EventRow, HostRow, LEASE_COLUMNS, LeaseRow, corrupt, millis, now,
 };
 use super::super::writes::{self, WriteTx};
-use super::super::{BootToken, HostRecord, Lease, LeaseState, NewEvent, StoreError, TokenCheck};
+use super::super::{
+    BootToken, EventHorizon, EventRetention, HostRecord, Lease, LeaseState, NewEvent, StoreError,
+    TokenCheck,
+};
 use super::split_macs;
 use crate::types::{HostState, MacAddr};
 
@@ -138,6 +141,105 @@ impl WriteTx for Tx<'_> {
     async fn insert_event(&mut self, event: &NewEvent) -> Result<i64, StoreError> {
         insert_event(self.0, event, now())
     }
+
+    async fn discovered_count(&mut self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .0
+            .prepare_cached("SELECT COUNT(*) FROM hosts WHERE source = 'discovered'")?
+            .query_row([], |r| r.get(0))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn expiry_candidates(
+        &mut self,
+        seen_before: i64,
+        over: u64,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let over = i64::try_from(over).unwrap_or(i64::MAX);
+        let mut stmt = self.0.prepare_cached(
+            "SELECT name FROM hosts WHERE source = 'discovered' AND (updated < ?1 OR name IN \
+             (SELECT name FROM hosts WHERE source = 'discovered' ORDER BY updated, name \
+             LIMIT ?2)) ORDER BY updated, name LIMIT ?3",
+        )?;
+        let names = stmt
+            .query_map(rusqlite::params![seen_before, over, limit], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(names)
+    }
+
+    async fn delete_discovered(&mut self, name: &str) -> Result<bool, StoreError> {
+        let n = self
+            .0
+            .prepare_cached("DELETE FROM hosts WHERE name = ?1 AND source = 'discovered'")?
+            .execute([name])?;
+        Ok(n > 0)
+    }
+}
+
+// ---- retention ---------------------------------------------------------------------------
+
+/// One prune batch on the writer thread: moves the horizon to `cut` (never back), deletes
+/// at most `batch` events below it, oldest first, and counts them in the horizon row.
+pub(super) fn prune_batch(
+    conn: &rusqlite::Connection,
+    cut: i64,
+    batch: u32,
+    stamp: Timestamp,
+) -> Result<u64, StoreError> {
+    conn.prepare_cached("UPDATE event_horizon SET below_id = max(below_id, ?1) WHERE one = 1")?
+        .execute([cut])?;
+    let n = conn
+        .prepare_cached(
+            "DELETE FROM events WHERE id IN \
+             (SELECT id FROM events WHERE id < ?1 ORDER BY id LIMIT ?2)",
+        )?
+        .execute(rusqlite::params![cut, batch])?;
+    if n > 0 {
+        conn.prepare_cached(
+            "UPDATE event_horizon SET pruned_total = pruned_total + ?1, pruned_at = ?2 \
+             WHERE one = 1",
+        )?
+        .execute(rusqlite::params![n as i64, millis(stamp)])?;
+    }
+    Ok(n as u64)
+}
+
+/// The end of a prune run: the horizon as it now stands, and, when the run deleted
+/// anything, its `events-pruned` summary.
+pub(super) fn finish_prune(
+    conn: &rusqlite::Connection,
+    deleted: u64,
+    retention: &EventRetention,
+) -> Result<EventHorizon, StoreError> {
+    let horizon = horizon(conn)?;
+    if deleted > 0 {
+        let event = writes::pruned_event(deleted, horizon.below_id, horizon.oldest, retention);
+        insert_event(conn, &event, now())?;
+    }
+    Ok(horizon)
+}
+
+/// The `event_horizon` row and the time of the oldest event kept.
+pub(super) fn horizon(conn: &rusqlite::Connection) -> Result<EventHorizon, StoreError> {
+    let (below_id, pruned_total, pruned_at): (i64, i64, Option<i64>) = conn
+        .prepare_cached(
+            "SELECT below_id, pruned_total, pruned_at FROM event_horizon WHERE one = 1",
+        )?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    let oldest: Option<i64> = conn
+        .prepare_cached("SELECT time FROM events ORDER BY id LIMIT 1")?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    let ts = |ms: i64, column| {
+        Timestamp::from_millisecond(ms).map_err(|_| corrupt(column, ms.to_string()))
+    };
+    Ok(EventHorizon {
+        below_id,
+        pruned_total: u64::try_from(pruned_total).unwrap_or(0),
+        pruned_at: pruned_at.map(|ms| ts(ms, "pruned_at")).transpose()?,
+        oldest: oldest.map(|ms| ts(ms, "time")).transpose()?,
+    })
 }
 
 // ---- events ------------------------------------------------------------------------------
