@@ -758,7 +758,9 @@ async fn pg_tls_verify_full_with_the_password_from_the_secrets_file() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("invalid peer certificate") && e.contains("wrong-ca.crt"),
+        e.contains("TLS with the server failed: invalid peer certificate")
+            && e.contains("sslrootcert must be the CA")
+            && e.contains("wrong-ca.crt"),
         "{e}"
     );
     assert!(e.contains(&format!("127.0.0.1:{}", cluster.port())), "{e}");

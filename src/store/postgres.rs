@@ -293,14 +293,23 @@ fn is_deadlock(e: &sqlx::Error) -> bool {
 }
 
 /// The server could not be reached or went away mid-call.
-/// Why connecting failed; a TLS failure says what to check (sqlx's message names the
-/// rustls error, e.g. `invalid peer certificate: UnknownIssuer`).
+/// Why connecting failed; a TLS failure says so and what to check. sqlx reports a
+/// certificate the handshake refused as an I/O error wrapping the rustls error
+/// (`invalid peer certificate: UnknownIssuer`), the rest as `Error::Tls`.
 fn connect_reason(e: &sqlx::Error) -> String {
-    match e {
-        sqlx::Error::Tls(_) => format!(
-            "{e} (check sslmode and sslrootcert in the store URL: sslrootcert must be the CA that signed the server's certificate, and with sslmode=verify-full the URL's host must be a name in it)"
+    let tls = match e {
+        sqlx::Error::Tls(t) => Some(t.to_string()),
+        sqlx::Error::Io(io) => io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .map(|r| r.to_string()),
+        _ => None,
+    };
+    match tls {
+        Some(why) => format!(
+            "TLS with the server failed: {why} (check sslmode and sslrootcert in the store URL: sslrootcert must be the CA that signed the server's certificate, and with sslmode=verify-full the URL's host must be a name in it)"
         ),
-        _ => e.to_string(),
+        None => e.to_string(),
     }
 }
 
