@@ -51,7 +51,7 @@ pub struct App {
     pub handoff: Option<Arc<crate::handoff::Runner>>,
     /// API bearer tokens (re-read on reload; a bad file refuses the reload, the set stays).
     pub tokens: Arc<ArcSwap<crate::http::auth::Tokens>>,
-    /// BMC credentials (re-read on reload; a bad file keeps the previous set).
+    /// BMC credentials (re-read on reload; a bad file refuses the reload, the set stays).
     pub secrets: Arc<ArcSwap<crate::secrets::Secrets>>,
     /// BMC power control (Redfish, IPMI), bounded per gateway.
     pub power: Arc<dyn crate::bmc::PowerControl>,
@@ -72,12 +72,14 @@ pub fn load_tokens(
 }
 
 /// What a reload reads, all of it checked before anything is swapped: the API tokens,
-/// the inventory and the boot assets. Every problem of both is returned at once.
+/// the secrets (BMC logins), the inventory and the boot assets. Every problem of each is
+/// returned at once.
 fn load_for_reload(
     config: &Config,
 ) -> Result<
     (
         crate::http::auth::Tokens,
+        crate::secrets::Secrets,
         Inventory,
         crate::boot::BootAssets,
     ),
@@ -89,10 +91,21 @@ fn load_for_reload(
         field: "tokens".into(),
         reason: e.to_string(),
     });
-    match (tokens, load_inventory(config)) {
-        (Ok(tokens), Ok((inventory, boot))) => Ok((tokens, inventory, boot)),
-        (tokens, site) => {
+    // The error names the file (or the credential) itself.
+    let secrets = config.load_secrets().map_err(|e| Problem {
+        file: config
+            .secrets_file
+            .clone()
+            .unwrap_or_else(|| config.path.clone()),
+        entry: "-".into(),
+        field: "secrets".into(),
+        reason: e.to_string(),
+    });
+    match (tokens, secrets, load_inventory(config)) {
+        (Ok(tokens), Ok(secrets), Ok((inventory, boot))) => Ok((tokens, secrets, inventory, boot)),
+        (tokens, secrets, site) => {
             let mut all: Vec<Problem> = tokens.err().into_iter().collect();
+            all.extend(secrets.err());
             all.extend(site.err().map(|Invalid(p)| p).unwrap_or_default());
             Err(all)
         }
@@ -106,11 +119,12 @@ impl App {
         let (inventory, boot) = load_inventory(&config)
             .with_context(|| format!("inventory {}", config.inventory_dir.display()))?;
         let health = Arc::new(StoreHealth::new());
-        let (store, heartbeats) = open_store(&config, &health).await?;
+        // Before the store: the secrets hold its password.
+        let secrets = config.load_secrets().context("secrets")?;
+        let (store, heartbeats) = open_store(&config, &secrets, &health).await?;
         let events = crate::events::EventSink::spawn_with(store.clone(), health.clone());
         record_start(&store, &events, &health, &inventory).await?;
         let tokens = load_tokens(&config).context("API tokens")?;
-        let secrets = config.load_secrets().context("BMC secrets")?;
         let ipam = crate::ipam::Ipam::start(
             store.clone(),
             crate::ipam::IpamOptions {
@@ -181,9 +195,9 @@ impl App {
         self.last_failure.load().as_ref().clone()
     }
 
-    /// Re-reads the API tokens and the inventory. On success the inventory is reconciled
-    /// into the store and both are swapped in; if either fails to load, neither is: the last
-    /// good ones stay, the problems are logged, kept for /healthz, recorded as an
+    /// Re-reads the API tokens, the secrets and the inventory. On success the inventory is
+    /// reconciled into the store and all three are swapped in; if any fails to load, none
+    /// is: the last good ones stay, the problems are logged, kept for /healthz, recorded as an
     /// `inventory-rejected` event and returned (`bootgate reload` exits non-zero).
     pub async fn reload(&self, actor: &str) -> ReloadOutcome {
         let _guard = self.reload_lock.lock().await;
@@ -197,7 +211,7 @@ impl App {
             removed: vec![],
             problems,
         };
-        let (tokens, inventory, boot) = match load_for_reload(&self.config) {
+        let (tokens, secrets, inventory, boot) = match load_for_reload(&self.config) {
             Ok(x) => x,
             Err(problems) => {
                 let lines = self
@@ -216,6 +230,7 @@ impl App {
             }
         };
         self.tokens.store(Arc::new(tokens));
+        self.secrets.store(Arc::new(secrets));
         let generation = current.generation + 1;
         let hosts = inventory.hosts.len();
         if let Err(e) = log_loaded(&self.store, actor, generation, hosts, &report).await {
@@ -240,7 +255,7 @@ impl App {
     /// Records a refused reload (log, event, /healthz) and returns its problem lines.
     async fn refuse_reload(&self, actor: &str, kept: u64, problems: Vec<Problem>) -> Vec<String> {
         for p in &problems {
-            tracing::error!(problem = %p, "reload refused; keeping generation {kept} and the API tokens in force");
+            tracing::error!(problem = %p, "reload refused; keeping generation {kept}, the API tokens and the secrets in force");
         }
         let lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         let ev = NewEvent::new(EventKind::InventoryRejected, actor)
@@ -408,21 +423,26 @@ async fn record_start(
     Ok(())
 }
 
-/// Opens the configured store. A PostgreSQL server that cannot be reached does not stop
-/// the start: the store is opened lazily, `health` marked down, and the daemon serves
-/// degraded until the server answers (see [`recover`]).
+/// Opens the configured store (a PostgreSQL one with the password of `secrets`' `[postgres]`,
+/// read once: a changed password takes effect at the next start). A PostgreSQL server that
+/// cannot be reached does not stop the start: the store is opened lazily, `health` marked
+/// down, and the daemon serves degraded until the server answers (see [`recover`]).
 async fn open_store(
     config: &Config,
+    secrets: &crate::secrets::Secrets,
     health: &StoreHealth,
 ) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<dyn Heartbeats>>)> {
     use crate::store::postgres::PostgresStore;
+    let options = crate::store::postgres::PgOptions {
+        password: secrets.postgres_password().cloned(),
+        ..config.postgres.pg_options()
+    };
     let store::StoreUrl::Postgres(raw) = &config.store else {
-        let store = store::open_with(&config.store, &config.postgres.pg_options())
+        let store = store::open_with(&config.store, &options)
             .await
             .with_context(|| format!("opening store {}", config.store))?;
         return Ok((store, None));
     };
-    let options = config.postgres.pg_options();
     let pg = match PostgresStore::open_reachable(raw, &options).await {
         Ok(pg) => pg,
         Err(store::StoreError::Unavailable { url, reason }) => {

@@ -8,6 +8,9 @@
 //! [bmc.dell-prod]
 //! username = "bootgate"
 //! password = "…"
+//!
+//! [postgres]            # the password of a `postgres://user@host/db` store
+//! password = "…"
 //! ```
 
 use std::collections::BTreeMap;
@@ -99,6 +102,17 @@ pub struct Secrets {
     /// Credential name (what `bmc.credential` in the inventory says) → login.
     #[serde(default)]
     bmc: BTreeMap<String, BmcLogin>,
+    /// The PostgreSQL store's password, so that the store URL in bootgate.toml (a
+    /// world-readable file) carries none.
+    #[serde(default)]
+    postgres: Option<PostgresLogin>,
+}
+
+/// `[postgres]`: the store's login. The user name stays in the URL (it is no secret).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresLogin {
+    pub password: Secret,
 }
 
 impl Secrets {
@@ -124,6 +138,19 @@ impl Secrets {
     /// The credential names present (for messages: never the values).
     pub fn bmc_names(&self) -> impl Iterator<Item = &str> {
         self.bmc.keys().map(String::as_str)
+    }
+
+    /// The PostgreSQL store's password (`[postgres] password`), if the file has one.
+    pub fn postgres_password(&self) -> Option<&Secret> {
+        self.postgres.as_ref().map(|p| &p.password)
+    }
+
+    /// Secrets built in code (tests, tools).
+    pub fn with_postgres_password(mut self, password: &str) -> Secrets {
+        self.postgres = Some(PostgresLogin {
+            password: Secret::new(password),
+        });
+        self
     }
 
     /// Secrets built in code (tests, tools).
@@ -155,9 +182,11 @@ fn parse_reason(text: &str, e: &toml::de::Error) -> String {
 }
 
 /// Reads a root-only file: refuses it unless it is owned by the current user and has no
-/// group/other permission bits (`mode & 0o077 == 0`). The checks use the opened file's
-/// own metadata, so a swap between check and read cannot slip past. Errors name the path
-/// and mode, never the content.
+/// group/other permission bits (`mode & 0o077 == 0`). A file systemd handed over as a
+/// credential (directly in `$CREDENTIALS_DIRECTORY`) is judged by [`private_enough`]'s
+/// credential rule instead. The checks use the opened file's own metadata, so a swap
+/// between check and read cannot slip past. Errors name the path and mode, never the
+/// content.
 pub fn read_private_file(path: &Path) -> Result<String, SecretsError> {
     let read_err = |source| SecretsError::Read {
         path: path.to_path_buf(),
@@ -165,24 +194,48 @@ pub fn read_private_file(path: &Path) -> Result<String, SecretsError> {
     };
     let mut file = std::fs::File::open(path).map_err(read_err)?;
     let meta = file.metadata().map_err(read_err)?;
-    let mode = meta.mode() & 0o7777;
-    if mode & 0o077 != 0 {
+    let uid = current_uid().map_err(read_err)?;
+    let credentials_dir = std::env::var_os("CREDENTIALS_DIRECTORY");
+    let is_credential = credentials_dir
+        .as_deref()
+        .is_some_and(|d| !d.is_empty() && path.parent() == Some(Path::new(d)));
+    private_enough(path, meta.mode() & 0o7777, meta.uid(), uid, is_credential)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(read_err)?;
+    Ok(text)
+}
+
+/// Whether a file of `mode` owned by `owner` is private enough for the daemon (uid `uid`)
+/// to take secrets from it (pure: the caller passes the opened file's metadata).
+///
+/// An ordinary file must be the daemon's own with no group/other bits. A systemd
+/// credential (`LoadCredential=`) of a service with `User=` is, depending on the file
+/// system systemd put the credentials on, either chowned to that user (mode 0400) or left
+/// root's with an ACL granting that user read (`ls -l` then shows the ACL mask as group
+/// bits, e.g. 0440); systemd makes the directory itself private to the unit and read-only.
+/// So for a credential: owner the daemon's user or root, and no bits for others.
+pub fn private_enough(
+    path: &Path,
+    mode: u32,
+    owner: u32,
+    uid: u32,
+    is_credential: bool,
+) -> Result<(), SecretsError> {
+    let forbidden = if is_credential { 0o007 } else { 0o077 };
+    if mode & forbidden != 0 {
         return Err(SecretsError::Permissions {
             path: path.to_path_buf(),
             mode,
         });
     }
-    let uid = current_uid().map_err(read_err)?;
-    if meta.uid() != uid {
+    if owner != uid && !(is_credential && owner == 0) {
         return Err(SecretsError::Owner {
             path: path.to_path_buf(),
-            owner: meta.uid(),
+            owner,
             uid,
         });
     }
-    let mut text = String::new();
-    file.read_to_string(&mut text).map_err(read_err)?;
-    Ok(text)
+    Ok(())
 }
 
 /// The effective uid of this process: the owner of `/proc/self` (Linux), which avoids a
@@ -278,6 +331,51 @@ mod tests {
     fn unknown_top_level_table_refused() {
         let e = Secrets::parse(Path::new("s"), "[tokens]\na = 1\n").unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn postgres_password_is_read_and_never_printed() {
+        let s = Secrets::parse(Path::new("s"), "[postgres]\npassword = \"pg-hunter2\"\n").unwrap();
+        assert_eq!(s.postgres_password().unwrap().expose(), "pg-hunter2");
+        assert!(!format!("{s:?}").contains("pg-hunter2"));
+        assert!(Secrets::default().postgres_password().is_none());
+        let e = Secrets::parse(Path::new("s"), "[postgres]\nuser = \"x\"\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn a_plain_file_must_be_ours_and_private() {
+        let p = Path::new("/etc/bootgate/secrets.toml");
+        assert!(private_enough(p, 0o600, 998, 998, false).is_ok());
+        assert!(private_enough(p, 0o400, 998, 998, false).is_ok());
+        let e = private_enough(p, 0o640, 998, 998, false).unwrap_err();
+        assert!(
+            matches!(e, SecretsError::Permissions { mode: 0o640, .. }),
+            "{e}"
+        );
+        let e = private_enough(p, 0o600, 0, 998, false).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SecretsError::Owner {
+                    owner: 0,
+                    uid: 998,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    /// What systemd leaves in `$CREDENTIALS_DIRECTORY` for a `User=` service: a file
+    /// chowned to the user (0400), or root's with a read ACL for it (mask shown as 0440).
+    #[test]
+    fn a_systemd_credential_may_be_roots_with_an_acl_but_never_others() {
+        let p = Path::new("/run/credentials/bootgate.service/secrets.toml");
+        assert!(private_enough(p, 0o400, 998, 998, true).is_ok());
+        assert!(private_enough(p, 0o440, 0, 998, true).is_ok());
+        assert!(private_enough(p, 0o444, 0, 998, true).is_err());
+        assert!(private_enough(p, 0o440, 1000, 998, true).is_err());
     }
 
     #[test]

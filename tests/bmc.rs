@@ -2062,3 +2062,492 @@ fn target_resolution_from_inventory_and_secrets() {
     let t = BmcTarget::resolve(&h, &inv2, &secrets).unwrap();
     assert_eq!((t.port, t.tls.clone()), (623, TlsPolicy::Plain));
 }
+
+// =======================================================================================
+// Credentials stay with their BMC: links (`@odata.id`, session and task `Location`) and
+// redirects that leave the BMC's origin are refused. No real BMC redirects on demand, so
+// the "BMC" is a scripted in-test server on 127.0.0.1 and the "other host" a second
+// listener on another port (another origin) that records whatever reaches it.
+// =======================================================================================
+
+mod offsite {
+    use super::*;
+
+    /// One request as a listener saw it: method, path and its credentials, if any.
+    #[derive(Debug, Clone)]
+    pub struct Seen {
+        pub method: String,
+        pub path: String,
+        pub authorization: Option<String>,
+        pub token: Option<String>,
+    }
+
+    type Script = Arc<dyn Fn(&Method, &str) -> Response + Send + Sync>;
+
+    /// A listener answering with `script` and recording every request.
+    #[derive(Clone)]
+    pub struct Listener {
+        pub addr: SocketAddr,
+        seen: Arc<Mutex<Vec<Seen>>>,
+    }
+
+    impl Listener {
+        pub async fn start(
+            script: impl Fn(&Method, &str) -> Response + Send + Sync + 'static,
+        ) -> Listener {
+            let script: Script = Arc::new(script);
+            let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+            let (s, rec) = (script.clone(), seen.clone());
+            let app = axum::Router::new().fallback(
+                move |method: Method, uri: Uri, headers: HeaderMap| {
+                    let (s, rec) = (s.clone(), rec.clone());
+                    async move {
+                        let header = |n: &str| {
+                            headers
+                                .get(n)
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_string)
+                        };
+                        rec.lock().unwrap().push(Seen {
+                            method: method.to_string(),
+                            path: uri.path().to_string(),
+                            authorization: header("authorization"),
+                            token: header("x-auth-token"),
+                        });
+                        s(&method, uri.path())
+                    }
+                },
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            Listener { addr, seen }
+        }
+
+        pub fn seen(&self) -> Vec<Seen> {
+            self.seen.lock().unwrap().clone()
+        }
+    }
+
+    pub fn json_reply(v: Value) -> Response {
+        (StatusCode::OK, axum::Json(v)).into_response()
+    }
+
+    pub fn redirect(status: StatusCode, to: &str) -> Response {
+        (status, [(axum::http::header::LOCATION, to.to_string())]).into_response()
+    }
+
+    pub fn system(reset_target: &str) -> Value {
+        json!({
+            "@odata.id": "/redfish/v1/Systems/1",
+            "Id": "1",
+            "PowerState": "On",
+            "Actions": {"#ComputerSystem.Reset": {
+                "target": reset_target,
+                "ResetType@Redfish.AllowableValues": ["On", "ForceOff", "ForceRestart"]
+            }}
+        })
+    }
+
+    /// The "other host": answers anything as if it were the BMC, so a client that went
+    /// there would get on; the test reads what it was sent.
+    pub async fn other_host() -> Listener {
+        Listener::start(|_, path| {
+            if path.ends_with("/Systems") {
+                json_reply(json!({"Members": [{"@odata.id": "/redfish/v1/Systems/1"}]}))
+            } else {
+                json_reply(system("/redfish/v1/Systems/1/Actions/ComputerSystem.Reset"))
+            }
+        })
+        .await
+    }
+
+    /// A service root without sessions (basic auth on every request) linking Systems at `systems`.
+    pub fn root(systems: &str) -> Value {
+        json!({"@odata.id": "/redfish/v1/", "RedfishVersion": "1.6.0", "Systems": {"@odata.id": systems}})
+    }
+}
+
+/// The BMC target for a scripted listener (basic auth, plain HTTP, the generic vendor).
+fn offsite_target(bmc: &offsite::Listener) -> BmcTarget {
+    target(
+        "http",
+        bmc.addr,
+        BmcVendor::Generic,
+        None,
+        PASSWORD,
+        TlsPolicy::Plain,
+    )
+}
+
+/// The refusal names the host, the BMC and the link; the other host saw nothing at all
+/// (so no credential); the password is in no message.
+fn assert_refused_off_bmc(e: &BmcError, bmc: &offsite::Listener, other: &offsite::Listener) {
+    let msg = e.to_string();
+    assert!(matches!(e, BmcError::OffBmc { .. }), "{e:?}");
+    assert_eq!(e.kind(), "off_bmc");
+    assert!(msg.contains("node7"), "{msg}");
+    assert!(
+        msg.contains(&format!("http://{}", bmc.addr)),
+        "names the BMC: {msg}"
+    );
+    assert!(
+        msg.contains(&other.addr.to_string()),
+        "names the link: {msg}"
+    );
+    assert_no_password(&msg, PASSWORD);
+    assert!(
+        other.seen().is_empty(),
+        "the other host was sent {:?}",
+        other.seen()
+    );
+}
+
+#[tokio::test]
+async fn an_odata_link_to_another_host_is_refused_and_gets_no_credentials() {
+    let other = offsite::other_host().await;
+    let systems = format!("http://{}/redfish/v1/Systems", other.addr);
+    let bmc = offsite::Listener::start(move |_, path| match path {
+        "/redfish/v1/" => offsite::json_reply(offsite::root(&systems)),
+        _ => (StatusCode::NOT_FOUND, "no").into_response(),
+    })
+    .await;
+    let pc = Bmcs::new(settings(5));
+    let e = pc.power_state(&offsite_target(&bmc)).await.unwrap_err();
+    assert_refused_off_bmc(&e, &bmc, &other);
+}
+
+#[tokio::test]
+async fn a_redirect_to_another_host_is_refused_and_gets_no_credentials() {
+    let other = offsite::other_host().await;
+    for status in [
+        StatusCode::FOUND,
+        StatusCode::TEMPORARY_REDIRECT,
+        StatusCode::PERMANENT_REDIRECT,
+    ] {
+        let to = format!("http://{}/redfish/v1/Systems", other.addr);
+        let bmc = offsite::Listener::start(move |_, path| match path {
+            "/redfish/v1/" => offsite::json_reply(offsite::root("/redfish/v1/Systems")),
+            _ => offsite::redirect(status, &to),
+        })
+        .await;
+        let pc = Bmcs::new(settings(5));
+        let e = pc.power_state(&offsite_target(&bmc)).await.unwrap_err();
+        assert_refused_off_bmc(&e, &bmc, &other);
+        // The BMC itself did get the basic login (it is the BMC).
+        let seen = bmc.seen();
+        assert!(
+            seen.iter()
+                .any(|s| s.path == "/redfish/v1/Systems" && s.authorization.is_some()),
+            "{seen:?}"
+        );
+    }
+}
+
+/// A redirect on the BMC's own origin (sushy-emulator sends a system's Name to its Id)
+/// is still followed, credentials and all.
+#[tokio::test]
+async fn a_redirect_on_the_bmc_itself_is_followed() {
+    let bmc = offsite::Listener::start(|_, path| match path {
+        "/redfish/v1/" => offsite::json_reply(offsite::root("/redfish/v1/Systems")),
+        "/redfish/v1/Systems" => {
+            offsite::redirect(StatusCode::MOVED_PERMANENTLY, "/redfish/v1/Systems/")
+        }
+        "/redfish/v1/Systems/" => {
+            offsite::json_reply(json!({"Members": [{"@odata.id": "/redfish/v1/Systems/1"}]}))
+        }
+        _ => offsite::json_reply(offsite::system(
+            "/redfish/v1/Systems/1/Actions/ComputerSystem.Reset",
+        )),
+    })
+    .await;
+    let pc = Bmcs::new(settings(5));
+    assert_eq!(
+        pc.power_state(&offsite_target(&bmc)).await.unwrap(),
+        PowerState::On
+    );
+    let seen = bmc.seen();
+    let followed = seen
+        .iter()
+        .find(|s| s.path == "/redfish/v1/Systems/")
+        .expect("redirect followed");
+    assert!(
+        followed
+            .authorization
+            .as_deref()
+            .is_some_and(|a| a.starts_with("Basic ")),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_task_monitor_on_another_host_is_refused_and_gets_no_credentials() {
+    let other = offsite::other_host().await;
+    let monitor = format!(
+        "http://{}/redfish/v1/TaskService/TaskMonitors/1",
+        other.addr
+    );
+    let bmc = offsite::Listener::start(move |method, path| match (method.as_str(), path) {
+        (_, "/redfish/v1/") => offsite::json_reply(offsite::root("/redfish/v1/Systems")),
+        (_, "/redfish/v1/Systems") => {
+            offsite::json_reply(json!({"Members": [{"@odata.id": "/redfish/v1/Systems/1"}]}))
+        }
+        ("POST", _) => (
+            StatusCode::ACCEPTED,
+            [(axum::http::header::LOCATION, monitor.clone())],
+            axum::Json(json!({})),
+        )
+            .into_response(),
+        _ => offsite::json_reply(offsite::system(
+            "/redfish/v1/Systems/1/Actions/ComputerSystem.Reset",
+        )),
+    })
+    .await;
+    let pc = Bmcs::new(settings(5));
+    let e = pc
+        .reset(&offsite_target(&bmc), ResetType::ForceRestart)
+        .await
+        .unwrap_err();
+    assert_refused_off_bmc(&e, &bmc, &other);
+    assert!(
+        bmc.seen().iter().any(|s| s.method == "POST"),
+        "the reset itself went to the BMC"
+    );
+}
+
+/// A session whose `Location` is on another host: the token would be sent there at
+/// logout, so the login is refused and nothing goes there.
+#[tokio::test]
+async fn a_session_location_on_another_host_is_refused_and_gets_no_token() {
+    let other = offsite::other_host().await;
+    let location = format!("http://{}/redfish/v1/SessionService/Sessions/7", other.addr);
+    let bmc = offsite::Listener::start(move |method, path| match (method.as_str(), path) {
+        (_, "/redfish/v1/") => offsite::json_reply(json!({
+            "@odata.id": "/redfish/v1/",
+            "Systems": {"@odata.id": "/redfish/v1/Systems"},
+            "Links": {"Sessions": {"@odata.id": "/redfish/v1/SessionService/Sessions"}}
+        })),
+        ("POST", "/redfish/v1/SessionService/Sessions") => (
+            StatusCode::CREATED,
+            [
+                (axum::http::header::LOCATION, location.clone()),
+                (
+                    axum::http::HeaderName::from_static("x-auth-token"),
+                    "tok-123".to_string(),
+                ),
+            ],
+            axum::Json(json!({"@odata.id": location.clone()})),
+        )
+            .into_response(),
+        _ => offsite::json_reply(json!({"Members": [{"@odata.id": "/redfish/v1/Systems/1"}]})),
+    })
+    .await;
+    let pc = Bmcs::new(settings(5));
+    let e = pc.power_state(&offsite_target(&bmc)).await.unwrap_err();
+    assert_refused_off_bmc(&e, &bmc, &other);
+    assert!(
+        !bmc.seen().iter().any(|s| s.token.is_some()),
+        "{:?}",
+        bmc.seen()
+    );
+}
+
+// =======================================================================================
+// The secrets file is re-read on reload: a file that fails to load refuses the whole
+// reload (exit 1, event, /healthz) and the logins in force stay; a good one is taken.
+// The daemon runs in the lab's gw namespace; its BMC (127.0.0.1:8000 there, as the lab
+// inventory says) is a listener that answers 401 and records the basic login it was sent.
+// =======================================================================================
+
+/// A BMC at 127.0.0.1:`port` inside `ns` that answers every request 401 and records each
+/// `Authorization` header; stops when the returned flag is set.
+fn recording_bmc_in(
+    ns: &Netns,
+    port: u16,
+) -> (Arc<Mutex<Vec<String>>>, Arc<std::sync::atomic::AtomicBool>) {
+    use std::io::{Read, Write};
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+    let listener = support::in_netns(ns, move || {
+        std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the BMC in the namespace")
+    });
+    listener.set_nonblocking(true).unwrap();
+    let (rec, halt) = (seen.clone(), stop.clone());
+    std::thread::spawn(move || {
+        while !halt.load(std::sync::atomic::Ordering::SeqCst) {
+            let Ok((mut conn, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            conn.set_nonblocking(false).unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let text = String::from_utf8_lossy(&head).to_string();
+            if let Some(auth) = text.lines().find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+                    .map(|(_, v)| v.trim().to_string())
+            }) {
+                rec.lock().unwrap().push(auth);
+            }
+            let _ = conn.write_all(
+                b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    (seen, stop)
+}
+
+fn basic(user: &str, password: &str) -> String {
+    let out = Command::new("base64")
+        .arg("-w0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(format!("{user}:{password}").as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("base64");
+    format!("Basic {}", String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// `curl -X METHOD` with a bearer token inside the gw namespace: (status, body).
+fn api_call(lab: &support::Lab, method: &str, path: &str, token: &str) -> (u16, String) {
+    let out = support::sh(lab.gw.cmd("curl").args([
+        "-s",
+        "-m",
+        "30",
+        "-X",
+        method,
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        &format!("http://{}:{}{path}", support::GW_IP, support::HTTP_PORT),
+    ]));
+    let text = support::stdout(&out);
+    let (body, code) = text.rsplit_once('\n').expect("curl output");
+    (code.trim().parse().unwrap(), body.to_string())
+}
+
+#[test]
+fn a_secrets_file_that_fails_on_reload_fails_the_reload_and_a_good_one_is_taken() {
+    support::require_root!();
+    let lab = support::Lab::new();
+    let site = support::Site::from_inventory("lab");
+    site.use_bmc_port(8000, "first-Passw0rd");
+    let secrets = site.dir.path().join("secrets.toml");
+    // An admin token for the power endpoint.
+    let out = support::sh(Command::new(support::bootgate_bin()).args([
+        "token", "new", "ops", "--scope", "admin", "--output", "json",
+    ]));
+    let v: Value = serde_json::from_str(&support::stdout(&out)).unwrap();
+    let admin = v["token"].as_str().unwrap().to_string();
+    let tokens = site.dir.path().join("tokens.toml");
+    std::fs::write(&tokens, v["entry"].as_str().unwrap()).unwrap();
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = std::fs::read_to_string(site.config()).unwrap();
+    std::fs::write(
+        site.config(),
+        cfg.replace(
+            "[http]\n",
+            &format!("[http]\ntokens = \"{}\"\n", tokens.display()),
+        ),
+    )
+    .unwrap();
+    let (seen, stop) = recording_bmc_in(&lab.gw, 8000);
+    let _daemon = support::Daemon::start(&lab, &site);
+
+    let last_login = |expect: &str| {
+        seen.lock().unwrap().clear();
+        let (code, body) = api_call(&lab, "POST", "/api/v1/hosts/vm0/power/status", &admin);
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("401"), "the BMC refused the login: {body}");
+        let logins = seen.lock().unwrap().clone();
+        assert!(
+            logins.iter().any(|a| *a == basic("admin", expect)),
+            "expected the login with {expect:?}; the BMC got {logins:?}"
+        );
+    };
+    last_login("first-Passw0rd");
+
+    // A new password, in a file others can read: the reload is refused as a whole.
+    std::fs::write(
+        &secrets,
+        "[bmc.lab]\nusername = \"admin\"\npassword = \"second-Passw0rd\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = support::bootgate(&[
+        "--config",
+        support::path_str(&site.config()),
+        "reload",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", support::stderr(&out));
+    let v: Value = serde_json::from_str(&support::stdout(&out)).unwrap();
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["generation"], 1, "nothing swapped: {v}");
+    let problems = v["problems"].to_string();
+    assert!(
+        problems.contains("secrets.toml") && problems.contains("0644"),
+        "{v}"
+    );
+    assert_no_password(&problems, "second-Passw0rd");
+    let (code, body) = api_call(&lab, "POST", "/api/v1/reload", &admin);
+    assert_eq!(code, 422, "{body}");
+    let health = support::curl(
+        &lab.gw,
+        &format!("http://{}:{}/healthz", support::GW_IP, support::HTTP_PORT),
+    )
+    .expect("healthz");
+    let health: Value = serde_json::from_str(&health.1).unwrap();
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert!(
+        health["inventory"]["last_reload_error"]
+            .to_string()
+            .contains("secrets.toml"),
+        "{health}"
+    );
+    let (_, events) = api_call(
+        &lab,
+        "GET",
+        "/api/v1/events?kind=inventory-rejected",
+        &admin,
+    );
+    assert!(
+        events.contains("secrets.toml"),
+        "an event names the file: {events}"
+    );
+    // The logins in force stay.
+    last_login("first-Passw0rd");
+
+    // Fixed: the reload goes through and the new password is the one sent.
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = support::bootgate(&["--config", support::path_str(&site.config()), "reload"]);
+    assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
+    last_login("second-Passw0rd");
+    let health = support::curl(
+        &lab.gw,
+        &format!("http://{}:{}/healthz", support::GW_IP, support::HTTP_PORT),
+    )
+    .expect("healthz");
+    let health: Value = serde_json::from_str(&health.1).unwrap();
+    assert_eq!(health["status"], "ok", "{health}");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+}

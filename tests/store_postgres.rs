@@ -609,3 +609,233 @@ async fn pg_committed_leases_survive_a_server_crash() {
     let c = cluster.clone();
     tokio::task::spawn_blocking(move || drop(c)).await.unwrap();
 }
+
+// ---- TLS and the password from the secrets file (issue 15, item 6) ---------------------
+
+/// A CA (`<name>-ca.crt`) and a server certificate it signed for 127.0.0.1 and localhost
+/// (`<name>-server.crt`/`.key`), made with the openssl CLI (EC P-256).
+fn make_pki(
+    dir: &std::path::Path,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let p = |f: &str| dir.join(format!("{name}-{f}"));
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let s = |p: std::path::PathBuf| p.to_str().unwrap().to_string();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut args = vec!["req", "-x509", "-days", "2", "-subj"];
+    let subj = format!("/CN=bootgate test CA {name}");
+    args.push(subj.as_str());
+    args.extend(ec);
+    let (ca_key, ca_crt) = (s(p("ca.key")), s(p("ca.crt")));
+    args.extend(["-keyout", ca_key.as_str(), "-out", ca_crt.as_str()]);
+    openssl(&args);
+    let (key, csr, crt, ext) = (
+        s(p("server.key")),
+        s(p("server.csr")),
+        s(p("server.crt")),
+        s(p("ext.cnf")),
+    );
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    let mut args = vec![
+        "req",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        key.as_str(),
+        "-out",
+        csr.as_str(),
+    ];
+    args.extend(ec);
+    openssl(&args);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        csr.as_str(),
+        "-CA",
+        ca_crt.as_str(),
+        "-CAkey",
+        ca_key.as_str(),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        crt.as_str(),
+        "-extfile",
+        ext.as_str(),
+    ]);
+    (p("ca.crt"), p("server.crt"), p("server.key"))
+}
+
+/// A server with `ssl = on`, a certificate from a local CA and `hostssl` logins only:
+/// `sslmode=verify-full` with that CA connects (and the store works over it), a plain
+/// connection is refused by the server, the wrong CA fails with an error that says TLS and
+/// certificate, and the password comes from the secrets file's `[postgres]` (the URL has
+/// none; without the secret the login fails). The CLI opens the same store the same way,
+/// and check-config warns about a password written inline in the URL.
+#[tokio::test]
+async fn pg_tls_verify_full_with_the_password_from_the_secrets_file() {
+    require_pg!();
+    support::require_peer!("openssl", "apt-get install -y openssl");
+    let pki = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_pki(pki.path(), "right");
+    let (wrong_ca, _, _) = make_pki(pki.path(), "wrong");
+    let cluster = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
+    cluster.enable_tls(&cert, &key);
+    let with_password = cluster.fresh_db().await;
+    let db = with_password.rsplit('/').next().unwrap().to_string();
+    let base = cluster.url_without_password(&db);
+
+    let secrets_file = pki.path().join("secrets.toml");
+    std::fs::write(
+        &secrets_file,
+        format!("[postgres]\npassword = \"{}\"\n", cluster.password()),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &secrets_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let secrets = bootgate::secrets::Secrets::load(&secrets_file).unwrap();
+    let opts = PgOptions {
+        password: secrets.postgres_password().cloned(),
+        acquire_timeout: Duration::from_secs(5),
+        ..PgOptions::default()
+    };
+
+    // verify-full with the right CA: connects, and the store works over it.
+    let url = format!("{base}?sslmode=verify-full&sslrootcert={}", ca.display());
+    let store = PostgresStore::open(&url, &opts)
+        .await
+        .unwrap_or_else(|e| panic!("verify-full with the right CA: {e}\n{}", cluster.log_tail()));
+    add(&store, &[host("tls0", &[mac(91)], None)]).await;
+    assert_eq!(store.list_hosts().await.unwrap().len(), 1);
+    drop(store);
+    // verify-ca and require also connect (require: encrypted, not verified).
+    for mode in ["verify-ca", "require"] {
+        let u = format!("{base}?sslmode={mode}&sslrootcert={}", ca.display());
+        PostgresStore::open(&u, &opts)
+            .await
+            .unwrap_or_else(|e| panic!("sslmode={mode}: {e}"));
+    }
+
+    // The server takes TLS logins only: a plain connection finds no pg_hba entry.
+    let e = PostgresStore::open(&format!("{base}?sslmode=disable"), &opts)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no encryption") || e.contains("pg_hba"), "{e}");
+
+    // The wrong CA: refused, saying so, naming the URL without any password.
+    let wrong = format!(
+        "{base}?sslmode=verify-full&sslrootcert={}",
+        wrong_ca.display()
+    );
+    let e = PostgresStore::open(&wrong, &opts)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("TLS with the server failed: invalid peer certificate")
+            && e.contains("sslrootcert must be the CA")
+            && e.contains("wrong-ca.crt"),
+        "{e}"
+    );
+    assert!(e.contains(&format!("127.0.0.1:{}", cluster.port())), "{e}");
+    assert!(!e.contains(cluster.password()), "{e}");
+
+    // The URL carries no password: without the secret the login fails.
+    let bare = PgOptions {
+        password: None,
+        ..opts.clone()
+    };
+    let e = PostgresStore::open(&url, &bare)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("password"), "{e}");
+
+    // The CLI reads the same config: store URL without a password, secrets file with it.
+    let site = support::Site::from_inventory("lab");
+    let cfg = std::fs::read_to_string(site.config()).unwrap();
+    std::fs::write(
+        site.config(),
+        format!(
+            "store = \"{url}\"\nsecrets = \"{}\"\n{cfg}",
+            secrets_file.display()
+        ),
+    )
+    .unwrap();
+    let hosts = tokio::task::spawn_blocking(move || {
+        let v = site.cli_json(&["hosts", "list"]);
+        let check = support::bootgate(&[
+            "--config",
+            support::path_str(&site.config()),
+            "check-config",
+        ]);
+        (v, check, site)
+    })
+    .await
+    .unwrap();
+    let (v, check, site) = hosts;
+    assert!(
+        v.as_array().unwrap().iter().any(|h| h["name"] == "tls0"),
+        "the CLI read the store over TLS with the secret password: {v}"
+    );
+    assert!(check.status.success(), "{}", support::stderr(&check));
+    assert!(
+        !support::stderr(&check).contains("carries a password"),
+        "{}",
+        support::stderr(&check)
+    );
+
+    // An inline password still works but check-config warns about it.
+    let cfg = std::fs::read_to_string(site.config()).unwrap();
+    std::fs::write(
+        site.config(),
+        cfg.replace(
+            &url,
+            &format!(
+                "{with_password}?sslmode=verify-full&sslrootcert={}",
+                ca.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let check = support::bootgate(&[
+        "--config",
+        support::path_str(&site.config()),
+        "check-config",
+    ]);
+    assert!(check.status.success(), "{}", support::stderr(&check));
+    let err = support::stderr(&check);
+    assert!(
+        err.contains("warning:")
+            && err.contains("carries a password")
+            && err.contains("[postgres]"),
+        "{err}"
+    );
+    assert!(!err.contains(cluster.password()), "{err}");
+}

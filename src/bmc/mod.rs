@@ -296,6 +296,17 @@ pub enum BmcError {
         url: String,
         deadline: Duration,
     },
+    /// A link (`@odata.id`, a task monitor or session `Location`, a redirect) that leaves
+    /// the BMC's origin (scheme, host, port): nothing is sent there, so the BMC's login and
+    /// session token reach the BMC only.
+    #[error(
+        "{host}: BMC {bmc} pointed to {link}, which is not on the BMC; refused (the BMC's credentials are only ever sent to {bmc})"
+    )]
+    OffBmc {
+        host: String,
+        bmc: String,
+        link: String,
+    },
     #[error("{host}: ipmitool {command} against {bmc} failed ({status}): {stderr}")]
     Ipmi {
         host: String,
@@ -326,6 +337,7 @@ impl BmcError {
             BmcError::Unsupported { .. } => "unsupported",
             BmcError::TaskFailed { .. } => "task_failed",
             BmcError::TaskTimeout { .. } => "task_timeout",
+            BmcError::OffBmc { .. } => "off_bmc",
             BmcError::Ipmi { .. } => "ipmi",
         }
     }

@@ -30,6 +30,49 @@ const EXCERPT: usize = 300;
 const TASK_POLL: Duration = Duration::from_secs(1);
 /// Cap on any Retry-After we honour.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
+/// Redirects followed for one request (all of them on the BMC's origin).
+const MAX_REDIRECTS: usize = 5;
+
+/// Whether `a` and `b` share an origin (RFC 6454 §4: scheme, host, port), the rule a BMC's
+/// credentials follow: they go to the BMC's configured origin and nowhere else.
+pub fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host() == b.host()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
+/// A redirect that would leave the origin of the request that got it (see [`redirect_policy`]).
+#[derive(Debug, thiserror::Error)]
+#[error("redirect to {to} leaves the BMC")]
+struct OffOriginRedirect {
+    to: Url,
+}
+
+/// Follows redirects only on the origin of the original request (which [`Conn::call`]
+/// has checked is the BMC's), at most [`MAX_REDIRECTS`]. reqwest drops `Authorization` on
+/// a cross-host redirect but keeps other headers, `X-Auth-Token` among them: refusing the
+/// redirect outright is what keeps a session token (and the basic login) on the BMC.
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| match attempt.previous().first() {
+        Some(first) if !same_origin(first, attempt.url()) => {
+            let to = attempt.url().clone();
+            attempt.error(OffOriginRedirect { to })
+        }
+        _ => reqwest::redirect::Policy::limited(MAX_REDIRECTS).redirect(attempt),
+    })
+}
+
+/// The off-origin redirect behind a reqwest error, if that is what it is.
+fn off_origin_redirect(e: &reqwest::Error) -> Option<&Url> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<OffOriginRedirect>() {
+            return Some(&r.to);
+        }
+        cur = err.source();
+    }
+    None
+}
 
 /// The Redfish side of [`super::Bmcs`]: one reqwest client per TLS policy (connection
 /// pools are shared between the BMCs with the same policy).
@@ -69,7 +112,7 @@ impl Redfish {
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(config)
             .connect_timeout(self.settings.timeout)
-            .redirect(reqwest::redirect::Policy::limited(5))
+            .redirect(redirect_policy())
             .pool_idle_timeout(Duration::from_secs(30))
             .user_agent(concat!("bootgate/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -349,6 +392,23 @@ impl Conn<'_> {
         })
     }
 
+    /// `url` if it is on the BMC's origin, else the refusal naming the BMC and the link.
+    /// Every request passes here first (see [`Conn::call`]): a link a BMC (or whatever
+    /// answers at its address) hands us, as an absolute `@odata.id`, a task monitor or
+    /// session `Location`, can never carry the login or the session token elsewhere.
+    fn on_bmc(&self, url: &Url) -> Result<(), BmcError> {
+        if same_origin(url, &self.t.endpoint) {
+            return Ok(());
+        }
+        metrics::counter!("bootgate_bmc_off_origin_refused_total").increment(1);
+        tracing::warn!(host = %self.t.host, bmc = %self.t.bmc_label(), link = %url, "BMC link leaves the BMC: refused");
+        Err(BmcError::OffBmc {
+            host: self.t.host.clone(),
+            bmc: self.t.bmc_label(),
+            link: url.to_string(),
+        })
+    }
+
     /// Service root, then a session if the BMC offers one, else basic auth.
     async fn login(&mut self) -> Result<(), BmcError> {
         let root_url = self.url(SERVICE_ROOT)?;
@@ -392,6 +452,11 @@ impl Conn<'_> {
                     .map(str::to_string)
                     .or_else(|| odata_id(&r.body).map(str::to_string))
                     .and_then(|l| r.url.join(&l).ok());
+                // The token is sent to the session's Location at logout: only if that is
+                // the BMC (else the session is left to time out on the BMC).
+                if let Some(l) = &location {
+                    self.on_bmc(l)?;
+                }
                 self.auth = Auth::Session { token, location };
                 Ok(())
             }
@@ -431,12 +496,25 @@ impl Conn<'_> {
         if_match: Option<&str>,
         idem: Idem,
     ) -> Result<Reply, BmcError> {
+        self.on_bmc(url)?;
         let mut attempt = 0;
         loop {
             let retries_left = attempt < self.settings.retries;
             let resp = match self.request(&method, url, body, if_match).send().await {
                 Ok(resp) => resp,
                 Err(e) if e.is_timeout() => return Err(self.timed_out(url)),
+                Err(e) if off_origin_redirect(&e).is_some() => {
+                    let to = off_origin_redirect(&e)
+                        .map(Url::to_string)
+                        .unwrap_or_default();
+                    metrics::counter!("bootgate_bmc_off_origin_refused_total").increment(1);
+                    tracing::warn!(host = %self.t.host, bmc = %self.t.bmc_label(), from = %url, link = %to, "BMC redirect leaves the BMC: refused");
+                    return Err(BmcError::OffBmc {
+                        host: self.t.host.clone(),
+                        bmc: self.t.bmc_label(),
+                        link: to,
+                    });
+                }
                 Err(e) => {
                     let retry = retries_left && (idem == Idem::Safe || e.is_connect());
                     if let Some(reason) = tls_failure(&e) {
@@ -1081,6 +1159,28 @@ pub fn still_overridden(system: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RFC 6454 §4 origins: scheme, host and port (a default port written out is the same).
+    #[test]
+    fn origins() {
+        let u = |s: &str| Url::parse(s).unwrap();
+        let bmc = u("https://10.0.0.5/");
+        assert!(same_origin(
+            &bmc,
+            &u("https://10.0.0.5/redfish/v1/Systems/1")
+        ));
+        assert!(same_origin(&bmc, &u("https://10.0.0.5:443/redfish/v1/")));
+        assert!(!same_origin(&bmc, &u("http://10.0.0.5/redfish/v1/")));
+        assert!(!same_origin(&bmc, &u("https://10.0.0.6/redfish/v1/")));
+        assert!(!same_origin(&bmc, &u("https://10.0.0.5:8443/redfish/v1/")));
+        assert!(!same_origin(&bmc, &u("https://evil.example/redfish/v1/")));
+        // An absolute `@odata.id` joined onto the BMC's URL replaces it entirely.
+        assert!(!same_origin(
+            &bmc,
+            &bmc.join("//10.0.0.6/redfish/v1/").unwrap()
+        ));
+        assert!(same_origin(&bmc, &bmc.join("/redfish/v1/Systems").unwrap()));
+    }
 
     #[test]
     fn extended_info_messages() {

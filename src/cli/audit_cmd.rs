@@ -139,7 +139,7 @@ async fn snapshot(cli: &Cli) -> anyhow::Result<Snapshot> {
                 .await
                 .with_context(|| format!("opening store {}", config.store))?,
         ),
-        other => store::open(other)
+        other => store::open_with(other, &config.store_options())
             .await
             .with_context(|| format!("opening store {other}"))?,
     };

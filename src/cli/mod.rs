@@ -418,6 +418,7 @@ fn check_config(path: &Path, output: Output) -> ExitCode {
     });
     match (result, output) {
         (Ok((cfg, inv, boot)), Output::Json) => {
+            let warnings: Vec<String> = cfg.warnings().into_iter().chain(boot.warnings).collect();
             let v = serde_json::json!({
                 "valid": true,
                 "config": cfg.path,
@@ -429,14 +430,14 @@ fn check_config(path: &Path, output: Output) -> ExitCode {
                 "profiles": inv.profiles.len(),
                 "hosts": inv.hosts.len(),
                 "images": boot.images.len(),
-                "warnings": boot.warnings,
+                "warnings": warnings,
                 "problems": [],
             });
             println!("{v:#}");
             ExitCode::SUCCESS
         }
         (Ok((cfg, inv, boot)), Output::Table | Output::Csv) => {
-            for w in &boot.warnings {
+            for w in cfg.warnings().iter().chain(&boot.warnings) {
                 eprintln!("warning: {w}");
             }
             println!(
@@ -520,7 +521,7 @@ async fn source(cli: &Cli) -> anyhow::Result<Source> {
         StoreUrl::Sqlite(path) => {
             std::sync::Arc::new(store::sqlite::SqliteStore::open_read_only(path).await?)
         }
-        other => store::open(other).await?,
+        other => store::open_with(other, &config.store_options()).await?,
     };
     Ok(Source::Store(store))
 }
@@ -725,7 +726,7 @@ async fn local(cli: &Cli) -> anyhow::Result<Local> {
         )
     })?;
     let secrets = config.load_secrets().context("BMC secrets")?;
-    let store = store::open(&config.store)
+    let store = store::open_with(&config.store, &config.store_options())
         .await
         .with_context(|| format!("opening store {}", config.store))?;
     Ok(Local {
@@ -1081,7 +1082,7 @@ async fn playbook_render(cli: &Cli, out: Option<&Path>) -> anyhow::Result<ExitCo
 async fn handoff(cli: &Cli, host: &str, check: bool) -> anyhow::Result<ExitCode> {
     let config = load_config(&cli.config)?;
     let inv = load_inventory_only(&config)?;
-    let store = store::open(&config.store)
+    let store = store::open_with(&config.store, &config.store_options())
         .await
         .with_context(|| format!("opening store {}", config.store))?;
     let runner =
@@ -1136,7 +1137,7 @@ async fn host_states(
         StoreUrl::Sqlite(path) => {
             std::sync::Arc::new(store::sqlite::SqliteStore::open_read_only(path).await?)
         }
-        other => store::open(other).await?,
+        other => store::open_with(other, &config.store_options()).await?,
     };
     Ok(store
         .list_hosts()

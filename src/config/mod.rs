@@ -104,8 +104,20 @@ impl PostgresSettings {
             acquire_timeout: self.acquire_timeout,
             statement_timeout: self.statement_timeout,
             call_timeout: self.call_timeout,
+            password: None,
         }
     }
+}
+
+/// Whether a `postgres://user:password@host/…` URL has a password (`user:` before the `@`).
+fn inline_password(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
 }
 
 impl Config {
@@ -121,11 +133,61 @@ impl Config {
         self.secrets.as_ref().map(|s| s.path()).transpose()
     }
 
+    /// The pool options of the store with its password from the secrets file (`[postgres]
+    /// password`), for commands that open the store themselves. Secrets that cannot be read
+    /// here (a `credential:` outside systemd, a file of another user) leave the password
+    /// to the URL, `PGPASSWORD` or `~/.pgpass`, with a warning.
+    pub fn store_options(&self) -> crate::store::postgres::PgOptions {
+        let mut options = self.postgres.pg_options();
+        if matches!(self.store, StoreUrl::Postgres(_)) && self.secrets.is_some() {
+            match self.load_secrets() {
+                Ok(s) => options.password = s.postgres_password().cloned(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "secrets not read: the PostgreSQL password comes from the store URL, PGPASSWORD or ~/.pgpass")
+                }
+            }
+        }
+        options
+    }
+
+    /// A store URL that carries its password inline (`postgres://user:PASSWORD@…`): allowed,
+    /// but bootgate.toml is no place for a secret (check-config warns).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let StoreUrl::Postgres(url) = &self.store
+            && inline_password(url)
+        {
+            out.push(format!(
+                "{}: store: the URL carries a password; move it to the secrets file as [postgres] password = \"…\" (it wins over the URL's)",
+                self.path.display()
+            ));
+        }
+        out
+    }
+
     /// Loads the secrets file the config names (empty secrets when it names none).
     pub fn load_secrets(&self) -> Result<crate::secrets::Secrets, crate::secrets::SecretsError> {
         match &self.secrets {
             Some(s) => s.load(),
             None => Ok(crate::secrets::Secrets::default()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::inline_password;
+
+    #[test]
+    fn inline_passwords_are_spotted() {
+        assert!(inline_password("postgres://bg:hunter2@db1/bootgate"));
+        assert!(inline_password(
+            "postgresql://bg:@db1:5432/bootgate?sslmode=verify-full"
+        ));
+        assert!(!inline_password(
+            "postgres://bg@db1/bootgate?sslmode=verify-full"
+        ));
+        assert!(!inline_password("postgres://db1/bootgate"));
+        assert!(!inline_password("postgres://bg@[::1]:5432/bootgate"));
     }
 }

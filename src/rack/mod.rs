@@ -150,7 +150,7 @@ async fn open_store(
         StoreUrl::Sqlite(path) if !write => Some(std::sync::Arc::new(
             store::sqlite::SqliteStore::open_read_only(path).await?,
         )),
-        other => Some(store::open(other).await?),
+        other => Some(store::open_with(other, &config.store_options()).await?),
     })
 }
 

@@ -61,6 +61,10 @@ pub struct PgOptions {
     /// server that stops answering on an open connection fails the call with
     /// `Unavailable` after this long instead of hanging it.
     pub call_timeout: Duration,
+    /// The password (the secrets file's `[postgres] password`); it wins over one written
+    /// in the URL, which check-config warns about. None: the URL's, else `PGPASSWORD` or
+    /// `~/.pgpass` as libpq does.
+    pub password: Option<crate::secrets::Secret>,
 }
 
 impl Default for PgOptions {
@@ -70,6 +74,7 @@ impl Default for PgOptions {
             acquire_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(10),
             call_timeout: Duration::from_secs(30),
+            password: None,
         }
     }
 }
@@ -102,7 +107,9 @@ fn shown(url: &str) -> String {
 }
 
 impl PostgresStore {
-    /// Connects to `url` (`postgres://user:password@host:port/db`), waiting up to
+    /// Connects to `url` (`postgres://user@host:port/db?sslmode=verify-full&sslrootcert=…`;
+    /// TLS by rustls with the `sslmode` values of libpq: `disable`, `prefer` (the
+    /// default), `require` (encrypted, unverified), `verify-ca`, `verify-full`), waiting up to
     /// `acquire_timeout` for the server, and migrates the schema to the current version.
     /// Errors are `Open`, naming the URL without its password.
     pub async fn open(url: &str, options: &PgOptions) -> Result<Self, StoreError> {
@@ -123,13 +130,13 @@ impl PostgresStore {
             Err(e) if is_unavailable(&e) => {
                 return Err(StoreError::Unavailable {
                     url: shown(url),
-                    reason: e.to_string(),
+                    reason: connect_reason(&e),
                 });
             }
             Err(e) => {
                 return Err(StoreError::Open {
                     url: shown(url),
-                    reason: e.to_string(),
+                    reason: connect_reason(&e),
                 });
             }
         };
@@ -168,19 +175,20 @@ impl PostgresStore {
         options: &PgOptions,
     ) -> Result<(PgConnectOptions, PgPoolOptions), StoreError> {
         let timeout_ms = options.statement_timeout.as_millis().to_string();
-        let connect = PgConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Open {
-                url: shown(url),
-                reason: format!("bad URL: {e}"),
-            })?
-            .application_name("bootgate")
-            .options([
-                ("statement_timeout", timeout_ms.as_str()),
-                ("lock_timeout", timeout_ms.as_str()),
-                // The default, stated: a commit returns only once it is durable, which is
-                // what makes an ACKed lease survive a crash of the daemon or the server.
-                ("synchronous_commit", "on"),
-            ]);
+        let mut connect = PgConnectOptions::from_str(url).map_err(|e| StoreError::Open {
+            url: shown(url),
+            reason: format!("bad URL: {e}"),
+        })?;
+        if let Some(password) = &options.password {
+            connect = connect.password(password.expose());
+        }
+        let connect = connect.application_name("bootgate").options([
+            ("statement_timeout", timeout_ms.as_str()),
+            ("lock_timeout", timeout_ms.as_str()),
+            // The default, stated: a commit returns only once it is durable, which is
+            // what makes an ACKed lease survive a crash of the daemon or the server.
+            ("synchronous_commit", "on"),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.acquire_timeout)
@@ -286,6 +294,26 @@ fn is_deadlock(e: &sqlx::Error) -> bool {
 }
 
 /// The server could not be reached or went away mid-call.
+/// Why connecting failed; a TLS failure says so and what to check. sqlx reports a
+/// certificate the handshake refused as an I/O error wrapping the rustls error
+/// (`invalid peer certificate: UnknownIssuer`), the rest as `Error::Tls`.
+fn connect_reason(e: &sqlx::Error) -> String {
+    let tls = match e {
+        sqlx::Error::Tls(t) => Some(t.to_string()),
+        sqlx::Error::Io(io) => io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .map(|r| r.to_string()),
+        _ => None,
+    };
+    match tls {
+        Some(why) => format!(
+            "TLS with the server failed: {why} (check sslmode and sslrootcert in the store URL: sslrootcert must be the CA that signed the server's certificate, and with sslmode=verify-full the URL's host must be a name in it)"
+        ),
+        None => e.to_string(),
+    }
+}
+
 fn is_unavailable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,

@@ -511,6 +511,39 @@ impl Daemon {
         d
     }
 
+    /// As [`Daemon::start`], with the daemon's command run through `wrapper` (e.g.
+    /// `setpriv --reuid=… --ambient-caps=…`, which execs it, so the PID stays the
+    /// daemon's). The notify socket is opened to other users, for a daemon that is not root.
+    pub fn start_wrapped(lab: &Lab, site: &Site, wrapper: &[&str]) -> Daemon {
+        use std::os::unix::fs::PermissionsExt;
+        let notify_dir = tempfile::tempdir().unwrap();
+        let sock = notify_dir.path().join("notify.sock");
+        let notify = UnixDatagram::bind(&sock).unwrap();
+        std::fs::set_permissions(notify_dir.path(), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o777)).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let (program, args) = wrapper.split_first().expect("a wrapper command");
+        let child = lab.gw.spawn(
+            lab.gw
+                .cmd(program)
+                .args(args)
+                .arg(bootgate_bin())
+                .args(["--config", path_str(&site.config()), "serve"])
+                .env("NOTIFY_SOCKET", &sock),
+        );
+        let d = Daemon {
+            child,
+            notify,
+            _notify_dir: notify_dir,
+        };
+        let msg = d.next_notify();
+        assert!(msg.contains("READY=1"), "expected READY=1, got {msg:?}");
+        d
+    }
+
     pub fn next_notify(&self) -> String {
         let mut buf = [0u8; 4096];
         // A signal to the test process (another test's child exiting) interrupts the wait:

@@ -206,6 +206,49 @@ impl PgCluster {
         )
     }
 
+    /// `postgres://bootgate@127.0.0.1:<port>/<db>`: the password comes from elsewhere
+    /// (the secrets file).
+    pub fn url_without_password(&self, db: &str) -> String {
+        format!("postgres://{USER}@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Restarts the server with TLS on (`ssl = on` with `cert`/`key`, PEM) and TCP logins
+    /// allowed only over TLS (every `host` line of pg_hba.conf becomes `hostssl`, so a
+    /// plain connection finds no entry and is refused).
+    pub fn enable_tls(&self, cert: &Path, key: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        self.stop();
+        let data = self.data();
+        std::fs::copy(cert, data.join("server.crt")).expect("copy server.crt");
+        std::fs::copy(key, data.join("server.key")).expect("copy server.key");
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        if let Some(user) = self.run_as {
+            run(Command::new("chown")
+                .arg(format!("{user}:{user}"))
+                .arg(data.join("server.crt"))
+                .arg(data.join("server.key")));
+        }
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("postgresql.conf");
+        text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, text).unwrap();
+        let hba = data.join("pg_hba.conf");
+        let text: String = std::fs::read_to_string(&hba)
+            .expect("pg_hba.conf")
+            .lines()
+            .map(|l| match l.strip_prefix("host ") {
+                Some(rest) => format!("hostssl {rest}\n"),
+                None => format!("{l}\n"),
+            })
+            .collect();
+        std::fs::write(&hba, text).unwrap();
+        self.start_again();
+    }
+
     /// The password in the URLs (tests check it never shows in errors or logs).
     pub fn password(&self) -> &str {
         &self.password
