@@ -262,6 +262,40 @@ fn one_source_is_capped_while_another_is_served() {
 }
 
 #[test]
+fn at_max_connections_the_listener_stops_accepting_until_one_closes() {
+    require_root!();
+    require_peer!("curl", "apt-get install curl (scripts/test.sh)");
+    let lab = lab();
+    let site = site_with(
+        "max_connections = 16\nidle_timeout = \"60s\"\nheader_timeout = \"60s\"",
+        "",
+    );
+    let _daemon = Daemon::start(&lab, &site);
+    let url = format!("http://{GW_IP}:{HTTP_PORT}/healthz");
+    let mut held = connect_many(&lab, A, HTTP_PORT, 16);
+    // Not accepted (waits in the listen queue), so no answer within curl's 2 s.
+    assert_eq!(
+        curl_from(&lab, B, &["-m", "2", &url]),
+        None,
+        "served over the cap"
+    );
+    for s in &mut held {
+        assert!(
+            !closed_within(s, Duration::from_millis(50)),
+            "held ones stay open"
+        );
+    }
+    held.truncate(12);
+    let served = wait_for(Duration::from_secs(5), || curl_from(&lab, B, &[&url]));
+    assert_eq!(served.map(|r| r.0), Some(200), "served once slots freed");
+    let hits = metric(
+        &lab,
+        "bootgate_http_limit_hits_total{limit=\"max_connections\"}",
+    );
+    assert!(hits >= 1.0, "max_connections hits: {hits}");
+}
+
+#[test]
 fn a_body_over_the_limit_is_413() {
     require_root!();
     require_peer!("curl", "apt-get install curl (scripts/test.sh)");

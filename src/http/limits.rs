@@ -7,7 +7,8 @@
 //!   timer, which `axum::serve` never set). It runs from the moment the connection waits for
 //!   a request head (the first, and each keep-alive one after a response) until the head is
 //!   complete, so a slowloris that trickles header bytes is cut, and a keep-alive wait never
-//!   outlasts it either.
+//!   outlasts it either (counted as `idle_timeout` when nothing arrived since the last
+//!   response: that connection was quiet, not slow).
 //! - **Idle timeout** (`idle_timeout`): a connection that moves no byte, in or out, for this
 //!   long while no handler is working for it is closed. That is the keep-alive idle rule
 //!   *and* the rule for response bodies: a download of a several-hundred-MiB image to slow
@@ -36,7 +37,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -241,6 +242,9 @@ struct Activity {
     last_ms: AtomicU64,
     /// Requests whose handler has not produced its response head yet.
     handling: AtomicUsize,
+    /// A byte arrived since the last response head (or since accept): when hyper's header
+    /// timer fires, a partial head is a slowloris, none is a quiet keep-alive.
+    read_since_response: AtomicBool,
 }
 
 impl Activity {
@@ -249,6 +253,7 @@ impl Activity {
             born: Instant::now(),
             last_ms: AtomicU64::new(0),
             handling: AtomicUsize::new(0),
+            read_since_response: AtomicBool::new(false),
         }
     }
 
@@ -281,6 +286,7 @@ impl Handling {
 impl Drop for Handling {
     fn drop(&mut self) {
         self.0.handling.fetch_sub(1, Ordering::Relaxed);
+        self.0.read_since_response.store(false, Ordering::Relaxed);
         self.0.touch();
     }
 }
@@ -302,6 +308,9 @@ impl AsyncRead for Watched {
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.activity.touch();
+            self.activity
+                .read_since_response
+                .store(true, Ordering::Relaxed);
         }
         r
     }
@@ -486,7 +495,13 @@ async fn connection<I>(
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     if e.is_timeout() {
-                        hit("header_timeout");
+                        // hyper's header timer also ends a quiet keep-alive wait: that is
+                        // the idle rule at work, not a slow head.
+                        hit(if activity.read_since_response.load(Ordering::Relaxed) {
+                            "header_timeout"
+                        } else {
+                            "idle_timeout"
+                        });
                     }
                     tracing::debug!(%peer, error = %e, "HTTP connection ended");
                 }
