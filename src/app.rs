@@ -584,13 +584,11 @@ async fn start_listeners(
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(app.config.http_listen)
-        .await
-        .with_context(|| format!("binding HTTP listener on {}", app.config.http_listen))?;
     tracker.spawn(crate::http::run(
         Arc::new(app.api_context()),
         Arc::new(app.boot_context()),
-        listener,
+        http_listeners(&app.config).await?,
+        app.config.http.limits,
         cancel.clone(),
     ));
     let control = crate::control::bind(&app.config.control_socket).with_context(|| {
@@ -621,6 +619,43 @@ async fn start_listeners(
         ));
     }
     Ok(())
+}
+
+/// The plain HTTP listener and, with `[http] tls_*`, the TLS one that takes the API over.
+async fn http_listeners(config: &Config) -> anyhow::Result<Vec<crate::http::Listener>> {
+    use crate::http::{Listener, Role};
+    let bind = |addr: std::net::SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding HTTP listener on {addr}"))
+    };
+    let plain = bind(config.http_listen).await?;
+    let Some(tls) = &config.http.tls else {
+        return Ok(vec![Listener {
+            tcp: plain,
+            tls: None,
+            role: Role::All,
+        }]);
+    };
+    // Checked when the config was read; a file changed since fails the start here.
+    let server = crate::http::tls::server_config(&tls.cert, &tls.key)
+        .with_context(|| format!("{}: [http] tls_cert, tls_key", config.path.display()))?;
+    Ok(vec![
+        Listener {
+            tcp: plain,
+            tls: None,
+            role: if tls.plain_api {
+                Role::All
+            } else {
+                Role::BootOnly
+            },
+        },
+        Listener {
+            tcp: bind(tls.listen).await?,
+            tls: Some(tokio_rustls::TlsAcceptor::from(server)),
+            role: Role::All,
+        },
+    ])
 }
 
 /// Tells systemd we are ready, reloads on SIGHUP, returns on SIGTERM or SIGINT.
@@ -692,6 +727,7 @@ fn start_tftp(
         let cfg = TftpConfig {
             root: app.config.boot_images_dir.clone(),
             on_done: Some(on_done.clone()),
+            max_sessions_per_source: app.config.tftp.max_sessions_per_source,
             ..TftpConfig::default()
         };
         let server = TftpServer::bind(

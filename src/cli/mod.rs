@@ -37,6 +37,10 @@ pub struct Cli {
     /// the store directly.
     #[arg(long, global = true)]
     pub api: Option<String>,
+    /// PEM CA certificate that signed the daemon's TLS certificate (for `--api https://…`);
+    /// only this CA is trusted then.
+    #[arg(long, global = true, env = "BOOTGATE_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
     /// File holding the API bearer token for `--api` (else `$BOOTGATE_TOKEN`). Mutating
     /// requests need an admin token; see `bootgate token new`.
     #[arg(long, global = true, env = "BOOTGATE_TOKEN_FILE")]
@@ -923,7 +927,18 @@ pub(crate) fn api_client(cli: &Cli, url: &str) -> anyhow::Result<ApiClient> {
             .ok()
             .filter(|t| !t.is_empty()),
     };
-    ApiClient::new(url, token)
+    let ca =
+        match &cli.ca_cert {
+            Some(path) => {
+                let pem =
+                    std::fs::read(path).with_context(|| format!("--ca-cert {}", path.display()))?;
+                Some(reqwest::Certificate::from_pem(&pem).with_context(|| {
+                    format!("--ca-cert {}: not a PEM certificate", path.display())
+                })?)
+            }
+            None => None,
+        };
+    ApiClient::new(url, token, ca)
 }
 
 /// A small client for the daemon's API.
@@ -936,11 +951,20 @@ pub(crate) struct ApiClient {
 }
 
 impl ApiClient {
-    fn new(url: &str, token: Option<String>) -> anyhow::Result<Self> {
+    fn new(
+        url: &str,
+        token: Option<String>,
+        ca: Option<reqwest::Certificate>,
+    ) -> anyhow::Result<Self> {
         let base = reqwest::Url::parse(url).with_context(|| {
             format!("--api {url:?}: expected a URL like http://10.250.0.1:8080")
         })?;
-        let http = reqwest::Client::builder().build()?;
+        let mut http = reqwest::Client::builder();
+        if let Some(ca) = ca {
+            // The daemon's own CA, not the system's: an https:// API is pinned to it.
+            http = http.tls_certs_only([ca]);
+        }
+        let http = http.build()?;
         Ok(ApiClient {
             base,
             http,

@@ -63,6 +63,24 @@ pub struct Config {
     pub events: crate::events::EventSettings,
     /// `[discovery]`: the cap and expiry of discovered hosts.
     pub discovery: crate::model::DiscoveryRetention,
+    /// `[tftp]`: per-source session cap.
+    pub tftp: TftpSettings,
+}
+
+/// `[tftp]` (the rest of the TFTP server's settings are fixed defaults, see
+/// `crate::tftp::TftpConfig`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TftpSettings {
+    /// Transfers one client address may have running at once (the global cap stays).
+    pub max_sessions_per_source: usize,
+}
+
+impl Default for TftpSettings {
+    fn default() -> Self {
+        TftpSettings {
+            max_sessions_per_source: crate::tftp::TftpConfig::default().max_sessions_per_source,
+        }
+    }
 }
 
 /// A shared PostgreSQL store's pool and timings (`[postgres]`): how long a DHCP request

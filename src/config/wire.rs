@@ -54,6 +54,8 @@ struct ConfigWire {
     /// `[discovery]`: how many unknown MACs are kept as discovered hosts, and how long.
     #[serde(default)]
     discovery: DiscoveryWire,
+    #[serde(default)]
+    tftp: TftpWire,
 }
 
 /// `[events]`: retention of the event log (see crate::events::spawn_retention).
@@ -392,6 +394,35 @@ struct HttpWire {
     /// MiB of boot files (kernels, initrds, images) kept in RAM for whole-file GETs.
     #[serde(default = "default_image_cache_mb")]
     image_cache_mb: u64,
+    /// Limits of every HTTP listener (crate::http::limits has what each holds).
+    #[serde(default, deserialize_with = "opt_run_timeout")]
+    header_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_run_timeout")]
+    idle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_run_timeout")]
+    request_timeout: Option<Duration>,
+    max_connections: Option<usize>,
+    max_connections_per_source: Option<usize>,
+    max_body_kb: Option<usize>,
+    /// PEM certificate chain and key of the TLS API listener.
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    /// Where the API is served over TLS (required with tls_cert/tls_key).
+    tls_listen: Option<SocketAddr>,
+    /// With TLS on, the plain listener still serves the whole API.
+    #[serde(default)]
+    plain_api: bool,
+}
+
+/// `[tftp]`: the per-source transfer cap.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TftpWire {
+    max_sessions_per_source: Option<usize>,
+}
+
+fn opt_run_timeout<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    run_timeout(d).map(Some)
 }
 
 fn default_open_reads() -> bool {
@@ -437,6 +468,7 @@ const SECTIONS: &[&str] = &[
     "postgres",
     "events",
     "discovery",
+    "tftp",
 ];
 
 pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
@@ -479,6 +511,8 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
     let postgres = postgres_settings(&w.postgres, &mut p);
     let events = event_settings(&w.events, &mut p);
     let discovery = discovery_settings(&w.discovery, &mut p);
+    let http = http_settings(&w.http, &resolve, &mut p);
+    let tftp = tftp_settings(&w.tftp, &mut p);
     let shared = matches!(store, Some(StoreUrl::Postgres(_)));
     let ha = crate::ha::ha_settings(&w.ha, shared, |field, reason| p.push("ha", field, reason));
     let (Some(store), true) = (store, p.list.is_empty()) else {
@@ -488,7 +522,7 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
         path: path.to_path_buf(),
         interfaces,
         http_listen: w.http.listen,
-        http: http_settings(&w.http, &resolve),
+        http,
         control_socket: w
             .control_socket
             .as_deref()
@@ -507,6 +541,7 @@ pub(super) fn load(path: &Path) -> Result<Config, Invalid> {
         ha,
         events,
         discovery,
+        tftp,
     })
 }
 
@@ -600,11 +635,104 @@ fn secrets_source(
     }
 }
 
-fn http_settings(w: &HttpWire, resolve: &dyn Fn(&Path) -> PathBuf) -> HttpSettings {
+fn http_settings(
+    w: &HttpWire,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    p: &mut Problems<'_>,
+) -> HttpSettings {
+    use crate::http::{Limits, TlsSettings};
+    let d = Limits::default();
+    let mut count = |field: &str, v: Option<usize>, min: usize, max: usize, default: usize| match v
+    {
+        None => default,
+        Some(n) if (min..=max).contains(&n) => n,
+        Some(n) => {
+            p.push("http", field, format!("{n}: must be {min} to {max}"));
+            default
+        }
+    };
+    let limits = Limits {
+        header_timeout: w.header_timeout.unwrap_or(d.header_timeout),
+        idle_timeout: w.idle_timeout.unwrap_or(d.idle_timeout),
+        request_timeout: w.request_timeout.unwrap_or(d.request_timeout),
+        max_connections: count(
+            "max_connections",
+            w.max_connections,
+            16,
+            1 << 20,
+            d.max_connections,
+        ),
+        max_connections_per_source: count(
+            "max_connections_per_source",
+            w.max_connections_per_source,
+            1,
+            1 << 20,
+            d.max_connections_per_source,
+        ),
+        max_body: count("max_body_kb", w.max_body_kb, 1, 1 << 20, d.max_body / 1024) * 1024,
+    };
+    let tls = match (&w.tls_cert, &w.tls_key, w.tls_listen) {
+        (None, None, None) => None,
+        (Some(cert), Some(key), Some(listen)) => {
+            let (cert, key) = (resolve(cert), resolve(key));
+            if let Err(e) = crate::http::tls::server_config(&cert, &key) {
+                p.push("http", e.field(), e.to_string());
+            }
+            if listen == w.listen {
+                p.push(
+                    "http",
+                    "tls_listen",
+                    format!("{listen}: must differ from listen (boot paths stay plain there)"),
+                );
+            }
+            Some(TlsSettings {
+                cert,
+                key,
+                listen,
+                plain_api: w.plain_api,
+            })
+        }
+        _ => {
+            for (field, set) in [
+                ("tls_cert", w.tls_cert.is_some()),
+                ("tls_key", w.tls_key.is_some()),
+                ("tls_listen", w.tls_listen.is_some()),
+            ] {
+                if !set {
+                    p.push(
+                        "http",
+                        field,
+                        "missing: TLS needs tls_cert, tls_key and tls_listen together",
+                    );
+                }
+            }
+            None
+        }
+    };
     HttpSettings {
         tokens_file: w.tokens.as_deref().map(resolve),
         open_reads: w.open_reads,
         image_cache: w.image_cache_mb.saturating_mul(1024 * 1024),
+        limits,
+        tls,
+    }
+}
+
+fn tftp_settings(w: &TftpWire, p: &mut Problems<'_>) -> super::TftpSettings {
+    let d = super::TftpSettings::default();
+    match w.max_sessions_per_source {
+        None => d,
+        Some(n) if (1..=1024).contains(&n) => super::TftpSettings {
+            max_sessions_per_source: n,
+        },
+        Some(n) => {
+            p.push(
+                "tftp",
+                "max_sessions_per_source",
+                format!("{n}: must be 1 to 1024"),
+            );
+            d
+        }
     }
 }
 

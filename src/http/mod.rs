@@ -30,9 +30,12 @@ pub mod auth;
 pub mod boot;
 pub mod image_cache;
 mod images;
+pub mod limits;
 pub mod query;
 mod settings;
-pub use settings::HttpSettings;
+pub mod tls;
+pub use limits::{Limits, Listener, Role};
+pub use settings::{HttpSettings, TlsSettings};
 
 /// Errors a handler answers with; each maps to one status and a JSON `{"error": …}` body.
 #[derive(Debug, thiserror::Error)]
@@ -140,28 +143,34 @@ pub fn router(app: Arc<ApiContext>, boot: Arc<boot::BootContext>) -> Router {
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
 }
 
-/// Serves until `cancel` fires; in-flight requests get the shutdown grace to finish.
+/// Serves on every listener (the plain one, and the TLS one when configured) until
+/// `cancel` fires; in-flight requests get the shutdown grace to finish. The limits of
+/// [`limits`] hold on each listener separately.
 pub async fn run(
     api: Arc<ApiContext>,
     boot: Arc<boot::BootContext>,
-    listener: tokio::net::TcpListener,
+    listeners: Vec<Listener>,
+    limits: Limits,
     cancel: CancellationToken,
 ) {
-    let router = router(api, boot);
-    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    // Without TCP_NODELAY a response whose body follows its headers in a second write
-    // waits for the client's delayed ACK (~40 ms per small file: bench/http.sh found it).
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY");
+    let app = router(api, boot)
+        .layer(axum::middleware::from_fn_with_state(
+            limits.request_timeout,
+            limits::request_deadline,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(limits.max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            limits.max_body,
+            limits::body_limit,
+        ));
+    let mut serving = tokio::task::JoinSet::new();
+    for listener in listeners {
+        serving.spawn(limits::serve(listener, app.clone(), limits, cancel.clone()));
+    }
+    while let Some(r) = serving.join_next().await {
+        if let Err(e) = r {
+            tracing::error!(error = %e, "HTTP listener failed");
         }
-    });
-    if let Err(e) = axum::serve(listener, service)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
-    {
-        tracing::error!(error = %e, "HTTP listener failed");
     }
 }
 

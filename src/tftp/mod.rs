@@ -61,6 +61,10 @@ pub struct TftpConfig {
     pub max_windowsize: u16,
     /// Concurrent transfers; a request beyond this gets ERROR 0 "server busy".
     pub max_sessions: usize,
+    /// Concurrent transfers from one client address: one host that never ACKs cannot take
+    /// the sessions firmware needs (beyond it: ERROR 0 "too many transfers from your
+    /// address").
+    pub max_sessions_per_source: usize,
     /// Doubling retransmissions a silent client gets at the base interval (its timeout, or
     /// `default_timeout`) before the session gives up; see the module doc for the adaptive
     /// case.
@@ -83,6 +87,8 @@ impl Default for TftpConfig {
             max_blksize: 1468,
             max_windowsize: 64,
             max_sessions: 1024,
+            // A PXE ROM runs one transfer at a time; a few RRQ retransmits each start one.
+            max_sessions_per_source: 8,
             retries: 5,
             default_timeout: Duration::from_secs(1),
             min_timeout: Duration::from_millis(200),
@@ -97,6 +103,7 @@ impl std::fmt::Debug for TftpConfig {
             .field("root", &self.root)
             .field("max_blksize", &self.max_blksize)
             .field("max_windowsize", &self.max_windowsize)
+            .field("max_sessions_per_source", &self.max_sessions_per_source)
             .field("max_sessions", &self.max_sessions)
             .field("retries", &self.retries)
             .field("default_timeout", &self.default_timeout)

@@ -2,9 +2,10 @@
 //! malformed, over the session limit), and start a session task with its own socket for
 //! every RRQ. Shutdown stops accepting, tells running sessions, and waits for them.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
@@ -38,6 +39,43 @@ struct Shared {
     cfg: TftpConfig,
     generated: Option<Arc<dyn Generated>>,
     sessions: Arc<Semaphore>,
+    /// Running transfers per client address (entries at zero are removed, so the map is
+    /// bounded by `max_sessions`).
+    per_source: Arc<Mutex<HashMap<Ipv4Addr, usize>>>,
+}
+
+/// One running transfer's place in [`Shared::per_source`], given back on drop.
+struct SourceSeat {
+    ip: Ipv4Addr,
+    per_source: Arc<Mutex<HashMap<Ipv4Addr, usize>>>,
+}
+
+impl Shared {
+    /// A seat for `ip`, or None when it already runs `max_sessions_per_source` transfers.
+    fn seat(&self, ip: Ipv4Addr) -> Option<SourceSeat> {
+        let mut open = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_default();
+        if *n >= self.cfg.max_sessions_per_source {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSeat {
+            ip,
+            per_source: self.per_source.clone(),
+        })
+    }
+}
+
+impl Drop for SourceSeat {
+    fn drop(&mut self) {
+        let mut open = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 fn check(cfg: &TftpConfig) -> Result<(), TftpError> {
@@ -55,6 +93,9 @@ fn check(cfg: &TftpConfig) -> Result<(), TftpError> {
     }
     if cfg.max_sessions == 0 {
         return bad("max_sessions", "must be at least 1");
+    }
+    if cfg.max_sessions_per_source == 0 {
+        return bad("max_sessions_per_source", "must be at least 1");
     }
     if cfg.min_timeout.is_zero() || cfg.min_timeout > cfg.default_timeout {
         return bad(
@@ -123,6 +164,7 @@ impl TftpServer {
                 local,
                 root,
                 sessions: Arc::new(Semaphore::new(cfg.max_sessions)),
+                per_source: Arc::default(),
                 cfg,
                 generated,
             }),
@@ -222,6 +264,21 @@ impl Shared {
                 return;
             }
         };
+        // RFC 1350 §5 has no code for "too busy": 0, "Not defined, see error message".
+        // (3, "Disk full or allocation exceeded", is about storing a written file.)
+        let Some(seat) = self.seat(*peer.ip()) else {
+            count_error("per_source_busy");
+            tracing::info!(%peer, max = self.cfg.max_sessions_per_source, "TFTP: too many transfers from one address");
+            reply_error(
+                socket,
+                peer,
+                ErrorCode::NotDefined,
+                "too many transfers from your address",
+            )
+            .await;
+            self.finish(&req.filename, peer, TransferResult::Busy, Instant::now());
+            return;
+        };
         let Ok(permit) = self.sessions.clone().try_acquire_owned() else {
             count_error("busy");
             reply_error(socket, peer, ErrorCode::NotDefined, "server busy").await;
@@ -236,7 +293,10 @@ impl Shared {
         );
         let this = self.clone();
         let cancel = cancel.clone();
-        tracker.spawn(this.serve(req, peer, permit, cancel).instrument(span));
+        tracker.spawn(
+            this.serve(req, peer, (permit, seat), cancel)
+                .instrument(span),
+        );
     }
 
     /// One RRQ, from opening the file to the last ACK.
@@ -244,7 +304,7 @@ impl Shared {
         self: Arc<Self>,
         req: Request,
         peer: SocketAddrV4,
-        _permit: OwnedSemaphorePermit,
+        _held: (OwnedSemaphorePermit, SourceSeat),
         cancel: CancellationToken,
     ) {
         let started = Instant::now();
@@ -395,11 +455,12 @@ mod tests {
     #[test]
     fn settings_are_checked_before_binding() {
         assert!(check(&TftpConfig::default()).is_ok());
-        let bad: [fn(&mut TftpConfig); 6] = [
+        let bad: [fn(&mut TftpConfig); 7] = [
             |c| c.max_blksize = 7,
             |c| c.max_blksize = 65465,
             |c| c.max_windowsize = 0,
             |c| c.max_sessions = 0,
+            |c| c.max_sessions_per_source = 0,
             |c| c.min_timeout = Duration::from_secs(2),
             |c| c.default_timeout = Duration::from_secs(256),
         ];
