@@ -400,6 +400,28 @@ impl Operations for App {
     fn started_at(&self) -> Timestamp {
         self.started_at
     }
+    fn book(&self) -> Vec<crate::ops::BookClaim> {
+        use crate::ipam::ClaimKind;
+        let book = self.ipam.book();
+        let mut claims: Vec<crate::ops::BookClaim> = book
+            .live_claims()
+            .map(|(ip, c)| crate::ops::BookClaim {
+                ip: *ip,
+                mac: c.mac,
+                kind: match c.kind {
+                    ClaimKind::Offer => "offer",
+                    ClaimKind::Lease => "lease",
+                    ClaimKind::Committing => "committing",
+                    ClaimKind::Quarantine => "quarantine",
+                }
+                .to_string(),
+                until: c.until,
+            })
+            .collect();
+        drop(book);
+        claims.sort_by_key(|c| c.ip);
+        claims
+    }
 }
 
 /// Records the start, and reconciles the inventory into the store when it answers; a

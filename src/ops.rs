@@ -65,4 +65,19 @@ pub trait Operations: Send + Sync {
     /// Lease writes that degraded-mode ACKs queued and the store has not taken yet.
     fn deferred_lease_writes(&self) -> usize;
     fn started_at(&self) -> Timestamp;
+    /// The live claims of this gateway's address book, by address: what it answers DHCP
+    /// from, including while the store is unreachable (where it may differ from the
+    /// store's lease table and from the other gateway's book).
+    fn book(&self) -> Vec<BookClaim>;
+}
+
+/// One live claim of a gateway's in-memory address book (`GET /api/v1/book`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BookClaim {
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+    /// `offer`, `lease`, `committing` or `quarantine`.
+    pub kind: String,
+    /// Until when the claim stands.
+    pub until: Timestamp,
 }

@@ -3,8 +3,9 @@
 //! to the end its book already holds (never extended), so when that end passes and B hands
 //! the address to another MAC, no address was ever ACKed to two MACs at once. Twenty
 //! rounds, each cutting A's own path to the real PostgreSQL (a unix-socket forwarder the
-//! test owns) and healing it again; the witness is a DHCP client in the rack namespace
-//! that records every ACK it receives, and the store at the end.
+//! test owns) and healing it again; the witnesses are a DHCP client in the rack namespace
+//! that records every ACK it receives, both gateways' address books (`/api/v1/book`) and
+//! the store, checked twice a round.
 
 #[path = "support/ha.rs"]
 mod ha;
@@ -277,6 +278,46 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A gateway's address book (`GET /api/v1/book`): its live claims.
+fn book(ns: &support::Netns, ip: &str) -> Vec<serde_json::Value> {
+    let (code, body) = ha::get(ns, &format!("http://{ip}:8080/api/v1/book")).expect("book");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Both books and the store agree that no address is held by two MACs: the live lease
+/// claims of A's and B's books name one MAC per address, and that MAC is the store's
+/// active lease holder where the store has one (B reads the store).
+fn check_books(lab: &HaLab, round: u8, when: &str) {
+    let claims: Vec<serde_json::Value> = book(&lab.gwa, ha::GWA_IP)
+        .into_iter()
+        .chain(book(&lab.gwb, ha::GWB_IP))
+        .filter(|c| c["kind"] == "lease" || c["kind"] == "committing")
+        .collect();
+    let mut holders: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for c in &claims {
+        holders
+            .entry(c["ip"].as_str().unwrap().to_string())
+            .or_default()
+            .insert(c["mac"].as_str().unwrap().to_string());
+    }
+    let (_, body) = ha::get(
+        &lab.gwb,
+        &format!("http://{}:8080/api/v1/leases?state=active", ha::GWB_IP),
+    )
+    .expect("B's leases");
+    let stored: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    for (ip, macs) in &holders {
+        assert_eq!(macs.len(), 1, "round {round} ({when}): {ip} held by {macs:?}: {claims:#?}");
+        if let Some(l) = stored.iter().find(|l| l["ip"] == ip.as_str()) {
+            assert!(
+                macs.contains(l["mac"].as_str().unwrap()),
+                "round {round} ({when}): the books say {macs:?} hold {ip}, the store {l}"
+            );
+        }
+    }
+}
+
 fn health(ns: &support::Netns, ip: &str) -> String {
     ha::get(ns, &format!("http://{ip}:8080/healthz"))
         .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
@@ -387,6 +428,7 @@ fn one_sided_partition_never_acks_an_address_to_two_macs() {
             );
             capped += 1;
         }
+        check_books(&lab, round, "after the degraded renewal");
 
         // The holder's end passes: B (with the store) hands the address to a new MAC.
         let end = held_at + lease + Duration::from_millis(300);
@@ -408,6 +450,7 @@ fn one_sided_partition_never_acks_an_address_to_two_macs() {
             "round {round}: {:?}",
             &client.acks[before..]
         );
+        check_books(&lab, round, "after B handed the address on");
         (holder, held_at) = (next, Instant::now());
 
         // Heal A.

@@ -114,6 +114,7 @@ pub fn router(app: Arc<ApiContext>, boot: Arc<boot::BootContext>) -> Router {
         .route("/api/v1/hosts", get(list_hosts))
         .route("/api/v1/hosts/{name}", get(show_host))
         .route("/api/v1/leases", get(list_leases))
+        .route("/api/v1/book", get(show_book))
         .route("/api/v1/events", get(list_events))
         .route("/api/v1/audit", get(audit_report))
         .route("/api/v1/audit/ip/{ip}", get(audit_ip))
@@ -360,6 +361,12 @@ struct LeaseParams {
     limit: Option<String>,
     /// The last address of the previous page.
     after: Option<String>,
+}
+
+/// This gateway's in-memory address book (live claims by address): what it answers DHCP
+/// from right now, also while the store is unreachable. Bounded by the pools.
+async fn show_book(State(app): State<Arc<ApiContext>>) -> Response {
+    axum::Json(app.ops.book()).into_response()
 }
 
 /// Leases by address, `limit` at a time (keyset on the IP, compared as an address).
