@@ -308,7 +308,11 @@ fn check_books(lab: &HaLab, round: u8, when: &str) {
     .expect("B's leases");
     let stored: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
     for (ip, macs) in &holders {
-        assert_eq!(macs.len(), 1, "round {round} ({when}): {ip} held by {macs:?}: {claims:#?}");
+        assert_eq!(
+            macs.len(),
+            1,
+            "round {round} ({when}): {ip} held by {macs:?}: {claims:#?}"
+        );
         if let Some(l) = stored.iter().find(|l| l["ip"] == ip.as_str()) {
             assert!(
                 macs.contains(l["mac"].as_str().unwrap()),
