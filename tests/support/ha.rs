@@ -146,9 +146,18 @@ impl GwDaemon {
             _notify_dir: notify_dir,
         };
         let mut buf = [0u8; 4096];
-        let n = d.notify.recv(&mut buf).unwrap_or_else(|e| {
-            panic!("daemon in {} not ready: {e}\n{}", ns.name, daemon_log(site))
-        });
+        // A signal to the test process (a child of another test exiting) interrupts the
+        // wait; that is not the daemon failing.
+        let n = loop {
+            match d.notify.recv(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => {
+                    break r.unwrap_or_else(|e| {
+                        panic!("daemon in {} not ready: {e}\n{}", ns.name, daemon_log(site))
+                    });
+                }
+            }
+        };
         let msg = String::from_utf8_lossy(&buf[..n]).to_string();
         assert!(msg.contains("READY=1"), "expected READY=1, got {msg:?}");
         d
