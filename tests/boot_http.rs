@@ -17,16 +17,7 @@ fn base() -> String {
 
 /// curl in the gw namespace with extra arguments; returns (status, headers+body text).
 fn curl_args(lab: &Lab, args: &[&str]) -> (u16, String) {
-    let out = lab
-        .gw
-        .cmd("curl")
-        .args(["-s", "-m", "5", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    (code.trim().parse().unwrap_or(0), body.to_string())
+    curl_in(&lab.gw, args)
 }
 
 fn host(lab: &Lab, name: &str) -> Value {
@@ -39,21 +30,6 @@ fn host(lab: &Lab, name: &str) -> Value {
 /// `Lab::lease_as`).
 fn phone_home(lab: &Lab, mac: &str, body: &str) -> (u16, String) {
     phone_home_from(&lab.rack, mac, body)
-}
-
-fn phone_home_from(ns: &Netns, mac: &str, body: &str) -> (u16, String) {
-    curl_in(
-        ns,
-        &[
-            "-X",
-            "POST",
-            "-H",
-            "Content-Type: application/json",
-            "--data",
-            body,
-            &format!("{}/api/v1/hosts/{mac}/events", base()),
-        ],
-    )
 }
 
 #[test]
@@ -83,11 +59,7 @@ fn install_script_token_and_phone_home_drive_the_host_state() {
         "{script}"
     );
     assert!(script.contains(&format!("initrd {}/images/test/initrd.gz", base())));
-    let token = script
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("bootgate.token="))
-        .expect("token on the kernel line")
-        .to_string();
+    let token = boot_token(&script).expect("token on the kernel line");
     assert_eq!(token.len(), 32);
     assert_eq!(host(&lab, "vm0")["state"], "provisioning");
 
@@ -243,11 +215,7 @@ fn site_with_image() -> Site {
 }
 
 fn token_of(script: &str) -> String {
-    script
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("bootgate.token="))
-        .unwrap_or_else(|| panic!("no token in {script}"))
-        .to_string()
+    boot_token(script).unwrap_or_else(|| panic!("no token in {script}"))
 }
 
 fn event_kinds(lab: &Lab, host: &str) -> Vec<(String, String)> {

@@ -30,30 +30,12 @@ fn site_with_image() -> Site {
     site
 }
 
-fn token_of(script: &str) -> Option<String> {
-    script
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("bootgate.token="))
-        .map(String::from)
-}
-
 fn script_url() -> String {
     format!("{}/ipxe/mac/{VM0_MAC}", base())
 }
 
 fn phone_home(ns: &Netns, body: &str) -> (u16, String) {
-    curl_in(
-        ns,
-        &[
-            "-X",
-            "POST",
-            "-H",
-            "Content-Type: application/json",
-            "--data",
-            body,
-            &format!("{}/api/v1/hosts/{VM0_MAC}/events", base()),
-        ],
-    )
+    phone_home_from(ns, VM0_MAC, body)
 }
 
 fn state(lab: &Lab) -> String {
@@ -112,7 +94,7 @@ fn only_the_lease_holder_gets_the_token_and_speaks_for_the_mac() {
     // Before vm0 has a lease, nobody gets its install script: not over HTTP, not over TFTP.
     let (code, body) = curl_in(&attacker, &[&script_url()]);
     assert_eq!(code, 403, "{body}");
-    assert!(token_of(&body).is_none(), "{body}");
+    assert!(boot_token(&body).is_none(), "{body}");
     assert!(body.contains("holds no lease"), "{body}");
     assert!(tftp_get(&attacker, &tftp_name, work.path()).is_none());
     assert_eq!(state(&lab), "registered", "a refused fetch moves nothing");
@@ -121,16 +103,16 @@ fn only_the_lease_holder_gets_the_token_and_speaks_for_the_mac() {
     let vm0_ip = lab.lease_as(VM0_MAC, work.path());
     let (code, script) = curl_in(&lab.rack, &[&script_url()]);
     assert_eq!(code, 200, "{script}");
-    let token = token_of(&script).expect("a token for the lease holder");
+    let token = boot_token(&script).expect("a token for the lease holder");
     assert_eq!(state(&lab), "provisioning");
     let (_, again) = curl_in(&lab.rack, &[&script_url()]);
     assert_eq!(
-        token_of(&again).as_deref(),
+        boot_token(&again).as_deref(),
         Some(token.as_str()),
         "re-fetch rotated"
     );
     let over_tftp = tftp_get(&lab.rack, &tftp_name, work.path()).expect("TFTP script");
-    assert_eq!(token_of(&over_tftp).as_deref(), Some(token.as_str()));
+    assert_eq!(boot_token(&over_tftp).as_deref(), Some(token.as_str()));
 
     // The attacker, even with the stolen token, cannot report for vm0, nor fetch (and so
     // rotate) its token; vm0's install is undisturbed.
@@ -157,7 +139,7 @@ fn only_the_lease_holder_gets_the_token_and_speaks_for_the_mac() {
     // A new DHCP exchange is a new boot: a new token, and the old one is refused.
     assert_eq!(lab.lease_as(VM0_MAC, work.path()), vm0_ip);
     let (_, script) = curl_in(&lab.rack, &[&script_url()]);
-    let second = token_of(&script).expect("a token");
+    let second = boot_token(&script).expect("a token");
     assert_ne!(second, token, "a new DHCP exchange must bring a new token");
     let (code, answer) = phone_home(
         &lab.rack,

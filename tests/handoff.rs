@@ -544,17 +544,9 @@ fn base() -> String {
     format!("http://{GW_IP}:{HTTP_PORT}")
 }
 
+/// curl in the gw namespace with extra arguments; returns (status, headers+body text).
 fn curl_args(lab: &Lab, args: &[&str]) -> (u16, String) {
-    let out = lab
-        .gw
-        .cmd("curl")
-        .args(["-s", "-m", "5", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    (code.trim().parse().unwrap_or(0), body.to_string())
+    curl_in(&lab.gw, args)
 }
 
 fn host_state(lab: &Lab, name: &str) -> String {
@@ -581,24 +573,9 @@ fn install(lab: &Lab, mac: &str, keys: &[&str]) {
     lab.lease_as(mac, work.path());
     let (code, script) = curl_in(&lab.rack, &[&format!("{}/ipxe/mac/{mac}", base())]);
     assert_eq!(code, 200, "{script}");
-    let token = script
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("bootgate.token="))
-        .expect("token on the kernel line")
-        .to_string();
+    let token = boot_token(&script).expect("token on the kernel line");
     let body = serde_json::json!({"event": "installed", "token": token, "ssh_host_keys": keys});
-    let (code, body) = curl_in(
-        &lab.rack,
-        &[
-            "-X",
-            "POST",
-            "-H",
-            "Content-Type: application/json",
-            "--data",
-            &body.to_string(),
-            &format!("{}/api/v1/hosts/{mac}/events", base()),
-        ],
-    );
+    let (code, body) = phone_home_from(&lab.rack, mac, &body.to_string());
     assert_eq!(code, 200, "{body}");
 }
 

@@ -359,6 +359,31 @@ impl Lab {
     }
 }
 
+/// A phone-home report for `mac` POSTed from `ns` to the lab daemon (which accepts it only
+/// from the address holding the MAC's lease: see [`Lab::lease_as`]).
+pub fn phone_home_from(ns: &Netns, mac: &str, body: &str) -> (u16, String) {
+    curl_in(
+        ns,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            body,
+            &format!("http://{GW_IP}:{HTTP_PORT}/api/v1/hosts/{mac}/events"),
+        ],
+    )
+}
+
+/// The per-boot token on a script's kernel line (`bootgate.token=`), if it carries one.
+pub fn boot_token(script: &str) -> Option<String> {
+    script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("bootgate.token="))
+        .map(String::from)
+}
+
 /// curl in `ns` with extra arguments; returns (status, headers+body text).
 pub fn curl_in(ns: &Netns, args: &[&str]) -> (u16, String) {
     let out = ns
